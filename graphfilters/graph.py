@@ -1,0 +1,873 @@
+r"""Graphs from affinities: degrees, Laplacians, normalization, :math:`\lambda_{max}`, operators.
+
+An affinity :math:`A \in \mathbb{R}^{N \times N}` between N positions is read as the adjacency
+of a weighted graph. Conventions (see ``DESIGN.md`` §3):
+
+- degree :math:`d_i = \sum_j A_{ij}` (row sums); where :math:`d_i = 0` the inverse and the
+  inverse square root are 0 (an isolated node), never NaN;
+- :math:`\operatorname{sym}(M) = (M + M^T)/2`;
+- Laplacians: combinatorial :math:`L = D - A`, symmetric
+  :math:`L_{sym} = I - D^{-1/2} A D^{-1/2}`, random walk :math:`L_{rw} = I - D^{-1} A`.
+
+Every function takes numpy arrays or torch tensors (batched ``(..., N, N)``; torch stays on its
+device and is differentiable) and returns the same kind.
+
+Structured affinities (:class:`LowRankAffinity`, :class:`SoftmaxAffinity`,
+:class:`SumAffinity`) give degrees, normalized products and spectra without forming the
+``N x N`` matrix; :class:`DenseAffinity` has the same interface for the matrices users inspect.
+
+Examples
+--------
+>>> import numpy as np
+>>> from graphfilters.graph import LowRankAffinity, laplacian
+>>> rng = np.random.default_rng(0)
+>>> P, Q = rng.random((500, 4)), rng.random((500, 4))
+>>> op = LowRankAffinity(P, Q, symmetric=True)
+>>> lam = op.laplacian_eigvals("sym")          # exact, no 500 x 500 matrix
+>>> bool(lam.min() > -1e-12 and lam.max() < 2 + 1e-12)
+True
+>>> np.allclose(lam, np.linalg.eigvalsh(laplacian(op.dense(), "sym")))
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse.linalg as spla
+import torch
+
+from . import _backend as B
+from ._backend import Array
+
+__all__ = [
+    "DENSE_LIMIT",
+    "LAPLACIAN_KINDS",
+    "NORMALIZATION_KINDS",
+    "degrees",
+    "symmetrize",
+    "inv_degree_power",
+    "laplacian",
+    "normalized_affinity",
+    "lambda_max",
+    "Affinity",
+    "DenseAffinity",
+    "LowRankAffinity",
+    "SoftmaxAffinity",
+    "SumAffinity",
+    "NormalizedOperator",
+    "as_affinity",
+]
+
+#: Largest N for which dense eigensolvers run (``O(N^3)`` time, ``N^2`` memory).
+DENSE_LIMIT = 8192
+LAPLACIAN_KINDS = ("combinatorial", "sym", "rw")
+NORMALIZATION_KINDS = ("sym", "rw", "size", "none")
+LAMBDA_MAX_METHODS = ("exact", "lanczos", "power", "bound")
+
+
+def _check_kind(kind: str, allowed: tuple[str, ...], what: str) -> str:
+    if kind not in allowed:
+        raise ValueError(f"unknown {what} {kind!r}; choose one of {list(allowed)}")
+    return kind
+
+
+# --------------------------------------------------------------------------------------------
+# Functions on dense affinities
+# --------------------------------------------------------------------------------------------
+
+
+def degrees(A: Array) -> Array:
+    r"""Degrees :math:`d_i = \sum_j A_{ij}` (row sums).
+
+    Shapes
+    ------
+    ``A``: ``(..., N, N)`` → ``(..., N)``.
+
+    Examples
+    --------
+    >>> degrees([[0.0, 1.0], [1.0, 0.0]])
+    array([1., 1.])
+    """
+    return B.check_square(A).sum(-1)
+
+
+def symmetrize(A: Array) -> Array:
+    r""":math:`\operatorname{sym}(A) = (A + A^T)/2`.
+
+    Examples
+    --------
+    >>> symmetrize([[0.0, 2.0], [0.0, 0.0]])
+    array([[0., 1.],
+           [1., 0.]])
+    """
+    A = B.check_square(A)
+    return (A + B.transpose(A)) / 2
+
+
+def inv_degree_power(d: Array, power: float) -> Array:
+    r""":math:`d^{-p}` elementwise, with 0 where :math:`d = 0` (isolated nodes).
+
+    Gradients are finite everywhere (no ``inf * 0``). Degrees within a few ulps of zero
+    count as zero.
+
+    Raises
+    ------
+    ValueError
+        If a degree is negative: :math:`D^{-p}` needs non-negative weights.
+
+    Examples
+    --------
+    >>> inv_degree_power([4.0, 0.0], 0.5)
+    array([0.5, 0. ])
+    """
+    d = B.as_array(d, "degrees")
+    B.check_finite(d, "degrees")
+    if d.ndim == 0 or d.shape[-1] == 0 or any(s == 0 for s in d.shape):
+        return d
+    scale = B.scalar(abs(d).max())
+    tol = 64 * B.eps(d) * max(scale, 1e-300)
+    low = d < -tol
+    if bool(low.any()):
+        i = int(B.to_numpy(low).reshape(-1, d.shape[-1]).any(0).argmax())
+        raise ValueError(
+            f"negative degree {B.scalar(d.min()):.3g} (node {i}): D^(-{power:g}) needs "
+            "non-negative affinity weights. Use a non-negative kernel (relu_dot, softmax) or "
+            "the 'size'/'none' normalization."
+        )
+    pos = d > tol
+    safe = B.where(pos, d, 1.0)
+    return B.where(pos, safe ** (-power), 0.0)
+
+
+def laplacian(A: Array, kind: str = "sym") -> Array:
+    r"""Graph Laplacian of the affinity ``A``.
+
+    .. math::
+
+        L = D - A, \qquad L_{sym} = I - D^{-1/2} A D^{-1/2}, \qquad L_{rw} = I - D^{-1} A.
+
+    Parameters
+    ----------
+    A : array or tensor, shape ``(..., N, N)``
+    kind : {"combinatorial", "sym", "rw"}
+
+    Examples
+    --------
+    >>> laplacian([[0.0, 1.0], [1.0, 0.0]], "combinatorial")
+    array([[ 1., -1.],
+           [-1.,  1.]])
+    """
+    return as_affinity(A).laplacian_dense(kind)
+
+
+def normalized_affinity(A: Array, kind: str = "sym") -> Array:
+    r"""The normalized affinity :math:`\hat A`.
+
+    ``"sym"``: :math:`D^{-1/2} A D^{-1/2}`; ``"rw"``: :math:`D^{-1} A`;
+    ``"size"``: :math:`A / N`; ``"none"``: ``A``.
+
+    Examples
+    --------
+    >>> normalized_affinity([[1.0, 1.0], [1.0, 3.0]], "rw")
+    array([[0.5 , 0.5 ],
+           [0.25, 0.75]])
+    """
+    return as_affinity(A).normalized(kind).dense()
+
+
+def lambda_max(
+    A: Array | Affinity,
+    laplacian: str = "sym",
+    method: str = "exact",
+    *,
+    n_iter: int = 300,
+    tol: float = 1e-10,
+    seed: int = 0,
+) -> Array:
+    r"""Largest eigenvalue modulus of the Laplacian of ``A``, the :math:`\lambda_{max}` of
+    the Chebyshev rescaling :math:`\tilde L = 2L/\lambda_{max} - I`.
+
+    Methods
+    -------
+    ``"exact"``
+        Dense eigendecomposition (``eigvalsh`` when symmetric), or the exact structured
+        spectrum for a :class:`LowRankAffinity` with a normalized Laplacian.
+    ``"lanczos"``
+        scipy ``eigsh`` (symmetric) or ``eigs`` (general) on a matrix-free operator.
+    ``"power"``
+        Power iteration on :math:`L` (``n_iter`` steps, relative tolerance ``tol``).
+    ``"bound"``
+        No eigen-solve: 2 for ``sym`` and ``rw`` (any non-negative affinity), and for the
+        combinatorial Laplacian the Gershgorin-type bound
+
+        .. math::
+
+            \lambda_{max} \le \max_i \Big(|L_{ii}| + \sum_{j \ne i} |L_{ij}|\Big)
+            \le \max_i \Big(|d_i| + \sum_j |A_{ij}|\Big),
+
+        which is :math:`2 \max_i d_i` for a non-negative affinity with zero diagonal.
+
+    Returns
+    -------
+    float array or tensor of shape ``A.shape[:-2]`` (same backend as ``A``).
+
+    Examples
+    --------
+    >>> A = [[0.0, 1.0], [1.0, 0.0]]
+    >>> float(lambda_max(A, "combinatorial")), float(lambda_max(A, "combinatorial", "bound"))
+    (2.0, 2.0)
+    """
+    op = as_affinity(A)
+    _check_kind(laplacian, LAPLACIAN_KINDS, "laplacian")
+    _check_kind(method, LAMBDA_MAX_METHODS, "lambda_max method")
+    op._require_square()
+    if method == "bound":
+        if laplacian in ("sym", "rw"):
+            return op._full(op.batch_shape, 2.0)
+        return B.amax(abs(op.degrees()) + op.abs_row_sums(), -1)
+    if method == "exact":
+        lam = op.laplacian_eigvals(laplacian)
+        return B.amax(abs(lam), -1)
+    if method == "power":
+        return _power_lambda_max(op, laplacian, n_iter, tol, seed)
+    return _lanczos_lambda_max(op, laplacian, seed)
+
+
+def _power_lambda_max(op: Affinity, kind: str, n_iter: int, tol: float, seed: int) -> Array:
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((*op.batch_shape, op.n, 1))
+    x = torch.as_tensor(x0, dtype=op.dtype, device=op.device) if op.is_torch else x0.astype(
+        op.dtype
+    )
+    lam_prev = None
+    lam = None
+    for _ in range(n_iter):
+        x = x / (x**2).sum(-2, keepdims=True) ** 0.5
+        y = op.laplacian_matmul(x, kind)
+        lam = ((y**2).sum((-2, -1))) ** 0.5
+        if lam_prev is not None and bool((abs(lam - lam_prev) <= tol * abs(lam)).all()):
+            break
+        lam_prev, x = lam, y
+    return lam
+
+
+def _lanczos_lambda_max(op: Affinity, kind: str, seed: int) -> Array:
+    values = []
+    for idx in np.ndindex(*op.batch_shape):
+        single = op.select(idx) if idx else op
+        lin = single.as_linear_operator(laplacian=kind)
+        symmetric = single.symmetric and kind in ("combinatorial", "sym")
+        v0 = np.random.default_rng(seed).standard_normal(op.n)
+        if op.n < 8:
+            values.append(float(abs(single.numpy().laplacian_eigvals(kind)).max()))
+        elif symmetric:
+            values.append(float(spla.eigsh(lin, k=1, which="LA", v0=v0)[0][0]))
+        else:
+            values.append(float(abs(spla.eigs(lin, k=1, which="LM", v0=v0)[0][0])))
+    out = np.asarray(values, dtype=np.float64).reshape(op.batch_shape)
+    if op.is_torch:
+        return torch.as_tensor(out, dtype=op.dtype, device=op.device)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Affinity structures
+# --------------------------------------------------------------------------------------------
+
+
+class Affinity:
+    """Interface shared by every affinity structure.
+
+    An affinity represents a (batched) matrix :math:`M` of shape ``(..., N, N)`` without
+    necessarily storing it. Subclasses implement :meth:`degrees`, :meth:`matmul`,
+    :meth:`dense` and :meth:`abs_row_sums`; spectra, normalization, Laplacians and scipy
+    operators are derived here once.
+    """
+
+    #: names of the array attributes, used by :meth:`select` and :meth:`numpy`
+    _fields: tuple[str, ...] = ()
+    row_stochastic: bool = False
+
+    # -- to implement -------------------------------------------------------------------
+    def degrees(self) -> Array:  # pragma: no cover - abstract
+        """Row sums :math:`d = M \\mathbf{1}`, shape ``(..., N)``."""
+        raise NotImplementedError
+
+    def matmul(self, Z: Array) -> Array:  # pragma: no cover - abstract
+        """:math:`M Z` for ``Z`` of shape ``(..., N, C)``."""
+        raise NotImplementedError
+
+    def dense(self) -> Array:  # pragma: no cover - abstract
+        """The matrix :math:`M`, shape ``(..., N, N)``."""
+        raise NotImplementedError
+
+    def abs_row_sums(self) -> Array:  # pragma: no cover - abstract
+        r"""Upper bound of :math:`\sum_j |M_{ij}|` per row (exact for dense)."""
+        raise NotImplementedError
+
+    @property
+    def symmetric(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- shape and backend ---------------------------------------------------------------
+    @property
+    def _first(self) -> Array:
+        return getattr(self, self._fields[0])
+
+    @property
+    def is_torch(self) -> bool:
+        return B.is_torch(self._first)
+
+    @property
+    def dtype(self):
+        return self._first.dtype
+
+    @property
+    def device(self):
+        return self._first.device if self.is_torch else None
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return tuple(self._first.shape[:-2])
+
+    @property
+    def n(self) -> int:
+        """Number of nodes ``N`` (rows)."""
+        return int(self._first.shape[-2])
+
+    @property
+    def n_cols(self) -> int:
+        """Number of columns (equals :attr:`n` except for sub-sampled keys)."""
+        return self.n
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.batch_shape, self.n, self.n_cols)
+
+    def _require_square(self) -> None:
+        if self.n != self.n_cols:
+            raise ValueError(
+                f"this affinity is {self.n} x {self.n_cols} (sub-sampled keys): graph "
+                "Laplacians and spectra need a square affinity"
+            )
+
+    def _full(self, shape: tuple[int, ...], value: float) -> Array:
+        if self.is_torch:
+            return torch.full(shape, value, dtype=self.dtype, device=self.device)
+        return np.full(shape, value, dtype=self.dtype)
+
+    def _map(self, fn: Callable[[Array], Array]) -> Affinity:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        for name in self._fields:
+            setattr(new, name, fn(getattr(self, name)))
+        return new
+
+    def select(self, index: int | tuple[int, ...]) -> Affinity:
+        """The affinity of one sample of the batch."""
+        return self._map(lambda x: x[index])
+
+    def numpy(self) -> Affinity:
+        """A detached numpy float64 copy."""
+        return self._map(lambda x: B.to_numpy(x).astype(np.float64))
+
+    def detach(self) -> Affinity:
+        """A copy without autograd history (torch); itself for numpy."""
+        return self._map(lambda x: x.detach()) if self.is_torch else self
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(shape={self.shape}, symmetric={self.symmetric}, "
+            f"backend={'torch' if self.is_torch else 'numpy'})"
+        )
+
+    # -- derived operations ------------------------------------------------------------
+    def normalized(self, kind: str = "sym") -> NormalizedOperator:
+        """The normalized operator :math:`\\hat A` (see :func:`normalized_affinity`)."""
+        return NormalizedOperator(self, kind)
+
+    def eigvals(self, kind: str | None = None, nonzero: bool = False) -> Array:
+        """Exact eigenvalues of :math:`M` (``kind=None``) or of its normalized form.
+
+        Real and ascending for symmetric operators, complex otherwise.
+        """
+        return self.normalized(kind or "none").eigvals(nonzero=nonzero)
+
+    def laplacian_matmul(self, X: Array, kind: str = "sym") -> Array:
+        """:math:`L X` for the Laplacian ``kind`` without forming it."""
+        _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
+        self._require_square()
+        if kind == "combinatorial":
+            return self.degrees()[..., None] * X - self.matmul(X)
+        return X - self.normalized(kind)(X)
+
+    def laplacian_dense(self, kind: str = "sym") -> Array:
+        """The dense Laplacian ``(..., N, N)``."""
+        _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
+        self._require_square()
+        if kind == "combinatorial":
+            d = self.degrees()
+            return d[..., None] * B.eye(self.n, d) - self.dense()
+        Ahat = self.normalized(kind).dense()
+        return B.eye(self.n, Ahat) - Ahat
+
+    def laplacian_eigvals(self, kind: str = "sym") -> Array:
+        """Exact Laplacian eigenvalues (real ascending when symmetric, complex otherwise).
+
+        For ``sym``/``rw`` these are :math:`1 - \\mu` for the eigenvalues :math:`\\mu` of
+        :math:`\\hat A`, so structured spectra carry over.
+        """
+        _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
+        self._require_square()
+        if kind == "combinatorial":
+            L = self.laplacian_dense(kind)
+            return _dense_eigvals(L, self.symmetric)
+        mu = self.eigvals(kind)
+        lam = 1 - mu
+        if not B.is_torch(lam) and np.isrealobj(lam):
+            return np.sort(lam, axis=-1)
+        if B.is_torch(lam) and not lam.is_complex():
+            return torch.sort(lam, dim=-1).values
+        return lam
+
+    def as_linear_operator(
+        self, kind: str | None = None, *, laplacian: str | None = None, index: int = 0
+    ) -> spla.LinearOperator:
+        """A scipy ``LinearOperator`` (float64, one sample) for matrix-free solvers.
+
+        Parameters
+        ----------
+        kind : str, optional
+            Normalization (``sym``, ``rw``, ``size``, ``none``); ``None`` gives :math:`M`.
+        laplacian : str, optional
+            If given, the operator is that Laplacian instead.
+        index : int
+            Sample of the batch.
+        """
+        single = self.select(index) if self.batch_shape else self
+        single = single.numpy()
+        if laplacian is not None:
+            single._require_square()
+
+            def mv(x: np.ndarray) -> np.ndarray:
+                return single.laplacian_matmul(x.reshape(-1, 1), laplacian).ravel()
+            shape = (single.n, single.n)
+        else:
+            op = single.normalized(kind or "none")
+
+            def mv(x: np.ndarray) -> np.ndarray:
+                return op(x.reshape(-1, 1)).ravel()
+            shape = (single.n, single.n_cols)
+        return spla.LinearOperator(shape, matvec=mv, dtype=np.float64)
+
+
+def _dense_eigvals(M: Array, symmetric: bool) -> Array:
+    n = M.shape[-1]
+    if n > DENSE_LIMIT:
+        raise ValueError(
+            f"N = {n} is too large for a dense eigendecomposition (O(N^3) time, N^2 memory; "
+            f"limit graphfilters.graph.DENSE_LIMIT = {DENSE_LIMIT}). Use LowRankAffinity "
+            "for low-rank affinities (exact structured spectrum), lambda_max(..., "
+            "method='lanczos'), or analysis.spectra's matrix-free methods."
+        )
+    if B.is_torch(M):
+        return torch.linalg.eigvalsh(M) if symmetric else torch.linalg.eigvals(M)
+    return np.linalg.eigvalsh(M) if symmetric else np.linalg.eigvals(M)
+
+
+def _check_signal(Z: Array, n: int, name: str = "Z") -> Array:
+    Z = B.as_array(Z, name)
+    if Z.ndim < 2 or Z.shape[-2] != n:
+        raise ValueError(
+            f"{name} must have shape (..., N, C) with N = {n} nodes, got shape {tuple(Z.shape)}"
+        )
+    return Z
+
+
+class DenseAffinity(Affinity):
+    """A stored (batched) affinity matrix ``(..., N, N)``.
+
+    Examples
+    --------
+    >>> op = DenseAffinity([[0.0, 1.0], [1.0, 0.0]])
+    >>> op.normalized("sym").eigvals()
+    array([-1.,  1.])
+    """
+
+    _fields = ("A",)
+
+    def __init__(self, A: Array, *, check: bool = True) -> None:
+        if check:
+            A = B.as_array(A, "affinity")
+            if A.ndim < 2:
+                raise ValueError(
+                    f"affinity must have shape (..., N, M), got shape {tuple(A.shape)}"
+                )
+            B.check_finite(A, "affinity")
+        self.A = A
+        self._symmetric: bool | None = None
+
+    @property
+    def n_cols(self) -> int:
+        return int(self.A.shape[-1])
+
+    @property
+    def symmetric(self) -> bool:
+        if self.n != self.n_cols:
+            return False
+        if self._symmetric is None:
+            self._symmetric = B.is_symmetric(self.A)
+        return self._symmetric
+
+    def degrees(self) -> Array:
+        return self.A.sum(-1)
+
+    def matmul(self, Z: Array) -> Array:
+        return self.A @ _check_signal(Z, self.n_cols)
+
+    def dense(self) -> Array:
+        return self.A
+
+    def abs_row_sums(self) -> Array:
+        return abs(self.A).sum(-1)
+
+
+class LowRankAffinity(Affinity):
+    r"""The affinity :math:`M = P Q^T` or, if ``symmetric``, :math:`\operatorname{sym}(PQ^T)
+    = (PQ^T + QP^T)/2`, never formed.
+
+    Degrees :math:`(P(Q^T\mathbf 1) + Q(P^T \mathbf 1))/2`, products
+    :math:`(P(Q^TZ) + Q(P^TZ))/2` and the exact nonzero spectrum (from a
+    :math:`2r \times 2r` problem, via a QR factorization of :math:`[P, Q]`) cost
+    :math:`O(N r C)` and :math:`O(N r^2)`.
+
+    Shapes
+    ------
+    ``P``, ``Q``: ``(..., N, r)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> P, Q = rng.random((6, 2)), rng.random((6, 2))
+    >>> op = LowRankAffinity(P, Q, symmetric=True)
+    >>> np.allclose(op.dense(), (P @ Q.T + Q @ P.T) / 2)
+    True
+    >>> op.eigvals(nonzero=True).shape      # 2r eigenvalues carry every nonzero one
+    (4,)
+    """
+
+    _fields = ("P", "Q")
+
+    def __init__(self, P: Array, Q: Array, symmetric: bool = False) -> None:
+        P, Q = B.as_array(P, "P"), B.as_array(Q, "Q")
+        if P.ndim < 2 or P.shape != Q.shape:
+            raise ValueError(
+                "low-rank factors P and Q must have the same shape (..., N, r), got "
+                f"{tuple(P.shape)} and {tuple(Q.shape)}"
+            )
+        B.check_finite(P, "P")
+        B.check_finite(Q, "Q")
+        self.P, self.Q = P, Q
+        self._sym = bool(symmetric)
+
+    @property
+    def symmetric(self) -> bool:
+        return self._sym
+
+    @property
+    def rank(self) -> int:
+        """Upper bound of the rank (``2r`` when symmetrized)."""
+        return int(self.P.shape[-1]) * (2 if self._sym else 1)
+
+    def symmetrized(self) -> LowRankAffinity:
+        r""":math:`\operatorname{sym}(PQ^T)` as a low-rank affinity."""
+        return LowRankAffinity(self.P, self.Q, symmetric=True)
+
+    def degrees(self) -> Array:
+        P, Q = self.P, self.Q
+        d = P @ Q.sum(-2)[..., None]
+        if self._sym:
+            d = (d + Q @ P.sum(-2)[..., None]) / 2
+        return d[..., 0]
+
+    def matmul(self, Z: Array) -> Array:
+        Z = _check_signal(Z, self.n)
+        P, Q = self.P, self.Q
+        out = P @ (B.transpose(Q) @ Z)
+        if self._sym:
+            out = (out + Q @ (B.transpose(P) @ Z)) / 2
+        return out
+
+    def dense(self) -> Array:
+        M = self.P @ B.transpose(self.Q)
+        return (M + B.transpose(M)) / 2 if self._sym else M
+
+    def abs_row_sums(self) -> Array:
+        aP, aQ = abs(self.P), abs(self.Q)
+        s = aP @ aQ.sum(-2)[..., None]
+        if self._sym:
+            s = (s + aQ @ aP.sum(-2)[..., None]) / 2
+        return s[..., 0]
+
+    def scaled(self, left: Array | None, right: Array | None) -> LowRankAffinity:
+        r""":math:`\operatorname{diag}(l)\, M \operatorname{diag}(r)` as a low-rank affinity."""
+        P, Q = self.P, self.Q
+        lP = P if left is None else left[..., None] * P
+        rQ = Q if right is None else right[..., None] * Q
+        if not self._sym:
+            return LowRankAffinity(lP, rQ)
+        same = left is right
+        if same:
+            return LowRankAffinity(lP, rQ, symmetric=True)
+        lQ = Q if left is None else left[..., None] * Q
+        rP = P if right is None else right[..., None] * P
+        cat = torch.cat if self.is_torch else np.concatenate
+        return LowRankAffinity(cat([lP, lQ], -1) / 2, cat([rQ, rP], -1))
+
+    def _eigvals(self, nonzero: bool) -> Array:
+        """Exact eigenvalues of this low-rank matrix."""
+        P, Q = self.P, self.Q
+        if self._sym:
+            cat = torch.cat if self.is_torch else np.concatenate
+            U = cat([P, Q], -1)
+            R = (torch.linalg.qr(U, mode="reduced") if self.is_torch else np.linalg.qr(U))[1]
+            r = P.shape[-1]
+            # S = 1/2 [[0, I], [I, 0]]: R S R^T = (R_1 R_2^T + R_2 R_1^T) / 2
+            R1, R2 = R[..., :r], R[..., r:]
+            core = R1 @ B.transpose(R2)
+            core = (core + B.transpose(core)) / 2
+            ev = torch.linalg.eigvalsh(core) if self.is_torch else np.linalg.eigvalsh(core)
+        else:
+            core = B.transpose(Q) @ P
+            ev = torch.linalg.eigvals(core) if self.is_torch else np.linalg.eigvals(core)
+        if nonzero:
+            return ev
+        pad = self.n - ev.shape[-1]
+        if pad <= 0:
+            return ev
+        zeros = (
+            torch.zeros((*ev.shape[:-1], pad), dtype=ev.dtype, device=ev.device)
+            if self.is_torch
+            else np.zeros((*ev.shape[:-1], pad), dtype=ev.dtype)
+        )
+        full = torch.cat([ev, zeros], -1) if self.is_torch else np.concatenate([ev, zeros], -1)
+        if self._sym:
+            return torch.sort(full, -1).values if self.is_torch else np.sort(full, -1)
+        return full
+
+
+class SoftmaxAffinity(Affinity):
+    r"""The row-stochastic affinity :math:`A = \operatorname{softmax}_{row}(s\, Q K^T)`.
+
+    Products use :func:`torch.nn.functional.scaled_dot_product_attention` (torch) or row
+    chunks of ``chunk_size`` rows (numpy), so memory stays :math:`O(N \cdot chunk)`; the
+    ``N x M`` matrix is only formed by :meth:`dense`. Degrees are exactly one (``D = I``).
+
+    Parameters
+    ----------
+    query : (..., N, d)
+    key : (..., M, d)
+        ``M = N`` for a graph; ``M < N`` for sub-sampled keys.
+    scale : float
+        The factor ``s`` of the logits (``1/sqrt(d)`` in transformers, 1 in NL).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).standard_normal((5, 3))
+    >>> A = SoftmaxAffinity(x, x).dense()
+    >>> np.allclose(A.sum(-1), 1)
+    True
+    """
+
+    _fields = ("query", "key")
+    row_stochastic = True
+
+    def __init__(
+        self, query: Array, key: Array, scale: float = 1.0, chunk_size: int = 1024
+    ) -> None:
+        query, key = B.as_array(query, "query"), B.as_array(key, "key")
+        if query.ndim < 2 or key.ndim != query.ndim or query.shape[-1] != key.shape[-1]:
+            raise ValueError(
+                "query and key must have shapes (..., N, d) and (..., M, d), got "
+                f"{tuple(query.shape)} and {tuple(key.shape)}"
+            )
+        B.check_finite(query, "query")
+        B.check_finite(key, "key")
+        self.query, self.key = query, key
+        self.scale = float(scale)
+        self.chunk_size = int(chunk_size)
+
+    @property
+    def n_cols(self) -> int:
+        return int(self.key.shape[-2])
+
+    @property
+    def symmetric(self) -> bool:
+        return False
+
+    def _logits(self, rows: slice = slice(None)) -> Array:
+        return self.scale * (self.query[..., rows, :] @ B.transpose(self.key))
+
+    def degrees(self) -> Array:
+        return self._full((*self.batch_shape, self.n), 1.0)
+
+    def matmul(self, Z: Array) -> Array:
+        Z = _check_signal(Z, self.n_cols)
+        if self.is_torch:
+            q, k = self.query, self.key
+            batch = torch.broadcast_shapes(q.shape[:-2], Z.shape[:-2])
+            q = q.expand(*batch, *q.shape[-2:])
+            k = k.expand(*batch, *k.shape[-2:])
+            Z = Z.expand(*batch, *Z.shape[-2:])
+            return torch.nn.functional.scaled_dot_product_attention(q, k, Z, scale=self.scale)
+        out = []
+        for start in range(0, self.n, self.chunk_size):
+            rows = slice(start, start + self.chunk_size)
+            out.append(B.softmax(self._logits(rows), -1) @ Z)
+        return np.concatenate(out, -2) if out else Z[..., :0, :]
+
+    def dense(self) -> Array:
+        return B.softmax(self._logits(), -1)
+
+    def abs_row_sums(self) -> Array:
+        return self.degrees()
+
+
+class SumAffinity(Affinity):
+    """The sum of affinities (e.g. DNL's pairwise plus unary terms).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = DenseAffinity(np.eye(3))
+    >>> SumAffinity([a, a]).degrees()
+    array([2., 2., 2.])
+    """
+
+    def __init__(self, terms: list[Affinity]) -> None:
+        terms = list(terms)
+        if not terms or not all(isinstance(t, Affinity) for t in terms):
+            raise TypeError("SumAffinity needs a non-empty list of Affinity objects")
+        if len({t.shape for t in terms}) != 1:
+            raise ValueError(f"terms must share one shape, got {[t.shape for t in terms]}")
+        self.terms = terms
+
+    @property
+    def _first(self) -> Array:
+        return self.terms[0]._first
+
+    @property
+    def n(self) -> int:
+        return self.terms[0].n
+
+    @property
+    def n_cols(self) -> int:
+        return self.terms[0].n_cols
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return self.terms[0].batch_shape
+
+    @property
+    def symmetric(self) -> bool:
+        return all(t.symmetric for t in self.terms)
+
+    def _map(self, fn: Callable[[Array], Array]) -> Affinity:
+        return SumAffinity([t._map(fn) for t in self.terms])
+
+    def degrees(self) -> Array:
+        return sum(t.degrees() for t in self.terms)
+
+    def matmul(self, Z: Array) -> Array:
+        return sum(t.matmul(Z) for t in self.terms)
+
+    def dense(self) -> Array:
+        return sum(t.dense() for t in self.terms)
+
+    def abs_row_sums(self) -> Array:
+        return sum(t.abs_row_sums() for t in self.terms)
+
+
+def as_affinity(A: Array | Affinity) -> Affinity:
+    """Wrap a dense square matrix as :class:`DenseAffinity`; pass structures through."""
+    return A if isinstance(A, Affinity) else DenseAffinity(B.check_square(A), check=False)
+
+
+class NormalizedOperator:
+    r"""The normalized affinity :math:`\hat A = \operatorname{diag}(l)\, M
+    \operatorname{diag}(r)` of an :class:`Affinity`, applied without forming it.
+
+    ``sym``: :math:`l = r = d^{-1/2}`; ``rw``: :math:`l = d^{-1}` (nothing to do for a
+    row-stochastic affinity); ``size``: :math:`1/N`; ``none``: :math:`M`. The scale vectors
+    are computed once, so repeated products (Chebyshev recursion) cost one product each.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> op = DenseAffinity(np.ones((3, 3))).normalized("sym")
+    >>> np.allclose(op(np.eye(3)), np.ones((3, 3)) / 3)
+    True
+    """
+
+    def __init__(self, affinity: Affinity, kind: str = "sym") -> None:
+        self.affinity = affinity
+        self.kind = _check_kind(kind, NORMALIZATION_KINDS, "normalization")
+        self.left: Array | None = None
+        self.right: Array | None = None
+        self.factor: float = 1.0
+        if kind == "sym":
+            affinity._require_square()
+            s = inv_degree_power(affinity.degrees(), 0.5)
+            self.left = self.right = s
+        elif kind == "rw" and not affinity.row_stochastic:
+            self.left = inv_degree_power(affinity.degrees(), 1.0)
+        elif kind == "size":
+            self.factor = 1.0 / affinity.n_cols
+
+    @property
+    def symmetric(self) -> bool:
+        return self.affinity.symmetric and self.kind in ("sym", "size", "none")
+
+    @property
+    def n(self) -> int:
+        return self.affinity.n
+
+    def __call__(self, Z: Array) -> Array:
+        """:math:`\\hat A Z`, ``Z`` of shape ``(..., N, C)``."""
+        if self.right is not None:
+            Z = self.right[..., None] * _check_signal(Z, self.affinity.n_cols)
+        out = self.affinity.matmul(Z)
+        if self.left is not None:
+            out = self.left[..., None] * out
+        return out * self.factor if self.factor != 1.0 else out
+
+    matmul = __call__
+
+    def dense(self) -> Array:
+        M = self.affinity.dense()
+        if self.left is not None:
+            M = self.left[..., :, None] * M
+        if self.right is not None:
+            M = M * self.right[..., None, :]
+        return M * self.factor if self.factor != 1.0 else M
+
+    def eigvals(self, nonzero: bool = False) -> Array:
+        """Exact eigenvalues (structured for low-rank affinities, dense otherwise)."""
+        self.affinity._require_square()
+        if isinstance(self.affinity, LowRankAffinity):
+            lr = self.affinity.scaled(self.left, self.right)
+            ev = lr._eigvals(nonzero)
+            return ev * self.factor if self.factor != 1.0 else ev
+        if nonzero:
+            raise ValueError(
+                "nonzero=True needs a low-rank affinity (LowRankAffinity); use nonzero=False"
+            )
+        return _dense_eigvals(self.dense(), self.symmetric)
+
+    def as_linear_operator(self, index: int = 0) -> spla.LinearOperator:
+        """A scipy ``LinearOperator`` of one sample (float64)."""
+        return self.affinity.as_linear_operator(self.kind, index=index)

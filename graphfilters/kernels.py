@@ -1,0 +1,245 @@
+r"""Affinity kernels of the nonlocal blocks, as functions of the embeddings.
+
+Each kernel returns what its structure allows (see :mod:`graphfilters.graph`): a
+:class:`~graphfilters.graph.SoftmaxAffinity` for softmax kernels (never ``N x N`` in products),
+a :class:`~graphfilters.graph.LowRankAffinity` for factorized kernels, and a
+:class:`~graphfilters.graph.DenseAffinity` only where nothing better exists (concatenation).
+Kernels return the *raw* affinity :math:`M`; the block applies the normalization of its
+spec (``rw``, ``sym``, ``size``, ``none``) and the symmetrization.
+
+Shapes
+------
+``theta``: ``(..., N, C)`` (queries), ``phi``: ``(..., M, C)`` (keys; ``M = N`` unless keys
+are sub-sampled), ``x``: ``(..., N, C)``. numpy arrays and torch tensors both work.
+
+Examples
+--------
+>>> import numpy as np
+>>> from graphfilters import kernels
+>>> rng = np.random.default_rng(0)
+>>> theta, phi = rng.standard_normal((2, 16, 4))
+>>> A = kernels.relu_dot(theta, phi).symmetrized()       # SNL: never 16 x 16 in products
+>>> bool((A.dense() >= 0).all())
+True
+>>> S = kernels.embedded_gaussian(theta, phi)            # NL: row-stochastic
+>>> np.allclose(S.dense().sum(-1), 1)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from . import _backend as B
+from ._backend import Array
+from .graph import Affinity, DenseAffinity, LowRankAffinity, SoftmaxAffinity
+
+__all__ = [
+    "embedded_gaussian",
+    "dot_product",
+    "relu_dot",
+    "gaussian",
+    "concatenation",
+    "taylor_rbf",
+    "double_attention",
+    "KERNELS",
+    "get_kernel",
+]
+
+
+def _pair(theta: Array, phi: Array) -> tuple[Array, Array]:
+    theta, phi = B.as_array(theta, "theta"), B.as_array(phi, "phi")
+    if theta.ndim < 2 or phi.ndim != theta.ndim or theta.shape[-1] != phi.shape[-1]:
+        raise ValueError(
+            "theta and phi must have shapes (..., N, C) and (..., M, C) with the same C, got "
+            f"{tuple(theta.shape)} and {tuple(phi.shape)}"
+        )
+    return theta, phi
+
+
+def embedded_gaussian(theta: Array, phi: Array, scale: float | str | None = None) -> Affinity:
+    r"""Embedded Gaussian (NL): :math:`A = \operatorname{softmax}_{row}(s\,\Theta\Phi^T)`.
+
+    Parameters
+    ----------
+    scale : None, "sqrt" or float
+        ``None``: :math:`s = 1` (Wang et al.); ``"sqrt"``: :math:`s = 1/\sqrt{C}`
+        (transformers); a float: that factor.
+
+    Returns
+    -------
+    SoftmaxAffinity (row-stochastic, ``D = I``).
+    """
+    theta, phi = _pair(theta, phi)
+    if scale is None:
+        s = 1.0
+    elif scale == "sqrt":
+        s = 1.0 / math.sqrt(theta.shape[-1])
+    elif isinstance(scale, (int, float)) and math.isfinite(scale):
+        s = float(scale)
+    else:
+        raise ValueError(f"scale must be None, 'sqrt' or a finite float, got {scale!r}")
+    return SoftmaxAffinity(theta, phi, scale=s)
+
+
+def dot_product(theta: Array, phi: Array) -> LowRankAffinity:
+    r"""Dot product (NL): :math:`M = \Theta \Phi^T`, rank :math:`\le C`.
+
+    The NL block divides by :math:`N` (normalization ``"size"``); entries may be negative.
+    """
+    return LowRankAffinity(*_pair(theta, phi))
+
+
+def relu_dot(theta: Array, phi: Array) -> LowRankAffinity:
+    r"""ReLU dot product (SNL): :math:`M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^T`.
+
+    Non-negative, so degrees are non-negative and :math:`D^{-1/2}` is real. Call
+    ``.symmetrized()`` for :math:`\operatorname{sym}(M)`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relu_dot(np.array([[1.0], [-1.0]]), np.array([[2.0], [3.0]])).dense()
+    array([[2., 3.],
+           [0., 0.]])
+    """
+    theta, phi = _pair(theta, phi)
+    return LowRankAffinity(B.relu(theta), B.relu(phi))
+
+
+def gaussian(x: Array) -> SoftmaxAffinity:
+    r"""Gaussian (NL, no embedding): :math:`A = \operatorname{softmax}_{row}(X X^T)`."""
+    x, _ = _pair(x, x)
+    return SoftmaxAffinity(x, x, scale=1.0)
+
+
+def concatenation(theta: Array, phi: Array, w_theta: Array, w_phi: Array) -> DenseAffinity:
+    r"""Concatenation (NL): :math:`M_{ij} = \operatorname{ReLU}(w_f^T[\theta_i; \phi_j])
+    = \operatorname{ReLU}(\theta_i^T w_\theta + \phi_j^T w_\phi)`.
+
+    Dense ``(..., N, M)``: the ReLU of a sum has no factorization. The NL block divides by
+    :math:`N` (normalization ``"size"``).
+
+    Shapes
+    ------
+    ``w_theta``, ``w_phi``: ``(C,)``.
+    """
+    theta, phi = _pair(theta, phi)
+    w_theta, w_phi = B.as_array(w_theta, "w_theta"), B.as_array(w_phi, "w_phi")
+    if tuple(w_theta.shape) != (theta.shape[-1],) or tuple(w_phi.shape) != (phi.shape[-1],):
+        raise ValueError(
+            f"w_theta and w_phi must have shape ({theta.shape[-1]},), got "
+            f"{tuple(w_theta.shape)} and {tuple(w_phi.shape)}"
+        )
+    a = theta @ w_theta
+    b = phi @ w_phi
+    return DenseAffinity(B.relu(a[..., :, None] + b[..., None, :]))
+
+
+def taylor_rbf(
+    theta: Array, phi: Array, order: int = 2, gamma: float = 1e-4, beta: float | None = None
+) -> LowRankAffinity:
+    r"""Taylor-expanded Gaussian RBF (CGNL) on scalar nodes, rank ``order + 1``.
+
+    .. math::
+
+        e^{-\gamma(\theta_i - \phi_j)^2}
+        = e^{-\gamma\theta_i^2} e^{-\gamma\phi_j^2} e^{2\gamma\theta_i\phi_j}
+        \approx \sum_{p=0}^{P} \beta_{ij} \frac{(2\gamma)^p}{p!}\theta_i^p \phi_j^p .
+
+    With ``beta=None`` the envelope :math:`\beta_{ij} = e^{-\gamma\theta_i^2}e^{-\gamma\phi_j^2}`
+    is exact; a float uses that constant instead (CGNL's code takes
+    :math:`\beta = e^{-2\gamma}`, i.e. unit-norm embeddings).
+
+    Parameters
+    ----------
+    theta, phi : (..., M)
+        One scalar per node (CGNL's nodes are the position-channel pairs, ``M = N C``).
+    order : int
+        Order ``P`` of the Taylor expansion (not the filter order).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t, p = np.array([0.1, -0.3]), np.array([0.2, 0.4])
+    >>> exact = np.exp(-1.0 * (t[:, None] - p[None, :]) ** 2)
+    >>> bool(np.abs(taylor_rbf(t, p, order=8, gamma=1.0).dense() - exact).max() < 1e-9)
+    True
+    """
+    theta, phi = B.as_array(theta, "theta"), B.as_array(phi, "phi")
+    if theta.ndim < 1 or theta.shape != phi.shape:
+        raise ValueError(
+            "theta and phi must have the same shape (..., M) (one scalar per node), got "
+            f"{tuple(theta.shape)} and {tuple(phi.shape)}"
+        )
+    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+        raise ValueError(f"Taylor order must be an integer >= 0, got {order!r}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    B.check_finite(theta, "theta")
+    B.check_finite(phi, "phi")
+    alphas = [math.sqrt((2 * gamma) ** p / math.factorial(p)) for p in range(order + 1)]
+    if beta is None:
+        et, ep = B.xp(theta).exp(-gamma * theta**2), B.xp(phi).exp(-gamma * phi**2)
+    else:
+        et = ep = math.sqrt(float(beta))
+    stack = B.xp(theta).stack
+    P = stack([a * theta**p * et for p, a in enumerate(alphas)], -1)
+    Q = stack([a * phi**p * ep for p, a in enumerate(alphas)], -1)
+    return LowRankAffinity(P, Q)
+
+
+def double_attention(gather_logits: Array, distribute_logits: Array) -> LowRankAffinity:
+    r"""Double attention (A²): :math:`A = S_d S_g^T`, rank :math:`\le m`, row-stochastic.
+
+    :math:`S_g = \operatorname{softmax}` of ``gather_logits`` over positions (each of the
+    :math:`m` descriptors is a convex combination of positions), and
+    :math:`S_d = \operatorname{softmax}` of ``distribute_logits`` over the :math:`m`
+    descriptors (each position mixes the descriptors). Rows of :math:`A` sum to one.
+
+    Shapes
+    ------
+    ``gather_logits``, ``distribute_logits``: ``(..., N, m)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g, d = np.random.default_rng(0).standard_normal((2, 10, 3))
+    >>> np.allclose(double_attention(g, d).degrees(), 1)
+    True
+    """
+    g, d = _pair(gather_logits, distribute_logits)
+    if g.shape != d.shape:
+        raise ValueError(
+            f"gather and distribute logits must share the shape (..., N, m), got "
+            f"{tuple(g.shape)} and {tuple(d.shape)}"
+        )
+    aff = LowRankAffinity(B.softmax(d, -1), B.softmax(g, -2))
+    aff.row_stochastic = True
+    return aff
+
+
+#: Kernel name (as in :data:`graphfilters.specs.KERNEL_NAMES`) -> function.
+KERNELS: dict[str, Callable[..., Affinity]] = {
+    "embedded_gaussian": embedded_gaussian,
+    "dot_product": dot_product,
+    "relu_dot": relu_dot,
+    "gaussian": gaussian,
+    "concatenation": concatenation,
+    "taylor_rbf": taylor_rbf,
+    "double_attention": double_attention,
+}
+
+
+def get_kernel(name: str) -> Callable[..., Affinity]:
+    """The kernel function called ``name``; unknown names list the known ones.
+
+    Examples
+    --------
+    >>> get_kernel("relu_dot").__name__
+    'relu_dot'
+    """
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}")
+    return KERNELS[name]
