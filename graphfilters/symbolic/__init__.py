@@ -1,0 +1,1 @@
+"""Symbolic layer (work in progress)."""

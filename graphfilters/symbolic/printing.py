@@ -1,0 +1,89 @@
+"""LaTeX and plain-text printing of matrix expressions, in the order the terms were built.
+
+sympy's default printers sort the terms of a sum and write the identity as
+:math:`\\mathbb{I}`; derivations read better with terms in the order of the filter
+(:math:`Z W_0 + \\hat A Z W_1 + \\dots`) and the identity as :math:`I`.
+
+Examples
+--------
+>>> from sympy import MatAdd, MatMul
+>>> from graphfilters.symbolic.symbols import Ahat, I, Z, W0, W2
+>>> expr = MatAdd(MatMul(Z, W0), MatMul(MatAdd(2 * Ahat**2, -I), Z, W2))
+>>> latex(expr)
+'Z W_{0} + \\\\left(2 \\\\hat{A}^{2} - I\\\\right) Z W_{2}'
+>>> pretty(expr)
+'Z*W_0 + (2*Ahat**2 - I)*Z*W_2'
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy import MatAdd
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+__all__ = ["latex", "pretty"]
+
+
+class _Latex(LatexPrinter):
+    def __init__(self) -> None:
+        super().__init__({"order": "none"})
+
+    def _print_Identity(self, expr: sp.Basic) -> str:
+        return "I"
+
+    def _print_ZeroMatrix(self, expr: sp.Basic) -> str:
+        return "0"
+
+    def _print_MatMul(self, expr: sp.Basic) -> str:
+        coeff, mats = expr.as_coeff_matrices()
+        parts = []
+        for factor in mats:
+            text = self._print(factor)
+            if isinstance(factor, MatAdd):
+                text = rf"\left({text}\right)"
+            parts.append(text)
+        body = " ".join(parts)
+        if coeff == 1:
+            return body
+        if coeff == -1:
+            return "- " + body
+        text = self._print(coeff)
+        if coeff.is_Add:
+            text = rf"\left({text}\right)"
+        return f"{text} {body}"
+
+
+class _Str(StrPrinter):
+    def __init__(self) -> None:
+        super().__init__({"order": "none"})
+
+    def _print_Identity(self, expr: sp.Basic) -> str:
+        return "I"
+
+    def _print_ZeroMatrix(self, expr: sp.Basic) -> str:
+        return "0"
+
+
+def latex(expr: sp.Basic) -> str:
+    """LaTeX of ``expr``, terms in construction order, identity written ``I``.
+
+    Examples
+    --------
+    >>> from graphfilters.symbolic.symbols import A, Z, W
+    >>> latex(A * Z * W / 2)
+    '\\\\frac{1}{2} A Z W'
+    """
+    return _Latex().doprint(expr)
+
+
+def pretty(expr: sp.Basic) -> str:
+    """Plain text of ``expr``, terms in construction order.
+
+    Examples
+    --------
+    >>> from graphfilters.symbolic.symbols import A, Z, W
+    >>> pretty(-A * Z * W)
+    '-A*Z*W'
+    """
+    return _Str().doprint(expr)
