@@ -1,0 +1,98 @@
+"""The documentation: the site builds in strict mode and the theory page matches the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphfilters.specs import BLOCK_NAMES, BLOCKS
+
+ROOT = Path(__file__).resolve().parents[1]
+THEORY = ROOT / "docs" / "theory.md"
+
+# A row of the table of special cases: | `name` | `kernel` | `norm` | order | `constraint` | ...
+_ROW = re.compile(
+    r"^\|\s*`(?P<name>[a-z0-9_]+)`\s*\|\s*`(?P<kernel>[a-z_]+)`\s*\|"
+    r"\s*`(?P<normalization>[a-z_]+)`\s*\|\s*(?P<order>\d+)\s*\|\s*`(?P<constraint>[a-z_0-9]+)`\s*\|"
+)
+
+
+def _theory_table() -> list[dict[str, str]]:
+    text = THEORY.read_text(encoding="utf-8")
+    section = text.split("## The special cases", 1)[1].split("\n## ", 1)[0]
+    return [m.groupdict() for line in section.splitlines() if (m := _ROW.match(line))]
+
+
+def test_theory_table_matches_block_table():
+    rows = _theory_table()
+    assert [r["name"] for r in rows] == list(BLOCK_NAMES), (
+        "docs/theory.md's table of special cases must list the blocks of "
+        "graphfilters.specs.BLOCKS, in table order"
+    )
+    for row in rows:
+        spec = BLOCKS[row["name"]]
+        documented = (row["kernel"], row["normalization"], int(row["order"]), row["constraint"])
+        actual = (spec.kernel, spec.normalization, spec.order, spec.weight_constraint)
+        assert documented == actual, f"docs/theory.md row {row['name']!r}: {documented} != {actual}"
+
+
+def test_theory_page_states_the_conventions():
+    text = THEORY.read_text(encoding="utf-8")
+    assert "$c_0$ is twice ours" in text  # numpy's c_0 vs Hammond / PyGSP's c_0 / 2
+    assert "`order` is the polynomial degree" in text
+    assert "\\lambda_{max} \\le 2" in text
+
+
+def test_every_public_module_has_an_api_page():
+    """Each module documented under docs/api/ is in the nav, and each nav page exists."""
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for page in sorted((ROOT / "docs" / "api").glob("*.md")):
+        assert f"api/{page.name}" in nav, f"{page} is not in the mkdocs.yml nav"
+    for target in re.findall(r":\s*(api/[\w.-]+\.md)", nav):
+        assert (ROOT / "docs" / target).is_file(), f"nav entry {target} has no page"
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.mark.parametrize("page", ["getting-started.md"])
+def test_python_examples_run(page, tmp_path, monkeypatch):
+    """The Python examples of the guide pages run as written."""
+    monkeypatch.chdir(tmp_path)
+    blocks = _python_blocks(ROOT / "docs" / page)
+    assert blocks, f"no python example in docs/{page}"
+    namespace: dict = {"__name__": "__docs__"}
+    for code in blocks:
+        exec(compile(code, f"docs/{page}", "exec"), namespace)  # noqa: S102
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    site = tmp_path / "site"
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    for page in ("index.html", "theory/index.html", "api/graph/index.html"):
+        assert (site / page).is_file(), page
+    # The math went through arithmatex, and the reST roles were rewritten by docs/assets.
+    graph_page = (site / "api" / "graph" / "index.html").read_text(encoding="utf-8")
+    assert 'class="arithmatex"' in graph_page
+    assert ":math:" not in graph_page
+    shutil.rmtree(site, ignore_errors=True)
