@@ -44,14 +44,16 @@ class _Latex(LatexPrinter):
                 text = rf"\left({text}\right)"
             parts.append(text)
         body = " ".join(parts)
+        sign, coeff = _split_sign(coeff)
         if coeff == 1:
-            return body
-        if coeff == -1:
-            return "- " + body
+            return sign + body
         text = self._print(coeff)
         if coeff.is_Add:
             text = rf"\left({text}\right)"
-        return f"{text} {body}"
+        return f"{sign}{text} {body}"
+
+    def _print_MatAdd(self, expr: sp.Basic) -> str:
+        return _join_terms([self._print(t) for t in expr.args])
 
 
 class _Str(StrPrinter):
@@ -63,6 +65,43 @@ class _Str(StrPrinter):
 
     def _print_ZeroMatrix(self, expr: sp.Basic) -> str:
         return "0"
+
+    def _print_MatMul(self, expr: sp.Basic) -> str:
+        coeff, mats = expr.as_coeff_matrices()
+        parts = []
+        for factor in mats:
+            text = self._print(factor)
+            if isinstance(factor, MatAdd):
+                text = f"({text})"
+            parts.append(text)
+        body = "*".join(parts)
+        sign, coeff = _split_sign(coeff)
+        if coeff == 1:
+            return sign + body
+        text = self._print(coeff)
+        if not (coeff.is_Integer or coeff.is_Symbol):
+            text = f"({text})"
+        return f"{sign}{text}*{body}"
+
+    def _print_MatAdd(self, expr: sp.Basic) -> str:
+        return _join_terms([self._print(t) for t in expr.args])
+
+
+def _split_sign(coeff: sp.Expr) -> tuple[str, sp.Expr]:
+    coeff = sp.sympify(coeff)
+    if coeff.could_extract_minus_sign():
+        return "-", -coeff
+    return "", coeff
+
+
+def _join_terms(texts: list[str]) -> str:
+    out = texts[0]
+    for text in texts[1:]:
+        if text.startswith("-"):
+            out += " - " + text[1:].lstrip()
+        else:
+            out += " + " + text
+    return out
 
 
 def latex(expr: sp.Basic) -> str:

@@ -1,0 +1,488 @@
+r"""Derive every nonlocal block of the table from the generic Chebyshev filter, with proof.
+
+:func:`derive` reads one row of :mod:`graphfilters.specs` and substitutes, step by step
+(each step a sympy substitution on non-commutative matrix symbols):
+
+1. the generic filter :math:`\sum_{k=0}^{K} T_k(\tilde L) Z W^L_k`, expanded by the
+   Chebyshev recursion;
+2. :math:`\tilde L \to 2L/\lambda_{max} - I`, then :math:`\lambda_{max}` (2 for the
+   normalized Laplacians, kept symbolic when the row says ``None``);
+3. :math:`L \to` its definition in :math:`A, D`;
+4. the degree rule (:math:`D \to I`, :math:`2I`, :math:`\tfrac{\lambda_{max}}{2}I`) or the
+   definition of :math:`\hat A` (see :mod:`graphfilters.symbolic.rules`);
+5. sign absorption :math:`W^L_k \to (-1)^k W_k` (:math:`T_k(-x) = (-1)^k T_k(x)`);
+6. the stable hypothesis :math:`\hat A^2 \to \hat A` when ``basis == "stable"``;
+7. the weight constraint (:math:`W_0 \to 0` or :math:`W_0 \to -W_1`);
+8. naming the single learned weight :math:`W` when the closed form has one (absorbing a
+   scalar factor and CC's :math:`\gamma`).
+
+The closed form is parsed from the row's ``filter_latex`` (every side of ``F = X = Y``), its
+Laplacian symbols are rewritten by the same rules, and the proof is that
+``derived - closed_form`` expands to the zero matrix in the free algebra of the symbols
+(:func:`graphfilters.symbolic.algebra.difference`).
+
+Examples
+--------
+>>> d = derive("snl")
+>>> d.verified
+True
+>>> d.result
+'Z*W_0 + Ahat*Z*W_1'
+>>> derive("nl", mode="dot_product").verified
+True
+>>> derive("gsnl", closed_form=r"Z W_0 + \hat A Z W_1 + (2\hat A - I) Z W_2").verified
+False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import sympy as sp
+from sympy import MatAdd, MatMul
+
+from graphfilters.specs import BLOCK_NAMES, BlockSpec, get_spec
+
+from . import symbols as S
+from .algebra import difference, expand_matrix
+from .generic import (
+    as_filter,
+    chebyshev_polynomial,
+    collect_powers,
+    generic_filter,
+    laplacian,
+    weight_terms,
+)
+from .parsing import parse_equation
+from .printing import latex, pretty
+from .rules import (
+    Assumption,
+    apply_spec_rules,
+    apply_stable_hypothesis,
+    assumptions,
+    constraint_substitution,
+    degree_rule,
+    lambda_value,
+    operator_rule,
+)
+
+__all__ = ["Step", "Derivation", "derive", "derive_all", "closed_form_from_fields"]
+
+_STRUCTURE_FIELDS = {"order", "weight_constraint", "basis"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a derivation.
+
+    Attributes
+    ----------
+    description : str
+        What the step does and why (plain text).
+    rule_latex : str
+        The substitution in LaTeX (``""`` for the generic filter).
+    substitution : Mapping
+        The sympy substitution applied (old -> new); empty for the first step.
+    expr : sympy matrix expression
+        The filter after the step.
+    """
+
+    description: str
+    rule_latex: str
+    substitution: Mapping[sp.Basic, sp.Basic]
+    expr: sp.Basic
+
+    def __str__(self) -> str:
+        return f"{pretty(self.expr)}    [{self.description}]"
+
+
+def _text(s: str) -> str:
+    return r"\text{" + s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") + "}"
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """A block derived from the generic Chebyshev filter, with its proof.
+
+    Attributes
+    ----------
+    spec : BlockSpec
+        The table row.
+    assumptions : tuple of Assumption
+    steps : tuple of Step
+        From the generic filter (first) to the derived closed form (last).
+    derived : sympy matrix expression
+        The filter after the last step.
+    closed_forms : tuple of sympy matrix expressions
+        The closed form(s) claimed, as written (parsed from ``filter_latex`` unless given);
+        Laplacian symbols such as ``L_rw`` are rewritten by the spec rules for the proof.
+    closed_form_latex : str
+        The closed form as written in the table (or as given).
+    source : str
+        Where the closed form comes from: ``"table"`` (``filter_latex``), ``"fields"``
+        (:func:`closed_form_from_fields`, for structural overrides) or ``"given"``.
+    differences : tuple
+        ``derived - closed_form``, expanded and simplified, for each closed form.
+    verified : bool
+        Whether every difference is the zero matrix.
+    operator : MatrixSymbol
+        The operator of the closed form, ``A`` or ``Ahat``.
+    laplacian_weights : Mapping
+        The Laplacian-form weights :math:`W^L_k` in terms of the closed-form weights.
+    laplacian_in_operator : sympy matrix expression
+        The block's Laplacian expressed in ``operator`` (linear: :math:`\\alpha I + \\beta X`).
+    collapsed : sympy matrix expression or None
+        For ``basis == "stable"``: the derived filter collected by powers of the operator,
+        an order-1 filter with reparametrized weights.
+    """
+
+    spec: BlockSpec
+    assumptions: tuple[Assumption, ...]
+    steps: tuple[Step, ...]
+    derived: sp.Basic
+    closed_forms: tuple[sp.Basic, ...]
+    closed_form_latex: str
+    differences: tuple[sp.Basic, ...]
+    verified: bool
+    operator: sp.Basic
+    source: str
+    laplacian_weights: Mapping[sp.Basic, sp.Basic] = field(repr=False)
+    laplacian_in_operator: sp.Basic = field(repr=False)
+    collapsed: sp.Basic | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def mode(self) -> str | None:
+        return self.spec.mode
+
+    @property
+    def order(self) -> int:
+        return self.spec.order
+
+    @property
+    def closed_form(self) -> sp.Basic:
+        """The first closed form."""
+        return self.closed_forms[0]
+
+    @property
+    def result(self) -> str:
+        """Plain text of the derived filter."""
+        return pretty(self.derived)
+
+    @property
+    def generic(self) -> sp.Basic:
+        """The generic filter the derivation starts from (in :math:`\\tilde L`)."""
+        return self.steps[0].expr
+
+    @property
+    def constrained_generic(self) -> sp.Basic:
+        """The generic filter with the constraint applied: :math:`W^L_k` replaced by
+        :attr:`laplacian_weights` (still in :math:`\\tilde L`)."""
+        return as_filter(self.generic.xreplace(dict(self.laplacian_weights)))
+
+    @property
+    def title(self) -> str:
+        mode = f", mode {self.spec.mode}" if self.spec.mode else ""
+        return f"{self.spec.title} ['{self.spec.name}'{mode}]"
+
+    def latex_lines(self) -> list[str]:
+        """The lines of the ``align`` environment (without the trailing ``\\\\``)."""
+        K = self.spec.order
+        lines = [
+            rf"F &= \sum_{{k=0}}^{{{K}}} T_{{k}}(\tilde{{L}})\, Z\, W^{{L}}_{{k}} && "
+            + _text(f"generic Chebyshev filter of order {K} (Laplacian form)")
+        ]
+        for step in self.steps:
+            note = _text(step.description)
+            if step.rule_latex:
+                note += r":\ " + step.rule_latex
+            lines.append(rf"&= {latex(step.expr)} && {note}")
+        relation = "=" if self.verified else r"\neq"
+        for cf, diff in zip(self.closed_forms, self.differences):
+            ok = _text(f"closed form ({self.source}), proved: derived - closed form = 0")
+            bad = _text("closed form does NOT match: derived - closed form = ")
+            note = ok if _is_zero_matrix(diff) else bad + latex(diff)
+            lines.append(rf"&{relation} {latex(cf)} && {note}")
+        if self.collapsed is not None:
+            lines.append(rf"&= {latex(self.collapsed)} && "
+                         + _text("collect by powers: an order-1 filter, reparametrized weights"))
+        return lines
+
+    def to_latex(self) -> str:
+        """LaTeX for papers: an ``align`` environment, one line per step.
+
+        Examples
+        --------
+        >>> print(derive("ns").to_latex().splitlines()[0])
+        \\begin{align}
+        """
+        body = " \\\\\n".join(self.latex_lines())
+        return "\\begin{align}\n" + body + "\n\\end{align}"
+
+    def _repr_latex_(self) -> str:
+        body = " \\\\\n".join(self.latex_lines())
+        return "$$\\begin{aligned}\n" + body + "\n\\end{aligned}$$"
+
+    def __str__(self) -> str:
+        status = "VERIFIED" if self.verified else "NOT VERIFIED"
+        out = [f"Derivation of {self.title}: {status}", "Assumptions:"]
+        out += [f"  - {a}" for a in self.assumptions]
+        out.append("Steps:")
+        out.append(f"  F = sum_{{k=0}}^{{{self.order}}} T_k(Ltilde) Z W^L_k"
+                   "    [generic Chebyshev filter, Laplacian form]")
+        out += [f"    = {step}" for step in self.steps]
+        out.append(f"Closed form ({self.source}): {self.closed_form_latex}")
+        for cf, diff in zip(self.closed_forms, self.differences):
+            out.append(f"  {pretty(self.derived)}  -  ({pretty(cf)})  =  {pretty(diff)}")
+        if self.collapsed is not None:
+            out.append(f"Collected by powers (order-1 filter): F = {pretty(self.collapsed)}")
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        return f"<Derivation {self.title}: verified={self.verified}>"
+
+
+def _is_zero_matrix(expr: sp.Basic) -> bool:
+    return isinstance(expr, sp.ZeroMatrix) or expr == 0
+
+
+def closed_form_from_fields(spec: BlockSpec) -> sp.Basic:
+    r"""The affinity-form filter built from the spec fields alone.
+
+    .. math:: F = \sum_{k \in \text{free}} B_k(X)\, Z\, W_k
+
+    with :math:`X = -\tilde L` after the spec rules (``A``, ``Ahat``, ``A/2``, ...), the
+    Chebyshev or stable basis, and the weight constraint. Used when ``order``,
+    ``weight_constraint`` or ``basis`` are overridden (the table's ``filter_latex`` then no
+    longer applies).
+
+    Examples
+    --------
+    >>> from graphfilters.specs import get_spec
+    >>> pretty(closed_form_from_fields(get_spec("snl", order=2)))
+    'Z*W_0 + Ahat*Z*W_1 + (2*Ahat**2 - I)*Z*W_2'
+    """
+    X = as_filter_operator(spec)
+    parts = []
+    for k in range(spec.order + 1):
+        B = chebyshev_polynomial(k, X)
+        if spec.basis == "stable":
+            B = apply_stable_hypothesis(B, _operator_symbol(spec))
+        parts.append(MatMul(B, S.Z, S.weight(k)))
+    expr = parts[0] if len(parts) == 1 else MatAdd(*parts)
+    return as_filter(expr.xreplace(constraint_substitution(spec)))
+
+
+def _operator_symbol(spec: BlockSpec) -> sp.Basic:
+    return S.Ahat if operator_rule(spec) is not None else S.A
+
+
+def as_filter_operator(spec: BlockSpec) -> sp.Basic:
+    """The affinity-form operator :math:`X = -\\tilde L` of ``spec`` after its rules."""
+    lam = lambda_value(spec)
+    Lt = MatAdd(MatMul(2 / lam, S.L), MatMul(-1, S.I))
+    return expand_matrix(MatMul(-1, apply_spec_rules(Lt, spec)))
+
+
+def _parse_closed_forms(closed_form: object) -> tuple[tuple[sp.Basic, ...], str]:
+    if isinstance(closed_form, str):
+        return tuple(parse_equation(closed_form)), closed_form
+    if isinstance(closed_form, sp.Basic):
+        return (closed_form,), f"F = {latex(closed_form)}"
+    if isinstance(closed_form, Sequence):
+        forms = tuple(_parse_closed_forms(c)[0][0] for c in closed_form)
+        return forms, "F = " + " = ".join(latex(c) for c in forms)
+    raise TypeError(
+        f"closed_form must be a LaTeX/plain string, a sympy matrix expression or a list of "
+        f"them, got {type(closed_form).__name__}"
+    )
+
+
+def derive(name: str | BlockSpec, mode: str | None = None, *,
+           closed_form: object = None, **overrides: object) -> Derivation:
+    """Derive block ``name`` from the generic Chebyshev filter and prove the closed form.
+
+    Parameters
+    ----------
+    name : str or BlockSpec
+        A table name (``nl``, ``ns``, ``a2``, ``cgnl``, ``cc``, ``dnl``, ``snl``, ``gsnl``,
+        ``gsnl_stable``) or a spec.
+    mode : str, optional
+        For ``nl``: ``embedded_gaussian`` (default), ``dot_product``, ``gaussian``,
+        ``concatenation``.
+    closed_form : str, sympy expression or list, optional
+        The closed form to prove; default: the row's ``filter_latex`` (or, when ``order``,
+        ``weight_constraint`` or ``basis`` are overridden, :func:`closed_form_from_fields`).
+        A wrong closed form gives ``verified == False``.
+    **overrides
+        Spec fields to override (validated by :func:`graphfilters.specs.get_spec`).
+
+    Returns
+    -------
+    Derivation
+
+    Raises
+    ------
+    ValueError
+        Unknown block or mode (the message lists the known ones), an inconsistent spec, or a
+        spec whose rules leave the degree matrix in the filter.
+
+    Examples
+    --------
+    >>> d = derive("gsnl_stable")
+    >>> d.verified, d.result
+    (True, 'Z*W_0 + Ahat*Z*W_1 + (2*Ahat - I)*Z*W_2')
+    >>> derive("foo")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown block 'foo'; known blocks: nl, ns, a2, cgnl, cc, dnl, snl, gsnl, ...
+    """
+    spec = get_spec(name, mode=mode, **overrides)
+    K = spec.order
+    lam = lambda_value(spec)
+    steps: list[Step] = []
+
+    def record(description: str, rule_latex: str, mapping: Mapping, expr: sp.Basic) -> sp.Basic:
+        expr = as_filter(expr)
+        steps.append(Step(description, rule_latex, MappingProxyType(dict(mapping)), expr))
+        return expr
+
+    def rule_tex(mapping: Mapping) -> str:
+        return r",\ ".join(rf"{latex(k)} \to {latex(v)}" for k, v in mapping.items())
+
+    expr = record("Chebyshev recursion",
+                  r"T_{0} = I,\ T_{1} = \tilde{L},\ T_{k+1} = 2 \tilde{L} T_{k} - T_{k-1}",
+                  {}, generic_filter(K, stage="ltilde"))
+    sub = {S.Ltilde: MatAdd(MatMul(2 / S.lambda_max, S.L), MatMul(-1, S.I))}
+    expr = record("scaled Laplacian", rule_tex(sub), sub, expr.xreplace(sub))
+    if spec.lambda_max is not None:
+        sub = {S.lambda_max: lam}
+        expr = record("lambda_max of the normalized Laplacian (spectrum in [0, 2])",
+                      rule_tex(sub), sub, expr.xreplace(sub))
+    sub = {S.L: laplacian(spec.laplacian)}
+    expr = record(f"Laplacian '{spec.laplacian}'", rule_tex(sub), sub, expr.xreplace(sub))
+    drule = degree_rule(spec)
+    if drule is not None:
+        sub = {S.D: drule.value_for(lam)}
+        expr = record(f"degree rule '{drule.name}'", drule.rule_latex, sub, expr.xreplace(sub))
+    orule = operator_rule(spec)
+    if orule is not None and S.D in expr.atoms(sp.MatrixSymbol):
+        sub = {S.A: orule.substitution}
+        expr = record(f"normalization '{orule.normalization}'", orule.rule_latex, sub,
+                      expr.xreplace(sub))
+    if S.D in expr.atoms(sp.MatrixSymbol):
+        raise ValueError(
+            f"block {spec.name!r}: normalization {spec.normalization!r} with Laplacian "
+            f"{spec.laplacian!r} leaves the degree matrix D in the filter "
+            f"({pretty(expr)}); the filter is then not a polynomial of one operator. Use the "
+            "Laplacian that matches the normalization (sym -> 'sym', rw -> 'rw') or add a "
+            "degree rule in graphfilters.symbolic.rules"
+        )
+    op = _operator_symbol(spec)
+    sub = {S.laplacian_weight(k): S.weight(k) if k % 2 == 0 else MatMul(-1, S.weight(k))
+           for k in range(K + 1)}
+    expr = record("sign absorption into the affinity-form weights",
+                  r"T_{k}(-x) = (-1)^{k} T_{k}(x):\ W^{L}_{k} \to (-1)^{k} W_{k}", sub,
+                  expr.xreplace(sub))
+    weights: dict[sp.Basic, sp.Basic] = dict(sub)
+    if spec.basis == "stable":
+        before = expr
+        expr = apply_stable_hypothesis(expr, op)
+        if expr != before:
+            expr = record("stable hypothesis", rf"{latex(op)}^{{2}} \to {latex(op)}",
+                          {op**2: op}, expr)
+    sub = constraint_substitution(spec)
+    if sub:
+        expr = record(f"weight constraint '{spec.weight_constraint}'", rule_tex(sub), sub,
+                      expr.xreplace(sub))
+        weights = {k: v.xreplace(sub) for k, v in weights.items()}
+
+    if closed_form is None:
+        if _STRUCTURE_FIELDS & set(overrides) and "filter_latex" not in overrides:
+            forms = (closed_form_from_fields(spec),)
+            cf_latex, source = "F = " + latex(forms[0]), "fields"
+        else:
+            forms, cf_latex = _parse_closed_forms(spec.filter_latex)
+            source = "table"
+    else:
+        forms, cf_latex = _parse_closed_forms(closed_form)
+        source = "given"
+    applied = tuple(apply_spec_rules(f, spec) for f in forms)
+
+    rename = _rename_single_weight(expr, applied, spec)
+    if rename is not None:
+        sub, description = rename
+        expr = record(description, rule_tex(sub), sub, expr.xreplace(sub))
+        weights = {k: v.xreplace(sub) for k, v in weights.items()}
+
+    weights = {k: expand_matrix(v) for k, v in weights.items()}
+    diffs = tuple(difference(expr, f) for f in applied)
+    verified = all(_is_zero_matrix(d) for d in diffs)
+    L_op = _laplacian_in_operator(spec)
+    return Derivation(
+        spec=spec,
+        assumptions=assumptions(spec),
+        steps=tuple(steps),
+        derived=expr,
+        closed_forms=tuple(as_filter(f) for f in forms),
+        closed_form_latex=cf_latex,
+        differences=diffs,
+        verified=verified,
+        operator=op,
+        source=source,
+        laplacian_weights=MappingProxyType(weights),
+        laplacian_in_operator=L_op,
+        collapsed=collect_powers(expr) if spec.basis == "stable" else None,
+    )
+
+
+def _laplacian_in_operator(spec: BlockSpec) -> sp.Basic:
+    return expand_matrix(apply_spec_rules(S.L, spec))
+
+
+def _rename_single_weight(expr: sp.Basic, forms: tuple[sp.Basic, ...], spec: BlockSpec):
+    """``W_j -> (scale) W`` when the closed form has the single weight ``W``."""
+    form_symbols = set().union(*(f.atoms(sp.MatrixSymbol) for f in forms))
+    if S.W not in form_symbols:
+        return None
+    split = weight_terms(expr)
+    if split is None or len(split) != 1:
+        return None
+    (wj, poly), = split.items()
+    if wj == S.W:
+        return None
+    # leading coefficient: the term of highest degree in the operator
+    word = max(poly, key=lambda w: (sum(e for _, e in w if e.is_number and e > 0), str(w)))
+    c = sp.simplify(poly[word])
+    scale = 1 / c
+    parts = []
+    if c != 1:
+        parts.append("absorb the scalar factor")
+    if spec.output == "gamma":
+        scale = S.gamma * scale
+        parts.append("output scaled by the learned gamma")
+    description = "name the single learned weight W" + (f" ({', '.join(parts)})" if parts else "")
+    return {wj: MatMul(scale, S.W) if scale != 1 else S.W}, description
+
+
+def derive_all() -> tuple[Derivation, ...]:
+    """Every table row, ``nl`` once per mode.
+
+    Examples
+    --------
+    >>> all(d.verified for d in derive_all())
+    True
+    >>> len(derive_all())
+    12
+    """
+    out = []
+    for name in BLOCK_NAMES:
+        spec = get_spec(name)
+        for mode in spec.modes or (None,):
+            out.append(derive(name, mode=mode))
+    return tuple(out)
