@@ -563,9 +563,17 @@ class LowRankAffinity(Affinity):
 
     def __init__(self, P: Array, Q: Array, symmetric: bool = False) -> None:
         P, Q = B.as_array(P, "P"), B.as_array(Q, "Q")
-        if P.ndim < 2 or P.shape != Q.shape:
+        # Q may have M != N rows (sub-sampled keys: an N x M affinity) unless symmetric.
+        if (
+            P.ndim < 2
+            or P.ndim != Q.ndim
+            or P.shape[:-2] != Q.shape[:-2]
+            or P.shape[-1] != Q.shape[-1]
+            or (symmetric and P.shape != Q.shape)
+        ):
             raise ValueError(
-                "low-rank factors P and Q must have the same shape (..., N, r), got "
+                "low-rank factors P and Q must have the same shape (..., N, r) (or Q "
+                "(..., M, r) for M sub-sampled keys, when not symmetric), got "
                 f"{tuple(P.shape)} and {tuple(Q.shape)}"
             )
         B.check_finite(P, "P")
@@ -578,12 +586,17 @@ class LowRankAffinity(Affinity):
         return self._sym
 
     @property
+    def n_cols(self) -> int:
+        return int(self.Q.shape[-2])
+
+    @property
     def rank(self) -> int:
         """Upper bound of the rank (``2r`` when symmetrized)."""
         return int(self.P.shape[-1]) * (2 if self._sym else 1)
 
     def symmetrized(self) -> LowRankAffinity:
         r""":math:`\operatorname{sym}(PQ^T)` as a low-rank affinity."""
+        self._require_square()
         return LowRankAffinity(self.P, self.Q, symmetric=True)
 
     def degrees(self) -> Array:
@@ -594,7 +607,7 @@ class LowRankAffinity(Affinity):
         return d[..., 0]
 
     def matmul(self, Z: Array) -> Array:
-        Z = _check_signal(Z, self.n)
+        Z = _check_signal(Z, self.n_cols)
         P, Q = self.P, self.Q
         out = P @ (B.transpose(Q) @ Z)
         if self._sym:

@@ -33,7 +33,8 @@ from collections.abc import Callable
 
 from . import _backend as B
 from ._backend import Array
-from .graph import Affinity, DenseAffinity, LowRankAffinity, SoftmaxAffinity
+from .criss_cross import criss_cross
+from .graph import Affinity, DenseAffinity, LowRankAffinity, SoftmaxAffinity, SumAffinity
 
 __all__ = [
     "embedded_gaussian",
@@ -43,6 +44,8 @@ __all__ = [
     "concatenation",
     "taylor_rbf",
     "double_attention",
+    "criss_cross",
+    "disentangled",
     "KERNELS",
     "get_kernel",
 ]
@@ -220,6 +223,61 @@ def double_attention(gather_logits: Array, distribute_logits: Array) -> LowRankA
     return aff
 
 
+def disentangled(
+    theta: Array, phi: Array, unary_logits: Array, scale: float = 1.0
+) -> SumAffinity:
+    r"""Disentangled kernel (DNL): whitened pairwise softmax plus a unary term.
+
+    .. math::
+
+        A = \operatorname{softmax}_{row}\big(s\,(\Theta - \mathbf 1\mu_\theta^T)
+        (\Phi - \mathbf 1\mu_\phi^T)^T\big) + \mathbf 1\, \operatorname{softmax}(u)^T,
+
+    with :math:`\mu` the means over positions and :math:`u` the unary logits (one per key;
+    DNL's ``conv_mask``). Both terms are row-stochastic, so rows sum to 2: a
+    :class:`~graphfilters.graph.SumAffinity` of a
+    :class:`~graphfilters.graph.SoftmaxAffinity` and a rank-one
+    :class:`~graphfilters.graph.LowRankAffinity`; never ``N x N`` in products.
+
+    Shapes
+    ------
+    ``theta``, ``phi``: ``(..., N, C)``; ``unary_logits``: ``(..., N)`` or ``(..., N, 1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t, p = np.random.default_rng(0).standard_normal((2, 5, 3))
+    >>> A = disentangled(t, p, np.zeros(5))
+    >>> np.allclose(A.degrees(), 2), np.allclose(A.dense()[0] - A.dense()[1], 0)
+    (True, False)
+    """
+    theta, phi = _pair(theta, phi)
+    if theta.shape[-2] != phi.shape[-2]:
+        raise ValueError(
+            "the disentangled kernel needs as many keys as queries (no sub-sampling), got "
+            f"{theta.shape[-2]} and {phi.shape[-2]}"
+        )
+    u = B.as_array(unary_logits, "unary_logits")
+    if u.ndim == theta.ndim:
+        u = u[..., 0]
+    if tuple(u.shape) != tuple(phi.shape[:-1]):
+        raise ValueError(
+            f"unary_logits must have shape {tuple(phi.shape[:-1])} (one logit per key), got "
+            f"{tuple(B.as_array(unary_logits).shape)}"
+        )
+    if B.is_torch(theta):
+        tc = theta - theta.mean(dim=-2, keepdim=True)
+        pc = phi - phi.mean(dim=-2, keepdim=True)
+    else:
+        tc = theta - theta.mean(axis=-2, keepdims=True)
+        pc = phi - phi.mean(axis=-2, keepdims=True)
+    pairwise = SoftmaxAffinity(tc, pc, scale=float(scale))
+    s = B.softmax(u, -1)[..., None]
+    unary = LowRankAffinity(B.ones(tuple(s.shape), s), s)
+    unary.row_stochastic = True
+    return SumAffinity([pairwise, unary])
+
+
 #: Kernel name (as in :data:`graphfilters.specs.KERNEL_NAMES`) -> function.
 KERNELS: dict[str, Callable[..., Affinity]] = {
     "embedded_gaussian": embedded_gaussian,
@@ -229,6 +287,8 @@ KERNELS: dict[str, Callable[..., Affinity]] = {
     "concatenation": concatenation,
     "taylor_rbf": taylor_rbf,
     "double_attention": double_attention,
+    "criss_cross": criss_cross,
+    "disentangled": disentangled,
 }
 
 

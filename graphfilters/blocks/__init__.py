@@ -1,0 +1,60 @@
+r"""Nonlocal blocks as PyTorch modules: one unified Chebyshev block and every named block.
+
+:class:`ChebyshevNonlocal` computes :math:`Y = X + \operatorname{Norm}(\sum_k B_k(\hat A) Z
+W_k)` for any row of the block table (:mod:`graphfilters.specs`); the named blocks are its
+configurations, each with an original-form twin in :mod:`graphfilters.blocks.reference` and a
+``from_reference`` converter, and :func:`make_block` builds any of them by table name.
+
+=================  ==========================  ============================================
+table name         class                       original form (``reference``)
+=================  ==========================  ============================================
+``nl``             :class:`NonLocal`           :class:`~.reference.NonLocalRef`
+``ns``             :class:`NonlocalStage`      :class:`~.reference.NonlocalStageRef`
+``a2``             :class:`DoubleAttention`    :class:`~.reference.DoubleAttentionRef`
+``cgnl``           :class:`CGNL`               :class:`~.reference.CGNLRef`
+``cc``             :class:`CrissCross`         :class:`~.reference.CrissCrossRef`
+``dnl``            :class:`DisentangledNonLocal` :class:`~.reference.DisentangledNonLocalRef`
+``snl``            :class:`SNL`                :class:`~.reference.OfficialSNL`
+``gsnl``           :class:`gSNL`               :class:`~.reference.GSNLRef`
+``gsnl_stable``    ``gSNL(stable=True)``       ``GSNLRef(stable=True)``
+=================  ==========================  ============================================
+
+Examples
+--------
+>>> import torch
+>>> from graphfilters.blocks import make_block
+>>> block = make_block("snl", 16)
+>>> x = torch.randn(4, 16, 8, 8)
+>>> torch.equal(block(x), x)            # BN scale zero-initialized: identity at start
+True
+"""
+
+from . import reference
+from .a2 import DoubleAttention
+from .cc import CrissCross
+from .cgnl import CGNL
+from .dnl import DisentangledNonLocal
+from .factory import BLOCK_CLASSES, make_block
+from .nl import NonLocal
+from .record import FilterRecord, OutputAffine
+from .snl import SNL, gSNL
+from .unified import KERNEL_OPTIONS, OUT_NORMS, ChebyshevNonlocal, NonlocalStage
+
+__all__ = [
+    "ChebyshevNonlocal",
+    "NonlocalStage",
+    "NonLocal",
+    "DoubleAttention",
+    "CGNL",
+    "CrissCross",
+    "DisentangledNonLocal",
+    "SNL",
+    "gSNL",
+    "make_block",
+    "BLOCK_CLASSES",
+    "FilterRecord",
+    "OutputAffine",
+    "KERNEL_OPTIONS",
+    "OUT_NORMS",
+    "reference",
+]

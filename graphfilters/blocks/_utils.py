@@ -1,0 +1,94 @@
+"""Small helpers shared by the block modules (no dependency on the numeric core)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+DIMS = (1, 2, 3)
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_BNS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOLS = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
+
+
+def check_dim(dim: int) -> int:
+    if isinstance(dim, bool) or dim not in DIMS:
+        raise ValueError(
+            f"dim must be 1 (sequences), 2 (images) or 3 (videos), got {dim!r}"
+        )
+    return int(dim)
+
+
+def check_channels(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def conv1x1(dim: int, c_in: int, c_out: int, bias: bool = True, groups: int = 1) -> nn.Module:
+    """A 1×1 (×1) convolution for inputs of ``dim`` spatial dimensions."""
+    return _CONVS[dim](c_in, c_out, kernel_size=1, bias=bias, groups=groups)
+
+
+def batch_norm(dim: int, channels: int, zero_init: bool = True) -> nn.Module:
+    """BatchNorm{1,2,3}d with the scale zero-initialized (so ``x + BN(F)`` starts as ``x``)."""
+    bn = _BNS[dim](channels)
+    if zero_init:
+        nn.init.zeros_(bn.weight)
+        nn.init.zeros_(bn.bias)
+    return bn
+
+
+def max_pool(dim: int) -> nn.Module:
+    """The key sub-sampling of Wang et al.: max-pool by 2 over space (not over time)."""
+    if dim == 3:
+        return nn.MaxPool3d(kernel_size=(1, 2, 2))
+    return _POOLS[dim](kernel_size=2)
+
+
+def check_input(x: Tensor, dim: int, channels: int, owner: str) -> None:
+    """Raise a clear error for a wrong input type, rank or channel count."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner} expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != dim + 2:
+        raise ValueError(
+            f"{owner} (dim={dim}) expects input {_LAYOUT[dim]} with {dim + 2} dimensions, got "
+            f"shape {tuple(x.shape)}; build the block with dim={x.ndim - 2} for this input"
+            if x.ndim - 2 in DIMS
+            else f"{owner} (dim={dim}) expects input {_LAYOUT[dim]}, got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"{owner} was built for {channels} input channels, got {x.shape[1]} "
+            f"(input shape {tuple(x.shape)}); build it with in_channels={x.shape[1]}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
+
+
+def to_nodes(x: Tensor) -> Tensor:
+    """``(B, C, *spatial)`` → graph signal ``(B, N, C)``."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def from_nodes(z: Tensor, spatial: tuple[int, ...]) -> Tensor:
+    """Graph signal ``(B, N, C)`` → ``(B, C, *spatial)``."""
+    return z.transpose(1, 2).reshape(z.shape[0], z.shape[2], *spatial)
+
+
+def kaiming_(weight: Tensor) -> None:
+    """The default init of a conv/linear weight (kaiming uniform, ``a = sqrt(5)``)."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+def conv_weight_matrix(conv: nn.Module) -> Tensor:
+    """The ``(C_out, C_in / groups)`` matrix of a 1×1 convolution."""
+    w = conv.weight
+    return w.reshape(w.shape[0], w.shape[1])
+
+
+def numel(shape: tuple[int, ...] | torch.Size) -> int:
+    return int(math.prod(shape))

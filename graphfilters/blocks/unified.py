@@ -1,0 +1,782 @@
+r"""The unified nonlocal block: a Chebyshev graph filter on the affinity graph.
+
+Every nonlocal block of :mod:`graphfilters.specs` is a configuration of
+:class:`ChebyshevNonlocal`; :class:`NonlocalStage` shares one affinity between several of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import kernels
+from ..chebyshev import chebyshev_terms
+from ..graph import Affinity, DenseAffinity, LowRankAffinity, NormalizedOperator
+from ..specs import BlockSpec, get_spec
+from . import _utils as U
+from .record import FilterRecord, OutputAffine
+
+__all__ = ["ChebyshevNonlocal", "NonlocalStage", "OUT_NORMS", "KERNEL_OPTIONS"]
+
+#: Output normalizations: ``batch`` (BatchNorm, zero-initialized scale), ``gamma`` (a learned
+#: scalar, zero-initialized; CCNet), ``none``.
+OUT_NORMS = ("batch", "gamma", "none")
+#: Options each kernel accepts in ``kernel_options`` (with their defaults).
+KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = {
+    "embedded_gaussian": {"scale": None},
+    "gaussian": {"scale": None},
+    "dot_product": {},
+    "relu_dot": {},
+    "concatenation": {},
+    "double_attention": {},
+    "taylor_rbf": {"taylor_order": 2, "gamma": 1e-4, "beta": "code"},
+    "criss_cross": {"scale": 1.0},
+    "disentangled": {"scale": 1.0},
+}
+#: Kernels whose keys may be sub-sampled (the NL family).
+_SUBSAMPLE_KERNELS = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+
+
+class ChebyshevNonlocal(nn.Module):
+    r"""Nonlocal block as a Chebyshev graph filter on the affinity graph.
+
+    .. math::
+
+        Y = X + \rho\Big(\operatorname{Norm}\Big(\sum_{k=0}^{K} B_k(\sigma \hat A)\,
+        Z\, W_k + b\Big)\Big), \qquad Z = g(X),\quad \hat A = \operatorname{norm}(
+        \kappa(\theta(X), \phi(X))),
+
+    in the affinity form of :mod:`graphfilters.specs`: :math:`\kappa` the kernel, ``norm`` the
+    normalization (``sym``: :math:`D^{-1/2} M D^{-1/2}`, ``rw``: :math:`D^{-1}M`, ``size``:
+    :math:`M/N`, ``none``), :math:`B_k` the Chebyshev polynomials :math:`T_k` (or the
+    stable-hypothesis basis, :math:`B_2 = 2\hat A - I`), :math:`W_k \in
+    \mathbb R^{C_s \times C}` with the spec's constraint (``free``; ``drop_order0``:
+    :math:`W_0 = 0`; ``tied``: :math:`W_0 = -W_1`). ``Norm`` is a BatchNorm whose scale starts
+    at zero (or CCNet's :math:`\gamma`), so a fresh block is the identity; :math:`\rho` is a
+    ReLU if ``relu_after_norm`` (the official SNL classification code).
+
+    ``sign = -1`` is the segmentation-head variant of the official SNL code: the weight of
+    term ``k`` is multiplied by :math:`(-1)^k` (for order 1, :math:`F = ZW_0 - \hat A Z W_1`);
+    for the Chebyshev basis this is the filter of the scaled Laplacian
+    :math:`\tilde L = -\hat A`, i.e. the Laplacian form. :meth:`filter_weights` returns the
+    weights with the sign folded in.
+
+    The affinity is never formed as an ``N x N`` matrix for the low-rank kernels (ReLU-dot,
+    dot product, A², CGNL: :class:`~graphfilters.graph.LowRankAffinity`), the softmax kernels
+    (:class:`~graphfilters.graph.SoftmaxAffinity`: ``scaled_dot_product_attention``) and
+    criss-cross attention (:class:`~graphfilters.criss_cross.CrissCrossAffinity`), unless
+    ``materialize=True`` or ``return_affinity=True``. Only the concatenation kernel (and a
+    symmetrized softmax) are dense.
+
+    Parameters
+    ----------
+    in_channels : int
+        ``C``.
+    inter_channels : int, optional
+        ``C_s``, channels of ``Z = g(X)``; default ``C // 2``.
+    order, kernel, laplacian, symmetrize, weight_constraint : optional
+        Override the fields of ``spec`` (``None``: the spec's value). ``order`` is the
+        polynomial degree ``K`` (``K + 1`` terms).
+    shared_affinity : bool, optional
+        ``True``: the block has no ``θ``/``φ`` and uses the affinity passed to
+        :meth:`forward` (a unit of a :class:`NonlocalStage`). ``None``/``False``: it
+        computes its own.
+    dim : {1, 2, 3}
+        Inputs ``(B, C, L)``, ``(B, C, H, W)`` or ``(B, C, T, H, W)``.
+    sub_sample : bool
+        Max-pool the keys (``φ`` and ``Z``) by 2 over space (NL). Needs an order-1 filter
+        with ``W_0 = 0`` (the affinity is then ``N x N/4``, not a graph).
+    out_norm : {"batch", "gamma", "none"}, optional
+        Default from the spec's ``output``.
+    relu_after_norm : bool
+    sign : {+1, -1}
+    spec : str or BlockSpec, optional
+        A table row (default ``"snl"``); see :meth:`from_spec`.
+    normalization, basis : str, optional
+        Override the spec's.
+    affinity_channels : int, optional
+        Channels of ``θ`` and ``φ`` (A²: the number of descriptors); default ``C_s``.
+    groups : int
+        Grouped output weights (block-diagonal ``W_k``); for the ``taylor_rbf`` kernel also
+        the channel groups of CGNL's channel×position graph.
+    bias : bool
+        Biases of the 1×1 projections.
+    out_bias : bool, optional
+        A bias ``b`` after the filter (default: ``bias``).
+    out_projection : bool
+        ``False``: no learned ``W_k`` (every free ``W_k = I``; needs ``C_s = C``), as in
+        CCNet.
+    kernel_options : mapping, optional
+        See :data:`KERNEL_OPTIONS` (e.g. ``{"scale": "sqrt"}`` for softmax kernels,
+        ``{"taylor_order": 3, "gamma": 0.5}`` for ``taylor_rbf``).
+    materialize : bool
+        Default of :meth:`forward`'s ``materialize``.
+
+    Attributes
+    ----------
+    spec : BlockSpec
+        The configuration actually used.
+    record : bool
+        If ``True``, each forward stores a :class:`~graphfilters.blocks.FilterRecord` in
+        ``last_record``.
+
+    Shapes
+    ------
+    - **input:** ``(B, C, *spatial)`` with ``len(spatial) = dim``
+    - **output:** same as the input; with ``return_affinity=True`` also ``(B, N, N)``
+      (``(B, N, N/4^{…})`` with sub-sampled keys; ``(B, G, C_s N / G, C_s N / G)`` for
+      CGNL), ``N = prod(spatial)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.blocks import ChebyshevNonlocal
+    >>> block = ChebyshevNonlocal(16, spec="gsnl")
+    >>> block
+    ChebyshevNonlocal(
+      block=gsnl, in_channels=16, inter_channels=8, kernel=relu_dot, ...
+    )
+    >>> x = torch.randn(2, 16, 8, 8)
+    >>> torch.equal(block(x), x)                        # identity at initialization
+    True
+    >>> [tuple(w.shape) for w in block.filter_weights()]
+    [(8, 16), (8, 16), (8, 16)]
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inter_channels: int | None = None,
+        order: int | None = None,
+        kernel: str | None = None,
+        laplacian: str | None = None,
+        symmetrize: bool | None = None,
+        weight_constraint: str | None = None,
+        shared_affinity: bool | None = None,
+        dim: int = 2,
+        sub_sample: bool = False,
+        out_norm: str | None = None,
+        relu_after_norm: bool = False,
+        sign: int = 1,
+        *,
+        spec: str | BlockSpec | None = None,
+        normalization: str | None = None,
+        basis: str | None = None,
+        affinity_channels: int | None = None,
+        groups: int = 1,
+        bias: bool = False,
+        out_bias: bool | None = None,
+        out_projection: bool = True,
+        kernel_options: Mapping[str, Any] | None = None,
+        materialize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec = _resolve_spec(
+            spec, order=order, kernel=kernel, laplacian=laplacian, symmetrize=symmetrize,
+            weight_constraint=weight_constraint, normalization=normalization, basis=basis,
+        )
+        s = self.spec
+        self.dim = U.check_dim(dim)
+        self.in_channels = C = U.check_channels(in_channels, "in_channels")
+        default_cs = C if not out_projection else max(C // 2, 1)
+        self.inter_channels = Cs = U.check_channels(
+            default_cs if inter_channels is None else inter_channels, "inter_channels"
+        )
+        self.affinity_channels = Ca = U.check_channels(
+            Cs if affinity_channels is None else affinity_channels, "affinity_channels"
+        )
+        self.groups = U.check_channels(groups, "groups")
+        if Cs % self.groups or C % self.groups:
+            raise ValueError(
+                f"groups={groups} must divide inter_channels={Cs} and in_channels={C}"
+            )
+        if s.kernel == "taylor_rbf" and Ca != Cs:
+            raise ValueError(
+                "the taylor_rbf kernel (CGNL) puts theta, phi and Z on the same channel x "
+                f"position nodes: affinity_channels ({Ca}) must equal inter_channels ({Cs})"
+            )
+        self.shared_affinity = bool(shared_affinity)
+        self.sub_sample = bool(sub_sample)
+        if self.sub_sample:
+            if s.kernel not in _SUBSAMPLE_KERNELS:
+                raise ValueError(
+                    f"sub_sample=True is only available for the kernels {_SUBSAMPLE_KERNELS} "
+                    f"(NL), not {s.kernel!r}"
+                )
+            if s.order != 1 or s.weight_constraint != "drop_order0":
+                raise ValueError(
+                    "sub_sample=True makes the affinity N x N/4 (keys pooled), which is not a "
+                    "graph: only the order-1 filter with W_0 = 0 (weight_constraint="
+                    f"'drop_order0') is defined; got order {s.order}, constraint "
+                    f"{s.weight_constraint!r}"
+                )
+        self.out_norm = {"batchnorm": "batch"}.get(s.output, s.output) if out_norm is None \
+            else out_norm
+        if self.out_norm not in OUT_NORMS:
+            raise ValueError(f"unknown out_norm {out_norm!r}; choose one of {list(OUT_NORMS)}")
+        self.relu_after_norm = bool(relu_after_norm)
+        if sign not in (1, -1) or isinstance(sign, bool):
+            raise ValueError(f"sign must be +1 or -1, got {sign!r}")
+        self.sign = int(sign)
+        self.out_projection = bool(out_projection)
+        if not self.out_projection and (Cs != C or self.groups != 1):
+            raise ValueError(
+                "out_projection=False (W_k = I, as in CCNet) needs inter_channels == in_channels "
+                f"and groups == 1, got inter_channels={Cs}, in_channels={C}, groups={groups}"
+            )
+        self.kernel_options = _resolve_kernel_options(s.kernel, kernel_options)
+        self.materialize = bool(materialize)
+        self.bias_projections = bool(bias)
+        out_bias = self.bias_projections if out_bias is None else bool(out_bias)
+
+        d = self.dim
+        self.theta: nn.Module | None = None
+        self.phi: nn.Module | None = None
+        self.unary: nn.Module | None = None
+        self.concat_weight: nn.Parameter | None = None
+        if not self.shared_affinity and s.kernel != "gaussian":
+            self.theta = U.conv1x1(d, C, Ca, bias=self.bias_projections)
+            self.phi = U.conv1x1(d, C, Ca, bias=self.bias_projections)
+        if not self.shared_affinity and s.kernel == "concatenation":
+            self.concat_weight = nn.Parameter(torch.empty(2 * Ca))
+        if not self.shared_affinity and s.kernel == "disentangled":
+            self.unary = U.conv1x1(d, C, 1, bias=self.bias_projections)
+        self.g = U.conv1x1(d, C, Cs, bias=self.bias_projections)
+        self.w = nn.ParameterDict()
+        if self.out_projection:
+            for k in s.free_orders:
+                self.w[str(k)] = nn.Parameter(torch.empty(C, Cs // self.groups))
+        self.bias = nn.Parameter(torch.empty(C)) if out_bias else None
+        self.norm = U.batch_norm(d, C) if self.out_norm == "batch" else None
+        self.gamma = nn.Parameter(torch.zeros(1)) if self.out_norm == "gamma" else None
+        self.pool = U.max_pool(d) if self.sub_sample else None
+        self.record = False
+        self.last_record: FilterRecord | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def from_spec(
+        cls, spec: str | BlockSpec, in_channels: int, **options: Any
+    ) -> ChebyshevNonlocal:
+        """The block of a table row: ``spec`` decides kernel, normalization, order,
+        constraint and basis; ``options`` are the other constructor arguments.
+
+        Examples
+        --------
+        >>> from graphfilters.specs import get_spec
+        >>> ChebyshevNonlocal.from_spec(get_spec("snl", order=3), 8).spec.n_terms
+        4
+        """
+        if "spec" in options:
+            raise TypeError("from_spec got spec twice")
+        return cls(in_channels, spec=spec, **options)
+
+    def reset_parameters(self) -> None:
+        """Default initialization; the output normalization's scale (or ``γ``) is zero, so
+        the block is the identity until trained."""
+        for conv in (self.theta, self.phi, self.unary, self.g):
+            if conv is not None:
+                conv.reset_parameters()
+        if self.concat_weight is not None:
+            bound = 1.0 / math.sqrt(self.concat_weight.numel())
+            nn.init.uniform_(self.concat_weight, -bound, bound)
+        for w in self.w.values():
+            U.kaiming_(w)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        if self.norm is not None:
+            self.norm.reset_running_stats()
+            nn.init.zeros_(self.norm.weight)
+            nn.init.zeros_(self.norm.bias)
+        if self.gamma is not None:
+            nn.init.zeros_(self.gamma)
+        self.last_record = None
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        parts = [
+            f"block={s.name}" + (f"[{s.mode}]" if s.mode else ""),
+            f"in_channels={self.in_channels}",
+            f"inter_channels={self.inter_channels}",
+            f"kernel={s.kernel}",
+            f"normalization={s.normalization}",
+            f"order={s.order}",
+            f"constraint={s.weight_constraint}",
+        ]
+        if s.basis != "chebyshev":
+            parts.append(f"basis={s.basis}")
+        if self.affinity_channels != self.inter_channels:
+            parts.append(f"affinity_channels={self.affinity_channels}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        parts += [f"dim={self.dim}", f"out_norm={self.out_norm}"]
+        if self.relu_after_norm:
+            parts.append("relu_after_norm=True")
+        if self.sign != 1:
+            parts.append("sign=-1")
+        if self.sub_sample:
+            parts.append("sub_sample=True")
+        if self.shared_affinity:
+            parts.append("shared_affinity=True")
+        return ", ".join(parts)
+
+    # ------------------------------------------------------------------------------------
+    def _weight_matrix(self, k: int) -> Tensor:
+        """Free weight of order ``k`` as a ``(C_s, C)`` matrix (block-diagonal if grouped)."""
+        if not self.out_projection:
+            return torch.eye(self.inter_channels, dtype=self.g.weight.dtype,
+                             device=self.g.weight.device)
+        w = self.w[str(k)]                                  # (C, C_s / G)
+        if self.groups == 1:
+            return w.t()
+        co = self.in_channels // self.groups
+        return torch.block_diag(*[w[i * co:(i + 1) * co].t() for i in range(self.groups)])
+
+    def filter_weights(self) -> list[Tensor]:
+        r"""The ``K + 1`` weights :math:`W_k` of shape ``(C_s, C)`` in the affinity form.
+
+        Constraints applied (zeros for a dropped term, :math:`W_0 = -W_1` when tied), the
+        ``sign`` folded in (:math:`(-1)^k`), grouped weights expanded (block-diagonal).
+        Differentiable (they are functions of the parameters).
+        """
+        s = self.spec
+        free = {k: self._weight_matrix(k) for k in s.free_orders}
+        out = []
+        for k in range(s.order + 1):
+            if k in free:
+                w = free[k]
+            elif s.weight_constraint == "tied":
+                w = -free[1]
+            else:
+                w = torch.zeros_like(free[min(free)])
+            out.append(-w if (self.sign == -1 and k % 2 == 1) else w)
+        return out
+
+    # ------------------------------------------------------------------------------------
+    def _nodes_to_graph(self, z: Tensor) -> Tensor:
+        """CGNL: ``(B, N, C_s)`` → ``(B, G, C_s/G · N, 1)`` channel-major scalar nodes."""
+        if self.spec.kernel != "taylor_rbf":
+            return z
+        b, n, c = z.shape
+        return z.transpose(1, 2).reshape(b, self.groups, (c // self.groups) * n, 1)
+
+    def _graph_to_nodes(self, t: Tensor, n: int) -> Tensor:
+        if self.spec.kernel != "taylor_rbf":
+            return t
+        b = t.shape[0]
+        return t.reshape(b, self.inter_channels, n).transpose(1, 2)
+
+    def _keys(self, t: Tensor) -> Tensor:
+        return t if self.pool is None else self.pool(t)
+
+    def compute_affinity(self, x: Tensor) -> Affinity:
+        r"""The raw affinity :math:`M` of ``x`` (symmetrized if the spec says so), structured.
+
+        Returns a :class:`~graphfilters.graph.Affinity`; ``operator(affinity)`` gives
+        :math:`\hat A`.
+        """
+        U.check_input(x, self.dim, self.in_channels, type(self).__name__)
+        if self.shared_affinity:
+            raise ValueError(
+                f"this {type(self).__name__} is a unit with shared_affinity=True: it has no "
+                "theta/phi; pass affinity= (its NonlocalStage computes it from the stage input)"
+            )
+        s, opts = self.spec, self.kernel_options
+        spatial = tuple(x.shape[2:])
+        if s.kernel == "gaussian":
+            th, ph = U.to_nodes(x), U.to_nodes(self._keys(x))
+        else:
+            th, ph = U.to_nodes(self.theta(x)), U.to_nodes(self._keys(self.phi(x)))
+        if s.kernel in ("embedded_gaussian", "gaussian"):
+            aff = kernels.embedded_gaussian(th, ph, scale=opts["scale"])
+        elif s.kernel == "dot_product":
+            aff = kernels.dot_product(th, ph)
+        elif s.kernel == "relu_dot":
+            aff = kernels.relu_dot(th, ph)
+        elif s.kernel == "concatenation":
+            ca = self.affinity_channels
+            aff = kernels.concatenation(th, ph, self.concat_weight[:ca], self.concat_weight[ca:])
+        elif s.kernel == "double_attention":
+            aff = kernels.double_attention(gather_logits=ph, distribute_logits=th)
+        elif s.kernel == "taylor_rbf":
+            beta = opts["beta"]
+            if beta == "code":
+                beta = math.exp(-2 * opts["gamma"])
+            aff = kernels.taylor_rbf(
+                self._nodes_to_graph(th)[..., 0], self._nodes_to_graph(ph)[..., 0],
+                order=opts["taylor_order"], gamma=opts["gamma"], beta=beta,
+            )
+        elif s.kernel == "criss_cross":
+            aff = kernels.criss_cross(th, ph, spatial, scale=opts["scale"])
+        elif s.kernel == "disentangled":
+            aff = kernels.disentangled(th, ph, U.to_nodes(self.unary(x))[..., 0],
+                                       scale=opts["scale"])
+        else:  # pragma: no cover - guarded by the spec validation
+            raise ValueError(f"kernel {s.kernel!r} has no torch implementation")
+        if s.symmetrize:
+            aff = _symmetrized(aff)
+        return aff
+
+    def operator(self, affinity: Affinity) -> NormalizedOperator:
+        r"""The normalized operator :math:`\hat A` of ``affinity`` (spec's normalization)."""
+        return affinity.normalized(self.spec.normalization)
+
+    def forward(
+        self,
+        x: Tensor,
+        affinity: Affinity | None = None,
+        *,
+        return_affinity: bool = False,
+        materialize: bool | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Apply the block.
+
+        Parameters
+        ----------
+        x : Tensor ``(B, C, *spatial)``
+        affinity : Affinity, optional
+            Use this (raw) affinity instead of computing one from ``x`` (stages).
+        return_affinity : bool
+            Also return the normalized operator :math:`\hat A` actually used, as a dense
+            tensor (this forms it).
+        materialize : bool, optional
+            Apply :math:`\hat A` as a dense matrix (reference path; equal to the structured
+            one). Default: the constructor's ``materialize``.
+        """
+        U.check_input(x, self.dim, self.in_channels, type(self).__name__)
+        spatial = tuple(x.shape[2:])
+        n = U.numel(spatial)
+        if affinity is None:
+            affinity = self.compute_affinity(x)
+        elif not isinstance(affinity, Affinity):
+            raise TypeError(
+                "affinity must be a graphfilters.graph.Affinity (e.g. from compute_affinity), "
+                f"got {type(affinity).__name__}"
+            )
+        op = self.operator(affinity)
+        mat = self.materialize if materialize is None else bool(materialize)
+        dense = op.dense() if (mat or return_affinity) else None
+        if mat:
+            def apply(v: Tensor) -> Tensor:
+                return dense @ v
+        else:
+            apply = op
+        z = U.to_nodes(self._keys(self.g(x)))                 # (B, N_keys, C_s)
+        f = self._filter(apply, z, n)
+        pre = f if self.bias is None else f + self.bias
+        out = U.from_nodes(pre, spatial)
+        if self.norm is not None:
+            out = self.norm(out)
+        elif self.gamma is not None:
+            out = self.gamma * out
+        if self.relu_after_norm:
+            out = torch.relu(out)
+        y = x + out
+        if self.record:
+            self.last_record = self._make_record(x, affinity, z, pre.detach())
+        return (y, dense) if return_affinity else y
+
+    def _filter(self, apply: Callable[[Tensor], Tensor], z: Tensor, n: int) -> Tensor:
+        s = self.spec
+        if self.sub_sample:
+            terms = [None, apply(z)]
+        else:
+            zg = self._nodes_to_graph(z)
+            terms = [self._graph_to_nodes(t, n)
+                     for t in chebyshev_terms(apply, zg, s.order, s.basis)]
+        used = [k for k in range(s.order + 1)
+                if not (k == 0 and s.weight_constraint == "drop_order0")]
+        if not self.out_projection:          # every W_k is +-I (or 0): no matmul needed
+            out = None
+            for k in used:
+                c = -1.0 if (k == 0 and s.weight_constraint == "tied") else 1.0
+                if self.sign == -1 and k % 2 == 1:
+                    c = -c
+                out = c * terms[k] if out is None else out + c * terms[k]
+            return out
+        weights = self.filter_weights()
+        if len(used) == 1:
+            return terms[used[0]] @ weights[used[0]]
+        return torch.cat([terms[k] for k in used], -1) @ torch.cat([weights[k] for k in used], 0)
+
+    # ------------------------------------------------------------------------------------
+    def output_affine(self, pre: Tensor) -> OutputAffine:
+        """Effective per-channel ``(scale, shift)`` of the output normalization for the
+        pre-normalization signal ``pre`` ``(B, N, C)`` (bias included), detached."""
+        C = self.in_channels
+        with torch.no_grad():
+            b = self.bias.detach() if self.bias is not None else pre.new_zeros(C)
+            if self.norm is not None:
+                bn = self.norm
+                use_batch = bn.training or bn.running_mean is None
+                if use_batch:
+                    mean = pre.mean(dim=(0, 1))
+                    var = pre.var(dim=(0, 1), unbiased=False)
+                else:
+                    mean, var = bn.running_mean, bn.running_var
+                w = bn.weight if bn.weight is not None else pre.new_ones(C)
+                beta = bn.bias if bn.bias is not None else pre.new_zeros(C)
+                scale = w / torch.sqrt(var + bn.eps)
+                shift = beta - mean * scale
+            elif self.gamma is not None:
+                scale = self.gamma.expand(C).clone()
+                shift = pre.new_zeros(C)
+            else:
+                scale, shift = pre.new_ones(C), pre.new_zeros(C)
+            return OutputAffine(scale.detach().clone(), (shift + scale * b).detach().clone())
+
+    def _make_record(self, x: Tensor, affinity: Affinity, z: Tensor, pre: Tensor) -> FilterRecord:
+        with torch.no_grad():
+            weights = [w.detach().clone() for w in self.filter_weights()]
+        info = {
+            "node_layout": "channel_position" if self.spec.kernel == "taylor_rbf" else "position",
+            "groups": self.groups,
+            "sign": self.sign,
+            "sub_sampled": self.sub_sample,
+        }
+        return FilterRecord(
+            spec=self.spec,
+            affinity=affinity.detach(),
+            normalization=self.spec.normalization,
+            z=z.detach(),
+            weights=weights,
+            spatial_shape=tuple(x.shape[2:]),
+            input=x.detach(),
+            output_scale=self.output_affine(pre),
+            relu_after_norm=self.relu_after_norm,
+            info=info,
+        )
+
+
+def _symmetrized(aff: Affinity) -> Affinity:
+    """``sym(M)``: structured for low-rank affinities, dense otherwise."""
+    if isinstance(aff, LowRankAffinity):
+        return aff if aff.symmetric else aff.symmetrized()
+    M = aff.dense()
+    return DenseAffinity((M + M.transpose(-1, -2)) / 2, check=False)
+
+
+def _resolve_spec(spec: str | BlockSpec | None, **overrides: Any) -> BlockSpec:
+    base = "snl" if spec is None else spec
+    if isinstance(base, str):
+        base = get_spec(base)
+    if not isinstance(base, BlockSpec):
+        raise TypeError(
+            f"spec must be a block name or a BlockSpec, got {type(spec).__name__}"
+        )
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "order" in changes:
+        o = changes["order"]
+        if isinstance(o, bool) or not isinstance(o, int) or o < 0:
+            raise ValueError(
+                f"order must be an integer >= 0 (the polynomial degree; K + 1 terms), got {o!r}"
+            )
+    if "kernel" in changes and changes["kernel"] != base.kernel and base.mode is not None:
+        changes["mode"] = None
+    return get_spec(base, **changes) if changes else base
+
+
+def _resolve_kernel_options(kernel: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    allowed = dict(KERNEL_OPTIONS[kernel])
+    given = dict(options or {})
+    unknown = set(given) - set(allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown kernel option(s) {sorted(unknown)} for kernel {kernel!r}; it accepts "
+            f"{sorted(allowed) or 'none'}"
+        )
+    allowed.update(given)
+    return allowed
+
+
+UnitFactory = Callable[..., ChebyshevNonlocal]
+
+
+class NonlocalStage(nn.Module):
+    r"""A nonlocal stage: one affinity, computed from the stage input, shared by ``n`` units.
+
+    .. math::
+
+        \hat A = \operatorname{norm}(\kappa(\theta(X_0), \phi(X_0))), \qquad
+        X_{u+1} = X_u + \operatorname{Norm}_u\Big(\sum_k B_k(\hat A)\, g_u(X_u)\, W_{u,k}\Big).
+
+    With ``block="ns"`` (the default) this is the nonlocal stage of Tao et al. (NeurIPS 2018):
+    softmax affinity, tied weights, :math:`F = (A - I) Z W = -L_{rw} Z W`, a forward-Euler
+    step of nonlocal diffusion per unit. Any other table name gives a stage of that block
+    (e.g. the official SNL stage with ``block="snl"``). Unit 0 owns ``θ``/``φ``; the others
+    are built with ``shared_affinity=True``.
+
+    Parameters
+    ----------
+    in_channels : int
+    n_units : int
+        Number of units ``n >= 1``.
+    block : str
+        Table name of the units.
+    dim : {1, 2, 3}
+    **options
+        Passed to every unit's constructor (e.g. ``inter_channels``, ``mode`` for ``nl``).
+
+    Attributes
+    ----------
+    units : nn.ModuleList of ChebyshevNonlocal
+    spec : BlockSpec
+        The units' spec.
+    record : bool
+        Setting it sets it on every unit. ``last_record`` is unit 0's record (input = the
+        stage input); ``last_records`` lists every unit's.
+
+    Shapes
+    ------
+    - **input:** ``(B, C, *spatial)``; **output:** the same.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.blocks import NonlocalStage
+    >>> stage = NonlocalStage(8, n_units=3)
+    >>> x = torch.randn(2, 8, 4, 4)
+    >>> torch.equal(stage(x), x), len(stage.units), stage.units[1].theta is None
+    (True, 3, True)
+    """
+
+    def __init__(
+        self, in_channels: int, n_units: int = 1, block: str = "ns", dim: int = 2,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
+            raise ValueError(f"n_units must be an integer >= 1, got {n_units!r}")
+        if "shared_affinity" in options:
+            raise TypeError("NonlocalStage sets shared_affinity itself; do not pass it")
+        from .factory import unit_factory
+
+        make = unit_factory(block)
+        self.block = block
+        self.units = nn.ModuleList(
+            make(in_channels, dim=dim, shared_affinity=u > 0, **options) for u in range(n_units)
+        )
+        self.spec = self.units[0].spec
+        self.in_channels, self.dim = in_channels, self.units[0].dim
+
+    @property
+    def n_units(self) -> int:
+        return len(self.units)
+
+    @property
+    def record(self) -> bool:
+        return all(u.record for u in self.units)
+
+    @record.setter
+    def record(self, value: bool) -> None:
+        for u in self.units:
+            u.record = bool(value)
+
+    @property
+    def last_record(self) -> FilterRecord | None:
+        return self.units[0].last_record
+
+    @property
+    def last_records(self) -> list[FilterRecord | None]:
+        return [u.last_record for u in self.units]
+
+    def filter_weights(self, unit: int = 0) -> list[Tensor]:
+        """The affinity-form weights of unit ``unit`` (see
+        :meth:`ChebyshevNonlocal.filter_weights`)."""
+        return self.units[unit].filter_weights()
+
+    def reset_parameters(self) -> None:
+        for u in self.units:
+            u.reset_parameters()
+
+    def _keys(self, t: Tensor) -> Tensor:
+        return t if self.pool is None else self.pool(t)
+
+    def compute_affinity(self, x: Tensor) -> Affinity:
+        """The shared raw affinity of the stage input ``x``."""
+        return self.units[0].compute_affinity(x)
+
+    def forward(
+        self, x: Tensor, *, return_affinity: bool = False, materialize: bool | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        affinity = self.compute_affinity(x)
+        for u in self.units:
+            x = u(x, affinity, materialize=materialize)
+        if return_affinity:
+            return x, self.units[0].operator(affinity).dense()
+        return x
+
+    def extra_repr(self) -> str:
+        return f"block={self.spec.name}, in_channels={self.in_channels}, n_units={self.n_units}"
+
+    @staticmethod
+    def reference_map(ref: nn.Module) -> list[tuple[str, str, float]]:
+        """``(unified, reference, scale)`` entries relating this stage to ``ref`` (a
+        :class:`~graphfilters.blocks.reference.NonlocalStageRef` or
+        :class:`~graphfilters.blocks.reference.OfficialSNLStage`)."""
+        from ._convert import bn_map, conv_map
+        from .reference import NonlocalStageRef, OfficialSNLStage
+        from .snl import _unit_map
+
+        if isinstance(ref, NonlocalStageRef):
+            m = conv_map("units.0.theta", "theta", True) + conv_map("units.0.phi", "phi", True)
+            for u in range(len(ref.units)):
+                m += conv_map(f"units.{u}.g", f"units.{u}.g", True)
+                m += [(f"units.{u}.w.1", f"units.{u}.W_z.weight", 1.0),
+                      (f"units.{u}.bias", f"units.{u}.W_z.bias", 1.0)]
+                m += bn_map(f"units.{u}.norm", f"units.{u}.bn")
+            return m
+        if isinstance(ref, OfficialSNLStage):
+            m = [("units.0.theta.weight", "t.weight", 1.0), ("units.0.phi.weight", "p.weight", 1.0)]
+            for u in range(len(ref.layers)):
+                m += _unit_map(f"units.{u}.", f"layers.{u}.")
+            return m
+        raise TypeError(
+            "reference must be a NonlocalStageRef or an OfficialSNLStage, got "
+            f"{type(ref).__name__}"
+        )
+
+    @classmethod
+    def from_reference(cls, ref: nn.Module) -> NonlocalStage:
+        """The stage computing exactly what the original-form stage ``ref`` computes.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from graphfilters.blocks.reference import NonlocalStageRef
+        >>> ref = NonlocalStageRef(8, n_units=2)
+        >>> NonlocalStage.from_reference(ref).n_units
+        2
+        """
+        from ._convert import copy_weights
+        from .reference import NonlocalStageRef
+
+        mapping = cls.reference_map(ref)
+        if isinstance(ref, NonlocalStageRef):
+            stage = cls(ref.in_channels, n_units=len(ref.units), block="ns", dim=ref.dim,
+                        inter_channels=ref.inter_channels)
+        else:
+            stage = cls(ref.in_channels, n_units=len(ref.layers), block="snl", dim=ref.dim,
+                        inter_channels=ref.inter_channels, relu_after_norm=ref.layers[0].relu)
+        copy_weights(stage, ref.state_dict(), mapping)
+        return stage.train(ref.training)
+
+    @classmethod
+    def from_official_snl_state_dict(
+        cls, state_dict: Mapping[str, Tensor], prefix: str = "", relu_after_norm: bool = True,
+    ) -> NonlocalStage:
+        """An SNL stage from a checkpoint of the official multi-unit stage.
+
+        Keys ``t.weight``, ``p.weight``, ``layers.{u}.g.weight``, ``layers.{u}.w1.weight``,
+        ``layers.{u}.w2.weight``, ``layers.{u}.bn.*`` (see
+        :class:`~graphfilters.blocks.reference.OfficialSNLStage`). Raises ``ValueError`` for
+        missing, misshaped or unexpected keys.
+        """
+        from .snl import load_official_stage
+
+        return load_official_stage(cls, state_dict, prefix, relu_after_norm)
