@@ -5,7 +5,8 @@ The code base writes numpydoc docstrings with Sphinx roles (``:math:`x```, ``:fu
 mkdocstrings renders docstrings as Markdown, so before rendering this extension rewrites
 
 - ``:math:`...``` to ``$...$`` and ``.. math::`` blocks to ``$$ ... $$`` (pymdownx.arithmatex);
-- ``:func:`name```, ``:class:`~pkg.Name``` and the other Python roles to code spans.
+- ``:func:`name```, ``:class:`~pkg.Name``` and the other Python roles to code spans;
+- reST "simple tables" (columns under ``=====  =====`` borders) to Markdown tables.
 
 It only changes what the documentation site shows; the docstrings themselves are untouched.
 Loaded by ``mkdocs.yml`` (``plugins.mkdocstrings.handlers.python.options.extensions``).
@@ -20,7 +21,7 @@ import griffe
 
 _INLINE_MATH = re.compile(r":math:`([^`]+)`")
 _PY_ROLE = re.compile(
-    r":(?:py:)?(?:func|class|mod|data|attr|meth|obj|exc|const|ref|term):`~?([^`]+)`"
+    r":(?:py:)?(?:func|class|mod|data|attr|meth|obj|exc|const|ref|term):`(~?)([^`]+)`"
 )
 _MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*\n")
 
@@ -56,11 +57,62 @@ def _math_blocks(text: str) -> str:
     return "\n".join(out)
 
 
+_BORDER = re.compile(r"^(?P<indent>[ \t]*)=+(?:[ \t]+=+)+[ \t]*$")
+
+
+def _split_row(line: str, starts: list[int]) -> list[str]:
+    """Cut ``line`` at the column starts, moving a cut right while it falls inside a word."""
+    cells, prev = [], starts[0]
+    for start in starts[1:]:
+        cut = start
+        while 0 < cut < len(line) and not line[cut - 1].isspace():
+            cut += 1
+        cells.append(line[prev:cut].strip())
+        prev = cut
+    cells.append(line[prev:].strip())
+    return [c.replace("|", "\\|") for c in cells]
+
+
+def _simple_tables(text: str) -> str:
+    """Turn reST simple tables (border, header, border, rows, border) into Markdown tables."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _BORDER.match(lines[i])
+        borders = [j for j in range(i, len(lines)) if lines[j].strip() and _BORDER.match(lines[j])]
+        if not m or len(borders) < 3 or borders[1] != i + 2:
+            out.append(lines[i])
+            i += 1
+            continue
+        end = borders[2]
+        starts = [r.start() for r in re.finditer(r"=+", lines[i])]
+        pad = m.group("indent")
+        header = _split_row(lines[i + 1], starts)
+        rows = [_split_row(line, starts) for line in lines[i + 3 : end] if line.strip()]
+        out.append("")
+        out.append(pad + "| " + " | ".join(header) + " |")
+        out.append(pad + "|" + "---|" * len(header))
+        out.extend(pad + "| " + " | ".join(r) + " |" for r in rows)
+        out.append("")
+        i = end + 1
+    return "\n".join(out)
+
+
 def rst_to_markdown(text: str) -> str:
-    """Rewrite the reST roles and math directives of a docstring as Markdown."""
+    """Rewrite the reST roles, math directives and simple tables of a docstring as Markdown."""
+    text = _simple_tables(text)
     text = _math_blocks(text)
     text = _INLINE_MATH.sub(lambda m: "$" + m.group(1).strip() + "$", text)
-    return _PY_ROLE.sub(lambda m: "`" + m.group(1) + "`", text)
+    return _PY_ROLE.sub(_role, text)
+
+
+def _role(m: re.Match) -> str:
+    """``:class:`~pkg.mod.Name``` shows ``Name``; without the tilde the full target."""
+    target = m.group(2).lstrip(".")
+    if m.group(1):
+        target = target.rsplit(".", 1)[-1]
+    return "`" + target + "`"
 
 
 class RstRoles(griffe.Extension):
