@@ -1,0 +1,287 @@
+r"""The reverse direction: which Chebyshev filter (order, weight constraint) is an expression?
+
+A polynomial filter of the operator :math:`X` (``A`` or ``Ahat``) is a sum of terms
+:math:`c\, X^p Z W_j` (:math:`c` scalar, :math:`p \ge 0`). :func:`identify` collects the
+coefficient :math:`C_p` of every power,
+
+.. math:: F = \sum_p X^p Z C_p = \sum_{k=0}^{K} T_k(X)\, Z\, W'_k ,
+
+converts to the Chebyshev basis with :math:`x^p = \sum_k a_{pk} T_k(x)`, and reads the weight
+constraint from the linear relations between the :math:`W'_k` (affinity form; the Laplacian
+form has :math:`W^L_k = (-1)^k W'_k`).
+
+Examples
+--------
+>>> from graphfilters.symbolic.symbols import A, Z, W0
+>>> result = identify(Z * W0 - A * Z * W0)
+>>> result.order, result.weight_constraint, result.matches
+(1, 'tied', ('ns',))
+>>> identify("Z*A*W0")
+Traceback (most recent call last):
+...
+ValueError: not a polynomial filter of A: product Z*A: Z has C_s columns but A has N rows...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from types import MappingProxyType
+
+import sympy as sp
+from sympy import MatAdd, MatMul, ZeroMatrix
+
+from graphfilters.specs import BLOCK_NAMES, get_spec
+
+from . import symbols as S
+from .algebra import expand_matrix, terms
+from .parsing import check_shapes, parse_filter
+from .printing import pretty
+
+__all__ = ["Identification", "identify", "power_to_chebyshev"]
+
+_OPERATORS = ("A", "Ahat")
+
+
+@cache
+def power_to_chebyshev(order: int) -> tuple[tuple[sp.Rational, ...], ...]:
+    r"""Rows ``a[p]`` with :math:`x^p = \sum_k a_{pk} T_k(x)`, for ``p <= order``.
+
+    Examples
+    --------
+    >>> power_to_chebyshev(2)[2]
+    (1/2, 0, 1/2)
+    """
+    x = sp.Symbol("x")
+    T = [sp.Poly(sp.chebyshevt(k, x), x) for k in range(order + 1)]
+    rows = []
+    for p in range(order + 1):
+        rest = sp.Poly(x**p, x)
+        coeffs = [sp.Integer(0)] * (order + 1)
+        for k in range(p, -1, -1):
+            lead = rest.coeff_monomial(x**k)
+            if lead != 0:
+                c = lead / T[k].coeff_monomial(x**k)
+                coeffs[k] = c
+                rest = rest - T[k] * c
+        rows.append(tuple(coeffs))
+    return tuple(rows)
+
+
+@dataclass(frozen=True)
+class Identification:
+    """What :func:`identify` found.
+
+    Attributes
+    ----------
+    expression : sympy matrix expression
+    operator : MatrixSymbol
+        ``A`` or ``Ahat``.
+    order : int
+        Polynomial degree :math:`K` in the operator.
+    power_coefficients : Mapping[int, expr]
+        :math:`C_p` with :math:`F = \\sum_p X^p Z C_p`.
+    chebyshev_coefficients : Mapping[int, expr]
+        :math:`W'_k` with :math:`F = \\sum_k T_k(X) Z W'_k` (affinity form).
+    laplacian_coefficients : Mapping[int, expr]
+        :math:`W^L_k = (-1)^k W'_k` (Laplacian form with :math:`\\lambda_{max} = 2`).
+    weight_constraint : str
+        ``"free"``, ``"drop_order0"``, ``"tied"`` (the table's constraints) or
+        ``"constrained"`` (other linear relations, see ``relations``).
+    relations : tuple of str
+        The linear relations satisfied by the :math:`W'_k`.
+    matches : tuple of str
+        Table rows with the same effective order and constraint (``gsnl_stable`` counts as
+        order 1: its stable basis collapses, see
+        :func:`graphfilters.symbolic.facts.stable_hypothesis_collapse`).
+    """
+
+    expression: sp.Basic
+    operator: sp.Basic
+    order: int
+    power_coefficients: Mapping[int, sp.Basic] = field(repr=False)
+    chebyshev_coefficients: Mapping[int, sp.Basic] = field(repr=False)
+    laplacian_coefficients: Mapping[int, sp.Basic] = field(repr=False)
+    weight_constraint: str
+    relations: tuple[str, ...]
+    matches: tuple[str, ...]
+
+    def __str__(self) -> str:
+        X = pretty(self.operator)
+        power = " + ".join(f"{X}^{p} Z ({pretty(c)})" for p, c in
+                           self.power_coefficients.items())
+        cheb = " + ".join(f"T_{k}({X}) Z ({pretty(c)})" for k, c in
+                          self.chebyshev_coefficients.items())
+        rel = "; ".join(self.relations) or "none"
+        return "\n".join([
+            f"Polynomial filter of order {self.order} in {X}",
+            f"  power basis:       F = {power}",
+            f"  Chebyshev basis:   F = {cheb}   (affinity form)",
+            f"  weight constraint: {self.weight_constraint} (relations: {rel})",
+            f"  table rows:        {', '.join(self.matches) or 'none'}",
+        ])
+
+
+def _fail(reason: str) -> ValueError:
+    reason = reason.split(". A polynomial filter is")[0]
+    return ValueError(
+        f"not a polynomial filter of A: {reason}. A polynomial filter is a sum of terms "
+        "c * A^p * Z * W_k (c a scalar, p >= 0; or the same in Ahat)"
+    )
+
+
+def _split_term(word: tuple) -> tuple[sp.Basic, int, sp.Basic]:
+    """``(operator or None, power, weight)`` of one word ``X^p Z W``."""
+    names = [b.name for b, _ in word]
+    text = "*".join(n if e == 1 else f"{n}**{e}" for n, e in zip(names, (e for _, e in word)))
+    if "Z" not in names:
+        raise _fail(f"the term {text} has no Z")
+    iz = names.index("Z")
+    if word[iz][1] != 1 or names.count("Z") > 1:
+        raise _fail(f"the term {text} uses Z more than once (a filter is linear in Z)")
+    op, power = None, 0
+    for base, exp in word[:iz]:
+        if S.is_weight(base):
+            raise _fail(f"in {text}, the weight {base.name} comes before Z")
+        if base.name not in _OPERATORS:
+            hint = (" (substitute the normalization first, e.g. with derive())"
+                    if base.name == "D" else " (write the filter in A or Ahat)")
+            raise _fail(f"the term {text} contains {base.name}{hint}")
+        if not (sp.sympify(exp).is_Integer and exp > 0):
+            raise _fail(f"the term {text} has the power {base.name}**{exp}; only non-negative "
+                        "integer powers are polynomial")
+        if op is not None and base != op:
+            raise _fail(f"{text} mixes A and Ahat; use one operator")
+        op, power = base, power + int(exp)
+    after = word[iz + 1:]
+    if len(after) != 1 or not S.is_weight(after[0][0]) or after[0][1] != 1:
+        culprit = after[0][0].name if after else "nothing"
+        if after and after[0][0].name in _OPERATORS:
+            raise _fail(f"in {text}, {culprit} multiplies Z from the right; the operator acts "
+                        "on Z from the left (A^p Z W_k)")
+        raise _fail(f"in {text}, Z must be followed by exactly one weight W_k, found "
+                    f"{', '.join(b.name for b, _ in after) or culprit}")
+    return op, power, after[0][0]
+
+
+def _coefficients(combo: sp.Basic, weights: list) -> list[sp.Expr]:
+    coeffs = {w: sp.Integer(0) for w in weights}
+    for word, c in terms(combo).items():
+        coeffs[word[0][0]] += c
+    return [sp.simplify(coeffs[w]) for w in weights]
+
+
+def identify(expression: sp.Basic | str) -> Identification:
+    """Identify ``expression`` as a Chebyshev filter: order, coefficients, constraint, rows.
+
+    Parameters
+    ----------
+    expression : sympy matrix expression or str
+        In ``A`` (or ``Ahat``), ``Z`` and weights ``W``/``W_k``, built from the symbols of
+        :mod:`graphfilters.symbolic.symbols` (or any matrix symbols with those names), or a
+        string in LaTeX or plain text (``"Z*W0 - A*Z*W0"``).
+
+    Returns
+    -------
+    Identification
+
+    Raises
+    ------
+    ValueError
+        If ``expression`` is not a polynomial filter of one operator: a function of a matrix
+        (``exp(A)``), the operator to the right of ``Z`` (``Z*A*W0``), a weight before ``Z``
+        (``A*W0*Z``), a negative power, the degree matrix, the zero filter.
+
+    Examples
+    --------
+    >>> identify(r"Z W_0 + \\hat A Z W_1").matches
+    ('snl', 'gsnl_stable')
+    >>> result = identify(r"(2\\hat A^{2} - I) Z W_2")
+    >>> result.order, result.weight_constraint
+    (2, 'constrained')
+    >>> result.relations
+    ("W'_0 = 0", "W'_1 = 0")
+    """
+    if isinstance(expression, str):
+        try:
+            expression = parse_filter(expression)
+        except ValueError as err:
+            raise _fail(str(err)) from err
+    if not isinstance(expression, sp.Basic) or not getattr(expression, "is_Matrix", False):
+        raise _fail(f"{expression!r} is not a matrix expression (a function of a matrix, or a "
+                    "scalar)")
+    try:
+        check_shapes(expression)
+        poly = terms(expression)
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    poly = {w: c for w, c in poly.items() if sp.simplify(c) != 0}
+    if not poly:
+        raise _fail("the expression is the zero filter")
+    op = None
+    by_power: dict[int, list] = {}
+    for word, coeff in poly.items():
+        term_op, power, weight = _split_term(word)
+        if term_op is not None:
+            if op is not None and term_op != op:
+                raise _fail("the expression mixes A and Ahat; use one operator")
+            op = term_op
+        by_power.setdefault(power, []).append(MatMul(coeff, weight) if coeff != 1 else weight)
+    op = op if op is not None else S.A
+    order = max(by_power)
+    zero = ZeroMatrix(S.C_s, S.C_out)
+
+    def combo(items: list) -> sp.Basic:
+        if not items:
+            return zero
+        return expand_matrix(items[0] if len(items) == 1 else MatAdd(*items))
+
+    power_coeffs = {p: combo(by_power.get(p, [])) for p in range(order + 1)}
+    a = power_to_chebyshev(order)
+    cheb = {k: combo([MatMul(a[p][k], power_coeffs[p]) for p in range(order + 1)
+                      if a[p][k] != 0 and power_coeffs[p] != zero])
+            for k in range(order + 1)}
+    laplacian = {k: combo([MatMul((-1) ** k, c)]) if c != zero else zero
+                 for k, c in cheb.items()}
+    weights = sorted({w for c in cheb.values() for w in c.atoms(sp.MatrixSymbol)},
+                     key=lambda w: (S.weight_index(w) or -1, w.name))
+    M = sp.Matrix([_coefficients(cheb[k], weights) for k in range(order + 1)])
+    constraint, relations = _constraint(M, order)
+    matches = tuple(name for name in BLOCK_NAMES if _effective(name) == (order, constraint))
+    return Identification(
+        expression=expression,
+        operator=op,
+        order=order,
+        power_coefficients=MappingProxyType(power_coeffs),
+        chebyshev_coefficients=MappingProxyType(cheb),
+        laplacian_coefficients=MappingProxyType(laplacian),
+        weight_constraint=constraint,
+        relations=relations,
+        matches=matches,
+    )
+
+
+def _effective(name: str) -> tuple[int, str]:
+    spec = get_spec(name)
+    order = spec.order if spec.basis == "chebyshev" else min(spec.order, 1)
+    return order, spec.weight_constraint
+
+
+def _constraint(M: sp.Matrix, order: int) -> tuple[str, tuple[str, ...]]:
+    rows = [M.row(k) for k in range(order + 1)]
+    nonzero = [any(x != 0 for x in r) for r in rows]
+    relations = []
+    for vec in M.T.nullspace():
+        vec = vec / next(x for x in vec if x != 0)
+        lhs = " + ".join(f"{'' if c == 1 else f'({c})*'}W'_{k}" for k, c in enumerate(vec)
+                         if c != 0)
+        relations.append(f"{lhs} = 0".replace("+ (-1)*", "- ").replace("(-1)*", "-"))
+    relations = tuple(relations)
+    if order == 1 and nonzero[1] and sp.simplify(rows[0] + rows[1]).is_zero_matrix:
+        return "tied", relations
+    if order >= 1 and not nonzero[0] and M[1:, :].rank() == order:
+        return "drop_order0", relations
+    if all(nonzero) and M.rank() == order + 1:
+        return "free", relations
+    return "constrained", relations
