@@ -675,8 +675,9 @@ class LowRankAffinity(Affinity):
 class SoftmaxAffinity(Affinity):
     r"""The row-stochastic affinity :math:`A = \operatorname{softmax}_{row}(s\, Q K^T)`.
 
-    Products use :func:`torch.nn.functional.scaled_dot_product_attention` (torch) or row
-    chunks of ``chunk_size`` rows (numpy), so memory stays :math:`O(N \cdot chunk)`; the
+    Products use :func:`torch.nn.functional.scaled_dot_product_attention` (torch on an
+    accelerator) or row chunks of ``chunk_size`` rows (numpy, and torch on the CPU, where SDPA
+    forms the whole matrix), so memory stays :math:`O(N \cdot chunk)`; the
     ``N x M`` matrix is only formed by :meth:`dense`. Degrees are exactly one (``D = I``).
 
     Parameters
@@ -730,7 +731,9 @@ class SoftmaxAffinity(Affinity):
 
     def matmul(self, Z: Array) -> Array:
         Z = _check_signal(Z, self.n_cols)
-        if self.is_torch:
+        if self.is_torch and self.query.device.type != "cpu":
+            # On the CPU, SDPA falls back to a kernel that forms the N x M matrix
+            # (2.5 GB at N = 16384): use the row chunks below there.
             q, k = self.query, self.key
             batch = torch.broadcast_shapes(q.shape[:-2], Z.shape[:-2])
             q = q.expand(*batch, *q.shape[-2:])
@@ -741,7 +744,9 @@ class SoftmaxAffinity(Affinity):
         for start in range(0, self.n, self.chunk_size):
             rows = slice(start, start + self.chunk_size)
             out.append(B.softmax(self._logits(rows), -1) @ Z)
-        return np.concatenate(out, -2) if out else Z[..., :0, :]
+        if not out:
+            return Z[..., :0, :]
+        return torch.cat(out, -2) if self.is_torch else np.concatenate(out, -2)
 
     def dense(self) -> Array:
         return B.softmax(self._logits(), -1)
