@@ -56,7 +56,7 @@ from .generic import (
     weight_terms,
 )
 from .parsing import parse_equation
-from .printing import latex, pretty
+from .printing import latex, pretty, text_latex
 from .rules import (
     Assumption,
     apply_spec_rules,
@@ -96,10 +96,6 @@ class Step:
 
     def __str__(self) -> str:
         return f"{pretty(self.expr)}    [{self.description}]"
-
-
-def _text(s: str) -> str:
-    return r"\text{" + s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") + "}"
 
 
 @dataclass(frozen=True)
@@ -195,22 +191,22 @@ class Derivation:
         K = self.spec.order
         lines = [
             rf"F &= \sum_{{k=0}}^{{{K}}} T_{{k}}(\tilde{{L}})\, Z\, W^{{L}}_{{k}} && "
-            + _text(f"generic Chebyshev filter of order {K} (Laplacian form)")
+            + text_latex(f"generic Chebyshev filter of order {K} (Laplacian form)")
         ]
         for step in self.steps:
-            note = _text(step.description)
+            note = text_latex(step.description)
             if step.rule_latex:
                 note += r":\ " + step.rule_latex
             lines.append(rf"&= {latex(step.expr)} && {note}")
         relation = "=" if self.verified else r"\neq"
         for cf, diff in zip(self.closed_forms, self.differences):
-            ok = _text(f"closed form ({self.source}), proved: derived - closed form = 0")
-            bad = _text("closed form does NOT match: derived - closed form = ")
+            ok = text_latex(f"closed form ({self.source}), proved: derived - closed form = 0")
+            bad = text_latex("closed form does NOT match: derived - closed form = ")
             note = ok if _is_zero_matrix(diff) else bad + latex(diff)
             lines.append(rf"&{relation} {latex(cf)} && {note}")
         if self.collapsed is not None:
             lines.append(rf"&= {latex(self.collapsed)} && "
-                         + _text("collect by powers: an order-1 filter, reparametrized weights"))
+                         + text_latex("collected by powers: an order-1 filter"))
         return lines
 
     def to_latex(self) -> str:

@@ -22,7 +22,7 @@ from sympy import MatAdd
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-__all__ = ["latex", "pretty"]
+__all__ = ["latex", "pretty", "text_latex"]
 
 
 class _Latex(LatexPrinter):
@@ -126,3 +126,20 @@ def pretty(expr: sp.Basic) -> str:
     '-A*Z*W'
     """
     return _Str().doprint(expr)
+
+
+def text_latex(text: str) -> str:
+    r"""``\text{...}`` of plain ``text``, with LaTeX's special characters escaped.
+
+    Renders with LaTeX and with matplotlib's mathtext (``^`` becomes ``**``).
+
+    Examples
+    --------
+    >>> print(text_latex("degree rule 'row_stochastic', 50%"))
+    \text{degree rule 'row\_stochastic', 50\%}
+    """
+    for char in "\\{}":
+        text = text.replace(char, "")
+    for char in "_%&#$":
+        text = text.replace(char, "\\" + char)
+    return r"\text{" + text.replace("^", "**").replace("~", " ") + "}"
