@@ -233,3 +233,28 @@ def test_real_shared_stage():
                       blocks_per_position=2, share_affinity=True)
     assert model.nonlocal_paths == ["layer1.nonlocal1"]
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+@needs_blocks
+@pytest.mark.parametrize("name", ["nl", "ns", "a2", "cgnl", "cc", "dnl", "snl", "gsnl",
+                                  "gsnl_stable"])
+def test_every_table_block_fits_in_preresnet(name):
+    torch.manual_seed(0)
+    model = PreResNet(depth=8, width=4, block=name, block_positions=(1,))
+    plain = PreResNet(depth=8, width=4)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    model.eval()
+    plain.eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), plain(x))  # identity at initialization
+    model.train()
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@needs_blocks
+def test_nonlocal_blocks_in_a_custom_model():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), make_block("snl", 8),
+                        nn.Sequential(nn.ReLU(), make_block("snl", 8, n_units=2)))
+    found = nonlocal_blocks(net)
+    assert [path for path, _ in found] == ["1", "2.1"]  # outermost blocks only
