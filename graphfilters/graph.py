@@ -675,9 +675,10 @@ class LowRankAffinity(Affinity):
 class SoftmaxAffinity(Affinity):
     r"""The row-stochastic affinity :math:`A = \operatorname{softmax}_{row}(s\, Q K^T)`.
 
-    Products use :func:`torch.nn.functional.scaled_dot_product_attention` (torch on an
-    accelerator) or row chunks of ``chunk_size`` rows (numpy, and torch on the CPU, where SDPA
-    forms the whole matrix), so memory stays :math:`O(N \cdot chunk)`; the
+    Products use the fused kernels of :func:`torch.nn.functional.scaled_dot_product_attention`
+    (torch on an accelerator, and on the CPU under autograd; 4-D layout, equal widths) or row
+    chunks of ``chunk_size`` rows (numpy, and torch on the CPU without autograd), so memory
+    stays :math:`O(N \cdot chunk)` in forward and :math:`O(N)` saved for backward; the
     ``N x M`` matrix is only formed by :meth:`dense`. Degrees are exactly one (``D = I``).
 
     Parameters
@@ -731,15 +732,15 @@ class SoftmaxAffinity(Affinity):
 
     def matmul(self, Z: Array) -> Array:
         Z = _check_signal(Z, self.n_cols)
-        if self.is_torch and self.query.device.type != "cpu":
-            # On the CPU, SDPA falls back to a kernel that forms the N x M matrix
-            # (2.5 GB at N = 16384): use the row chunks below there.
-            q, k = self.query, self.key
-            batch = torch.broadcast_shapes(q.shape[:-2], Z.shape[:-2])
-            q = q.expand(*batch, *q.shape[-2:])
-            k = k.expand(*batch, *k.shape[-2:])
-            Z = Z.expand(*batch, *Z.shape[-2:])
-            return torch.nn.functional.scaled_dot_product_attention(q, k, Z, scale=self.scale)
+        if self.is_torch and (
+            self.query.device.type != "cpu"
+            or (torch.is_grad_enabled()
+                and (self.query.requires_grad or self.key.requires_grad or Z.requires_grad))
+        ):
+            # Fused attention (O(N) memory in forward and backward). Without autograd on the
+            # CPU the row chunks below are as good; with autograd they would keep every
+            # chunk's softmax (the whole N x M matrix) for the backward pass.
+            return _fused_attention(self.query, self.key, Z, self.scale)
         out = []
         for start in range(0, self.n, self.chunk_size):
             rows = slice(start, start + self.chunk_size)
@@ -753,6 +754,26 @@ class SoftmaxAffinity(Affinity):
 
     def abs_row_sums(self) -> Array:
         return self.degrees()
+
+
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    """``softmax(scale q k^T) v`` by ``scaled_dot_product_attention`` in the layout its fused
+    kernels need: 4-D ``(batch, 1, N, d)`` inputs (3-D ones fall back to the kernel that forms
+    the N x M matrix) and, for flash attention on the CPU, equal query and value widths
+    (zero columns appended to ``q`` and ``k`` leave ``q k^T`` unchanged; zero value columns
+    are sliced off), contiguous."""
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    dq, dv = q.shape[-1], v.shape[-1]
+    d = max(dq, dv)
+    pad = torch.nn.functional.pad
+    if dq < d:
+        q, k = pad(q, (0, d - dq)), pad(k, (0, d - dq))
+    if dv < d:
+        v = pad(v, (0, d - dv))
+    q4, k4, v4 = (t.expand(*batch, *t.shape[-2:]).reshape(-1, 1, *t.shape[-2:]).contiguous()
+                  for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+    return out.reshape(*batch, q.shape[-2], d)[..., :dv]
 
 
 class SumAffinity(Affinity):

@@ -26,6 +26,15 @@ def bn_map(unified: str, source: str) -> WeightMap:
     return [(f"{unified}.{k}", f"{source}.{k}", 1.0) for k in BN_KEYS]
 
 
+def match_module(block: nn.Module, like: nn.Module | Tensor | None) -> nn.Module:
+    """Move ``block`` to the floating dtype and device of ``like`` (a module or tensor)."""
+    if isinstance(like, nn.Module):
+        like = next((t for t in like.parameters() if t.is_floating_point()), None)
+    if like is None:
+        return block
+    return block.to(dtype=like.dtype, device=like.device)
+
+
 def copy_weights(
     block: nn.Module, source: Mapping[str, Tensor], mapping: Iterable[tuple[str, str, float]]
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._convert import WeightMap, bn_map, conv_map, copy_weights
+from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import DoubleAttentionRef
 from .unified import ChebyshevNonlocal
 
@@ -73,5 +73,5 @@ class DoubleAttention(ChebyshevNonlocal):
     def from_reference(cls, ref: DoubleAttentionRef) -> DoubleAttention:
         """The unified block computing exactly what ``ref`` computes (weights copied)."""
         block = cls(ref.in_channels, ref.c_m, ref.c_n, dim=ref.dim)
-        copy_weights(block, ref.state_dict(), cls.reference_map(ref))
+        copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)

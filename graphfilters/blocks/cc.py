@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._convert import WeightMap, conv_map, copy_weights
+from ._convert import WeightMap, conv_map, copy_weights, match_module
 from .reference import CrissCrossRef
 from .unified import ChebyshevNonlocal
 
@@ -76,5 +76,5 @@ class CrissCross(ChebyshevNonlocal):
     def from_reference(cls, ref: CrissCrossRef) -> CrissCross:
         """The unified block computing exactly what ``ref`` computes (weights copied)."""
         block = cls(ref.in_channels, ref.qk_channels, dim=ref.dim)
-        copy_weights(block, ref.state_dict(), cls.reference_map(ref))
+        copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._convert import WeightMap, bn_map, conv_map, copy_weights
+from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import CGNLRef
 from .unified import ChebyshevNonlocal
 
@@ -88,5 +88,5 @@ class CGNL(ChebyshevNonlocal):
         """The unified block computing exactly what ``ref`` computes (weights copied)."""
         block = cls(ref.in_channels, ref.inter_channels, groups=ref.groups,
                     taylor_order=ref.taylor_order, gamma=ref.gamma, beta=ref.beta, dim=ref.dim)
-        copy_weights(block, ref.state_dict(), cls.reference_map(ref))
+        copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)

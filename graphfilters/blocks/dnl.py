@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._convert import WeightMap, bn_map, conv_map, copy_weights
+from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import DisentangledNonLocalRef
 from .unified import ChebyshevNonlocal
 
@@ -83,5 +83,5 @@ class DisentangledNonLocal(ChebyshevNonlocal):
         """The unified block computing exactly what ``ref`` computes (weights copied)."""
         block = cls(ref.in_channels, ref.inter_channels, temperature=ref.temperature,
                     use_scale=ref.use_scale, dim=ref.dim)
-        copy_weights(block, ref.state_dict(), cls.reference_map(ref))
+        copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)

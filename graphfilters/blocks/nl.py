@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..specs import get_spec
-from ._convert import WeightMap, bn_map, conv_map, copy_weights
+from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import NonLocalRef
 from .unified import ChebyshevNonlocal
 
@@ -95,5 +95,5 @@ class NonLocal(ChebyshevNonlocal):
         """
         block = cls(ref.in_channels, ref.inter_channels, mode=ref.mode, dim=ref.dim,
                     sub_sample=ref.sub_sample)
-        copy_weights(block, ref.state_dict(), cls.reference_map(ref))
+        copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)

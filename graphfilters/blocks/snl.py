@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ._convert import BN_KEYS, WeightMap, bn_map, copy_weights
+from ._convert import BN_KEYS, WeightMap, bn_map, copy_weights, match_module
 from .reference import GSNLRef, OfficialSNL
 from .unified import ChebyshevNonlocal
 
@@ -89,7 +89,7 @@ class SNL(ChebyshevNonlocal):
         """The unified block computing exactly what the official-form ``ref`` computes."""
         block = cls(ref.in_channels, ref.inter_channels, dim=ref.dim, relu_after_norm=ref.relu,
                     sign=ref.sign)
-        copy_weights(block, ref.state_dict(), cls.reference_map(ref))
+        copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)
 
     @classmethod
@@ -141,6 +141,7 @@ class SNL(ChebyshevNonlocal):
         expected.update(_unit_shapes(c, cs, dim, ""))
         _validate(sub, expected, prefix, "the official SNL block")
         block = cls(c, cs, dim=dim, relu_after_norm=relu_after_norm, sign=sign)
+        match_module(block, sub["g.weight"])
         mapping = [e for e in cls.reference_map() if e[1] in sub]
         copy_weights(block, sub, mapping)
         return block
@@ -204,7 +205,7 @@ class gSNL(ChebyshevNonlocal):  # noqa: N801 - the block's published name
         """The unified block computing exactly what ``ref`` computes (weights copied)."""
         block = cls(ref.in_channels, ref.inter_channels, stable=ref.stable, dim=ref.dim,
                     relu_after_norm=ref.relu)
-        copy_weights(block, ref.state_dict(), cls.reference_map(ref))
+        copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)
 
 
@@ -316,6 +317,7 @@ def load_official_stage(
     _validate(sub, expected, prefix, "the official SNL stage")
     stage = stage_cls(c, n_units=n_units, block="snl", dim=dim, inter_channels=cs,
                       relu_after_norm=relu_after_norm)
+    match_module(stage, sub["t.weight"])
     mapping = [("units.0.theta.weight", "t.weight", 1.0), ("units.0.phi.weight", "p.weight", 1.0)]
     for u in range(n_units):
         mapping += _unit_map(f"units.{u}.", f"layers.{u}.")

@@ -753,7 +753,7 @@ class NonlocalStage(nn.Module):
         >>> NonlocalStage.from_reference(ref).n_units
         2
         """
-        from ._convert import copy_weights
+        from ._convert import copy_weights, match_module
         from .reference import NonlocalStageRef
 
         mapping = cls.reference_map(ref)
@@ -763,7 +763,7 @@ class NonlocalStage(nn.Module):
         else:
             stage = cls(ref.in_channels, n_units=len(ref.layers), block="snl", dim=ref.dim,
                         inter_channels=ref.inter_channels, relu_after_norm=ref.layers[0].relu)
-        copy_weights(stage, ref.state_dict(), mapping)
+        copy_weights(match_module(stage, ref), ref.state_dict(), mapping)
         return stage.train(ref.training)
 
     @classmethod
