@@ -203,7 +203,10 @@ def from_terms(poly: Terms, shape: tuple[sp.Expr, sp.Expr], key=None) -> sp.Basi
     for word in order:
         coeff = poly[word]
         factors = _word_expr(word, shape[0])
-        parts.append(MatMul(*factors) if coeff == 1 else MatMul(coeff, *factors))
+        if coeff == 1:
+            parts.append(factors[0] if len(factors) == 1 else MatMul(*factors))
+        else:
+            parts.append(MatMul(coeff, *factors))
     return parts[0] if len(parts) == 1 else MatAdd(*parts)
 
 

@@ -25,6 +25,7 @@ import sympy as sp
 from scipy.linalg import fractional_matrix_power
 
 from .algebra import terms
+from .symbols import SYMBOLS, laplacian_weight, weight
 
 __all__ = ["evaluate"]
 
@@ -41,6 +42,16 @@ def _name(key: object) -> str:
     for pattern, repl in _ALIASES:
         name = pattern.sub(repl, name)
     return name
+
+
+def _symbol_for(name: str) -> sp.MatrixSymbol | None:
+    if name in SYMBOLS and isinstance(SYMBOLS[name], sp.MatrixSymbol):
+        return SYMBOLS[name]
+    match = re.match(r"^W(\^L)?_(\d+)$", name)
+    if match:
+        k = int(match.group(2))
+        return laplacian_weight(k) if match.group(1) else weight(k)
+    return None
 
 
 def _power(M: np.ndarray, exp: sp.Expr) -> np.ndarray:
@@ -97,12 +108,17 @@ def evaluate(expr: sp.Basic, values: Mapping[object, object]) -> np.ndarray:
     named = {_name(k): v for k, v in values.items()}
     dims: dict[sp.Symbol, int] = {}
     matrices: dict[str, np.ndarray] = {}
-    for sym in expr.atoms(sp.MatrixSymbol):
+    # every known matrix in ``values`` fixes the sizes, even if ``expr`` does not use it
+    known = [_symbol_for(name) for name in named]
+    symbols = set(expr.atoms(sp.MatrixSymbol)) | {k for k in known if k is not None}
+    for sym in sorted(symbols, key=lambda m: m.name):
         if sym.name not in named:
             raise ValueError(
                 f"no value for the matrix {sym.name!r} (shape {sym.shape}); pass it in values"
             )
         M = np.asarray(named[sym.name], dtype=float)
+        if M.ndim == 0 and sym not in expr.atoms(sp.MatrixSymbol):
+            continue
         if M.ndim != 2:
             raise ValueError(f"value of {sym.name!r} must be a 2-d array, got shape {M.shape}")
         for dim, size in zip(sym.shape, M.shape):
