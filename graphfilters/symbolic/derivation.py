@@ -263,7 +263,7 @@ def closed_form_from_fields(spec: BlockSpec) -> sp.Basic:
     >>> pretty(closed_form_from_fields(get_spec("snl", order=2)))
     'Z*W_0 + Ahat*Z*W_1 + (2*Ahat**2 - I)*Z*W_2'
     """
-    X = as_filter_operator(spec)
+    X = _affinity_operator(spec)
     parts = []
     for k in range(spec.order + 1):
         B = chebyshev_polynomial(k, X)
@@ -278,7 +278,7 @@ def _operator_symbol(spec: BlockSpec) -> sp.Basic:
     return S.Ahat if operator_rule(spec) is not None else S.A
 
 
-def as_filter_operator(spec: BlockSpec) -> sp.Basic:
+def _affinity_operator(spec: BlockSpec) -> sp.Basic:
     """The affinity-form operator :math:`X = -\\tilde L` of ``spec`` after its rules."""
     lam = lambda_value(spec)
     Lt = MatAdd(MatMul(2 / lam, S.L), MatMul(-1, S.I))
