@@ -1,0 +1,933 @@
+r"""Capture the affinities and filters that a model's nonlocal blocks actually use.
+
+:func:`capture` runs a model in eval mode under :func:`torch.no_grad` on some inputs and
+returns, for every nonlocal module found (keyed by its module path), a :class:`Capture`: the
+affinity structure (dense, or its low-rank / softmax factors when the block has them), the
+signal :math:`Z`, the affinity-form filter weights :math:`W_k`, the block spec and the spatial
+shape, so that
+
+.. math::
+
+    F = \sum_{k=0}^{K} B_k(\hat A)\, Z\, W_k, \qquad \hat A = \text{normalize}(A),
+
+can be rebuilt, analysed spectrally, and a row of :math:`\hat A` drawn on the image grid.
+
+Three kinds of modules are recognized (the first match wins, outermost module first):
+
+1. **adapters** registered with :func:`register_adapter` (checked first, so they can
+   override the built-in handling);
+2. **graphfilters blocks**: any module with a ``spec`` (:class:`~graphfilters.specs.BlockSpec`)
+   and ``filter_weights()``; ``block.record`` is switched on during the run and the
+   ``FilterRecord`` of every forward is read. A stage of units sharing one affinity
+   (``last_records``) gives one capture per unit, ``{path}.units.{u}``;
+3. :class:`torch.nn.MultiheadAttention`: the attention is *recomputed* from the module's
+   inputs and its ``in_proj`` weights (fused kernels never form it), with the module's masks.
+   ``heads="mean"`` averages the heads (what the module returns with
+   ``average_attn_weights=True``, a dense ``(B, L, S)`` affinity); ``heads="keep"`` keeps one
+   row-stochastic affinity per head (batch shape ``(B, H)``, a
+   :class:`~graphfilters.graph.SoftmaxAffinity` when no mask is given).
+
+Everything is computed where the model lives; the results are moved to ``device`` (the CPU by
+default). Hooks are removed and the ``record`` flags and train/eval modes of every module are
+restored afterwards, also when the forward raises.
+
+Examples
+--------
+>>> import torch
+>>> from analysis.capture import capture
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+>>> class Net(torch.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.attn = mha
+...     def forward(self, x):
+...         return self.attn(x, x, x)[0]
+>>> caps = capture(Net(), torch.randn(3, 5, 8), progress=False)
+>>> list(caps), caps["attn"].affinity.shape, caps["attn"].n_samples
+(['attn'], (3, 5, 5), 3)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from graphfilters.graph import (
+    Affinity,
+    DenseAffinity,
+    LowRankAffinity,
+    NormalizedOperator,
+    SoftmaxAffinity,
+    SumAffinity,
+)
+from graphfilters.specs import BlockSpec, get_spec
+
+__all__ = [
+    "Capture",
+    "Captures",
+    "capture",
+    "register_adapter",
+    "unregister_adapter",
+    "find_nonlocal_modules",
+    "MHA_SPEC",
+    "ROOT",
+    "affinity_rows",
+    "model_device",
+]
+
+#: The block-table row that describes :class:`torch.nn.MultiheadAttention` as a graph filter:
+#: softmax (row-stochastic) affinity, order 1, :math:`W_0 = 0`, :math:`F = A Z W`.
+MHA_SPEC: BlockSpec = replace(
+    get_spec("nl"),
+    name="mha",
+    title="Multi-head attention (torch.nn.MultiheadAttention)",
+    reference="Vaswani et al. Attention Is All You Need. NeurIPS 2017.",
+    modes=(),
+    mode=None,
+    affinity_latex=r"A_h = \operatorname{softmax}_{row}(Q_h K_h^{T} / \sqrt{d})",
+    filter_latex=r"F = [A_1 Z_1, \dots, A_H Z_H]\, W_o",
+)
+
+_ADAPTERS: dict[type, Callable[..., Any]] = {}
+#: The path given to the model itself when it is the nonlocal module.
+ROOT = "(root)"
+
+
+def register_adapter(module_type: type, fn: Callable[[nn.Module, tuple, Any], Any]) -> None:
+    r"""Teach :func:`capture` a new kind of attention module.
+
+    Parameters
+    ----------
+    module_type : type
+        A subclass of :class:`torch.nn.Module`; instances (and instances of subclasses) are
+        captured with ``fn``. Registered adapters take precedence over the built-in handling.
+    fn : callable
+        ``fn(module, inputs, output)`` called in a forward hook (``inputs`` is the tuple of
+        positional arguments). It returns one of
+
+        - an :class:`~graphfilters.graph.Affinity` or a tensor ``(B, N, N)`` (the affinity
+          *as used*, i.e. already normalized: the capture's normalization is ``"none"``);
+        - a :class:`Capture` (fields left at their defaults are fine);
+        - any object with an ``affinity`` attribute and optionally ``normalization``, ``z``,
+          ``weights``, ``spatial_shape``, ``spec``, ``input``, ``output_scale`` (a
+          ``FilterRecord``-like record);
+        - ``None`` to skip this call.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Mix(torch.nn.Module):          # a toy "attention": a fixed averaging graph
+    ...     def forward(self, x):
+    ...         return x.mean(1, keepdim=True).expand_as(x)
+    >>> register_adapter(Mix, lambda m, inp, out: torch.full((inp[0].shape[0], 4, 4), 0.25))
+    >>> caps = capture(torch.nn.Sequential(Mix()), torch.randn(2, 4, 3), progress=False)
+    >>> caps["0"].affinity.shape
+    (2, 4, 4)
+    >>> unregister_adapter(Mix)
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(
+            f"module_type must be a torch.nn.Module subclass, got {module_type!r}"
+        )
+    if not callable(fn):
+        raise TypeError("fn must be callable as fn(module, inputs, output)")
+    _ADAPTERS[module_type] = fn
+
+
+def unregister_adapter(module_type: type) -> None:
+    """Remove the adapter of ``module_type`` (no error if none is registered)."""
+    _ADAPTERS.pop(module_type, None)
+
+
+def _adapter_for(module: nn.Module) -> Callable[..., Any] | None:
+    for cls in type(module).__mro__:
+        if cls in _ADAPTERS:
+            return _ADAPTERS[cls]
+    return None
+
+
+def _is_block(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "spec", None), BlockSpec) and callable(
+        getattr(module, "filter_weights", None)
+    ) and hasattr(module, "record")
+
+
+def _kind(module: nn.Module) -> str | None:
+    if _adapter_for(module) is not None:
+        return "adapter"
+    if _is_block(module):
+        return "block"
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention"
+    return None
+
+
+def find_nonlocal_modules(
+    model: nn.Module, blocks: Sequence[str | type] | None = None
+) -> list[tuple[str, nn.Module, str]]:
+    """The nonlocal modules of ``model`` as ``(path, module, kind)``, outermost first.
+
+    ``kind`` is ``"adapter"``, ``"block"`` or ``"attention"``. Modules inside a found module
+    are not listed again. ``blocks`` restricts the result to those module paths or types.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.MultiheadAttention(4, 1))
+    >>> [(p, k) for p, _, k in find_nonlocal_modules(net)]
+    [('1', 'attention')]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    found: list[tuple[str, nn.Module, str]] = []
+    for path, module in model.named_modules():
+        if any(p == ROOT or path.startswith(p + ".") for p, _, _ in found):
+            continue
+        kind = _kind(module)
+        if kind is not None:
+            found.append((path or ROOT, module, kind))
+    if blocks is None:
+        return found
+    wanted_paths = {b for b in blocks if isinstance(b, str)}
+    wanted_types = tuple(b for b in blocks if isinstance(b, type))
+    bad = [b for b in blocks if not isinstance(b, (str, type))]
+    if bad:
+        raise TypeError(f"blocks must hold module paths (str) or module types, got {bad!r}")
+    known = {p for p, _, _ in found}
+    missing = sorted(wanted_paths - known)
+    if missing:
+        raise ValueError(
+            f"no nonlocal module at path(s) {missing}; found: {sorted(known) or 'none'}"
+        )
+    return [
+        (p, m, k) for p, m, k in found
+        if p in wanted_paths or (wanted_types and isinstance(m, wanted_types))
+    ]
+
+
+# ------------------------------------------------------------------------------------------
+# The capture record
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Capture:
+    r"""What one nonlocal module did on the captured samples.
+
+    Attributes
+    ----------
+    path : str
+        Module path in ``model.named_modules()`` (``{path}.units.{u}`` for stage units;
+        ``"(root)"`` when the model itself is the block).
+    source : str
+        ``"block"`` (graphfilters block), ``"attention"`` (``nn.MultiheadAttention``) or
+        ``"adapter"``.
+    module_type : str
+        Class name of the module.
+    affinity : graphfilters.graph.Affinity
+        The raw affinity structure actually used, batch shape ``(S,)`` (``(S, H)`` for
+        attention with ``heads="keep"``, ``(S, groups)`` for CGNL).
+    normalization : str
+        :math:`\hat A` = ``affinity.normalized(normalization)``.
+    spec : BlockSpec or None
+        The block's table row (:data:`MHA_SPEC` for attention).
+    z : Tensor ``(S, N_keys, C_s)`` or None
+        The signal the filter acts on (attention: the projected values, all heads).
+    weights : list of Tensor ``(C_s, C_out)`` or None
+        Affinity-form filter weights :math:`W_k` (zeros for dropped terms).
+    spatial_shape : tuple of int
+        ``(L,)``, ``(H, W)`` or ``(T, H, W)`` of the queries.
+    input : Tensor ``(S, C, *spatial_shape)`` or None
+        The module input (attention: the query, moved to this layout).
+    output_scale, output_shift : Tensor ``(C_out,)`` or None
+        Effective per-channel affine of the output normalization (BN in eval mode, or CC's
+        :math:`\gamma`); ``None`` means scale 1, shift 0.
+    value_weight, value_bias : Tensor or None
+        The value projection :math:`Z = X G + b` with ``G`` of shape ``(C, C_s)``, when the
+        module exposes it (``g`` convolution, attention ``in_proj``).
+    residual : bool
+        Whether the module adds its input (``Y = X + ...``); ``False`` for attention.
+    relu_after_norm : bool
+        A ReLU follows the output normalization (official SNL classification code).
+    heads : str or None
+        ``"mean"`` or ``"keep"`` for attention.
+    info : dict
+        Block-specific facts (``node_layout``, ``groups``, ``sign``, ``sub_sampled``,
+        ``num_heads``, ...).
+    module : nn.Module
+        The module itself (not moved; used by the empirical robustness measures).
+    n_samples : int
+        Number of captured samples ``S``.
+
+    Shapes
+    ------
+    ``N = prod(spatial_shape)`` nodes (CGNL: ``C_s / groups * N`` channel-position nodes).
+    """
+
+    path: str
+    source: str
+    module_type: str
+    affinity: Affinity | None
+    normalization: str = "none"
+    spec: BlockSpec | None = None
+    z: Tensor | None = None
+    weights: list[Tensor] | None = None
+    spatial_shape: tuple[int, ...] = ()
+    input: Tensor | None = None
+    output_scale: Tensor | None = None
+    output_shift: Tensor | None = None
+    value_weight: Tensor | None = None
+    value_bias: Tensor | None = None
+    residual: bool = True
+    relu_after_norm: bool = False
+    heads: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    module: nn.Module | None = field(default=None, repr=False)
+    n_samples: int = 0
+
+    # -- derived facts -------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of graph nodes of the affinity."""
+        return 0 if self.affinity is None else self.affinity.n
+
+    @property
+    def order(self) -> int | None:
+        """Polynomial degree ``K`` of the filter (``None`` without weights)."""
+        return None if self.weights is None else len(self.weights) - 1
+
+    @property
+    def basis(self) -> str:
+        """``"chebyshev"`` or ``"stable"`` (from the spec)."""
+        return self.spec.basis if self.spec is not None else "chebyshev"
+
+    @property
+    def device(self) -> torch.device | None:
+        return None if self.affinity is None else self.affinity.device
+
+    def operator(self) -> NormalizedOperator:
+        r"""The normalized operator :math:`\hat A` (applied without forming it)."""
+        if self.affinity is None:
+            raise ValueError(f"capture {self.path!r} holds no affinity")
+        return self.affinity.normalized(self.normalization)
+
+    def to(self, device: torch.device | str) -> Capture:
+        """A copy with every tensor (and the affinity) on ``device``."""
+        dev = torch.device(device)
+
+        def mv(t: Any) -> Any:
+            return t.to(dev) if isinstance(t, Tensor) else t
+
+        aff = None
+        if self.affinity is not None:
+            aff = self.affinity._map(mv) if self.affinity.is_torch else self.affinity
+        return replace(
+            self,
+            affinity=aff,
+            z=mv(self.z),
+            weights=None if self.weights is None else [mv(w) for w in self.weights],
+            input=mv(self.input),
+            output_scale=mv(self.output_scale),
+            output_shift=mv(self.output_shift),
+            value_weight=mv(self.value_weight),
+            value_bias=mv(self.value_bias),
+            info=dict(self.info),
+        )
+
+    def affinity_row(self, query: int | Sequence[int], index: int = 0) -> np.ndarray:
+        r"""Row ``query`` of :math:`\hat A` for sample ``index``, on the spatial grid.
+
+        ``query`` is a flat node index or a spatial position (e.g. ``(row, col)``). Computed
+        from the structure (one row; never the ``N x N`` matrix for low-rank and softmax
+        affinities). For attention with ``heads="keep"`` the heads are averaged.
+
+        Returns
+        -------
+        numpy array of shape ``spatial_shape`` (``(N_keys,)`` for sub-sampled keys).
+        """
+        if self.info.get("node_layout") == "channel_position":
+            raise ValueError(
+                f"{self.path}: the nodes of this affinity are (channel, position) pairs (CGNL), "
+                "so a row is not a map over the image grid"
+            )
+        op = self.operator()
+        n = op.n
+        if isinstance(query, (int, np.integer)):
+            flat = int(query)
+        else:
+            q = tuple(int(v) for v in query)
+            if len(q) != len(self.spatial_shape):
+                raise ValueError(
+                    f"query {tuple(query)} must be a flat index or a position with "
+                    f"{len(self.spatial_shape)} coordinates (spatial shape {self.spatial_shape})"
+                )
+            flat = int(np.ravel_multi_index(q, self.spatial_shape))
+        if not 0 <= flat < n:
+            raise ValueError(f"query node {flat} is out of range [0, {n})")
+        if not 0 <= index < self.n_samples:
+            raise ValueError(f"sample index {index} is out of range [0, {self.n_samples})")
+        row = affinity_rows(op, [flat], index)[0]
+        row = row.reshape(-1, row.shape[-1]).mean(0) if row.ndim > 1 else row
+        if row.shape[-1] == math.prod(self.spatial_shape):
+            return row.reshape(self.spatial_shape)
+        return row
+
+
+def affinity_rows(op: NormalizedOperator, rows: Sequence[int], index: int = 0) -> np.ndarray:
+    r"""Rows ``rows`` of the normalized operator :math:`\hat A` of sample ``index``.
+
+    Uses the structure: low-rank :math:`P_i Q^T`, softmax :math:`\operatorname{softmax}(s\,
+    q_i K^T)`, dense slicing, sums of those; anything else through products with the
+    transpose-free identity :math:`e_i^T \hat A` computed by dense materialization of that
+    sample only.
+
+    Shapes
+    ------
+    Returns ``(len(rows), *extra_batch, N_keys)`` (``extra_batch`` = heads or groups).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from graphfilters.graph import LowRankAffinity
+    >>> rng = np.random.default_rng(0)
+    >>> aff = LowRankAffinity(rng.random((6, 2)), rng.random((6, 2)), symmetric=True)
+    >>> op = aff.normalized("sym")
+    >>> np.allclose(affinity_rows(op, [2]), op.dense()[2])
+    True
+    """
+    aff = op.affinity
+    single = aff.select(index) if aff.batch_shape else aff
+    if op.left is not None or op.right is not None:
+        left = op.left[index] if (op.left is not None and aff.batch_shape) else op.left
+        right = op.right[index] if (op.right is not None and aff.batch_shape) else op.right
+    else:
+        left = right = None
+    idx = list(rows)
+    raw = _raw_rows(single, idx)                 # (*extra, R, N_keys)
+    if left is not None:
+        raw = raw * _to_np(left)[..., idx, None]
+    if right is not None:
+        raw = raw * _to_np(right)[..., None, :]
+    raw = raw * op.factor
+    return np.moveaxis(raw, -2, 0)
+
+
+def _to_np(x: Any) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(
+        x, dtype=np.float64
+    )
+
+
+def _raw_rows(aff: Affinity, idx: list[int]) -> np.ndarray:
+    """Rows ``idx`` of the raw affinity ``M`` of one sample, ``(*extra, R, N_keys)``."""
+    if isinstance(aff, DenseAffinity):
+        return _to_np(aff.A[..., idx, :])
+    if isinstance(aff, LowRankAffinity):
+        P, Q = _to_np(aff.P), _to_np(aff.Q)
+        out = P[..., idx, :] @ np.swapaxes(Q, -1, -2)
+        if aff.symmetric:
+            out = (out + Q[..., idx, :] @ np.swapaxes(P, -1, -2)) / 2
+        return out
+    if isinstance(aff, SoftmaxAffinity):
+        q, k = _to_np(aff.query), _to_np(aff.key)
+        logits = aff.scale * (q[..., idx, :] @ np.swapaxes(k, -1, -2))
+        logits -= logits.max(-1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(-1, keepdims=True)
+    if isinstance(aff, SumAffinity):
+        return sum(_raw_rows(t, idx) for t in aff.terms)
+    return _to_np(aff.dense()[..., idx, :])
+
+
+class Captures(dict):
+    """Captures keyed by module path (a ``dict``), with the reason when it is empty.
+
+    Attributes
+    ----------
+    reason : str
+        Why nothing was captured (empty string otherwise).
+    n_samples : int
+        Samples seen.
+    """
+
+    def __init__(self, *args: Any, reason: str = "", n_samples: int = 0, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.reason = reason
+        self.n_samples = n_samples
+
+    def __repr__(self) -> str:
+        if not self:
+            return f"Captures(empty: {self.reason})"
+        items = ", ".join(
+            f"{p!r}: {c.module_type}(N={c.n}, {type(c.affinity).__name__})"
+            for p, c in self.items()
+        )
+        return f"Captures({items}; {self.n_samples} samples)"
+
+
+# ------------------------------------------------------------------------------------------
+# Extraction from graphfilters blocks
+# ------------------------------------------------------------------------------------------
+
+
+def _value_projection(module: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+    """``(G, b)`` with ``Z = X G + b`` from a block's ``g`` 1x1 convolution, if linear."""
+    g = getattr(module, "g", None)
+    if g is None or getattr(module, "sub_sample", False):
+        return None, None
+    w = getattr(g, "weight", None)
+    if not isinstance(w, Tensor) or getattr(g, "groups", 1) != 1:
+        return None, None
+    if w.ndim >= 2 and all(s == 1 for s in w.shape[2:]):
+        G = w.detach().reshape(w.shape[0], w.shape[1]).T.clone()
+        b = getattr(g, "bias", None)
+        return G, (b.detach().clone() if isinstance(b, Tensor) else None)
+    return None, None
+
+
+def _from_record(path: str, module: nn.Module, rec: Any, unit: nn.Module | None = None) -> Capture:
+    """A :class:`Capture` from a block's ``FilterRecord`` (or a record-like object)."""
+    owner = unit if unit is not None else module
+    spec = getattr(rec, "spec", None) or getattr(owner, "spec", None)
+    scale = shift = None
+    affine = getattr(rec, "output_scale", None)
+    if isinstance(affine, tuple) and len(affine) == 2:
+        scale, shift = affine
+    elif isinstance(affine, dict):
+        scale, shift = affine.get("scale"), affine.get("shift")
+    elif isinstance(affine, Tensor):
+        scale = affine
+    G, b = _value_projection(owner)
+    info = dict(getattr(rec, "info", {}) or {})
+    aff = getattr(rec, "affinity", None)
+    if isinstance(aff, Tensor):
+        aff = DenseAffinity(aff.detach())
+    weights = getattr(rec, "weights", None)
+    return Capture(
+        path=path,
+        source="block",
+        module_type=type(owner).__name__,
+        affinity=aff,
+        normalization=str(getattr(rec, "normalization", None)
+                          or (spec.normalization if spec is not None else "none")),
+        spec=spec,
+        z=_detach(getattr(rec, "z", None)),
+        weights=None if weights is None else [_detach(w) for w in weights],
+        spatial_shape=tuple(getattr(rec, "spatial_shape", ()) or ()),
+        input=_detach(getattr(rec, "input", None)),
+        output_scale=_detach(scale),
+        output_shift=_detach(shift),
+        value_weight=G,
+        value_bias=b,
+        residual=True,
+        relu_after_norm=bool(getattr(rec, "relu_after_norm", False)),
+        info=info,
+        module=owner,
+    )
+
+
+def _detach(t: Any) -> Any:
+    return t.detach() if isinstance(t, Tensor) else t
+
+
+def _from_adapter_result(path: str, module: nn.Module, res: Any) -> Capture | None:
+    if res is None:
+        return None
+    if isinstance(res, Capture):
+        cap = replace(res, path=path, source="adapter", module=module,
+                      module_type=type(module).__name__)
+        if isinstance(cap.affinity, Tensor):
+            cap.affinity = DenseAffinity(cap.affinity.detach())
+        return cap
+    if isinstance(res, (Affinity, Tensor)):
+        aff = res.detach() if isinstance(res, Affinity) else DenseAffinity(res.detach())
+        return Capture(path=path, source="adapter", module_type=type(module).__name__,
+                       affinity=aff, normalization="none", module=module, residual=False)
+    if hasattr(res, "affinity"):
+        cap = _from_record(path, module, res)
+        cap.source = "adapter"
+        if getattr(res, "normalization", None) is None:
+            cap.normalization = "none"
+        cap.residual = bool(getattr(res, "residual", False))
+        return cap
+    raise TypeError(
+        f"the adapter for {type(module).__name__} returned {type(res).__name__}; return an "
+        "Affinity, a (B, N, N) tensor, a Capture, a record with an 'affinity' attribute, or None"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# MultiheadAttention
+# ------------------------------------------------------------------------------------------
+
+
+def _mha_capture(
+    path: str, module: nn.MultiheadAttention, args: tuple, kwargs: dict, heads: str
+) -> Capture:
+    r"""Recompute the attention of ``module`` from its call arguments (eval mode)."""
+    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    query, key, value = a["query"], a["key"], a["value"]
+    unbatched = query.dim() == 2
+    if unbatched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+    elif module.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    # now (L, B, E)
+    L, Bsz, E = query.shape
+    H = module.num_heads
+    d = E // H
+    if module._qkv_same_embed_dim:
+        w_q, w_k, w_v = module.in_proj_weight.chunk(3)
+    else:
+        w_q, w_k, w_v = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
+    if module.in_proj_bias is not None:
+        b_q, b_k, b_v = module.in_proj_bias.chunk(3)
+    else:
+        b_q = b_k = b_v = None
+    q = nn.functional.linear(query, w_q, b_q)
+    k = nn.functional.linear(key, w_k, b_k)
+    v = nn.functional.linear(value, w_v, b_v)
+    attn_mask = a.get("attn_mask")
+    kpm = a.get("key_padding_mask")
+    if module.bias_k is not None:
+        k = torch.cat([k, module.bias_k.expand(1, Bsz, E)])
+        v = torch.cat([v, module.bias_v.expand(1, Bsz, E)])
+        attn_mask = None if attn_mask is None else nn.functional.pad(attn_mask, (0, 1))
+        kpm = None if kpm is None else nn.functional.pad(kpm, (0, 1))
+    # (B, H, L, d)
+    qh = q.reshape(L, Bsz, H, d).permute(1, 2, 0, 3)
+    kh = k.reshape(k.shape[0], Bsz, H, d).permute(1, 2, 0, 3)
+    if module.add_zero_attn:
+        kh = torch.cat([kh, kh.new_zeros(Bsz, H, 1, d)], 2)
+        v = torch.cat([v, v.new_zeros(1, Bsz, E)])
+        attn_mask = None if attn_mask is None else nn.functional.pad(attn_mask, (0, 1))
+        kpm = None if kpm is None else nn.functional.pad(kpm, (0, 1))
+    n_keys = kh.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    if bool(a.get("is_causal")) and attn_mask is None:
+        attn_mask = torch.ones(L, n_keys, dtype=torch.bool, device=q.device).triu(1)
+    masked = attn_mask is not None or kpm is not None
+    if masked:
+        logits = scale * (qh @ kh.transpose(-1, -2))           # (B, H, L, S)
+        if attn_mask is not None:
+            m = attn_mask if attn_mask.dim() == 2 else attn_mask.reshape(Bsz, H, L, n_keys)
+            logits = logits.masked_fill(m, float("-inf")) if m.dtype == torch.bool \
+                else logits + m
+        if kpm is not None:
+            km = kpm.reshape(Bsz, 1, 1, n_keys)
+            logits = logits.masked_fill(km, float("-inf")) if km.dtype == torch.bool \
+                else logits + km
+        probs = torch.softmax(logits, -1)
+        aff: Affinity = DenseAffinity(probs.mean(1) if heads == "mean" else probs)
+    elif heads == "mean":
+        aff = DenseAffinity(torch.softmax(scale * (qh @ kh.transpose(-1, -2)), -1).mean(1))
+    else:
+        aff = SoftmaxAffinity(qh, kh, scale=scale)
+    z = v.transpose(0, 1)                                       # (B, S, E)
+    W_o = module.out_proj.weight.detach()
+    weights = [torch.zeros_like(W_o), W_o.T.clone()]
+    b_o = module.out_proj.bias
+    inp = query.permute(1, 2, 0)                                # (B, E, L)
+    return Capture(
+        path=path,
+        source="attention",
+        module_type=type(module).__name__,
+        affinity=aff.detach(),
+        normalization="rw",
+        spec=MHA_SPEC,
+        z=z.detach(),
+        weights=weights,
+        spatial_shape=(L,),
+        input=inp.detach(),
+        output_scale=None,
+        output_shift=None if b_o is None else b_o.detach().clone(),
+        value_weight=w_v.detach().T.clone(),
+        value_bias=None if b_v is None else b_v.detach().clone(),
+        residual=False,
+        heads=heads,
+        info={"num_heads": H, "head_dim": d, "n_keys": n_keys, "masked": masked,
+              "note": "per-head filter: F = [A_1 Z_1, ..., A_H Z_H] W_o; "
+                      + ("the affinity is the head average" if heads == "mean"
+                         else "one affinity per head")},
+        module=module,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Merging batches
+# ------------------------------------------------------------------------------------------
+
+
+def _cat_affinities(parts: list[Affinity]) -> Affinity:
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if isinstance(first, SumAffinity) and all(isinstance(p, SumAffinity) for p in parts):
+        return SumAffinity([
+            _cat_affinities([p.terms[i] for p in parts]) for i in range(len(first.terms))
+        ])
+    fields = getattr(first, "_fields", ())
+    if fields and all(type(p) is type(first) for p in parts) and first.is_torch:
+        new = object.__new__(type(first))
+        new.__dict__.update(first.__dict__)
+        for name in fields:
+            setattr(new, name, torch.cat([getattr(p, name) for p in parts], 0))
+        if "_symmetric" in new.__dict__:            # DenseAffinity caches its symmetry
+            new._symmetric = None
+        return new
+    return DenseAffinity(torch.cat([torch.as_tensor(p.dense()) for p in parts], 0))
+
+
+def _take(aff: Affinity, k: int) -> Affinity:
+    return aff._map(lambda t: t[:k])
+
+
+def _merge(pieces: list[Capture], device: torch.device | None) -> Capture:
+    first = pieces[0]
+    aff = _cat_affinities([p.affinity for p in pieces]) if first.affinity is not None else None
+
+    def cat(name: str) -> Tensor | None:
+        vals = [getattr(p, name) for p in pieces]
+        if any(v is None for v in vals):
+            return None
+        return torch.cat(vals, 0)
+
+    n = sum(p.n_samples for p in pieces)
+    cap = replace(first, affinity=aff, z=cat("z"), input=cat("input"), n_samples=n)
+    return cap.to(device) if device is not None else cap
+
+
+def _batch_input(batch: Any) -> Any:
+    if isinstance(batch, Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in ("input", "inputs", "x", "image", "images"):
+            if key in batch:
+                return batch[key]
+    raise TypeError(
+        f"cannot find the model input in a batch of type {type(batch).__name__}: pass a "
+        "tensor, an iterable of tensors or of (input, target) pairs, or forward=fn(model, batch)"
+    )
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return int(x.shape[0]) if x.dim() > 0 else 1
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], Tensor):
+        return int(x[0].shape[0])
+    raise TypeError(f"cannot infer the batch size of a {type(x).__name__} input")
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU if it has none)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _slice_capture(cap: Capture, k: int) -> Capture:
+    """Keep the first ``k`` samples of a one-batch capture."""
+    if cap.n_samples <= k:
+        return cap
+    return replace(
+        cap,
+        affinity=_take(cap.affinity, k) if cap.affinity is not None else None,
+        z=None if cap.z is None else cap.z[:k],
+        input=None if cap.input is None else cap.input[:k],
+        n_samples=k,
+    )
+
+
+def _affinity_batch(aff: Affinity | None, default: int) -> int:
+    if aff is None or not aff.batch_shape:
+        return default
+    return int(aff.batch_shape[0])
+
+
+def capture(
+    model: nn.Module,
+    inputs_or_loader: Tensor | Iterable[Any],
+    blocks: Sequence[str | type] | None = None,
+    max_samples: int = 16,
+    *,
+    heads: str = "mean",
+    device: torch.device | str | None = "cpu",
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    progress: bool = True,
+) -> Captures:
+    r"""Run ``model`` and capture what its nonlocal modules compute.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Run in eval mode under :func:`torch.no_grad`; its train/eval modes are restored.
+    inputs_or_loader : Tensor or iterable
+        One input batch, or an iterable of batches (tensors, ``(input, target, ...)``
+        tuples or dicts with an ``"input"`` key), e.g. a ``DataLoader``. Inputs are moved to
+        the model's device.
+    blocks : sequence of str or type, optional
+        Module paths or module types to capture (default: every nonlocal module found).
+    max_samples : int
+        Stop after this many samples (the last batch is truncated).
+    heads : {"mean", "keep"}
+        For ``nn.MultiheadAttention``: average the heads' attention or keep one affinity
+        per head.
+    device : device or None
+        Where the results are put (default the CPU; ``None``: stay on the model's device).
+    forward : callable, optional
+        ``forward(model, batch)`` for models that do not take ``model(input)``.
+    progress : bool
+        Show a tqdm bar over batches.
+
+    Returns
+    -------
+    Captures
+        ``{path: Capture}``; empty (with ``.reason``) when the model has no nonlocal module.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a non-module model, unknown block paths, bad ``max_samples`` or ``heads``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1))
+    >>> caps = capture(net, torch.randn(2, 3, 4, 4), progress=False)
+    >>> len(caps), caps.reason[:24]
+    (0, 'no nonlocal module found')
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+        raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
+    if heads not in ("mean", "keep"):
+        raise ValueError(f"heads must be 'mean' or 'keep', got {heads!r}")
+    found = find_nonlocal_modules(model, blocks)
+    if not found:
+        return Captures(reason=(
+            "no nonlocal module found (no graphfilters block, nn.MultiheadAttention or "
+            "registered adapter)" if blocks is None else f"no module matches blocks={blocks!r}"
+        ))
+    dev = model_device(model)
+    out_device = None if device is None else torch.device(device)
+    pieces: dict[str, list[Capture]] = {}
+    order: list[str] = []
+    state = {"take": 0}
+    modes = {m: m.training for m in model.modules()}
+    records: dict[nn.Module, Any] = {}
+    handles: list[Any] = []
+
+    def add(cap: Capture | None) -> None:
+        if cap is None:
+            return
+        cap.n_samples = _affinity_batch(cap.affinity, cap.n_samples or state["take"])
+        cap = _slice_capture(cap, state["take"])
+        if cap.path not in pieces:
+            pieces[cap.path] = []
+            order.append(cap.path)
+        pieces[cap.path].append(cap)
+
+    def block_hook(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            recs = getattr(module, "last_records", None)
+            units = getattr(module, "units", None)
+            if isinstance(recs, (list, tuple)) and len(recs) > 1:
+                for u, rec in enumerate(recs):
+                    if rec is not None:
+                        unit = units[u] if units is not None else None
+                        add(_from_record(f"{path}.units.{u}", module, rec, unit))
+                return
+            rec = getattr(module, "last_record", None)
+            if rec is None:
+                return
+            unit = units[0] if units is not None and len(units) == 1 else None
+            cap = _from_record(path, module, rec, unit)
+            if unit is not None:
+                cap.module = module
+            add(cap)
+        return hook
+
+    def adapter_hook(path: str, fn: Callable[..., Any]) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            add(_from_adapter_result(path, module, fn(module, inputs, output)))
+        return hook
+
+    def mha_hook(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            add(_mha_capture(path, module, args, kwargs, heads))
+        return hook
+
+    seen = 0
+    try:
+        model.eval()
+        for path, module, kind in found:
+            if kind == "adapter":
+                handles.append(module.register_forward_hook(
+                    adapter_hook(path, _adapter_for(module))))
+            elif kind == "block":
+                records[module] = module.record
+                module.record = True
+                handles.append(module.register_forward_hook(block_hook(path)))
+            else:
+                handles.append(module.register_forward_pre_hook(mha_hook(path), with_kwargs=True))
+        batches = [inputs_or_loader] if isinstance(inputs_or_loader, Tensor) else inputs_or_loader
+        try:
+            total = len(batches)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        bar = tqdm(batches, desc="capture", total=total, disable=not progress, leave=False)
+        with torch.no_grad():
+            for batch in bar:
+                x = batch if forward is not None else _batch_input(batch)
+                x = _to_device(x, dev)
+                bs = _batch_size(x) if forward is None else _batch_size(_batch_input(batch))
+                state["take"] = min(bs, max_samples - seen)
+                if forward is not None:
+                    forward(model, x)
+                else:
+                    model(x)
+                seen += state["take"]
+                if seen >= max_samples:
+                    break
+        bar.close()
+    finally:
+        for h in handles:
+            h.remove()
+        for module, flag in records.items():
+            module.record = flag
+        for m, mode in modes.items():
+            m.training = mode
+    result = Captures(n_samples=seen)
+    for path in order:
+        result[path] = _merge(pieces[path], out_device)
+    if not result:
+        result.reason = (
+            "nonlocal modules were found but none ran on these inputs: "
+            + ", ".join(p for p, _, _ in found)
+        )
+    return result
