@@ -1,0 +1,600 @@
+r"""Frequency responses of trained blocks and the graph-frequency energy of their signals.
+
+A block filters :math:`Z` with :math:`F = \sum_k B_k(\hat A) Z W_k` (affinity form). On an
+eigenvector of :math:`\hat A` with eigenvalue :math:`\mu`, i.e. of the Laplacian
+:math:`L = I - \hat A` with eigenvalue :math:`\lambda = 1 - \mu`, it acts as the
+:math:`C_s \times C_{out}` matrix
+
+.. math::
+
+    H(\lambda) = \sum_{k=0}^{K} B_k(1 - \lambda)\, W_k
+               = \sum_{k=0}^{K} T_k\Big(\frac{2\lambda}{\lambda_{max}} - 1\Big) W^L_k,
+    \qquad W^L_k = (-1)^k W_k \quad (\lambda_{max} = 2),
+
+the second (Laplacian) form holding for the Chebyshev basis because
+:math:`T_k(-x) = (-1)^k T_k(x)`. For ``basis="stable"`` (gSNL 2019) the block's own basis
+:math:`B_k` is used (:math:`B_2(\mu) = 2\mu - 1`, ...), evaluated by
+:func:`graphfilters.chebyshev.chebyshev_terms`. For the ``size``/``none`` normalizations
+:math:`\lambda = 1 - \mu` is not the spectrum of a normalized Laplacian; the response is then
+drawn over :math:`[0, \max|\lambda|]` of the captured spectrum.
+
+Classification rule (:func:`classify_response`)
+-----------------------------------------------
+On the largest singular value :math:`g(\lambda) = \sigma_1(H(\lambda))` sampled uniformly on
+:math:`[0, \lambda_{max}]`, with the mean gains ``low``, ``mid``, ``high`` on the three thirds
+of the interval and ``ratio`` = 1.5 (about 3.5 dB):
+
+1. ``"zero"`` if :math:`\max g \le 10^{-12}` (e.g. an untrained block whose weights are 0);
+2. ``"all-pass"`` if :math:`\max g / \min g \le` ``ratio`` (flat);
+3. ``"band-pass"`` if ``mid`` :math:`\ge` ``ratio`` :math:`\cdot \max(`\ ``low, high``\ :math:`)`;
+4. ``"band-stop"`` if ``mid`` :math:`\le \min(`\ ``low, high``\ :math:`)` / ``ratio``;
+5. ``"low-pass"`` if ``low`` :math:`\ge` ``ratio`` :math:`\cdot` ``high``;
+6. ``"high-pass"`` if ``high`` :math:`\ge` ``ratio`` :math:`\cdot` ``low``;
+7. otherwise ``"all-pass"`` (no dominant band).
+
+The classification uses the filter weights alone (the shape of the response); the output
+normalization's per-channel scale is applied only when ``include_output_scale=True``.
+For example NL's :math:`H = (1 - \lambda) W` is a notch at :math:`\lambda = 1` on
+:math:`[0, 2]` (``band-stop``), NS's :math:`H = -\lambda W` is ``high-pass``.
+
+Graph Fourier transform (:func:`graph_frequency_energy`)
+--------------------------------------------------------
+Symmetric :math:`\hat A`: the orthonormal eigenvectors :math:`U` (dense ``eigh``; for low-rank
+affinities the ``2r`` structured eigenvectors :math:`U = Q_X V` from a QR of
+:math:`X = [P, Q]` and the eigenvectors :math:`V` of the small core — the rest of the space is
+the eigenvalue 0 of :math:`\hat A`, i.e. :math:`\lambda = 1`, and gets the remaining energy).
+The energy at frequency :math:`\lambda_i` is :math:`\sum_c (u_i^T z_c)^2` (Parseval: it sums
+to :math:`\|Z\|_F^2`). Non-symmetric :math:`\hat A` (softmax): by default the eigenvectors of
+the symmetrized operator :math:`\operatorname{sym}(\hat A) = (\hat A + \hat A^T)/2` (real
+frequencies, an orthonormal basis; structured for low-rank), or with
+``nonsymmetric="schur"`` the complex Schur vectors :math:`\hat A = U T U^H` (frequencies
+:math:`1 - T_{ii}`, complex; an orthonormal basis ordered by the eigenvalues, but the Schur
+form couples the frequencies through :math:`T`'s upper triangle).
+
+Examples
+--------
+>>> import numpy as np
+>>> from analysis.response import frequency_response, classify_response
+>>> lam = np.linspace(0, 2, 201)
+>>> H = frequency_response([np.zeros((1, 1)), np.ones((1, 1))], lam)   # NL: H = 1 - lam
+>>> classify_response(lam, np.abs(H[:, 0, 0]))[0]
+'band-stop'
+>>> classify_response(lam, lam)[0]                     # g = lambda
+'high-pass'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
+from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, as_affinity
+
+from .spectra import AUTO_DENSE_LIMIT, Spectrum, _as_torch, _samples, _select, spectrum
+
+__all__ = [
+    "RESPONSE_CLASSES",
+    "laplacian_weights",
+    "basis_values",
+    "frequency_response",
+    "response_gains",
+    "classify_response",
+    "FrequencyEnergy",
+    "graph_frequency_energy",
+    "BlockResponse",
+    "block_response",
+    "filter_output",
+]
+
+RESPONSE_CLASSES = ("zero", "all-pass", "band-pass", "band-stop", "low-pass", "high-pass")
+
+
+def _weights_np(weights: Sequence[Any]) -> list[np.ndarray]:
+    out = []
+    for w in weights:
+        if isinstance(w, Tensor):
+            w = w.detach().cpu().double().numpy()
+        w = np.asarray(w, dtype=np.float64)
+        out.append(w.reshape(1, 1) if w.ndim == 0 else w)
+    if not out:
+        raise ValueError("weights must hold at least one term W_0")
+    shapes = {w.shape for w in out}
+    if len(shapes) != 1 or out[0].ndim != 2:
+        raise ValueError(
+            f"weights must be K+1 matrices (C_s, C_out) of one shape, got shapes {sorted(shapes)}"
+        )
+    return out
+
+
+def laplacian_weights(weights: Sequence[Any]) -> list[np.ndarray]:
+    r"""Laplacian-form weights :math:`W^L_k = (-1)^k W_k` from affinity-form ones
+    (:math:`\lambda_{max} = 2`, Chebyshev basis).
+
+    Examples
+    --------
+    >>> [float(w[0, 0]) for w in laplacian_weights([1.0, 2.0, 3.0])]
+    [1.0, -2.0, 3.0]
+    """
+    return [(-1) ** k * w for k, w in enumerate(_weights_np(weights))]
+
+
+def basis_values(order: int, mu: Any, basis: str = "chebyshev") -> np.ndarray:
+    r"""Values :math:`B_k(\mu)`, ``k = 0..order``, of the block basis at (complex) ``mu``.
+
+    Uses :func:`graphfilters.chebyshev.chebyshev_terms` on the diagonal operator
+    :math:`\operatorname{diag}(\mu)`, so ``"stable"`` is exactly the blocks' basis.
+
+    Shapes
+    ------
+    ``mu``: ``(n,)`` → ``(n, order + 1)``.
+
+    Examples
+    --------
+    >>> basis_values(2, [0.5], "chebyshev"), basis_values(2, [0.5], "stable")
+    (array([[ 1. ,  0.5, -0.5]]), array([[1. , 0.5, 0. ]]))
+    """
+    mu = np.atleast_1d(np.asarray(mu))
+    dtype = np.complex128 if np.iscomplexobj(mu) else np.float64
+    mu = mu.astype(dtype)
+    ones = np.ones((mu.shape[0], 1), dtype=dtype)
+    terms = chebyshev_terms(lambda X: mu[:, None] * X, ones, order, basis)
+    return np.concatenate(terms, 1)
+
+
+def frequency_response(
+    weights: Sequence[Any],
+    lam: Any,
+    *,
+    form: str = "affinity",
+    basis: str = "chebyshev",
+    lambda_max: float = 2.0,
+) -> np.ndarray:
+    r"""The matrix response :math:`H(\lambda)` of a polynomial filter.
+
+    Parameters
+    ----------
+    weights : sequence of ``K + 1`` matrices ``(C_s, C_out)`` (or scalars)
+    lam : array ``(n,)``, real or complex
+        Laplacian eigenvalues (:math:`\lambda = 1 - \mu`).
+    form : {"affinity", "laplacian"}
+        ``"affinity"``: ``weights`` act on :math:`B_k(\hat A)` (what blocks record),
+        :math:`H(\lambda) = \sum_k B_k(1 - \lambda) W_k`. ``"laplacian"``: ``weights`` act on
+        :math:`T_k(\tilde L)`, :math:`H(\lambda) = \sum_k T_k(2\lambda/\lambda_{max} - 1) W_k`.
+    basis : {"chebyshev", "stable"}
+        Basis of the affinity form.
+    lambda_max : float
+        Rescaling of the Laplacian form.
+
+    Returns
+    -------
+    numpy array ``(n, C_s, C_out)`` (complex for complex ``lam``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = [np.array([[0.3]]), np.array([[0.7]])]
+    >>> lam = np.array([0.0, 1.0, 2.0])
+    >>> frequency_response(W, lam)[:, 0, 0]                       # 0.3 + 0.7 (1 - lam)
+    array([ 1. ,  0.3, -0.4])
+    >>> np.allclose(frequency_response(laplacian_weights(W), lam, form="laplacian"),
+    ...             frequency_response(W, lam))
+    True
+    """
+    ws = _weights_np(weights)
+    lam = np.atleast_1d(np.asarray(lam))
+    order = len(ws) - 1
+    if form == "affinity":
+        vals = basis_values(order, 1 - lam, basis)
+    elif form == "laplacian":
+        if basis != "chebyshev":
+            raise ValueError(
+                "the Laplacian form is defined for the Chebyshev basis only; use "
+                "form='affinity' with basis='stable'"
+            )
+        if not lambda_max > 0:
+            raise ValueError(f"lambda_max must be > 0, got {lambda_max!r}")
+        vals = basis_values(order, 2 * lam / lambda_max - 1, "chebyshev")
+    else:
+        raise ValueError(f"unknown form {form!r}; choose 'affinity' or 'laplacian'")
+    W = np.stack(ws)                                       # (K+1, C_s, C_out)
+    return np.einsum("nk,kio->nio", vals, W)
+
+
+def response_gains(H: np.ndarray) -> np.ndarray:
+    """Singular values of each ``H(λ)``, descending: ``(n, min(C_s, C_out))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> response_gains(np.array([np.diag([1.0, -3.0])]))
+    array([[3., 1.]])
+    """
+    return np.linalg.svd(np.asarray(H), compute_uv=False)
+
+
+def classify_response(
+    lam: Any, gain: Any, lambda_max: float | None = None, ratio: float = 1.5
+) -> tuple[str, dict[str, float]]:
+    r"""Low-/high-/band-pass, band-stop, all-pass or zero (see the module docstring).
+
+    Parameters
+    ----------
+    lam : array ``(n,)``
+        Uniform grid over :math:`[0, \lambda_{max}]`.
+    gain : array ``(n,)``
+        The largest singular value curve :math:`g(\lambda)`.
+    lambda_max : float, optional
+        End of the interval (default ``lam.max()``).
+    ratio : float
+        Threshold between bands (> 1).
+
+    Returns
+    -------
+    (label, {"low", "mid", "high", "max", "min"})
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lam = np.linspace(0, 2, 61)
+    >>> classify_response(lam, np.exp(-2 * lam))[0], classify_response(lam, 1 + 0 * lam)[0]
+    ('low-pass', 'all-pass')
+    """
+    lam = np.asarray(lam, dtype=float).ravel()
+    g = np.asarray(gain, dtype=float).ravel()
+    if lam.shape != g.shape or lam.size < 3:
+        raise ValueError("lam and gain must be 1-D arrays of the same length >= 3")
+    if not ratio > 1:
+        raise ValueError(f"ratio must be > 1, got {ratio!r}")
+    top = float(lam.max()) if lambda_max is None else float(lambda_max)
+    lo = lam <= top / 3
+    hi = lam >= 2 * top / 3
+    mid = ~lo & ~hi
+    if not mid.any():
+        mid = lo | hi
+    stats = {
+        "low": float(g[lo].mean()), "mid": float(g[mid].mean()), "high": float(g[hi].mean()),
+        "max": float(g.max()), "min": float(g.min()),
+    }
+    if stats["max"] <= 1e-12:
+        return "zero", stats
+    if stats["max"] <= ratio * stats["min"]:
+        return "all-pass", stats
+    low, midv, high = stats["low"], stats["mid"], stats["high"]
+    if midv >= ratio * max(low, high):
+        return "band-pass", stats
+    if midv * ratio <= min(low, high):
+        return "band-stop", stats
+    if low >= ratio * high:
+        return "low-pass", stats
+    if high >= ratio * low:
+        return "high-pass", stats
+    return "all-pass", stats
+
+
+# ------------------------------------------------------------------------------------------
+# Graph Fourier energy
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrequencyEnergy:
+    r"""Energy of a graph signal per graph frequency, per sample.
+
+    Attributes
+    ----------
+    frequencies : list of numpy arrays
+        Laplacian frequencies :math:`\lambda = 1 - \mu` per sample (complex for ``schur``).
+    energy : list of numpy arrays
+        :math:`\sum_c |\hat z_c(\lambda)|^2` per frequency, per sample.
+    basis : str
+        ``"eigh"``, ``"structured"``, ``"symmetrized"`` (+ ``-structured``) or ``"schur"``.
+    reason : str
+    """
+
+    frequencies: list[np.ndarray]
+    energy: list[np.ndarray]
+    basis: str
+    reason: str = ""
+
+    def band_fractions(self, edges: Sequence[float] = (0.0, 2 / 3, 4 / 3, 2.0)) -> np.ndarray:
+        """Mean over samples of the energy share in each band of ``Re λ`` (the last band is
+        closed on the right; energy outside the edges goes to the nearest band)."""
+        edges = np.asarray(edges, dtype=float)
+        out = []
+        for lam, e in zip(self.frequencies, self.energy):
+            idx = np.clip(np.searchsorted(edges, np.real(lam), side="right") - 1, 0,
+                          len(edges) - 2)
+            tot = e.sum()
+            out.append(np.bincount(idx, weights=e, minlength=len(edges) - 1) / max(tot, 1e-300))
+        return np.mean(out, 0) if out else np.full(len(edges) - 1, np.nan)
+
+
+def _structured_eig(lr: LowRankAffinity, factor: float) -> tuple[Tensor, Tensor]:
+    """Eigenpairs ``(theta, U)`` of a symmetric low-rank ``factor * sym(P Q^T)``."""
+    P, Q = lr.P, lr.Q
+    X = torch.cat([P, Q], -1)
+    r = P.shape[-1]
+    Qx, R = torch.linalg.qr(X, mode="reduced")
+    core = R[:, :r] @ R[:, r:].T
+    core = factor * (core + core.T) / 2
+    theta, V = torch.linalg.eigh(core)
+    return theta, Qx @ V
+
+
+def _signal(z: Any, n: int, n_samples: int) -> Tensor:
+    z = torch.as_tensor(z) if not isinstance(z, Tensor) else z.detach()
+    z = z.to(torch.float64)
+    if z.ndim == 2:
+        z = z.unsqueeze(0)
+    if z.ndim != 3 or z.shape[1] != n:
+        raise ValueError(
+            f"the signal must have shape (S, N, C) with N = {n} nodes, got {tuple(z.shape)}"
+        )
+    if z.shape[0] != n_samples:
+        raise ValueError(
+            f"the signal has {z.shape[0]} samples but the affinity {n_samples}"
+        )
+    return z
+
+
+def graph_frequency_energy(
+    affinity: Any,
+    signal: Any,
+    normalization: str | None = None,
+    *,
+    nonsymmetric: str = "symmetrize",
+    dense_limit: int = DENSE_LIMIT,
+) -> FrequencyEnergy:
+    r"""Energy of ``signal`` per graph frequency of :math:`\hat A` (see the module docstring).
+
+    Parameters
+    ----------
+    affinity : Affinity or array, batch ``(S,)``
+    signal : ``(S, N, C)`` tensor or array
+    normalization : str, optional
+        Default ``sym`` for symmetric affinities, ``rw`` otherwise.
+    nonsymmetric : {"symmetrize", "schur"}
+        GFT basis for non-symmetric :math:`\hat A`.
+    dense_limit : int
+        Largest N for dense eigenvectors (low-rank affinities never need them).
+
+    Returns
+    -------
+    FrequencyEnergy
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from graphfilters.graph import LowRankAffinity
+    >>> rng = np.random.default_rng(0)
+    >>> aff = LowRankAffinity(rng.random((1, 50, 2)), rng.random((1, 50, 2)), symmetric=True)
+    >>> z = rng.standard_normal((1, 50, 3))
+    >>> e = graph_frequency_energy(aff, z, "sym")
+    >>> e.basis, bool(np.isclose(e.energy[0].sum(), (z ** 2).sum()))     # Parseval
+    ('structured', True)
+    """
+    if nonsymmetric not in ("symmetrize", "schur"):
+        raise ValueError(f"nonsymmetric must be 'symmetrize' or 'schur', got {nonsymmetric!r}")
+    aff = as_affinity(affinity)
+    aff._require_square()
+    kind = normalization or ("sym" if aff.symmetric else "rw")
+    t_aff = _as_torch(aff)
+    idxs = _samples(t_aff)
+    z = _signal(signal, aff.n, len(idxs)).to(t_aff.device)
+    sym = t_aff.symmetric and kind in ("sym", "size", "none")
+    freqs, energies = [], []
+    basis = ""
+    for i, idx in enumerate(idxs):
+        single = _select(t_aff, idx)
+        op = single.normalized(kind)
+        zi = z[i]
+        if isinstance(single, LowRankAffinity) and (sym or nonsymmetric == "symmetrize"):
+            lr = single.scaled(op.left, op.right) if (op.left is not None or
+                                                      op.right is not None) else single
+            if not lr.symmetric:
+                lr = LowRankAffinity(lr.P, lr.Q, symmetric=True)   # sym(X Y^T)
+            theta, U = _structured_eig(lr, op.factor)
+            coef = U.T @ zi
+            e = (coef**2).sum(1)
+            rest = max(float((zi**2).sum() - e.sum()), 0.0)
+            freqs.append(np.r_[1 - theta.cpu().numpy(), 1.0])
+            energies.append(np.r_[e.cpu().numpy(), rest])
+            basis = "structured" if sym else "symmetrized-structured"
+            continue
+        if single.n > dense_limit:
+            raise ValueError(
+                f"the graph Fourier basis of a {type(single).__name__} with N = {single.n} > "
+                f"{dense_limit} needs dense eigenvectors; raise dense_limit or skip energies"
+            )
+        M = op.dense()
+        if sym or nonsymmetric == "symmetrize":
+            theta, U = torch.linalg.eigh((M + M.T) / 2)
+            coef = U.T @ zi
+            freqs.append((1 - theta).cpu().numpy())
+            energies.append((coef**2).sum(1).cpu().numpy())
+            basis = "eigh" if sym else "symmetrized"
+        else:
+            import scipy.linalg as sla
+
+            T, U = sla.schur(M.cpu().numpy(), output="complex")
+            coef = U.conj().T @ zi.cpu().numpy()
+            freqs.append(1 - np.diag(T))
+            energies.append((np.abs(coef) ** 2).sum(1))
+            basis = "schur"
+    reason = {
+        "structured": "eigenvectors of the symmetric low-rank operator (2r of them) + null space",
+        "symmetrized-structured": "non-symmetric: eigenvectors of sym(A_hat), low-rank",
+        "eigh": "orthonormal eigenvectors (eigh)",
+        "symmetrized": "non-symmetric: eigenvectors of sym(A_hat) = (A_hat + A_hat^T)/2",
+        "schur": "non-symmetric: complex Schur vectors, frequencies 1 - diag(T)",
+    }.get(basis, "")
+    return FrequencyEnergy(freqs, energies, basis, reason)
+
+
+# ------------------------------------------------------------------------------------------
+# Block response
+# ------------------------------------------------------------------------------------------
+
+
+def filter_output(capture: Any) -> Tensor:
+    r"""The filter output :math:`F = \sum_k B_k(\hat A) Z W_k` of a capture, ``(S, N, C_out)``,
+    computed with :func:`graphfilters.chebyshev.polynomial_filter` (structured products).
+
+    Raises
+    ------
+    ValueError
+        For CGNL's channel-position graphs and sub-sampled keys (no square graph on the
+        positions).
+    """
+    if capture.info.get("node_layout") == "channel_position" or capture.info.get("sub_sampled"):
+        raise ValueError(
+            f"{capture.path}: the filter does not act on a square graph over the positions "
+            "(CGNL channel-position nodes or sub-sampled keys)"
+        )
+    if capture.weights is None or capture.z is None:
+        raise ValueError(f"{capture.path}: the capture has no filter weights or signal")
+    op = capture.operator()
+    return polynomial_filter(op, capture.z, list(capture.weights), capture.basis)
+
+
+@dataclass
+class BlockResponse:
+    r"""Frequency response of one captured block.
+
+    Attributes
+    ----------
+    lam : numpy array ``(G,)``
+        Grid over :math:`[0, \lambda_{max}]`.
+    gains : numpy array ``(G, r)``
+        Singular values of :math:`H(\lambda)` on the grid (descending).
+    label : str
+        Classification of ``gains[:, 0]`` (see :func:`classify_response`).
+    stats : dict
+        ``low``, ``mid``, ``high`` mean gains, ``max``, ``min``.
+    lambda_max : float
+    eigenvalues : list of numpy arrays
+        Captured Laplacian eigenvalues :math:`1 - \mu` per sample.
+    gains_at_eigenvalues : list of numpy arrays
+        :math:`\sigma_1(H(\lambda_i))` at those eigenvalues.
+    laplacian_weights : list of numpy arrays
+        :math:`W^L_k` (Chebyshev basis) or ``None`` for the stable basis.
+    energy_z, energy_out : FrequencyEnergy or None
+        Graph-frequency energy of :math:`Z` and of the filter output :math:`F`.
+    notes : dict
+    """
+
+    lam: np.ndarray
+    gains: np.ndarray
+    label: str
+    stats: dict[str, float]
+    lambda_max: float
+    eigenvalues: list[np.ndarray]
+    gains_at_eigenvalues: list[np.ndarray]
+    laplacian_weights: list[np.ndarray] | None
+    basis: str = "chebyshev"
+    energy_z: FrequencyEnergy | None = None
+    energy_out: FrequencyEnergy | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def block_response(
+    capture: Any,
+    *,
+    spectrum_result: Spectrum | None = None,
+    n_grid: int = 201,
+    include_output_scale: bool = False,
+    energies: bool = True,
+    nonsymmetric: str = "symmetrize",
+    method: str = "auto",
+    dense_limit: int = AUTO_DENSE_LIMIT,
+    ratio: float = 1.5,
+) -> BlockResponse:
+    r"""Response :math:`H(\lambda)` of a captured block on a grid and at its eigenvalues,
+    its class, and the graph-frequency energy of :math:`Z` and of the filter output.
+
+    Parameters
+    ----------
+    capture : Capture
+    spectrum_result : Spectrum, optional
+        Spectrum of :math:`\hat A` (``operator="normalized"``); computed if omitted.
+    n_grid : int
+        Grid points over :math:`[0, \lambda_{max}]`.
+    include_output_scale : bool
+        Multiply the output columns by the output normalization's scale (``H diag(s)``).
+    energies : bool
+        Compute the graph-frequency energies (needs eigenvectors; see
+        :func:`graph_frequency_energy`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import LowRankAffinity
+    >>> from analysis.capture import Capture
+    >>> g = torch.Generator().manual_seed(0)
+    >>> aff = LowRankAffinity(torch.rand(1, 20, 2, generator=g), torch.rand(1, 20, 2, generator=g),
+    ...                       symmetric=True)
+    >>> cap = Capture("b", "block", "toy", aff, "sym", z=torch.randn(1, 20, 3, generator=g),
+    ...               weights=[torch.eye(3), torch.zeros(3, 3)], n_samples=1)
+    >>> block_response(cap).label                        # H = I: flat
+    'all-pass'
+    """
+    if capture.weights is None:
+        raise ValueError(f"{capture.path}: no filter weights captured")
+    ws = _weights_np(capture.weights)
+    notes: dict[str, str] = {}
+    if include_output_scale and capture.output_scale is not None:
+        s = capture.output_scale.detach().cpu().double().numpy()
+        ws = [w * s[None, :] for w in ws]
+        notes["output_scale"] = "included (H diag(s))"
+    basis = capture.basis
+    norm = capture.normalization
+    graph_ok = not (capture.info.get("node_layout") == "channel_position"
+                    or capture.info.get("sub_sampled"))
+    eigs: list[np.ndarray] = []
+    if graph_ok and capture.affinity is not None:
+        spec = spectrum_result if spectrum_result is not None else spectrum(
+            capture.affinity, "normalized", norm, method=method, dense_limit=dense_limit,
+            progress=False)
+        eigs = [1 - np.asarray(mu) for mu in spec.eigenvalues]
+        notes["eigenvalues"] = f"{spec.method} ({'all' if spec.complete else 'extremes'})"
+    elif capture.info.get("node_layout") == "channel_position":
+        spec = spectrum_result if spectrum_result is not None else spectrum(
+            capture.affinity, "normalized", norm, method=method, dense_limit=dense_limit,
+            progress=False)
+        eigs = [1 - np.asarray(mu) for mu in spec.eigenvalues]
+        notes["eigenvalues"] = "CGNL: eigenvalues of the channel-position graph"
+    else:
+        notes["eigenvalues"] = "sub-sampled keys: the affinity is not square, no spectrum"
+    if norm in ("sym", "rw"):
+        lam_max = 2.0
+    else:
+        lam_max = max((float(np.abs(e).max()) for e in eigs if e.size), default=2.0)
+        notes["lambda_max"] = (f"normalization {norm!r}: lambda = 1 - mu is not a normalized "
+                               f"Laplacian; grid over [0, max|lambda|] = [0, {lam_max:.3g}]")
+    lam = np.linspace(0.0, lam_max, int(n_grid))
+    gains = response_gains(frequency_response(ws, lam, basis=basis))
+    label, stats = classify_response(lam, gains[:, 0], lam_max, ratio)
+    at = [response_gains(frequency_response(ws, e, basis=basis))[:, 0] if e.size else e
+          for e in eigs]
+    lw = laplacian_weights(ws) if basis == "chebyshev" else None
+    e_z = e_out = None
+    if energies and graph_ok and capture.z is not None and capture.affinity is not None:
+        try:
+            e_z = graph_frequency_energy(capture.affinity, capture.z, norm,
+                                         nonsymmetric=nonsymmetric)
+            f = filter_output(capture)
+            e_out = graph_frequency_energy(capture.affinity, f, norm, nonsymmetric=nonsymmetric)
+        except ValueError as exc:
+            notes["energy"] = f"skipped: {exc}"
+    elif energies:
+        notes["energy"] = "skipped: no square position graph (CGNL or sub-sampled keys)"
+    if capture.source == "attention":
+        notes["attention"] = capture.info.get("note", "")
+    return BlockResponse(lam, gains, label, stats, lam_max, eigs, at, lw, basis, e_z, e_out,
+                         notes)
