@@ -332,7 +332,7 @@ _ROWS = (
         weight_constraint="drop_order0",
         unary=True,
         affinity_latex=(
-            r"A = \operatorname{softmax}_{row}\big((\Theta - \mu_\theta)(\Phi - \mu_\phi)^{T}\big)"
+            r"A = \operatorname{softmax}_{row}((\Theta - \mu_\theta)(\Phi - \mu_\phi)^{T})"
             r" + \mathbf{1}\, \operatorname{softmax}(X w_m)^{T}"
         ),
         filter_latex=r"F = A Z W",
