@@ -1,0 +1,75 @@
+r"""Analysis of nonlocal blocks in trained models: capture, spectra, responses, robustness.
+
+The main entry point is :func:`analyze`, one row per nonlocal block:
+
+>>> import torch
+>>> from analysis import analyze
+>>> table = analyze(torch.nn.Linear(2, 2), torch.zeros(1, 2), progress=False)
+>>> len(table), table.summary()[:30]
+(0, 'no nonlocal blocks analysed: no')
+
+Modules: :mod:`analysis.capture` (what the blocks compute), :mod:`analysis.spectra`
+(eigenvalues, densities, affinity metrics), :mod:`analysis.response` (frequency responses,
+graph Fourier energies), :mod:`analysis.robustness` (weight spectra, linearized stability,
+Jacobians, noise), :mod:`analysis.plots` (figures, ``(fig, ax)``).
+"""
+
+from .analyze import AnalysisTable, BlockReport, analyze
+from .capture import (
+    MHA_SPEC,
+    Capture,
+    Captures,
+    capture,
+    find_nonlocal_modules,
+    register_adapter,
+    unregister_adapter,
+)
+from .response import (
+    BlockResponse,
+    FrequencyEnergy,
+    block_response,
+    classify_response,
+    filter_output,
+    frequency_response,
+    graph_frequency_energy,
+    laplacian_weights,
+    response_gains,
+)
+from .robustness import (
+    Stability,
+    TaoSpectrum,
+    accuracy_under_noise,
+    affinity_sensitivity,
+    block_function,
+    effective_channel_map,
+    jacobian_spectral_norm,
+    linearized_stability,
+    noise_sensitivity,
+    tao_spectrum,
+    value_projection,
+)
+from .spectra import (
+    AffinityMetrics,
+    SpectralDensity,
+    Spectrum,
+    affinity_metrics,
+    effective_rank,
+    frobenius_stats,
+    project_simplex,
+    spectral_density,
+    spectrum,
+)
+
+__all__ = [
+    "analyze", "AnalysisTable", "BlockReport",
+    "capture", "Capture", "Captures", "register_adapter", "unregister_adapter",
+    "find_nonlocal_modules", "MHA_SPEC",
+    "spectrum", "spectral_density", "affinity_metrics", "frobenius_stats", "effective_rank",
+    "project_simplex", "Spectrum", "SpectralDensity", "AffinityMetrics",
+    "frequency_response", "laplacian_weights", "response_gains", "classify_response",
+    "graph_frequency_energy", "block_response", "filter_output", "BlockResponse",
+    "FrequencyEnergy",
+    "tao_spectrum", "effective_channel_map", "value_projection", "linearized_stability",
+    "jacobian_spectral_norm", "noise_sensitivity", "affinity_sensitivity",
+    "accuracy_under_noise", "block_function", "TaoSpectrum", "Stability",
+]

@@ -254,7 +254,8 @@ class Capture:
         :math:`\gamma`); ``None`` means scale 1, shift 0.
     value_weight, value_bias : Tensor or None
         The value projection :math:`Z = X G + b` with ``G`` of shape ``(C, C_s)``, when the
-        module exposes it (``g`` convolution, attention ``in_proj``).
+        module exposes it (``g`` convolution, attention ``in_proj``); with sub-sampled keys
+        (``info["sub_sampled"]``) ``Z`` is max-pooled after the projection.
     residual : bool
         Whether the module adds its input (``Y = X + ...``); ``False`` for attention.
     relu_after_norm : bool
@@ -483,7 +484,7 @@ class Captures(dict):
 def _value_projection(module: nn.Module) -> tuple[Tensor | None, Tensor | None]:
     """``(G, b)`` with ``Z = X G + b`` from a block's ``g`` 1x1 convolution, if linear."""
     g = getattr(module, "g", None)
-    if g is None or getattr(module, "sub_sample", False):
+    if g is None:
         return None, None
     w = getattr(g, "weight", None)
     if not isinstance(w, Tensor) or getattr(g, "groups", 1) != 1:

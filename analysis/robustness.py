@@ -59,6 +59,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,36 +359,48 @@ def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
     return torch.get_default_dtype(), torch.device("cpu")
 
 
-def block_function(capture: Capture, index: int = 0) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    r"""``(f, x)``: the captured module as a function of its input, and sample ``index``'s
-    input ``(1, C, *spatial)`` on the module's device.
+class _Bound(nn.Module):
+    """A module called with extra fixed arguments (eval-mode switching reaches it)."""
+
+    def __init__(self, module: nn.Module, call: Callable[[nn.Module, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.inner = module
+        self._call = call
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._call(self.inner, x)
+
+
+def _attention_call(batch_first: bool) -> Callable[[nn.Module, Tensor], Tensor]:
+    def call(module: nn.Module, t: Tensor) -> Tensor:
+        q = t.permute(0, 2, 1) if batch_first else t.permute(2, 0, 1)
+        out = module(q, q, q, need_weights=False)[0]
+        return out.permute(0, 2, 1) if batch_first else out.permute(1, 2, 0)
+    return call
+
+
+def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]:
+    r"""``(f, x)``: the captured module as a function of its input (an ``nn.Module``, so
+    :func:`jacobian_spectral_norm` runs it in eval mode), and sample ``index``'s input
+    ``(1, C, *spatial)`` on the module's device.
 
     Units of a stage that share the stage's affinity are called with the captured affinity
-    (held fixed). Attention modules are called as self-attention on the captured query,
-    with the input and output in the ``(1, E, L)`` layout.
+    (held fixed). Attention modules are called as self-attention on the captured query, with
+    the input and output in the ``(1, E, L)`` layout.
     """
     module = capture.module
     if module is None or capture.input is None:
         raise ValueError(f"{capture.path}: the capture holds no module or input to re-run")
+    if not 0 <= index < max(capture.n_samples, 1):
+        raise ValueError(f"sample index {index} out of range [0, {capture.n_samples})")
     dtype, dev = _module_dtype_device(module)
     x = capture.input[index:index + 1].to(device=dev, dtype=dtype)
     if capture.source == "attention":
-        batch_first = getattr(module, "batch_first", False)
-
-        def f_attn(t: Tensor) -> Tensor:
-            q = t.permute(0, 2, 1) if batch_first else t.permute(2, 0, 1)
-            out = module(q, q, q, need_weights=False)[0]
-            return out.permute(0, 2, 1) if batch_first else out.permute(1, 2, 0)
-
-        return f_attn, x
+        return _Bound(module, _attention_call(getattr(module, "batch_first", False))), x
     if getattr(module, "shared_affinity", False) and getattr(module, "theta", 1) is None \
             and capture.affinity is not None:
         aff = capture.affinity._map(lambda t: t[index:index + 1].to(dev))
-
-        def f_unit(t: Tensor) -> Tensor:
-            return module(t, aff)
-
-        return f_unit, x
+        return _Bound(module, lambda m, t: m(t, aff)), x
     return module, x
 
 
@@ -410,14 +423,18 @@ def jacobian_spectral_norm(
     n_iter: int = 50,
     tol: float = 1e-6,
     seed: int = 0,
+    mode: str = "autograd",
 ) -> float:
     r"""Largest singular value of the Jacobian :math:`J = \partial f / \partial x` at ``x``.
 
-    Power iteration on :math:`J^T J`: :math:`v \leftarrow J^T J v / \|J^T J v\|` with
-    ``torch.func.jvp`` (:math:`Jv`) and one ``torch.func.vjp`` linearization (:math:`J^T u`);
-    :math:`\sigma_{max} \approx \|J v\|`. Falls back to the double-backward jvp of
-    ``torch.autograd.functional`` where forward-mode AD is not implemented. Modules run in
-    eval mode (restored afterwards). Runs on ``x``'s device.
+    Power iteration on :math:`J^T J`: :math:`v \leftarrow J^T J v / \|J^T J v\|`, and
+    :math:`\sigma_{max} \approx \|J v\|`. Products with :math:`J^T` are vector-Jacobian
+    products; products with :math:`J` are Jacobian-vector products, computed with
+    ``mode="autograd"`` by the double-backward identity :math:`J v = \partial_u \langle J^T u,
+    v\rangle` on one recorded forward (fast), or with ``mode="func"`` by ``torch.func.jvp``
+    (forward-mode AD) and ``torch.func.vjp``. If double backward is not implemented for an
+    operation, ``func`` is used. Modules run in eval mode (restored afterwards); everything
+    runs on ``x``'s device.
 
     Shapes
     ------
@@ -434,29 +451,27 @@ def jacobian_spectral_norm(
     """
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
+    if mode not in ("autograd", "func"):
+        raise ValueError(f"mode must be 'autograd' or 'func', got {mode!r}")
     x = x.detach()
-    ctx = _EvalMode(fn) if isinstance(fn, nn.Module) else None
-    if ctx is not None:
-        ctx.__enter__()
-    try:
+    with _EvalMode(fn) if isinstance(fn, nn.Module) else nullcontext():
+        products = None
+        if mode == "autograd":
+            try:
+                products = _autograd_products(fn, x)
+            except (RuntimeError, NotImplementedError):
+                products = None
+        if products is None:
+            products = _func_products(fn, x)
+        jvp, vjp = products
         gen = torch.Generator(device="cpu").manual_seed(seed)
         v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         v = v / v.norm()
-        _, vjp_fn = torch.func.vjp(fn, x)
-
-        def jvp(u: Tensor) -> Tensor:
-            try:
-                return torch.func.jvp(fn, (x,), (u,))[1].detach()
-            except (RuntimeError, NotImplementedError):
-                return torch.autograd.functional.jvp(fn, x, u)[1].detach()
-
         sigma_prev = 0.0
-        sigma = 0.0
         for _ in range(n_iter):
             Jv = jvp(v)
             sigma = float(Jv.norm())
-            (u,) = vjp_fn(Jv)
-            u = u.detach()
+            u = vjp(Jv)
             un = float(u.norm())
             if un == 0:
                 return 0.0
@@ -465,9 +480,37 @@ def jacobian_spectral_norm(
                 break
             sigma_prev = sigma
         return float(jvp(v).norm())
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
+
+
+def _autograd_products(fn: Callable[[Tensor], Tensor], x: Tensor
+                       ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    with torch.enable_grad():
+        xr = x.clone().requires_grad_(True)
+        y = fn(xr)
+        u0 = torch.zeros_like(y, requires_grad=True)
+        (gx,) = torch.autograd.grad(y, xr, u0, create_graph=True)
+
+    def jvp(v: Tensor) -> Tensor:
+        return torch.autograd.grad(gx, u0, v, retain_graph=True)[0].detach()
+
+    def vjp(u: Tensor) -> Tensor:
+        return torch.autograd.grad(y, xr, u, retain_graph=True)[0].detach()
+
+    jvp(torch.zeros_like(x))                     # fail now if double backward is missing
+    return jvp, vjp
+
+
+def _func_products(fn: Callable[[Tensor], Tensor], x: Tensor
+                   ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    _, vjp_fn = torch.func.vjp(fn, x)
+
+    def jvp(v: Tensor) -> Tensor:
+        return torch.func.jvp(fn, (x,), (v,))[1].detach()
+
+    def vjp(u: Tensor) -> Tensor:
+        return vjp_fn(u)[0].detach()
+
+    return jvp, vjp
 
 
 def noise_sensitivity(

@@ -1,0 +1,466 @@
+r"""One call: :func:`analyze` a model's nonlocal blocks, one row per block.
+
+For every nonlocal module that :func:`~analysis.capture.capture` finds, :func:`analyze`
+computes the spectrum of :math:`\hat A` (method picked by structure and size and recorded),
+the affinity metrics of :func:`~analysis.spectra.affinity_metrics`, the frequency response
+and its class (:func:`~analysis.response.block_response`), Tao et al.'s weight spectrum,
+the linearized stability and stack growth (:mod:`analysis.robustness`), the Jacobian's
+spectral norm, and the output changes under input noise and affinity perturbation.
+
+Each row has a ``status``: ``"ok"``; ``"partial"`` when some measures could not be computed
+(``reason`` lists which and why, e.g. CGNL's channel-position graph has no per-frequency
+channel map); ``"skipped"`` when nothing could be measured. A model without nonlocal modules
+gives an empty table whose ``reason`` says so. Computations run on the model's device; the
+rows hold plain Python floats and the kept captures are moved to the CPU.
+
+Examples
+--------
+>>> import torch
+>>> from analysis import analyze
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> mha = torch.nn.MultiheadAttention(4, 1, batch_first=True)
+>>> class Net(torch.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.attn = mha
+...     def forward(self, x):
+...         return x + self.attn(x, x, x)[0]
+>>> table = analyze(Net(), torch.randn(2, 6, 4), progress=False)
+>>> [(row.path, row.status, row.response_class) for row in table]
+[('attn', 'ok', 'band-stop')]
+>>> analyze(torch.nn.Linear(3, 3), torch.randn(2, 3), progress=False).reason[:24]
+'no nonlocal module found'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .capture import Capture, Captures, capture
+from .response import block_response
+from .robustness import (
+    accuracy_under_noise,
+    affinity_sensitivity,
+    block_function,
+    jacobian_spectral_norm,
+    linearized_stability,
+    noise_sensitivity,
+    tao_spectrum,
+)
+from .spectra import AUTO_DENSE_LIMIT, affinity_metrics, spectrum
+
+__all__ = ["BlockReport", "AnalysisTable", "analyze"]
+
+_NAN = float("nan")
+
+
+@dataclass
+class BlockReport:
+    r"""One row of :func:`analyze`: every metric of one nonlocal block.
+
+    Attributes
+    ----------
+    path, block, source : str
+        Module path, block table name (or module class) and ``block``/``attention``/``adapter``.
+    status, reason : str
+        ``ok``, ``partial`` or ``skipped``, and what was skipped and why.
+    affinity, normalization : str
+        Affinity structure (``LowRankAffinity``, ...) and its normalization.
+    n_nodes, n_samples, order : int
+    spatial_shape : tuple of int
+    symmetric : bool or None
+        Whether :math:`\hat A` is symmetric.
+    spectrum_method, spectrum_reason : str
+        The eigen-solver used and why (see :func:`analysis.spectra.spectrum`).
+    lambda_max, spectral_gap, complex_share, max_imag, asymmetry, row_sum_deviation,
+    effective_rank, rank_collapse : float
+        :func:`analysis.spectra.affinity_metrics` (max over samples for ``lambda_max``,
+        ``max_imag``, ``asymmetry``, ``row_sum_deviation``; mean for the others).
+    response_class : str
+        :func:`analysis.response.classify_response` of the filter's largest singular value.
+    response_low, response_mid, response_high : float
+        Mean gains on the thirds of :math:`[0, \lambda_{max}]`.
+    z_low_energy, out_low_energy : float
+        Share of the energy of :math:`Z` and of the filter output at
+        :math:`\lambda < 2/3` (graph Fourier transform, see :mod:`analysis.response`).
+    tao_negative_share, tao_min, tao_max : float
+        Tao et al. spectrum of :math:`\operatorname{sym}(G W_1 S)`.
+    stability_radius, stability_norm : float
+        :math:`\max_\lambda \rho(M(\lambda))` and :math:`\max_\lambda \|M(\lambda)\|_2`.
+    stack_growth : tuple of float
+        :math:`\max_\lambda \|M(\lambda)^n\|_2` for ``n = 1 .. n_max``.
+    jacobian_norm : float
+        Spectral norm of the block's input-output Jacobian (max over the samples used).
+    noise_gain : float
+        Relative output change per relative input noise.
+    affinity_gain : float
+        Relative filter-output change per relative change of :math:`\hat A Z`.
+    notes : dict
+        How each quantity was computed.
+    """
+
+    path: str
+    block: str
+    source: str
+    status: str = "ok"
+    reason: str = ""
+    affinity: str = ""
+    normalization: str = ""
+    n_nodes: int = 0
+    spatial_shape: tuple[int, ...] = ()
+    n_samples: int = 0
+    order: int = -1
+    symmetric: bool | None = None
+    spectrum_method: str = ""
+    spectrum_reason: str = ""
+    lambda_max: float = _NAN
+    spectral_gap: float = _NAN
+    complex_share: float = _NAN
+    max_imag: float = _NAN
+    asymmetry: float = _NAN
+    row_sum_deviation: float = _NAN
+    effective_rank: float = _NAN
+    rank_collapse: float = _NAN
+    response_class: str = ""
+    response_low: float = _NAN
+    response_mid: float = _NAN
+    response_high: float = _NAN
+    z_low_energy: float = _NAN
+    out_low_energy: float = _NAN
+    tao_negative_share: float = _NAN
+    tao_min: float = _NAN
+    tao_max: float = _NAN
+    stability_radius: float = _NAN
+    stability_norm: float = _NAN
+    stack_growth: tuple[float, ...] = ()
+    jacobian_norm: float = _NAN
+    noise_gain: float = _NAN
+    affinity_gain: float = _NAN
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+#: Columns of :meth:`AnalysisTable.summary`: (header, attribute, format).
+_SUMMARY_COLUMNS = (
+    ("path", "path", "s"), ("block", "block", "s"), ("status", "status", "s"),
+    ("N", "n_nodes", "d"), ("method", "spectrum_method", "s"), ("lam_max", "lambda_max", ".3f"),
+    ("gap", "spectral_gap", ".3f"), ("cplx", "complex_share", ".2f"),
+    ("asym", "asymmetry", ".3f"), ("erank", "effective_rank", ".1f"),
+    ("collapse", "rank_collapse", ".3f"), ("response", "response_class", "s"),
+    ("tao_neg", "tao_negative_share", ".2f"), ("radius", "stability_radius", ".3f"),
+    ("growth@n", "stack_growth", ".3g"), ("|J|", "jacobian_norm", ".3f"),
+)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if isinstance(value, tuple):
+        value = value[-1] if value else _NAN
+    if spec == "s":
+        return str(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+class AnalysisTable(list):
+    """The rows of :func:`analyze` (a list of :class:`BlockReport`).
+
+    Attributes
+    ----------
+    reason : str
+        Why the table is empty (empty string otherwise).
+    accuracy : dict or None
+        ``{noise level: accuracy}`` when ``accuracy_levels`` were given.
+    captures : Captures or None
+        The captures the rows were computed from (on the CPU), if kept.
+    """
+
+    def __init__(self, rows: Iterable[BlockReport] = (), reason: str = "",
+                 accuracy: dict[float, float] | None = None,
+                 captures: Captures | None = None) -> None:
+        super().__init__(rows)
+        self.reason = reason
+        self.accuracy = accuracy
+        self.captures = captures
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One plain dict per row (JSON-friendly: tuples become lists, notes included)."""
+        out = []
+        for r in self:
+            d = asdict(r)
+            d["spatial_shape"] = list(d["spatial_shape"])
+            d["stack_growth"] = list(d["stack_growth"])
+            out.append(d)
+        return out
+
+    def to_frame(self):  # -> pandas.DataFrame
+        """A pandas DataFrame, one row per block (``notes`` left out).
+
+        Raises
+        ------
+        ImportError
+            If pandas is not installed (``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
+            raise ImportError("to_frame() needs pandas: pip install pandas") from exc
+        cols = [f.name for f in fields(BlockReport) if f.name != "notes"]
+        data = [{k: v for k, v in asdict(r).items() if k != "notes"} for r in self]
+        frame = pd.DataFrame(data, columns=cols)
+        frame.attrs["reason"] = self.reason
+        return frame
+
+    def summary(self) -> str:
+        """A readable fixed-width text table, with the reasons of partial/skipped rows."""
+        if not self:
+            return f"no nonlocal blocks analysed: {self.reason}"
+        cells = [[h for h, _, _ in _SUMMARY_COLUMNS]]
+        for row in self:
+            cells.append([_fmt(getattr(row, a), f) for _, a, f in _SUMMARY_COLUMNS])
+        widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+        lines = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w)
+                           for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        for row in self:
+            if row.reason:
+                lines.append(f"{row.path}: {row.status}: {row.reason}")
+        if self.accuracy:
+            acc = ", ".join(f"sigma={s:g}: {a:.3f}" for s, a in self.accuracy.items())
+            lines.append(f"accuracy under Gaussian input noise: {acc}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def _row_base(cap: Capture) -> BlockReport:
+    aff = cap.affinity
+    return BlockReport(
+        path=cap.path,
+        block=cap.spec.name if cap.spec is not None else cap.module_type,
+        source=cap.source,
+        affinity=type(aff).__name__ if aff is not None else "",
+        normalization=cap.normalization,
+        n_nodes=cap.n,
+        spatial_shape=tuple(cap.spatial_shape),
+        n_samples=cap.n_samples,
+        order=cap.order if cap.order is not None else -1,
+    )
+
+
+def _analyze_one(
+    cap: Capture,
+    *,
+    method: str,
+    dense_limit: int,
+    n_max: int,
+    jacobian: bool,
+    jacobian_samples: int,
+    noise_level: float,
+    affinity_noise: float,
+) -> BlockReport:
+    row = _row_base(cap)
+    failed: list[str] = []
+
+    def attempt(name: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except (ValueError, TypeError, RuntimeError, NotImplementedError,
+                np.linalg.LinAlgError) as exc:
+            failed.append(f"{name}: {exc}")
+            return None
+
+    if cap.affinity is None:
+        row.status, row.reason = "skipped", "no affinity captured"
+        return row
+    square = cap.affinity.n == cap.affinity.n_cols
+    spec = None
+    if square:
+        spec = attempt("spectrum", lambda: spectrum(
+            cap.affinity, "normalized", cap.normalization, method=method,
+            dense_limit=dense_limit, progress=False))
+    else:
+        failed.append("spectrum: sub-sampled keys make the affinity "
+                      f"{cap.affinity.n} x {cap.affinity.n_cols}, not a graph")
+    if spec is not None:
+        row.spectrum_method, row.spectrum_reason = spec.method, spec.reason
+        row.symmetric = spec.symmetric
+        metrics = attempt("metrics", lambda: affinity_metrics(
+            cap.affinity, cap.normalization, spectrum_result=spec, progress=False))
+        if metrics is not None:
+            for k, v in metrics.summary().items():
+                setattr(row, k, v)
+            row.notes.update({f"metrics.{k}": v for k, v in metrics.notes.items()})
+    if cap.weights is not None:
+        resp = attempt("response", lambda: block_response(cap, spectrum_result=spec))
+        if resp is not None:
+            row.response_class = resp.label
+            row.response_low, row.response_mid, row.response_high = (
+                resp.stats["low"], resp.stats["mid"], resp.stats["high"])
+            if resp.energy_z is not None and resp.energy_out is not None:
+                row.z_low_energy = float(resp.energy_z.band_fractions()[0])
+                row.out_low_energy = float(resp.energy_out.band_fractions()[0])
+                row.notes["energy"] = resp.energy_z.reason
+            row.notes.update({f"response.{k}": v for k, v in resp.notes.items()})
+            if "energy" in resp.notes:
+                failed.append(f"energy: {resp.notes['energy']}")
+        tao = attempt("tao", lambda: tao_spectrum(cap))
+        if tao is not None:
+            row.tao_negative_share = tao.negative_share
+            row.tao_min, row.tao_max = float(tao.eigenvalues[0]), float(tao.eigenvalues[-1])
+            row.notes["tao"] = tao.how
+        if spec is not None:
+            st = attempt("stability", lambda: linearized_stability(
+                cap, spectrum_result=spec, n_max=n_max))
+            if st is not None:
+                row.stability_radius, row.stability_norm = st.radius, st.norm
+                row.stack_growth = tuple(float(g) for g in st.growth)
+                row.notes["stability"] = st.how
+                row.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
+        gain = attempt("affinity_sensitivity", lambda: affinity_sensitivity(
+            cap, affinity_noise)["gain"])
+        row.affinity_gain = _NAN if gain is None else float(gain)
+    else:
+        failed.append("response/stability: no filter weights captured")
+    if jacobian and cap.module is not None and cap.input is not None:
+        def jac() -> float:
+            vals = []
+            for i in range(min(jacobian_samples, cap.n_samples)):
+                fn, x = block_function(cap, i)
+                vals.append(jacobian_spectral_norm(fn, x, n_iter=30, tol=1e-4))
+            return max(vals)
+        jn = attempt("jacobian", jac)
+        row.jacobian_norm = _NAN if jn is None else float(jn)
+
+        def noise() -> float:
+            fn, x = block_function(cap, 0)
+            return noise_sensitivity(fn, x, noise_level)["gain"]
+        ng = attempt("noise", noise)
+        row.noise_gain = _NAN if ng is None else float(ng)
+    if failed:
+        measured = not math.isnan(row.lambda_max) or row.response_class or not math.isnan(
+            row.jacobian_norm)
+        row.status = "partial" if measured else "skipped"
+        row.reason = "; ".join(failed)
+    return row
+
+
+def analyze(
+    model: nn.Module,
+    data: Tensor | Iterable[Any],
+    *,
+    blocks: Sequence[str | type] | None = None,
+    max_samples: int = 8,
+    method: str = "auto",
+    heads: str = "mean",
+    dense_limit: int = AUTO_DENSE_LIMIT,
+    n_max: int = 10,
+    jacobian: bool = True,
+    jacobian_samples: int = 1,
+    noise_level: float = 0.1,
+    affinity_noise: float = 0.1,
+    labels: Tensor | None = None,
+    accuracy_levels: Sequence[float] | None = None,
+    accuracy_batches: int = 8,
+    keep_captures: bool = True,
+    progress: bool = True,
+) -> AnalysisTable:
+    r"""Analyse every nonlocal block of ``model`` on ``data``: one :class:`BlockReport` each.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any model; its nonlocal modules are found by :func:`analysis.capture.capture`.
+    data : Tensor or iterable
+        One input batch or batches (``DataLoader``, list of ``(input, target)``); use a
+        re-iterable object when ``accuracy_levels`` is given (it is read twice).
+    blocks : sequence of str or type, optional
+        Restrict to these module paths or types.
+    max_samples : int
+        Samples captured per block.
+    method : str
+        Spectrum method (see :func:`analysis.spectra.spectrum`; ``auto`` records its choice).
+    heads : {"mean", "keep"}
+        Attention heads averaged or kept.
+    dense_limit : int
+        Largest N solved densely by ``auto``.
+    n_max : int
+        Deepest stack of the growth curve.
+    jacobian : bool
+        Compute the Jacobian norm and the noise gain (re-runs each block with autograd).
+    jacobian_samples : int
+        Samples used for the Jacobian norm (the max is reported).
+    noise_level, affinity_noise : float
+        Relative sizes of the input noise and of the affinity perturbation.
+    labels : Tensor, optional
+        Targets of ``data`` when it is one input tensor (enables the accuracy curve).
+    accuracy_levels : sequence of float, optional
+        Noise standard deviations for :func:`analysis.robustness.accuracy_under_noise`.
+        Default: ``(0, 0.05, 0.1, 0.2, 0.4)`` when targets are available (``labels`` or
+        ``(input, target)`` batches); ``()`` skips it.
+    accuracy_batches : int
+        Batches used per noise level.
+    keep_captures : bool
+        Keep the captures (on the CPU) in ``table.captures`` for plots.
+    progress : bool
+        tqdm bars.
+
+    Returns
+    -------
+    AnalysisTable
+        A list of :class:`BlockReport` with ``.to_frame()`` and ``.summary()``; empty with a
+        ``reason`` for a model without nonlocal modules.
+    """
+    caps = capture(model, data, blocks, max_samples, heads=heads, device=None,
+                   progress=progress)
+    if not caps:
+        table = AnalysisTable(reason=caps.reason, captures=caps if keep_captures else None)
+    else:
+        rows = []
+        bar = tqdm(list(caps.values()), desc="analyze", disable=not progress, leave=False)
+        for cap in bar:
+            bar.set_postfix_str(cap.path)
+            rows.append(_analyze_one(
+                cap, method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
+                jacobian_samples=jacobian_samples, noise_level=noise_level,
+                affinity_noise=affinity_noise))
+        bar.close()
+        kept = None
+        if keep_captures:
+            kept = Captures({p: c.to("cpu") for p, c in caps.items()},
+                            n_samples=caps.n_samples)
+        table = AnalysisTable(rows, captures=kept)
+    if isinstance(data, Tensor) and labels is not None:
+        if labels.shape[0] != data.shape[0]:
+            raise ValueError(
+                f"labels has {labels.shape[0]} entries but data {data.shape[0]} samples"
+            )
+        batches: Any = [(data[i:i + 64], labels[i:i + 64]) for i in range(0, len(data), 64)]
+    elif isinstance(data, Tensor):
+        batches = None
+    else:
+        batches = data
+    if accuracy_levels is None:
+        accuracy_levels = (0.0, 0.05, 0.1, 0.2, 0.4) if batches is not None else ()
+    if accuracy_levels:
+        if batches is None:
+            raise ValueError(
+                "accuracy_levels needs targets: pass labels= or (input, target) batches"
+            )
+        try:
+            table.accuracy = accuracy_under_noise(model, batches, accuracy_levels,
+                                                  max_batches=accuracy_batches,
+                                                  progress=progress)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            table.accuracy = None
+            note = f"accuracy under noise skipped: {exc}"
+            table.reason = f"{table.reason}; {note}" if table.reason else note
+    return table
