@@ -5,8 +5,8 @@ The main entry point is :func:`analyze`, one row per nonlocal block:
 >>> import torch
 >>> from analysis import analyze
 >>> table = analyze(torch.nn.Linear(2, 2), torch.zeros(1, 2), progress=False)
->>> len(table), table.summary()[:30]
-(0, 'no nonlocal blocks analysed: no')
+>>> len(table), table.summary()[:27]
+(0, 'no nonlocal blocks analysed')
 
 Modules: :mod:`analysis.capture` (what the blocks compute), :mod:`analysis.spectra`
 (eigenvalues, densities, affinity metrics), :mod:`analysis.response` (frequency responses,

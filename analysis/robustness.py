@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from graphfilters.chebyshev import polynomial_filter
@@ -433,8 +434,8 @@ def jacobian_spectral_norm(
     ``mode="autograd"`` by the double-backward identity :math:`J v = \partial_u \langle J^T u,
     v\rangle` on one recorded forward (fast), or with ``mode="func"`` by ``torch.func.jvp``
     (forward-mode AD) and ``torch.func.vjp``. If double backward is not implemented for an
-    operation, ``func`` is used. Modules run in eval mode (restored afterwards); everything
-    runs on ``x``'s device.
+    operation, it retries with PyTorch's math attention kernel, then uses ``func``. Modules
+    run in eval mode (restored afterwards); everything runs on ``x``'s device.
 
     Shapes
     ------
@@ -460,7 +461,12 @@ def jacobian_spectral_norm(
             try:
                 products = _autograd_products(fn, x)
             except (RuntimeError, NotImplementedError):
-                products = None
+                # fused attention kernels lack double backward: retry with the math kernel
+                try:
+                    with sdpa_kernel([SDPBackend.MATH]):
+                        products = _autograd_products(fn, x)
+                except (RuntimeError, NotImplementedError):
+                    products = None
         if products is None:
             products = _func_products(fn, x)
         jvp, vjp = products
