@@ -561,7 +561,7 @@ class LowRankAffinity(Affinity):
 
     _fields = ("P", "Q")
 
-    def __init__(self, P: Array, Q: Array, symmetric: bool = False) -> None:
+    def __init__(self, P: Array, Q: Array, symmetric: bool = False, *, check: bool = True) -> None:
         P, Q = B.as_array(P, "P"), B.as_array(Q, "Q")
         # Q may have M != N rows (sub-sampled keys: an N x M affinity) unless symmetric.
         if (
@@ -576,8 +576,9 @@ class LowRankAffinity(Affinity):
                 "(..., M, r) for M sub-sampled keys, when not symmetric), got "
                 f"{tuple(P.shape)} and {tuple(Q.shape)}"
             )
-        B.check_finite(P, "P")
-        B.check_finite(Q, "Q")
+        if check:  # check=False: factors already validated (one pass less per forward)
+            B.check_finite(P, "P")
+            B.check_finite(Q, "Q")
         self.P, self.Q = P, Q
         self._sym = bool(symmetric)
 
@@ -597,7 +598,7 @@ class LowRankAffinity(Affinity):
     def symmetrized(self) -> LowRankAffinity:
         r""":math:`\operatorname{sym}(PQ^T)` as a low-rank affinity."""
         self._require_square()
-        return LowRankAffinity(self.P, self.Q, symmetric=True)
+        return LowRankAffinity(self.P, self.Q, symmetric=True, check=False)
 
     def degrees(self) -> Array:
         P, Q = self.P, self.Q

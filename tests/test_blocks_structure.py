@@ -274,6 +274,13 @@ def test_input_errors():
         block(torch.randn(2, C, 4, 4), affinity=torch.eye(16))
 
 
+def test_non_finite_input_is_reported():
+    x = torch.randn(2, C, 4, 4)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        make_block("snl", C)(x)
+
+
 def test_construction_errors():
     with pytest.raises(ValueError, match="order must be an integer >= 0"):
         ChebyshevNonlocal(C, order=-1)

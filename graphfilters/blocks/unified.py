@@ -371,8 +371,21 @@ class ChebyshevNonlocal(nn.Module):
         b = t.shape[0]
         return t.reshape(b, self.inter_channels, n).transpose(1, 2)
 
-    def _keys(self, t: Tensor) -> Tensor:
-        return t if self.pool is None else self.pool(t)
+    def _project(self, x: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+        """Node signals ``(B, N, c)`` of the 1×1 projections ``names`` (of ``theta``, ``phi``,
+        ``unary``, ``g``), computed by one matmul; with sub-sampling, ``phi`` and ``g`` are
+        max-pooled over space (keys)."""
+        mods = [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+        if not mods:
+            return {}
+        if self.pool is not None:
+            return {n: U.to_nodes(self.pool(m(x)) if n in ("phi", "g") else m(x))
+                    for n, m in mods}
+        weight = torch.cat([m.weight.reshape(m.out_channels, -1) for _, m in mods])
+        bias = torch.cat([m.bias for _, m in mods]) if self.bias_projections else None
+        y = torch.nn.functional.linear(U.to_nodes(x), weight, bias)       # (B, N, total)
+        return dict(zip([n for n, _ in mods],
+                        y.split([m.out_channels for _, m in mods], dim=-1)))
 
     def compute_affinity(self, x: Tensor) -> Affinity:
         r"""The raw affinity :math:`M` of ``x`` (symmetrized if the spec says so), structured.
@@ -381,21 +394,32 @@ class ChebyshevNonlocal(nn.Module):
         :math:`\hat A`.
         """
         U.check_input(x, self.dim, self.in_channels, type(self).__name__)
+        self._require_own_affinity()
+        return self._affinity(x, self._project(x, ("theta", "phi", "unary")))
+
+    def _require_own_affinity(self) -> None:
         if self.shared_affinity:
             raise ValueError(
                 f"this {type(self).__name__} is a unit with shared_affinity=True: it has no "
                 "theta/phi; pass affinity= (its NonlocalStage computes it from the stage input)"
             )
+
+    def _affinity(self, x: Tensor, proj: dict[str, Tensor]) -> Affinity:
         s, opts = self.spec, self.kernel_options
         spatial = tuple(x.shape[2:])
         if s.kernel == "gaussian":
-            th, ph = U.to_nodes(x), U.to_nodes(self._keys(x))
+            th = U.to_nodes(x)
+            ph = th if self.pool is None else U.to_nodes(self.pool(x))
         else:
-            th, ph = U.to_nodes(self.theta(x)), U.to_nodes(self._keys(self.phi(x)))
+            th, ph = proj["theta"], proj["phi"]
         if s.kernel in ("embedded_gaussian", "gaussian"):
             aff = kernels.embedded_gaussian(th, ph, scale=opts["scale"])
         elif s.kernel == "dot_product":
             aff = kernels.dot_product(th, ph)
+        elif s.kernel == "relu_dot" and s.normalization in ("sym", "rw"):
+            # kernels.relu_dot without its finiteness pass over the (B, N, C_s) factors: the
+            # normalization checks the degrees, which are NaN/Inf whenever a factor is.
+            aff = LowRankAffinity(torch.relu(th), torch.relu(ph), check=False)
         elif s.kernel == "relu_dot":
             aff = kernels.relu_dot(th, ph)
         elif s.kernel == "concatenation":
@@ -414,8 +438,7 @@ class ChebyshevNonlocal(nn.Module):
         elif s.kernel == "criss_cross":
             aff = kernels.criss_cross(th, ph, spatial, scale=opts["scale"])
         elif s.kernel == "disentangled":
-            aff = kernels.disentangled(th, ph, U.to_nodes(self.unary(x))[..., 0],
-                                       scale=opts["scale"])
+            aff = kernels.disentangled(th, ph, proj["unary"][..., 0], scale=opts["scale"])
         else:  # pragma: no cover - guarded by the spec validation
             raise ValueError(f"kernel {s.kernel!r} has no torch implementation")
         if s.symmetrize:
@@ -452,12 +475,16 @@ class ChebyshevNonlocal(nn.Module):
         spatial = tuple(x.shape[2:])
         n = U.numel(spatial)
         if affinity is None:
-            affinity = self.compute_affinity(x)
+            self._require_own_affinity()
+            proj = self._project(x, ("theta", "phi", "unary", "g"))
+            affinity = self._affinity(x, proj)
         elif not isinstance(affinity, Affinity):
             raise TypeError(
                 "affinity must be a graphfilters.graph.Affinity (e.g. from compute_affinity), "
                 f"got {type(affinity).__name__}"
             )
+        else:
+            proj = self._project(x, ("g",))
         op = self.operator(affinity)
         mat = self.materialize if materialize is None else bool(materialize)
         dense = op.dense() if (mat or return_affinity) else None
@@ -466,10 +493,11 @@ class ChebyshevNonlocal(nn.Module):
                 return dense @ v
         else:
             apply = op
-        z = U.to_nodes(self._keys(self.g(x)))                 # (B, N_keys, C_s)
-        f = self._filter(apply, z, n)
-        pre = f if self.bias is None else f + self.bias
-        out = U.from_nodes(pre, spatial)
+        z = proj["g"]                                         # (B, N_keys, C_s)
+        pre = self._filter(apply, z, n)                       # (B, C, N), channels first
+        if self.bias is not None:
+            pre = pre + self.bias[:, None]
+        out = pre.reshape(*pre.shape[:2], *spatial)
         if self.norm is not None:
             out = self.norm(out)
         elif self.gamma is not None:
@@ -498,16 +526,19 @@ class ChebyshevNonlocal(nn.Module):
                 if self.sign == -1 and k % 2 == 1:
                     c = -c
                 out = c * terms[k] if out is None else out + c * terms[k]
-            return out
+            return out.transpose(1, 2)
+        # sum_k W_k^T B_k(A) Z^T: the output comes out channels-first, as BN wants it
         weights = self.filter_weights()
-        if len(used) == 1:
-            return terms[used[0]] @ weights[used[0]]
-        return torch.cat([terms[k] for k in used], -1) @ torch.cat([weights[k] for k in used], 0)
+        out = None
+        for k in used:
+            term = weights[k].t() @ terms[k].transpose(1, 2)
+            out = term if out is None else out + term
+        return out
 
     # ------------------------------------------------------------------------------------
     def output_affine(self, pre: Tensor) -> OutputAffine:
         """Effective per-channel ``(scale, shift)`` of the output normalization for the
-        pre-normalization signal ``pre`` ``(B, N, C)`` (bias included), detached."""
+        pre-normalization signal ``pre`` ``(B, C, N)`` (bias included), detached."""
         C = self.in_channels
         with torch.no_grad():
             b = self.bias.detach() if self.bias is not None else pre.new_zeros(C)
@@ -515,8 +546,8 @@ class ChebyshevNonlocal(nn.Module):
                 bn = self.norm
                 use_batch = bn.training or bn.running_mean is None
                 if use_batch:
-                    mean = pre.mean(dim=(0, 1))
-                    var = pre.var(dim=(0, 1), unbiased=False)
+                    mean = pre.mean(dim=(0, 2))
+                    var = pre.var(dim=(0, 2), unbiased=False)
                 else:
                     mean, var = bn.running_mean, bn.running_var
                 w = bn.weight if bn.weight is not None else pre.new_ones(C)
@@ -693,9 +724,6 @@ class NonlocalStage(nn.Module):
     def reset_parameters(self) -> None:
         for u in self.units:
             u.reset_parameters()
-
-    def _keys(self, t: Tensor) -> Tensor:
-        return t if self.pool is None else self.pool(t)
 
     def compute_affinity(self, x: Tensor) -> Affinity:
         """The shared raw affinity of the stage input ``x``."""

@@ -1,0 +1,181 @@
+"""Benchmark of the blocks: structured fast paths against the dense original formulations.
+
+Run: ``python benchmarks/bench_blocks.py [--device cuda] [--quick]``. Prints, in one run,
+forward + backward time and peak memory of
+
+- SNL through :class:`graphfilters.blocks.SNL` (low-rank: no ``N x N`` tensor) against the
+  official code's dense formulation (:class:`graphfilters.blocks.reference.OfficialSNL`:
+  ``att = ReLU(t)ᵀReLU(p)``, symmetrize, ``D^{-1/2}`` on both sides, ``att·g``);
+- NL (embedded Gaussian) through :class:`graphfilters.blocks.NonLocal` (fused
+  ``scaled_dot_product_attention``) against the dense softmax of
+  :class:`graphfilters.blocks.reference.NonLocalRef`;
+
+at 32×32, 64×64 and 128×128 maps with B = 8, C = 64, C_s = 32, with the ratios dense / fast
+and the largest output difference (same weights, training mode, BN scale 1).
+
+Peak memory: on the GPU ``torch.cuda.max_memory_allocated`` (minus what was allocated before
+the call); on the CPU every case runs in its own subprocess that reports its peak resident set
+size (``getrusage(RUSAGE_SELF).ru_maxrss``) minus its resident size just before the call.
+Dense cases that would need more than ``--dense-limit-gb`` (8 GB) are skipped, with the
+estimate printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+B, C, C_S = 8, 64, 32
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _build(block: str, path: str, device: str):
+    """The (dense reference, unified) pair with shared weights; returns the one of ``path``
+    and, for the dense path, also the unified one (to check equal outputs)."""
+    from graphfilters.blocks import SNL, NonLocal
+    from graphfilters.blocks.reference import NonLocalRef, OfficialSNL
+
+    torch.manual_seed(0)
+    if block == "snl":
+        ref = OfficialSNL(C, C_S, relu=True)
+        fast = SNL.from_reference(ref)
+    else:
+        ref = NonLocalRef(C, C_S)
+        fast = NonLocal.from_reference(ref)
+    for m in (ref, fast):
+        norm = m.bn if m is ref else m.norm
+        torch.nn.init.ones_(norm.weight)     # so that the filter shows in the output
+    return ref.to(device), fast.to(device)
+
+
+def _step(module, x):
+    module.zero_grad(set_to_none=True)
+    xi = x.detach().requires_grad_(True)
+    y = module(xi)
+    y.square().mean().backward()
+    return y.detach()
+
+
+def worker(spec: dict) -> dict:
+    """One case, in its own process: time and peak memory of forward + backward."""
+    device, side = spec["device"], spec["side"]
+    torch.set_num_threads(spec["threads"])
+    ref, fast = _build(spec["block"], spec["path"], device)
+    module = ref if spec["path"] == "dense" else fast
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(B, C, side, side, generator=gen).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    # peak memory of the first call
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        y = _step(module, x)
+        sync()
+        first = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _rss_bytes()
+        t0 = time.perf_counter()
+        y = _step(module, x)
+        first = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    times = [first]
+    for _ in range(spec["repeat"] - 1):
+        t0 = time.perf_counter()
+        _step(module, x)
+        sync()
+        times.append(time.perf_counter() - t0)
+    out = {"time": min(times), "peak": max(peak, 0)}
+    if spec["path"] == "dense":     # equal outputs: the structured path on the same input
+        with torch.no_grad():
+            out["diff"] = float((fast(x) - y).abs().max())
+            out["scale"] = float(y.abs().max())
+    return out
+
+
+def _run_case(spec: dict, in_process: bool) -> dict:
+    if in_process:
+        return worker(spec)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _dense_estimate_gb(block: str, side: int) -> float:
+    """Memory of the dense forward + backward: about 4 live ``B x N x N`` float32 tensors."""
+    n = side * side
+    return 4 * B * n * n * 4 / 1e9
+
+
+def _fmt_mem(b: float) -> str:
+    return f"{b / 2**20:9.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="small maps (smoke test)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dense-limit-gb", type=float, default=8.0)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    sides = (16, 32) if args.quick else (32, 64, 128)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else (
+        f"CPU, {args.threads} threads, peak RSS per subprocess")
+    print(f"torch {torch.__version__}; {where}; B={B}, C={C}, C_s={C_S}; forward + backward")
+    header = (f"{'block':6}{'map':>9}{'fast ms':>11}{'dense ms':>11}{'speed-up':>10}"
+              f"{'fast MiB':>10}{'dense MiB':>10}{'mem ratio':>10}{'max|diff|':>11}")
+    print(header)
+    for block in ("snl", "nl"):
+        for side in sides:
+            base = {"block": block, "side": side, "device": args.device,
+                    "threads": args.threads}
+            repeat = 1 if args.quick else 3
+            fast = _run_case({**base, "path": "fast", "repeat": repeat}, args.device == "cuda")
+            est = _dense_estimate_gb(block, side)
+            if est > args.dense_limit_gb:
+                dense = {"skipped": est}
+            else:
+                dense = _run_case({**base, "path": "dense", "repeat": max(1, repeat - 1)},
+                                  args.device == "cuda")
+            name = f"{side}x{side}"
+            if "error" in fast:
+                print(f"{block:6}{name:>9}  fast path failed: {fast['error']}")
+                continue
+            line = f"{block:6}{name:>9}{1e3 * fast['time']:11.1f}"
+            if "skipped" in dense:
+                line += (f"{'skipped':>11}{'':>10}{_fmt_mem(fast['peak']):>10}{'':>10}{'':>10}"
+                         f"   dense needs ~{dense['skipped']:.0f} GB > {args.dense_limit_gb:g} "
+                         "GB: skipped")
+            elif "error" in dense:
+                line += f"  dense failed: {dense['error']}"
+            else:
+                line += (f"{1e3 * dense['time']:11.1f}{dense['time'] / fast['time']:9.1f}x"
+                         f"{_fmt_mem(fast['peak']):>10}{_fmt_mem(dense['peak']):>10}"
+                         f"{dense['peak'] / max(fast['peak'], 1):9.1f}x"
+                         f"{dense['diff']:11.1e}")
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
