@@ -1,0 +1,391 @@
+r"""Figures of the analysis: spectra, responses, attention maps, robustness curves.
+
+Every function returns ``(fig, ax)`` (``(fig, axes)`` for several panels) and accepts
+``ax=`` to draw into an existing Axes. Figures are built with
+:class:`matplotlib.figure.Figure` directly (no pyplot state, no ``plt.show()``), so they work
+with any backend, headless included; save them with ``fig.savefig(path)`` or display them in a
+notebook by leaving ``fig`` as the cell's value.
+
+Examples
+--------
+>>> import numpy as np
+>>> from analysis.plots import plot_spectrum
+>>> fig, ax = plot_spectrum(np.array([0.1, 0.5, 1.0, 1.9]))
+>>> ax.get_xlabel()
+'eigenvalue'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_spectrum",
+    "plot_response",
+    "plot_affinity_rows",
+    "plot_growth",
+    "plot_accuracy",
+    "plot_energy",
+]
+
+
+def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.6)) -> tuple[Figure, Axes]:
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        return fig, fig.add_subplot()
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+    return ax.figure, ax
+
+
+def _values(spec: Any) -> tuple[np.ndarray, str, str]:
+    """Eigenvalues (flattened), operator and kind from a Spectrum or an array."""
+    operator, kind = "", ""
+    if hasattr(spec, "eigenvalues") and hasattr(spec, "operator"):
+        operator, kind = spec.operator, spec.kind
+        ev = spec.all()
+    elif isinstance(spec, (list, tuple)) and spec and hasattr(spec[0], "__len__"):
+        ev = np.concatenate([np.asarray(e).ravel() for e in spec])
+    else:
+        ev = np.asarray(spec).ravel()
+    if hasattr(ev, "detach"):
+        ev = ev.detach().cpu().numpy()
+    return np.asarray(ev), operator, kind
+
+
+def plot_spectrum(
+    spectrum: Any,
+    ax: Axes | None = None,
+    *,
+    bins: int = 50,
+    imag_tol: float = 1e-9,
+    title: str | None = None,
+    **kwargs: Any,
+) -> tuple[Figure, Axes]:
+    r"""Histogram of a real spectrum, or the complex plane with the unit circle.
+
+    Parameters
+    ----------
+    spectrum : Spectrum, array or list of arrays
+        Eigenvalues (all samples are pooled).
+    ax : Axes, optional
+    bins : int
+        Histogram bins (real spectra).
+    imag_tol : float
+        Relative imaginary part below which the spectrum counts as real.
+    **kwargs
+        Passed to ``ax.hist`` or ``ax.scatter``.
+
+    Notes
+    -----
+    For a normalized operator the circle is :math:`|\mu| = 1` (every row-stochastic matrix's
+    spectrum lies inside it); for a Laplacian :math:`\lambda = 1 - \mu` it is
+    :math:`|\lambda - 1| = 1`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> fig, ax = plot_spectrum(np.array([0.5 + 0.2j, 0.5 - 0.2j, 1.0]))
+    >>> ax.get_xlabel(), ax.get_ylabel()
+    ('Re', 'Im')
+    """
+    ev, operator, kind = _values(spectrum)
+    fig, ax = _fig_ax(ax)
+    ev = ev[np.isfinite(ev)]
+    scale = max(1.0, float(np.abs(ev).max(initial=0.0)))
+    is_complex = np.iscomplexobj(ev) and np.abs(ev.imag).max(initial=0.0) > imag_tol * scale
+    label = f"{operator} ({kind})" if operator else "eigenvalues"
+    if is_complex:
+        center = 1.0 if operator == "laplacian" else 0.0
+        t = np.linspace(0, 2 * np.pi, 361)
+        ax.plot(center + np.cos(t), np.sin(t), "--", color="0.6", lw=1, label="unit circle")
+        ax.scatter(ev.real, ev.imag, s=kwargs.pop("s", 8), alpha=kwargs.pop("alpha", 0.6),
+                   label=label, **kwargs)
+        ax.axhline(0, color="0.8", lw=0.5)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("Re")
+        ax.set_ylabel("Im")
+        share = float((np.abs(ev.imag) > imag_tol * scale).mean())
+        ax.legend(loc="upper left", fontsize="small", title=f"{share:.0%} complex")
+    else:
+        ax.hist(np.real(ev), bins=bins, **kwargs)
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("count")
+    ax.set_title(title if title is not None else f"spectrum of the {label}")
+    return fig, ax
+
+
+def plot_response(
+    response: Any,
+    ax: Axes | None = None,
+    *,
+    eigenvalues: Any = None,
+    all_singular_values: bool = True,
+    title: str | None = None,
+) -> tuple[Figure, Axes]:
+    r"""Frequency response :math:`\sigma_i(H(\lambda))` with ticks at the captured eigenvalues.
+
+    Parameters
+    ----------
+    response : BlockResponse or (lam, gains)
+        ``gains`` is ``(G,)`` or ``(G, r)`` (singular values, descending).
+    eigenvalues : array, optional
+        Laplacian eigenvalues to mark (default: the response's captured ones, real parts).
+    all_singular_values : bool
+        Draw every singular value (thin) besides the largest (thick).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lam = np.linspace(0, 2, 50)
+    >>> fig, ax = plot_response((lam, np.abs(1 - lam)), eigenvalues=[0.0, 0.3, 1.2])
+    >>> len(ax.lines) >= 2
+    True
+    """
+    label = None
+    if hasattr(response, "lam") and hasattr(response, "gains"):
+        lam, gains = response.lam, response.gains
+        label = response.label
+        if eigenvalues is None and response.eigenvalues:
+            eigenvalues = np.concatenate([np.real(e) for e in response.eigenvalues])
+    else:
+        lam, gains = response
+    lam = np.asarray(lam, dtype=float)
+    gains = np.asarray(gains, dtype=float)
+    if gains.ndim == 1:
+        gains = gains[:, None]
+    if gains.shape[0] != lam.shape[0]:
+        raise ValueError(f"gains has {gains.shape[0]} rows but lam {lam.shape[0]} points")
+    fig, ax = _fig_ax(ax)
+    if all_singular_values and gains.shape[1] > 1:
+        ax.plot(lam, gains[:, 1:], color="C0", lw=0.6, alpha=0.35)
+    ax.plot(lam, gains[:, 0], color="C0", lw=2, label=r"$\sigma_1(H(\lambda))$")
+    if eigenvalues is not None:
+        ev = np.real(np.asarray(eigenvalues)).ravel()
+        ev = ev[np.isfinite(ev)]
+        ax.plot(ev, np.zeros_like(ev), "|", color="C3", ms=10, alpha=0.5,
+                transform=ax.get_xaxis_transform(), label="captured eigenvalues")
+    ax.set_xlabel(r"Laplacian eigenvalue $\lambda$")
+    ax.set_ylabel("gain (singular values)")
+    ax.set_xlim(lam.min(), lam.max())
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
+    ax.set_title(title if title is not None else
+                 ("frequency response" + (f" ({label})" if label else "")))
+    return fig, ax
+
+
+def _image_hw(image: Any) -> np.ndarray:
+    img = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    img = np.asarray(img, dtype=float)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W), (H, W, 3) or (3, H, W), got {img.shape}")
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def plot_affinity_rows(
+    capture: Any,
+    queries: Sequence[Any],
+    image: Any = None,
+    *,
+    index: int = 0,
+    ax: Axes | Sequence[Axes] | None = None,
+    alpha: float = 0.55,
+    cmap: str = "jet",
+) -> tuple[Figure, Any]:
+    r"""Rows of :math:`\hat A` for query positions, as heat maps over the input image
+    (the ICCV paper's Figure 2 style).
+
+    Parameters
+    ----------
+    capture : Capture
+        From :func:`analysis.capture.capture` (2-D ``spatial_shape``; 1-D draws curves).
+    queries : sequence
+        Query positions ``(row, col)`` on the block's grid, or flat node indices.
+    image : array or tensor, optional
+        The input image, ``(H, W)``, ``(H, W, 3)`` or ``(3, H, W)``, of any resolution
+        (the heat map is stretched over it).
+    index : int
+        Sample of the capture.
+    ax : Axes or sequence of Axes, optional
+        One Axes per query (a single Axes for a single query).
+
+    Returns
+    -------
+    (fig, axes) with ``axes`` a list (one per query).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import SoftmaxAffinity
+    >>> from analysis.capture import Capture
+    >>> q = torch.randn(1, 12, 2)
+    >>> cap = Capture("b", "block", "toy", SoftmaxAffinity(q, q), "rw", spatial_shape=(3, 4),
+    ...               n_samples=1)
+    >>> fig, axes = plot_affinity_rows(cap, [(0, 0), (2, 3)])
+    >>> len(axes)
+    2
+    """
+    queries = list(queries)
+    if not queries:
+        raise ValueError("give at least one query position")
+    if ax is None:
+        fig = Figure(figsize=(3.0 * len(queries), 3.2), layout="constrained")
+        axes = [fig.add_subplot(1, len(queries), i + 1) for i in range(len(queries))]
+    else:
+        axes = [ax] if isinstance(ax, Axes) else list(ax)
+        if len(axes) != len(queries):
+            raise ValueError(f"got {len(axes)} Axes for {len(queries)} queries")
+        if not all(isinstance(a, Axes) for a in axes):
+            raise TypeError("ax must be a matplotlib Axes or a sequence of them")
+        fig = axes[0].figure
+    shape = tuple(capture.spatial_shape)
+    img = _image_hw(image) if image is not None else None
+    for a, q in zip(axes, queries):
+        row = np.asarray(capture.affinity_row(q, index))
+        flat = int(q) if np.isscalar(q) else int(np.ravel_multi_index(tuple(q), shape))
+        pos = np.unravel_index(flat, shape)
+        if row.ndim == 1:
+            a.plot(row, color="C0")
+            a.axvline(pos[0], color="C3", ls="--")
+            a.set_xlabel("position")
+            a.set_ylabel("affinity")
+        else:
+            h, w = row.shape
+            if img is not None:
+                H, W = img.shape[:2]
+                a.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(0, W, H, 0))
+            else:
+                H, W = h, w
+            a.imshow(row, cmap=cmap, alpha=alpha if img is not None else 1.0,
+                     extent=(0, W, H, 0), interpolation="bilinear")
+            a.plot((pos[1] + 0.5) * W / w, (pos[0] + 0.5) * H / h, marker="*", color="white",
+                   ms=14, mec="black")
+            a.set_xticks([])
+            a.set_yticks([])
+        a.set_title(f"query {tuple(int(p) for p in pos)}")
+    return fig, axes
+
+
+def plot_growth(
+    stability: Any,
+    ax: Axes | None = None,
+    *,
+    label: str | None = None,
+    show_radius: bool = True,
+) -> tuple[Figure, Axes]:
+    r"""Growth :math:`\max_\lambda\|M(\lambda)^n\|_2` of a stack of ``n`` blocks (log scale).
+
+    Parameters
+    ----------
+    stability : Stability, BlockReport or array ``(n_max,)``
+        A :class:`~analysis.robustness.Stability`, a row of :func:`analysis.analyze`
+        (``stack_growth``) or the growth values.
+
+    Examples
+    --------
+    >>> fig, ax = plot_growth([1.1, 1.21, 1.331], label="block")
+    >>> ax.get_yscale()
+    'log'
+    """
+    radius = None
+    if hasattr(stability, "growth"):
+        growth = np.asarray(stability.growth, dtype=float)
+        radius = np.asarray(stability.radius_growth, dtype=float)
+    elif hasattr(stability, "stack_growth"):
+        growth = np.asarray(stability.stack_growth, dtype=float)
+        label = label or getattr(stability, "path", None)
+    else:
+        growth = np.asarray(stability, dtype=float).ravel()
+    if growth.size == 0:
+        raise ValueError("no growth values to plot")
+    fig, ax = _fig_ax(ax)
+    n = np.arange(1, growth.size + 1)
+    line = ax.plot(n, growth, marker="o", label=label or r"$\max_\lambda \|M^n\|_2$")[0]
+    if show_radius and radius is not None:
+        ax.plot(n, radius, ls="--", color=line.get_color(), alpha=0.6, label=r"$\rho^n$")
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("number of stacked blocks n")
+    ax.set_ylabel("growth")
+    ax.legend(fontsize="small")
+    ax.set_title("linearized stack growth")
+    return fig, ax
+
+
+def plot_accuracy(
+    accuracy: Mapping[float, float] | Any,
+    ax: Axes | None = None,
+    *,
+    label: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Accuracy against the standard deviation of Gaussian input noise.
+
+    Parameters
+    ----------
+    accuracy : mapping level -> accuracy, or an AnalysisTable (its ``accuracy``)
+
+    Examples
+    --------
+    >>> fig, ax = plot_accuracy({0.0: 0.9, 0.1: 0.8, 0.2: 0.5}, label="SNL")
+    >>> bool(ax.get_ylim()[1] <= 1.05)
+    True
+    """
+    if hasattr(accuracy, "accuracy") and not isinstance(accuracy, Mapping):
+        accuracy = accuracy.accuracy
+    if not accuracy:
+        raise ValueError("no accuracy values to plot (pass {noise level: accuracy})")
+    levels = np.array(sorted(accuracy), dtype=float)
+    acc = np.array([accuracy[k] for k in sorted(accuracy)], dtype=float)
+    fig, ax = _fig_ax(ax)
+    ax.plot(levels, acc, marker="o", label=label)
+    ax.set_xlabel(r"input noise $\sigma$")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    if label:
+        ax.legend(fontsize="small")
+    ax.set_title("accuracy under Gaussian input noise")
+    return fig, ax
+
+
+def plot_energy(
+    energy: Any,
+    ax: Axes | None = None,
+    *,
+    bins: int = 20,
+    label: str | None = None,
+    range_: tuple[float, float] = (0.0, 2.0),
+) -> tuple[Figure, Axes]:
+    r"""Share of a signal's energy per graph-frequency band (from
+    :func:`analysis.response.graph_frequency_energy`), averaged over samples.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis.response import FrequencyEnergy
+    >>> e = FrequencyEnergy([np.array([0.0, 1.0, 2.0])], [np.array([3.0, 1.0, 0.0])], "eigh")
+    >>> fig, ax = plot_energy(e)
+    >>> ax.get_xlabel()
+    'Laplacian eigenvalue $\\lambda$'
+    """
+    edges = np.linspace(range_[0], range_[1], bins + 1)
+    frac = energy.band_fractions(edges)
+    fig, ax = _fig_ax(ax)
+    centers = (edges[:-1] + edges[1:]) / 2
+    ax.step(centers, frac, where="mid", label=label)
+    ax.set_xlabel(r"Laplacian eigenvalue $\lambda$")
+    ax.set_ylabel("energy share")
+    if label:
+        ax.legend(fontsize="small")
+    ax.set_title(f"graph-frequency energy ({energy.basis})")
+    return fig, ax
