@@ -31,6 +31,7 @@ __all__ = [
     "plot_growth",
     "plot_accuracy",
     "plot_energy",
+    "plot_history",
 ]
 
 
@@ -388,4 +389,48 @@ def plot_energy(
     if label:
         ax.legend(fontsize="small")
     ax.set_title(f"graph-frequency energy ({energy.basis})")
+    return fig, ax
+
+
+def plot_history(
+    history: Sequence[Mapping[str, Any]],
+    ax: Axes | None = None,
+    *,
+    title: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Training curves from a checkpoint's history: loss (left axis) and accuracy (right).
+
+    Parameters
+    ----------
+    history : sequence of dict
+        One entry per epoch with ``epoch``, ``train_loss``, ``train_acc`` and, where
+        evaluated, ``test_acc`` (as written by :mod:`graphfilters.training`); entries without
+        ``epoch`` (e.g. a divergence record) are skipped.
+
+    Examples
+    --------
+    >>> hist = [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.3, "test_acc": 0.4},
+    ...         {"epoch": 2, "train_loss": 1.0, "train_acc": 0.7, "test_acc": 0.8}]
+    >>> fig, ax = plot_history(hist)
+    >>> ax.get_ylabel()
+    'training loss'
+    """
+    epochs = [h for h in history if "epoch" in h and "train_loss" in h]
+    if not epochs:
+        raise ValueError("history has no epoch entries with a train_loss to plot")
+    fig, ax = _fig_ax(ax)
+    x = [h["epoch"] for h in epochs]
+    ax.plot(x, [h["train_loss"] for h in epochs], color="C0", marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    twin = ax.twinx()
+    twin.plot(x, [h.get("train_acc", np.nan) for h in epochs], color="C1", ls="--",
+              label="train acc")
+    tests = [(h["epoch"], h["test_acc"]) for h in epochs if h.get("test_acc") is not None]
+    if tests:
+        twin.plot(*zip(*tests), color="C2", marker="s", ms=3, label="test acc")
+    twin.set_ylabel("accuracy")
+    twin.set_ylim(0, 1.02)
+    twin.legend(fontsize="small", loc="center right")
+    ax.set_title(title or "training")
     return fig, ax
