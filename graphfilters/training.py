@@ -12,11 +12,13 @@
 
 History. :func:`fit` returns (and checkpoints store) a list with one dict per epoch::
 
-    {"epoch": 3, "step": 63, "lr": 0.1, "train_loss": 0.41, "train_acc": 0.88,
+    {"epoch": 3, "step": 63, "steps": 21, "lr": 0.1, "train_loss": 0.41, "train_acc": 0.88,
      "grad_norm": 1.7, "test_loss": 0.35, "test_acc": 0.91, "time_s": 4.2, "diverged": False}
 
-``test_loss``/``test_acc`` are ``None`` in epochs without evaluation. ``grad_norm`` is the mean
-over the epoch's steps of the total gradient 2-norm (before clipping). When the loss becomes NaN
+``step`` counts optimizer steps since the start, ``steps`` those of the epoch, ``lr`` is the
+learning rate of the epoch's last step. ``test_loss``/``test_acc`` are ``None`` in epochs
+without evaluation. ``grad_norm`` is the mean over the epoch's steps of the total gradient
+2-norm (before clipping). When the loss becomes NaN
 or Inf (or exceeds ``max_loss``), training stops and a last entry records it::
 
     {"epoch": 1, "step": 7, "diverged": True, "reason": "loss is nan at epoch 1, step 7", ...}
