@@ -1,0 +1,145 @@
+"""Benchmark of the analysis layer: spectra of large affinities without N x N matrices.
+
+Run: ``python benchmarks/bench_analysis.py [--quick] [--threads T]``.
+
+Cases (each in its own subprocess, so the peak resident memory — ``ru_maxrss`` — is that
+case's alone; the baseline after importing torch is printed too):
+
+- ``snl``: the exact spectrum and all metrics of an SNL affinity
+  :math:`D^{-1/2}\\operatorname{sym}(\\operatorname{ReLU}(\\Theta)\\operatorname{ReLU}(\\Phi)^T)
+  D^{-1/2}` (``C_s = 32``) at N = 65536 by the structured (low-rank) path;
+- ``nl``: the extreme eigenvalues of an NL softmax affinity (``d = 32``) at N = 16384,
+  matrix-free (``auto`` picks block Krylov), and its metrics (Frobenius quantities by tiles);
+  peak memory must stay under 2 GB;
+- the dense references (``eigh`` for SNL, ``eig`` for NL) and the structured/matrix-free
+  paths at N = 4096, with the ratio of times and memory and the largest eigenvalue error.
+
+``--quick`` divides the sizes by 4 (by 2 for the dense references).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case(case: str, n: int, threads: int) -> dict:
+    """Run one case in this process and return its measurements."""
+    import numpy as np
+    import torch
+
+    from analysis.spectra import affinity_metrics, spectrum
+    from graphfilters.graph import DenseAffinity, LowRankAffinity, SoftmaxAffinity
+
+    torch.set_num_threads(threads)
+    base = _rss_mib()
+    g = torch.Generator().manual_seed(0)
+    d = 32
+    out: dict = {"case": case, "n": n, "baseline_mib": base}
+    if case.startswith("snl"):
+        P = torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64))
+        Q = torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64))
+        aff = LowRankAffinity(P, Q, symmetric=True)
+        if case == "snl_dense":
+            aff = DenseAffinity(aff.dense())
+        t0 = time.perf_counter()
+        spec = spectrum(aff, "normalized", "sym", progress=False)
+        out["spectrum_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        m = affinity_metrics(aff, "sym", spectrum_result=spec, progress=False)
+        out["metrics_s"] = time.perf_counter() - t0
+        ev = np.sort(spec.eigenvalues[0].real)
+        out["top"] = ev[-4:].tolist()
+    else:
+        q = torch.randn(n, d, generator=g, dtype=torch.float64) / d**0.25
+        k = torch.randn(n, d, generator=g, dtype=torch.float64) / d**0.25
+        aff = SoftmaxAffinity(q, k)
+        method = "eig" if case == "nl_dense" else "auto"
+        if case == "nl_dense":
+            aff = DenseAffinity(aff.dense())
+        t0 = time.perf_counter()
+        # dense_limit=512: at the reference size auto takes the matrix-free path, not eig
+        spec = spectrum(aff, "normalized", "rw", method=method, dense_limit=512,
+                        progress=False)
+        out["spectrum_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        m = affinity_metrics(aff, "rw", spectrum_result=spec, estimate_effective_rank=False,
+                             progress=False)
+        out["metrics_s"] = time.perf_counter() - t0
+        mods = np.sort(np.abs(spec.eigenvalues[0]))
+        out["top"] = mods[-4:].tolist()
+    out["method"] = spec.method
+    out["metrics"] = {k: round(v, 6) for k, v in m.summary().items()}
+    out["peak_mib"] = _rss_mib()
+    return out
+
+
+def _spawn(case: str, n: int, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--case", case, "--n", str(n),
+         "--threads", str(threads)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {case} (N = {n}) failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _row(r: dict) -> str:
+    return (f"{r['case']:>10} {r['n']:>7} {r['method']:>13} {r['spectrum_s']:>10.3f} "
+            f"{r['metrics_s']:>10.3f} {r['peak_mib']:>9.0f} {r['baseline_mib']:>9.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch/BLAS threads per case (default 1, for stable timings)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.n, args.threads)))
+        return
+    div, ddiv = (4, 2) if args.quick else (1, 1)
+    n_snl, n_nl, n_ref = 65536 // div, 16384 // div, 4096 // ddiv
+    print(f"{os.cpu_count()} CPU cores, {args.threads} thread(s) per case; C_s = d = 32; "
+          "times in seconds, memory = peak RSS in MiB (baseline: after imports)")
+    print(f"{'case':>10} {'N':>7} {'method':>13} {'spectrum':>10} {'metrics':>10} "
+          f"{'peak MiB':>9} {'base MiB':>9}")
+    results = {}
+    for case, n in (("snl", n_snl), ("nl", n_nl), ("snl", n_ref), ("snl_dense", n_ref),
+                    ("nl", n_ref), ("nl_dense", n_ref)):
+        r = _spawn(case, n, args.threads)
+        results[(case, n)] = r
+        print(_row(r), flush=True)
+    big_nl = results[("nl", n_nl)]
+    verdict = "OK" if big_nl["peak_mib"] < 2048 else "OVER"
+    print(f"\nNL N = {n_nl}: peak memory {big_nl['peak_mib']:.0f} MiB (< 2048: {verdict})")
+    for fast, slow in (("snl", "snl_dense"), ("nl", "nl_dense")):
+        a, b = results[(fast, n_ref)], results[(slow, n_ref)]
+        t_ratio = (b["spectrum_s"] + b["metrics_s"]) / max(a["spectrum_s"] + a["metrics_s"],
+                                                          1e-9)
+        extra_a = a["peak_mib"] - a["baseline_mib"]
+        extra_b = b["peak_mib"] - b["baseline_mib"]
+        err = max(abs(x - y) for x, y in zip(a["top"], b["top"]))
+        print(f"N = {n_ref}: {slow} / {fast} ({a['method']}): time x{t_ratio:.0f}, "
+              f"memory above baseline {extra_b:.0f} / {max(extra_a, 1):.0f} MiB, "
+              f"largest |top-4 eigenvalue difference| {err:.1e}")
+
+
+if __name__ == "__main__":
+    main()
