@@ -276,7 +276,9 @@ def _analyze_one(
         except (ValueError, TypeError, RuntimeError, NotImplementedError,
                 np.linalg.LinAlgError) as exc:
             failed.append(f"{name}: {exc}")
-            return None
+        except Exception as exc:  # noqa: BLE001 - one block's failure must not stop the rest
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+        return None
 
     if cap.affinity is None:
         row.status, row.reason = "skipped", "no affinity captured"

@@ -264,7 +264,8 @@ class Capture:
         ``"mean"`` or ``"keep"`` for attention.
     info : dict
         Block-specific facts (``node_layout``, ``groups``, ``sign``, ``sub_sampled``,
-        ``num_heads``, ...).
+        ``num_heads``, ...); ``repeated_calls`` when the module ran more than once per
+        forward (shared weights): only its first call of each batch is kept.
     module : nn.Module
         The module itself (not moved; used by the empirical robustness measures).
     n_samples : int
@@ -838,7 +839,7 @@ def capture(
     out_device = None if device is None else torch.device(device)
     pieces: dict[str, list[Capture]] = {}
     order: list[str] = []
-    state = {"take": 0}
+    state: dict[str, Any] = {"take": 0, "paths": set()}
     modes = {m: m.training for m in model.modules()}
     records: dict[nn.Module, Any] = {}
     handles: list[Any] = []
@@ -846,6 +847,11 @@ def capture(
     def add(cap: Capture | None) -> None:
         if cap is None:
             return
+        if cap.path in state["paths"]:        # a module called twice in one forward
+            first = pieces[cap.path][-1]
+            first.info["repeated_calls"] = first.info.get("repeated_calls", 1) + 1
+            return
+        state["paths"].add(cap.path)
         cap.n_samples = _affinity_batch(cap.affinity, cap.n_samples or state["take"])
         cap = _slice_capture(cap, state["take"])
         if cap.path not in pieces:
@@ -908,6 +914,7 @@ def capture(
                 x = _to_device(x, dev)
                 bs = _batch_size(x) if forward is None else _batch_size(_batch_input(batch))
                 state["take"] = min(bs, max_samples - seen)
+                state["paths"] = set()
                 if forward is not None:
                     forward(model, x)
                 else:

@@ -170,3 +170,12 @@ def test_capture_argument_errors():
         capture(model, torch.randn(1, 3, 2, 2), heads="sum")
     with pytest.raises(TypeError, match="torch.nn.Module"):
         capture("model", torch.randn(1, 3, 2, 2))
+
+
+def test_module_called_twice_per_forward_keeps_its_first_call():
+    block = _randomized(make_block("snl", 8))
+    model = nn.Sequential(block, block)
+    x = torch.randn(3, 8, 2, 3)
+    cap = capture(model, [x, x], max_samples=5, progress=False)["0"]
+    assert cap.n_samples == 5 and cap.info["repeated_calls"] == 2
+    assert torch.allclose(cap.input[:3], x)           # the first call's input
