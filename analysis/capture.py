@@ -743,7 +743,13 @@ def _to_device(x: Any, device: torch.device) -> Any:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (the CPU if it has none)."""
+    """The device of the model's first parameter or buffer (the CPU if it has none).
+
+    Examples
+    --------
+    >>> model_device(nn.ReLU())
+    device(type='cpu')
+    """
     for t in model.parameters():
         return t.device
     for t in model.buffers():

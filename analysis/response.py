@@ -446,11 +446,25 @@ def filter_output(capture: Any) -> Tensor:
     r"""The filter output :math:`F = \sum_k B_k(\hat A) Z W_k` of a capture, ``(S, N, C_out)``,
     computed with :func:`graphfilters.chebyshev.polynomial_filter` (structured products).
 
+    Shapes
+    ------
+    ``capture.z``: ``(S, N, C_s)`` → ``(S, N, C_out)``.
+
     Raises
     ------
     ValueError
         For CGNL's channel-position graphs and sub-sampled keys (no square graph on the
         positions).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import DenseAffinity
+    >>> from analysis.capture import Capture
+    >>> cap = Capture("b", "block", "toy", DenseAffinity(torch.ones(1, 3, 3)), "rw",
+    ...               z=torch.eye(3)[None], weights=[torch.zeros(3, 1), torch.eye(3)[:, :1]])
+    >>> filter_output(cap)[0, :, 0]                       # A_hat Z W_1 = A_hat e_1
+    tensor([0.3333, 0.3333, 0.3333])
     """
     if capture.info.get("node_layout") == "channel_position" or capture.info.get("sub_sampled"):
         raise ValueError(

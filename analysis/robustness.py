@@ -110,6 +110,17 @@ def value_projection(capture: Capture, rtol: float = 1e-4) -> tuple[np.ndarray, 
     ValueError
         If neither is possible or the least-squares fit leaves a relative residual above
         ``rtol`` (the projection is not linear, e.g. sub-sampled keys).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.randn(2, 3, 4, 4)                        # (S, C, H, W)
+    >>> G = torch.randn(3, 2)
+    >>> z = x.flatten(2).transpose(1, 2) @ G               # (S, N, C_s)
+    >>> cap = Capture("b", "block", "toy", None, z=z, input=x)
+    >>> G_hat, how = value_projection(cap)
+    >>> bool(abs(G_hat - G.numpy()).max() < 1e-4), how.startswith("least squares")
+    (True, True)
     """
     if capture.value_weight is not None:
         return _np64(capture.value_weight), "from the module"
@@ -224,7 +235,20 @@ def linear_maps(
     capture: Capture, lam: Any, include_output_scale: bool = True
 ) -> np.ndarray:
     r"""The per-frequency channel maps :math:`M(\lambda) = I + G H(\lambda) S` (no identity
-    without a residual), ``(n, C, C)``, complex for complex ``lam``."""
+    without a residual), complex for complex ``lam``.
+
+    Shapes
+    ------
+    ``lam``: ``(n,)`` → ``(n, C, C)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cap = Capture("b", "block", "toy", None, weights=[torch.eye(2), torch.eye(2)],
+    ...               value_weight=torch.eye(2))
+    >>> linear_maps(cap, [0.0, 2.0])[:, 0, 0]             # 1 + (1 + (1 - lam))
+    array([3., 1.])
+    """
     if capture.weights is None:
         raise ValueError(f"{capture.path}: no filter weights captured")
     G, _ = value_projection(capture)
@@ -304,6 +328,21 @@ def linearized_stability(
         Use the output normalization's scale (the real map; default).
     chunk : int
         Frequencies processed at once.
+
+    Returns
+    -------
+    Stability
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import DenseAffinity
+    >>> A = DenseAffinity(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))    # mu = -1, 1
+    >>> cap = Capture("b", "block", "toy", A, "sym", weights=[torch.zeros(1, 1),
+    ...               -0.5 * torch.ones(1, 1)], value_weight=torch.ones(1, 1), n_samples=1)
+    >>> st = linearized_stability(cap, n_max=2)          # M = 1 - 0.5 mu: 1.5 and 0.5
+    >>> st.radius, st.argmax_lambda, [float(g) for g in st.growth]
+    (1.5, (2+0j), [1.5, 2.25])
     """
     if capture.info.get("node_layout") == "channel_position":
         raise ValueError(
@@ -388,6 +427,16 @@ def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]
     Units of a stage that share the stage's affinity are called with the captured affinity
     (held fixed). Attention modules are called as self-attention on the captured query, with
     the input and output in the ``(1, E, L)`` layout.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from analysis.capture import capture
+    >>> from graphfilters.blocks import make_block
+    >>> cap = capture(make_block("snl", 4), torch.randn(2, 4, 3, 3), progress=False)["(root)"]
+    >>> fn, x = block_function(cap, index=1)
+    >>> x.shape, torch.equal(fn(x), x)                   # a new block is the identity
+    (torch.Size([1, 4, 3, 3]), True)
     """
     module = capture.module
     if module is None or capture.input is None:
@@ -579,6 +628,19 @@ def affinity_sensitivity(
     Returns the mean relative change of the operator's action
     :math:`\|\hat A' Z - \hat A Z\| / \|\hat A Z\|`, of the filter output
     :math:`\|F' - F\| / \|F\|`, and their ratio ``gain``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import LowRankAffinity
+    >>> g = torch.Generator().manual_seed(0)
+    >>> aff = LowRankAffinity(torch.rand(1, 8, 2, generator=g), torch.rand(1, 8, 2, generator=g),
+    ...                       symmetric=True)
+    >>> cap = Capture("b", "block", "toy", aff, "sym", z=torch.randn(1, 8, 3, generator=g),
+    ...               weights=[torch.zeros(3, 3), torch.eye(3)])
+    >>> out = affinity_sensitivity(cap, level=0.01)     # F = A_hat Z: gain 1
+    >>> round(out["gain"], 6)
+    1.0
     """
     if capture.affinity is None or capture.z is None or capture.weights is None:
         raise ValueError(f"{capture.path}: needs the affinity, Z and the weights")
