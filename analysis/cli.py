@@ -1,0 +1,235 @@
+"""Command line: ``python -m analysis COMMAND`` (also installed as ``graphfilters``).
+
+Commands
+--------
+``train``
+    Train a PreResNet with a nonlocal block and write a checkpoint.
+``analyze CHECKPOINT``
+    Load a checkpoint (``torch.load(weights_only=True)``), run :func:`analysis.analyze` on its
+    test data and print the table (optionally as CSV/JSON).
+``report CHECKPOINT --out DIR``
+    Write a Markdown report with figures, the analysis table and the run's configuration.
+``derive NAME``
+    Print the derivation of a block from the Chebyshev filter, as text or LaTeX.
+``demo``
+    The main job: derive every block, train small NL and SNL models on the digits (reusing
+    checkpoints), analyse them and write ``out/report.md``.
+
+Errors are one line on stderr and exit status 2, not a traceback (``--traceback`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from graphfilters.specs import BLOCK_NAMES, NL_MODES
+
+__all__ = ["main", "build_parser"]
+
+DATASETS = ("digits", "long_range", "cifar10", "cifar100")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1' ... (default auto)")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="directory of the CIFAR python-pickle files (cifar10/cifar100 only; "
+                        "nothing is downloaded)")
+    p.add_argument("--samples", type=int, default=64,
+                   help="test images analysed (default 64)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m analysis``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Nonlocal blocks as graph filters: train, analyse, report, derive, demo.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a PreResNet with a nonlocal block",
+                       description="Train a pre-activation ResNet with a nonlocal block inserted "
+                                   "(default: first stage, after the second residual unit) and "
+                                   "write a checkpoint that 'analyze' and 'report' read.")
+    p.add_argument("--block", default="snl", choices=(*BLOCK_NAMES, "none"),
+                   help="block table name, or 'none' for the plain ResNet (default snl)")
+    p.add_argument("--mode", default=None, choices=tuple(NL_MODES),
+                   help="variant of the 'nl' block")
+    p.add_argument("--depth", type=int, default=20, help="ResNet depth 6n+2 (default 20)")
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage (16)")
+    p.add_argument("--stage", type=int, default=1, help="stage (1-3) of the block (default 1)")
+    p.add_argument("--position", type=int, default=2,
+                   help="insert the block after this residual unit of the stage (default 2)")
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (digits)")
+    p.add_argument("--image-size", type=int, default=16,
+                   help="side of the digits / long-range images (default 16)")
+    p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--milestones", type=float, nargs="*", default=None,
+                   help="epochs of the x0.1 learning-rate drops (default: 50%% and 75%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--out", default="out/checkpoints/model.pt", help="checkpoint file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+
+    p = sub.add_parser("analyze", help="analyse the nonlocal blocks of a checkpoint",
+                       description="Run the spectral, response and stability analysis on the "
+                                   "checkpoint's test images and print one row per block.")
+    p.add_argument("checkpoint", help="file written by 'train' or save_checkpoint")
+    _add_data_options(p)
+    p.add_argument("--csv", default=None, help="also write the table as CSV (needs pandas)")
+    p.add_argument("--json", default=None, help="also write the table as JSON")
+    _add_common(p)
+
+    p = sub.add_parser("report", help="write a Markdown report with figures",
+                       description="Write DIR/report.md with spectra, responses, attention maps "
+                                   "on real inputs, robustness curves, the analysis table and "
+                                   "the run's configuration.")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_data_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("derive", help="derive a block from the Chebyshev filter",
+                       description="Print the derivation of a block as a special case of the "
+                                   "Chebyshev graph filter, with the proof result.")
+    p.add_argument("name", choices=(*BLOCK_NAMES, "all"), help="block table name, or 'all'")
+    p.add_argument("--mode", default=None, choices=tuple(NL_MODES), help="variant of 'nl'")
+    p.add_argument("--latex", action="store_true", help="print LaTeX (an align environment)")
+    p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("demo", help="the main job: derive, train, analyse, report",
+                       description="Derive every block (LaTeX saved), train PreResNets with an "
+                                   "NL and an SNL block on the digits (checkpoints reused when "
+                                   "present), analyse both and write OUT/report.md.")
+    p.add_argument("--out", default="out", help="output directory (default out)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    p.add_argument("--retrain", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--quick", action="store_true",
+                   help="a fast smoke run (tiny training); the report says so")
+    _add_common(p)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from graphfilters.training import TrainConfig, train
+
+    data: dict = {"name": args.dataset}
+    if args.dataset in ("digits", "long_range"):
+        data["size"] = args.image_size
+    elif args.data_dir is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir (the directory of the "
+                         "python-pickle files; nothing is downloaded)")
+    if args.data_dir is not None:
+        data["root"] = args.data_dir
+    model = {"depth": args.depth, "width": args.width,
+             "block": None if args.block == "none" else args.block,
+             "block_stages": [args.stage], "block_positions": [args.position]}
+    if args.mode is not None:
+        if args.block != "nl":
+            raise ValueError("--mode applies to --block nl only")
+        model["block_options"] = {"mode": args.mode}
+    milestones = args.milestones
+    if milestones is None:
+        milestones = (round(args.epochs * 0.5), round(args.epochs * 0.75))
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        milestones=tuple(m for m in milestones if 0 < m < args.epochs), seed=args.seed,
+        device=args.device, max_steps=args.max_steps, progress=not args.quiet,
+    )
+    result = train(model, config, data=data, out=args.out)
+    acc = result.test_accuracy
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"test accuracy: {acc:.4f}" if acc is not None else "test accuracy: not evaluated")
+    if result.diverged:
+        print(f"diverged: {result.divergence}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .report import load_for_analysis
+
+    return load_for_analysis(args.checkpoint, device=args.device, data_dir=args.data_dir,
+                             samples=args.samples)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+
+    loaded = _load(args)
+    rows = analyze(loaded.model, loaded.inputs, labels=loaded.labels)
+    print(rows.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows.to_records(), indent=1, default=str))
+        print(f"wrote {args.json}")
+    if args.csv:
+        rows.to_frame().to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    loaded = _load(args)
+    path = write_report(args.out, {loaded.name: loaded})
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_derive(args: argparse.Namespace) -> int:
+    from graphfilters.symbolic import derive
+
+    names = BLOCK_NAMES if args.name == "all" else (args.name,)
+    if args.mode is not None and args.name != "nl":
+        raise ValueError("--mode applies to 'nl' only")
+    ok = True
+    for name in names:
+        d = derive(name, mode=args.mode) if name == "nl" else derive(name)
+        print(d.to_latex() if args.latex else d)
+        print()
+        ok &= bool(d.verified)
+    return 0 if ok else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    path = run_demo(args.out, epochs=args.epochs, retrain=args.retrain, quick=args.quick,
+                    device=args.device)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "analyze": _cmd_analyze, "report": _cmd_report,
+            "derive": _cmd_derive, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
+        if getattr(args, "traceback", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

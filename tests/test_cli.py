@@ -1,0 +1,81 @@
+"""The command line, run as users run it (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("train", "analyze", "report", "derive", "demo")
+
+
+def run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def test_help():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in COMMANDS:
+        assert cmd in out.stdout
+    for cmd in COMMANDS:
+        sub = run(cmd, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert sub.stdout.startswith("usage: python -m analysis " + cmd)
+
+
+def test_derive_prints_verified_text_and_latex():
+    out = run("derive", "all")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("VERIFIED") >= 9
+    latex = run("derive", "gsnl", "--latex")
+    assert latex.returncode == 0 and r"\begin{align" in latex.stdout
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    missing = run("analyze", str(tmp_path / "nope.pt"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: no checkpoint at")
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(b"not a checkpoint at all")
+    bad = run("report", str(foreign), "--out", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "not a" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = run("derive", "transformer")
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+    cifar = run("train", "--dataset", "cifar10")
+    assert cifar.returncode == 2 and "--data-dir" in cifar.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "snl.pt"
+    res = run("train", "--block", "snl", "--depth", "8", "--width", "4", "--position", "1",
+              "--image-size", "8",
+              "--epochs", "1", "--max-steps", "3", "--batch-size", "32", "--device", "cpu",
+              "--quiet", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert out.is_file() and "test accuracy" in res.stdout
+    return out
+
+
+def test_train_analyze_report(tiny_checkpoint, tmp_path):
+    res = run("analyze", str(tiny_checkpoint), "--samples", "8", "--device", "cpu",
+              "--json", str(tmp_path / "t.json"))
+    assert res.returncode == 0, res.stderr
+    assert "snl" in res.stdout and (tmp_path / "t.json").is_file()
+    rep = run("report", str(tiny_checkpoint), "--out", str(tmp_path / "rep"), "--samples", "8",
+              "--device", "cpu")
+    assert rep.returncode == 0, rep.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "![" in text and "snl" in text
+    for line in text.splitlines():
+        if line.startswith("!["):
+            target = line[line.index("(") + 1: line.rindex(")")]
+            assert (tmp_path / "rep" / target).is_file(), target

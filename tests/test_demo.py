@@ -1,0 +1,32 @@
+"""The demo pipeline end to end, with tiny settings (the real run is `make demo`)."""
+
+from __future__ import annotations
+
+import re
+
+import analysis.demo as demo
+from graphfilters.training import TrainConfig
+
+
+def test_demo_writes_a_complete_report(tmp_path, monkeypatch):
+    def tiny(quick=False, epochs=None):
+        cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, max_steps=2, seed=0,
+                          progress=False).to_dict()
+        return {"depth": 8, "width": 4, "block_positions": [1]}, cfg, {"name": "digits", "size": 8}
+
+    monkeypatch.setattr(demo, "demo_settings", tiny)
+    path = demo.run_demo(tmp_path, device="cpu")
+    text = path.read_text()
+    assert text.count("| verified |") == 12 and "FAILED" not in text
+    assert len(list((tmp_path / "derivations").glob("*.tex"))) == 12
+    for name in ("nl", "snl"):
+        assert f"## Model `{name}`" in text
+        assert (tmp_path / "checkpoints" / f"{name}.pt").is_file()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "figures/photo_affinities.png" in figures and "figures/robustness.png" in figures
+    for fig in figures:
+        assert (tmp_path / fig).stat().st_size > 5000, fig
+    # a second run reuses the checkpoints (same configuration)
+    mtime = (tmp_path / "checkpoints" / "snl.pt").stat().st_mtime
+    demo.run_demo(tmp_path, device="cpu")
+    assert (tmp_path / "checkpoints" / "snl.pt").stat().st_mtime == mtime
