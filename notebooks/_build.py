@@ -243,6 +243,8 @@ NB02 = [
     import torch.nn.functional as F
     from sklearn.datasets import load_sample_images
 
+    from analysis.capture import Capture
+    from analysis.plots import plot_affinity_rows, plot_spectrum
     from graphfilters import graph, kernels
 
     H, W = 24, 32
@@ -285,8 +287,8 @@ NB02 = [
         return (X - X.mean(0)) / X.std(0)
 
 
-    def affinities(im):
-        X = node_features(im)
+    def affinities(im, batch=False):
+        X = node_features(im)[None] if batch else node_features(im)  # (1, N, 5) for a batch
         theta, phi = X @ W_theta, X @ W_phi
         return {
             "NL": kernels.embedded_gaussian(theta, phi, scale="sqrt"),
@@ -324,7 +326,7 @@ NB02 = [
     disk, complex in general; the Laplacian $L_{rw} = I - A$ has $\lambda = 1 - \mu$ in the
     disk $|\lambda - 1| \le 1$. There is no real frequency axis to speak of. Here the
     imaginary parts are small because $W_\phi$ is close to $W_\theta$; with an independent
-    $W_\phi$ they are larger (orange).
+    $W_\phi$ they are larger (second panel).
 
     **A²: rank $\le m$.** All but $m$ eigenvalues are zero; the nonzero ones come from an
     $m \times m$ problem.
@@ -343,23 +345,12 @@ NB02 = [
     W_phi_indep = rng.standard_normal((5, C_s)) / np.sqrt(5)
     mu_nl_indep = kernels.embedded_gaussian(X @ W_theta, X @ W_phi_indep, scale="sqrt").eigvals()
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    circle = np.exp(1j * np.linspace(0, 2 * np.pi, 200))
-    for ax in axes[:2]:
-        ax.plot(circle.real, circle.imag, color="0.7", lw=1)
-        ax.set_aspect("equal")
-        ax.set_xlabel("Re")
-        ax.set_ylabel("Im")
-    axes[0].scatter(mu_nl.real, mu_nl.imag, s=8, label=r"$W_\phi \approx W_\theta$")
-    axes[0].scatter(mu_nl_indep.real, mu_nl_indep.imag, s=8, label=r"independent $W_\phi$")
-    axes[0].legend(loc="lower left", fontsize=8)
-    axes[0].set_title("NL: eigenvalues of A (complex plane)")
-    axes[1].scatter(mu_a2.real, mu_a2.imag, s=8)
-    axes[1].set_title("A2: eigenvalues of A (complex plane)")
-    axes[2].hist(lam_snl, bins=60, range=(0, 2))
-    axes[2].set_yscale("log")
-    axes[2].set_title("SNL: eigenvalues of $L_{sym}$ (real)")
-    axes[2].set_xlabel(r"$\lambda$")
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    plot_spectrum(mu_nl, ax=axes[0], title=r"NL, $W_\phi \approx W_\theta$: eigenvalues of A")
+    plot_spectrum(mu_nl_indep, ax=axes[1], title=r"NL, independent $W_\phi$")
+    plot_spectrum(mu_a2, ax=axes[2], title="A2: eigenvalues of A")
+    plot_spectrum(lam_snl, ax=axes[3], bins=60, range=(0, 2), title="SNL: eigenvalues of $L_{sym}$")
+    axes[3].set_yscale("log")
     plt.tight_layout()
     plt.show()
 
@@ -409,31 +400,18 @@ NB02 = [
     """),
     code("""
     queries = [(5, 5), (12, 16), (20, 8), (8, 26)]
-
-
-    def draw_rows(im, ops, queries):
-        fig, axes = plt.subplots(len(ops), len(queries), figsize=(3 * len(queries), 2.3 * len(ops)))
-        for r, (name, op) in enumerate(ops.items()):
-            for c, (y, x) in enumerate(queries):
-                e = np.zeros((N, 1))
-                e[y * W + x] = 1
-                row = (op.dense().T @ e).reshape(H, W)  # row i of the operator
-                ax = axes[r, c]
-                ax.imshow(im)
-                ax.imshow(row, cmap="magma", alpha=0.65)
-                ax.plot(x, y, marker="*", color="cyan", markersize=12)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c == 0:
-                    ax.set_ylabel(name)
+    normalization = {"NL": "rw", "A2": "rw", "SNL": "sym"}
+    for image_name, im in images.items():
+        fig, axes = plt.subplots(3, len(queries), figsize=(3 * len(queries), 7))
+        for r, (name, a) in enumerate(affinities(im, batch=True).items()):
+            # A Capture wraps a hand-made affinity for the plotting functions.
+            cap = Capture(name, "adapter", name, a, normalization[name], spatial_shape=(H, W),
+                          n_samples=1)
+            plot_affinity_rows(cap, queries, image=im, ax=axes[r], cmap="magma")
+            axes[r, 0].set_ylabel(name)
+        fig.suptitle(f"rows of the operator over '{image_name}'")
         plt.tight_layout()
         plt.show()
-
-
-    for name, im in images.items():
-        a = affinities(im)
-        draw_rows(im, {"NL": a["NL"].normalized("rw"), "A2": a["A2"].normalized("rw"),
-                       "SNL": a["SNL"].normalized("sym")}, queries)
     """),
     md(r"""
     NL's softmax rows concentrate on a few similar pixels; A²'s rows are mixtures of only $m$
@@ -443,9 +421,417 @@ NB02 = [
 ]
 
 
+# ------------------------------------------------------------------------------------------
+# 03: frequency responses
+# ------------------------------------------------------------------------------------------
+
+NB03 = [
+    md(r"""
+    # 03 — Frequency responses: block types and trained blocks
+
+    On an eigenvector of the block's Laplacian with eigenvalue (frequency) $\lambda$, a block
+    multiplies the channels by the matrix
+
+    $$
+    H(\lambda) = \sum_{k=0}^{K} T_k\!\left(\tfrac{2\lambda}{\lambda_{max}} - 1\right) W^L_k
+    = \sum_{k=0}^{K} T_k(1 - \lambda)\, W_k \quad (\lambda_{max} = 2,\ \text{affinity form}).
+    $$
+
+    1. **Block types** (`graphfilters.symbolic.response`): the scalar response $h(\lambda)$
+       each block can express. NL, A², CC, DNL and CGNL have one weight, so one fixed shape
+       times a scale; NS is a pure high-pass; SNL and gSNL have a free coefficient per term.
+    2. **Trained blocks** (`analysis`): two tiny PreResNet-8 models (one NL, one SNL block
+       after the first residual unit) trained for a few epochs on scikit-learn's digits,
+       upscaled to $16 \times 16$, on the CPU. Their affinities are captured on test images;
+       the response is drawn with the captured eigenvalues marked.
+
+    These models are deliberately tiny (a few seconds of training): the point is the
+    analysis pipeline and the shapes of the responses, not the accuracy. If `make demo` has
+    been run, its checkpoints in `../out` are used instead.
+    """),
+    code("""
+    import time
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from analysis import analyze
+    from analysis.capture import capture
+    from analysis.plots import plot_affinity_rows, plot_energy, plot_response, plot_spectrum
+    from analysis.response import block_response
+    from graphfilters.data import get_dataset
+    from graphfilters.specs import BLOCK_NAMES
+    from graphfilters.symbolic import latex, response, response_function
+    from graphfilters.training import TrainConfig, load_model, train
+
+    torch.manual_seed(0)
+    lam = np.linspace(0, 2, 201)
+    """),
+    md(r"""
+    ## 1. What each block type can express
+
+    Single-weight blocks are drawn for unit weight; for SNL and gSNL a few weight choices
+    show that one block can be low-pass, high-pass or band-pass. CGNL uses no normalization,
+    so its $\lambda_{max}$ is not fixed (here 2 for the picture).
+    """),
+    code("""
+    examples = {
+        "snl": [dict(w_0=1.0, w_1=1.0), dict(w_0=1.0, w_1=-1.0), dict(w_0=0.5, w_1=0.0)],
+        "gsnl": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
+        "gsnl_stable": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
+        "cgnl": [dict(lambda_max=2.0)],
+    }
+    fig, axes = plt.subplots(3, 3, figsize=(12, 9), sharex=True)
+    for ax, name in zip(axes.flat, BLOCK_NAMES):
+        for params in examples.get(name, [{}]):
+            label = ", ".join(f"{k}={v:g}" for k, v in params.items()) or "unit weight"
+            ax.plot(lam, response_function(name, **params)(lam), label=label)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.set_title(f"{name}:  $h = {latex(response(name))}$", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel(r"$\\lambda$")
+    plt.tight_layout()
+    plt.show()
+    """),
+    md(r"""
+    ## 2. Two tiny trained models
+
+    PreResNet-8 (width 8) with an NL or an SNL block after the first residual unit of stage 1
+    (feature maps $16 \times 16$, so $N = 256$ nodes), SGD for 3 epochs on the digits (the
+    learning rate drops ×0.1 for the last one).
+    """),
+    code("""
+    data = get_dataset({"name": "digits", "size": 16})
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.5, milestones=(2,),
+                         device="cpu", amp=False, progress=False)
+
+
+    def saved_model(block):
+        for path in sorted(Path("../out").glob("**/*.pt")):
+            try:
+                model = load_model(path)
+            except (ValueError, FileNotFoundError):
+                continue
+            if getattr(model, "config", {}).get("block") == block:
+                return model, f"loaded {path}"
+        return None, ""
+
+
+    models = {}
+    for block in ("nl", "snl"):
+        model, how = saved_model(block)
+        if model is None:
+            start = time.perf_counter()
+            result = train({"depth": 8, "width": 8, "block": block, "block_positions": 1},
+                           config, data=data)
+            model = result.model
+            how = (f"trained {time.perf_counter() - start:.0f} s, "
+                   f"test accuracy {result.test_accuracy:.3f}")
+        models[block] = model.eval()
+        print(f"{block}: {how}; nonlocal blocks at {model.nonlocal_paths}")
+    """),
+    md(r"""
+    ## 3. Capture the affinities on test images
+
+    `analysis.capture.capture` runs the model on a batch and records, for every nonlocal
+    block, the affinity *as a structure* (softmax factors for NL, low-rank factors for SNL:
+    no $N \times N$ matrix), the signal $Z$ and the affinity-form weights $W_k$.
+    """),
+    code("""
+    x_test, y_test = data.tensors("test")
+    x = x_test[:8]
+    captures = {name: next(iter(capture(model, x, progress=False).values()))
+                for name, model in models.items()}
+    for name, cap in captures.items():
+        print(f"{name}: {cap.path}  {type(cap.affinity).__name__}  normalization={cap.normalization}"
+              f"  order={cap.order}  spatial={cap.spatial_shape}  samples={cap.n_samples}")
+    """),
+    md(r"""
+    ## 4. Responses of the trained blocks, with the captured eigenvalues
+
+    The curves are the singular values of $H(\lambda)$ over $[0, 2]$; the dots are the
+    largest gain $\sigma_1(H(\lambda_i))$ at the eigenvalues $\lambda_i$ of the captured
+    Laplacians (8 images). NL's eigenvalues are complex: they are drawn at their real part
+    (their gain is evaluated at the complex value). NL can only scale the line $1 - \lambda$:
+    its response vanishes at $\lambda = 1$, where SNL's learned order-0 term keeps a gain.
+    """),
+    code("""
+    responses = {name: block_response(cap) for name, cap in captures.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, (name, r) in zip(axes, responses.items()):
+        plot_response(r, ax=ax, title=f"{name}: {r.label}")
+        for ev, g in zip(r.eigenvalues, r.gains_at_eigenvalues):
+            ax.scatter(np.real(ev), g, s=8, color="C3", zorder=3)
+    plt.tight_layout()
+    plt.show()
+    for name, r in responses.items():
+        print(name, r.label, {k: round(v, 3) for k, v in r.stats.items()})
+    """),
+    md(r"""
+    Where does the signal live? The energy of $Z$ and of the filter output per graph frequency
+    (graph Fourier transform in the eigenbasis of $\hat A$; for NL in the eigenbasis of its
+    symmetrized operator), as shares of three bands of $[0, 2]$:
+    """),
+    code("""
+    bands = ("low [0, 2/3)", "mid [2/3, 4/3)", "high [4/3, 2]")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+    for ax, (name, r) in zip(axes, responses.items()):
+        plot_energy(r.energy_z, ax=ax, label="Z (filter input)")
+        plot_energy(r.energy_out, ax=ax, label="F (filter output)")
+        ax.set_title(f"{name}: graph-frequency energy ({r.energy_z.basis})")
+        ez, eo = r.energy_z.band_fractions(), r.energy_out.band_fractions()
+        print(f"{name:4s} Z  : " + "  ".join(f"{b} {v:.2f}" for b, v in zip(bands, ez)))
+        print(f"{name:4s} out: " + "  ".join(f"{b} {v:.2f}" for b, v in zip(bands, eo)))
+    plt.tight_layout()
+    plt.show()
+    """),
+    md(r"""
+    ## 5. Captured spectra and attention rows
+
+    NL's captured operator $\hat A$ has complex eigenvalues $\mu$ in the unit disk (its
+    Laplacian's are $\lambda = 1 - \mu$), SNL's Laplacian real ones in $[0, 2]$.
+    Below them, rows of $\hat A$ over the $16 \times 16$ feature map of one test digit for
+    three query positions.
+    """),
+    code(r"""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    plot_spectrum([1 - ev for ev in responses["nl"].eigenvalues], ax=axes[0],
+                  title=r"NL: eigenvalues $\mu$ of $\hat A$ (complex)")
+    plot_spectrum(responses["snl"].eigenvalues, ax=axes[1], bins=50, range=(0, 2),
+                  title=r"SNL: eigenvalues of $L_{sym}$ (real, in [0, 2])")
+    axes[1].set_yscale("log")
+    plt.tight_layout()
+    plt.show()
+
+    queries = [(4, 8), (8, 8), (12, 5)]
+    fig, axes = plt.subplots(2, 1 + len(queries), figsize=(11, 5.5))
+    for r, (name, cap) in enumerate(captures.items()):
+        axes[r, 0].imshow(x[0, 0], cmap="gray")
+        axes[r, 0].set_title(f"input (label {int(y_test[0])})")
+        axes[r, 0].set_axis_off()
+        plot_affinity_rows(cap, queries, image=x[0, 0], ax=axes[r, 1:], cmap="magma")
+        axes[r, 1].set_ylabel(name)
+    plt.tight_layout()
+    plt.show()
+    """),
+    md(r"""
+    ## 6. Everything at once: `analysis.analyze`
+
+    One call per model gives one row per nonlocal block: the spectrum (with the eigen-solver
+    it chose), affinity metrics, the response class, Tao et al.'s spectrum, the linearized
+    stability and the Jacobian norm (notebook 04 explains these), with a `status` and a
+    `reason` for anything that could not be computed.
+    """),
+    code("""
+    import pandas as pd
+
+    tables = {name: analyze(model, x, labels=y_test[:8], progress=False)
+              for name, model in models.items()}
+    for name, table in tables.items():
+        print(f"--- {name}")
+        print(table.summary())
+    columns = ["block", "status", "affinity", "spectrum_method", "lambda_max", "complex_share",
+               "asymmetry", "response_class", "stability_radius", "jacobian_norm"]
+    pd.concat([t.to_frame() for t in tables.values()])[columns]
+    """),
+]
+
+# ------------------------------------------------------------------------------------------
+# 04: robustness and stacking
+# ------------------------------------------------------------------------------------------
+
+NB04 = [
+    md(r"""
+    # 04 — Robustness and stacking: NL, NS and SNL
+
+    Tao et al. (NeurIPS 2018) analysed trained nonlocal blocks through the eigenvalues of the
+    symmetric part of their weight matrices and reported that adding more nonlocal blocks
+    caused convergence problems; the SNL paper argues that its normalized, symmetric affinity
+    makes stacking safe. This notebook measures, for three blocks:
+
+    1. **Tao et al.'s spectrum**: eigenvalues of $\operatorname{sym}(G W_1 S)$, the block's
+       effective channel map ($G$ the value projection, $W_1$ the nonlocal weight, $S$ the
+       output BN scale); negative eigenvalues damp.
+    2. **Linearized growth**: with the affinity fixed, on a frequency $\lambda$ the block maps
+       channels by $M(\lambda) = I + G H(\lambda) S$; a stack of $n$ copies sharing the
+       affinity grows like $\max_\lambda \|M(\lambda)^n\|_2$.
+    3. **Jacobian norms** of real stacks of $k = 1, 2, 4, 8$ blocks, estimated by power
+       iteration with autograd.
+
+    **What the models are** (stated honestly): parts 1–2 use tiny PreResNet-8 models
+    (width 8) with one NL, NS or SNL block, trained for 3 epochs on the digits ($16 \times 16$)
+    on the CPU — far from the paper's CIFAR setup, so the numbers illustrate the measurements,
+    not the paper's claims. Part 3 uses *untrained* stacks whose output BN scales are set to
+    1 instead of 0 (a new block is the identity; setting the scale to 1 turns its filter on),
+    with the default random initialization of every other weight.
+    """),
+    code("""
+    import time
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from analysis import analyze
+    from analysis.capture import capture
+    from analysis.plots import plot_growth
+    from analysis.robustness import jacobian_spectral_norm, linearized_stability, tao_spectrum
+    from graphfilters.blocks import make_block
+    from graphfilters.data import get_dataset
+    from graphfilters.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    data = get_dataset({"name": "digits", "size": 16})
+    x_test, _ = data.tensors("test")
+    x = x_test[:8]
+    BLOCKS = ("nl", "ns", "snl")
+    """),
+    md("## 1. Three briefly trained models"),
+    code("""
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.1, warmup_epochs=0.5, milestones=(2,),
+                         device="cpu", amp=False, progress=False)
+    models, captures = {}, {}
+    for block in BLOCKS:
+        start = time.perf_counter()
+        result = train({"depth": 8, "width": 8, "block": block, "block_positions": 1}, config,
+                       data=data)
+        models[block] = result.model.eval()
+        captures[block] = next(iter(capture(result.model, x, progress=False).values()))
+        print(f"{block:3s} trained in {time.perf_counter() - start:4.0f} s, "
+              f"test accuracy {result.test_accuracy:.3f}, diverged: {result.diverged}")
+    """),
+    md(r"""
+    ## 2. Tao et al.'s eigenvalues
+
+    The eigenvalues of the symmetric part of the effective channel map $G W_1 S$ (with the BN
+    scale $S$ of the trained block). Tao et al. found most of them negative in trained NL
+    blocks (a damping effect).
+    """),
+    code("""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, block in enumerate(BLOCKS):
+        t = tao_spectrum(captures[block])
+        c_s, c = captures[block].weights[1].shape
+        ax.scatter(t.eigenvalues, np.full(t.eigenvalues.shape, i), s=14)
+        print(f"{block:3s} C = {c}, C_s = {c_s}: negative share {t.negative_share:.2f}  "
+              f"range [{t.eigenvalues.min():+.3f}, {t.eigenvalues.max():+.3f}]")
+    ax.axvline(0, color="0.6", lw=0.8)
+    ax.set_yticks(range(len(BLOCKS)), [b.upper() for b in BLOCKS])
+    ax.set_xlabel(r"eigenvalues of sym$(G W_1 S)$")
+    plt.tight_layout()
+    plt.show()
+    """),
+    md(r"""
+    **Why exactly half are negative here.** These blocks have the usual bottleneck
+    $C_s = C/2$. Then $G W_1 S = U V^T$ with $U = G$ and $V = (W_1 S)^T$ of $C_s$ columns
+    each, and its symmetric part $\tfrac12(UV^T + VU^T) = [U\ V]
+    \begin{pmatrix} 0 & I/2 \\ I/2 & 0 \end{pmatrix} [U\ V]^T$ is congruent to a matrix
+    with eigenvalues $\pm\tfrac12$, $C_s$ of each sign. By Sylvester's law of inertia it
+    has exactly $C_s$ positive and $C_s$ negative eigenvalues whenever $[U\ V]$ has full
+    rank — for *any* weights. With this bottleneck the negative share is $1/2$ by
+    construction and cannot show damping; what the training changes is the magnitudes.
+    """),
+    md(r"""
+    ## 3. Linearized growth over stacked blocks
+
+    $\max_\lambda \|M(\lambda)^n\|_2$ over the captured spectrum, for $n = 1 \dots 10$ copies
+    of each trained block sharing one affinity. For SNL (symmetric $\hat A$) this is exact;
+    for NL and NS (non-symmetric) the radius is exact and the norm a lower bound (Schur form).
+    """),
+    code("""
+    stability = {block: linearized_stability(captures[block], n_max=10) for block in BLOCKS}
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for block, st in stability.items():
+        plot_growth(st, ax=ax, label=f"{block.upper()} (radius {st.radius:.3f})")
+    ax.set_title(r"linearized growth of n stacked copies (dashed: $\\rho^n$)")
+    plt.tight_layout()
+    plt.show()
+    for block, st in stability.items():
+        print(f"{block:3s} radius {st.radius:.4f} at lambda = {st.argmax_lambda:.3f}; {st.how}")
+    """),
+    md(r"""
+    ## 4. Jacobian norms of real stacks
+
+    Stacks of $k$ independent blocks (NL, SNL) or one nonlocal stage of $k$ units sharing
+    its affinity (NS, its native form), on the 8-channel $16 \times 16$ features of the
+    trained NL model's first stage. Untrained weights, output BN scale set to 1. The
+    spectral norm of the Jacobian of the whole stack is estimated at those features.
+    """),
+    code("""
+    features = captures["nl"].input  # (8, C, 16, 16): the input of the NL model's block
+    C = features.shape[1]
+
+
+    def stack(block, k, seed=0):
+        torch.manual_seed(seed)
+        if block == "ns":
+            net = make_block("ns", C, n_units=k)
+        else:
+            net = torch.nn.Sequential(*[make_block(block, C) for _ in range(k)])
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(module.weight)
+        return net.eval()
+
+
+    depths = (1, 2, 4, 8)
+    norms = {block: [jacobian_spectral_norm(stack(block, k), features[:2], n_iter=30)
+                     for k in depths] for block in BLOCKS}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for block, values in norms.items():
+        ax.semilogy(depths, values, marker="o", label=block.upper())
+    ax.set_xlabel("blocks in the stack k")
+    ax.set_ylabel("Jacobian spectral norm")
+    ax.legend()
+    plt.tight_layout()
+    plt.show()
+    for block, values in norms.items():
+        print(f"{block:3s} " + "  ".join(f"k={k}: {v:.3f}" for k, v in zip(depths, values)))
+    """),
+    md(r"""
+    ## 5. The same numbers from `analysis.analyze`
+
+    `analyze` computes all of the above (and the affinity metrics) for every nonlocal block
+    of a model in one call; here, the three trained models on the same 8 test images.
+    """),
+    code("""
+    import pandas as pd
+
+    frames = [analyze(models[b], x, progress=False).to_frame() for b in BLOCKS]
+    columns = ["block", "status", "spectrum_method", "complex_share", "tao_negative_share",
+               "tao_min", "tao_max", "stability_radius", "stability_norm", "jacobian_norm",
+               "noise_gain", "affinity_gain"]
+    pd.concat(frames, ignore_index=True)[columns]
+    """),
+    md(r"""
+    ## Reading the results
+
+    - The linearized growth is governed by $\max_\lambda \rho(M(\lambda))$: above 1, a stack
+      of copies sharing the affinity eventually amplifies some frequency geometrically. The
+      channel maps $M(\lambda)$ need not be normal, so for small $n$ the growth can exceed
+      $\rho^n$ (the dashed lines).
+    - For SNL the decomposition over frequencies is exact (symmetric $\hat A$, orthonormal
+      eigenvectors, $\mu \in [-1, 1]$), so its curve *is* the growth of the linearized stack.
+      For NL and NS the softmax operator is non-symmetric with complex eigenvalues: the
+      radius is exact but the plotted growth is only a lower bound — the non-normality of
+      $\hat A$ itself can add transient growth that no per-frequency number shows.
+    - The Jacobian norms of real stacks include everything the linearization leaves out (the
+      affinity depends on the input, ReLUs, BN shifts).
+    - These are tiny, briefly trained or untrained models: treat the numbers as a
+      demonstration of the measurements. Run the same cells on your own checkpoints (see
+      `docs/howto-analyse-your-model.md`) for real conclusions.
+    """),
+]
+
+
 NOTEBOOKS = {
     "01_unified_view.ipynb": (NB01, "nb01"),
     "02_spectra_on_real_images.ipynb": (NB02, "nb02"),
+    "03_filter_responses.ipynb": (NB03, "nb03"),
+    "04_robustness_and_stacking.ipynb": (NB04, "nb04"),
 }
 
 

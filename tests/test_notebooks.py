@@ -55,21 +55,27 @@ def _kernel_manager():
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S + 60)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    # The kernel inherits this environment: no GUI backend, and one thread per kernel so
+    # The kernel inherits this environment. Matplotlib's inline backend is headless (no GUI)
+    # and, unlike "Agg", renders every figure at the end of its cell, so a figure that
+    # cannot be drawn (bad mathtext, wrong shapes) fails the test. One thread per kernel so
     # that notebooks running side by side (pytest -n 2) do not oversubscribe the cores.
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Run from a scratch folder: nothing is written into the repository, and notebook 03
+    # does not pick up checkpoints that `make demo` may have left in ../out.
+    workdir = tmp_path / "notebooks"
+    workdir.mkdir()
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb,
         km=_kernel_manager(),
         timeout=TIMEOUT_S,
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+        resources={"metadata": {"path": str(workdir)}},
         allow_errors=False,
     )
     start = time.perf_counter()
