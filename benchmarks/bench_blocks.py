@@ -92,8 +92,8 @@ def worker(spec: dict) -> dict:
         y = _step(module, x)
         first = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    times = [first]
-    for _ in range(spec["repeat"] - 1):
+    times = []                       # the first call warms up; slow cases are timed once
+    for _ in range(spec["repeat"] if first < 5 else 1):
         t0 = time.perf_counter()
         _step(module, x)
         sync()
@@ -130,8 +130,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--quick", action="store_true", help="small maps (smoke test)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="CPU thread counts to run, e.g. --threads 1 4 (default 1: on a "
+                        "shared, loaded machine multi-threaded timings of small ops measure "
+                        "OpenMP waiting more than the block)")
     parser.add_argument("--dense-limit-gb", type=float, default=8.0)
+    parser.add_argument("--sides", type=int, nargs="+", help="map sides (default 32 64 128)")
+    parser.add_argument("--blocks", nargs="+", default=["snl", "nl"], choices=("snl", "nl"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -139,42 +144,46 @@ def main() -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is available")
-    sides = (16, 32) if args.quick else (32, 64, 128)
+    sides = args.sides or ((16, 32) if args.quick else (32, 64, 128))
+    threads = args.threads
+    if args.device == "cuda":
+        threads = threads[-1:]
     where = torch.cuda.get_device_name() if args.device == "cuda" else (
-        f"CPU, {args.threads} threads, peak RSS per subprocess")
+        f"CPU ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}), "
+        "peak RSS per subprocess")
     print(f"torch {torch.__version__}; {where}; B={B}, C={C}, C_s={C_S}; forward + backward")
-    header = (f"{'block':6}{'map':>9}{'fast ms':>11}{'dense ms':>11}{'speed-up':>10}"
+    header = (f"{'block':6}{'map':>9}{'thr':>4}{'fast ms':>11}{'dense ms':>11}{'speed-up':>10}"
               f"{'fast MiB':>10}{'dense MiB':>10}{'mem ratio':>10}{'max|diff|':>11}")
     print(header)
-    for block in ("snl", "nl"):
-        for side in sides:
-            base = {"block": block, "side": side, "device": args.device,
-                    "threads": args.threads}
-            repeat = 1 if args.quick else 3
-            fast = _run_case({**base, "path": "fast", "repeat": repeat}, args.device == "cuda")
-            est = _dense_estimate_gb(block, side)
-            if est > args.dense_limit_gb:
-                dense = {"skipped": est}
-            else:
-                dense = _run_case({**base, "path": "dense", "repeat": max(1, repeat - 1)},
-                                  args.device == "cuda")
-            name = f"{side}x{side}"
-            if "error" in fast:
-                print(f"{block:6}{name:>9}  fast path failed: {fast['error']}")
-                continue
-            line = f"{block:6}{name:>9}{1e3 * fast['time']:11.1f}"
-            if "skipped" in dense:
-                line += (f"{'skipped':>11}{'':>10}{_fmt_mem(fast['peak']):>10}{'':>10}{'':>10}"
-                         f"   dense needs ~{dense['skipped']:.0f} GB > {args.dense_limit_gb:g} "
-                         "GB: skipped")
-            elif "error" in dense:
-                line += f"  dense failed: {dense['error']}"
-            else:
-                line += (f"{1e3 * dense['time']:11.1f}{dense['time'] / fast['time']:9.1f}x"
-                         f"{_fmt_mem(fast['peak']):>10}{_fmt_mem(dense['peak']):>10}"
-                         f"{dense['peak'] / max(fast['peak'], 1):9.1f}x"
-                         f"{dense['diff']:11.1e}")
-            print(line, flush=True)
+    cases = [(b, s, t) for b in args.blocks for s in sides for t in threads]
+    for block, side, n_threads in cases:
+        base = {"block": block, "side": side, "device": args.device,
+                "threads": n_threads}
+        repeat = 1 if args.quick else 3         # timed calls after a warm-up call
+        fast = _run_case({**base, "path": "fast", "repeat": repeat}, args.device == "cuda")
+        est = _dense_estimate_gb(block, side)
+        if est > args.dense_limit_gb:
+            dense = {"skipped": est}
+        else:
+            dense = _run_case({**base, "path": "dense", "repeat": max(1, repeat - 1)},
+                              args.device == "cuda")
+        name = f"{side}x{side}"
+        if "error" in fast:
+            print(f"{block:6}{name:>9}  fast path failed: {fast['error']}")
+            continue
+        line = f"{block:6}{name:>9}{n_threads:4d}{1e3 * fast['time']:11.1f}"
+        if "skipped" in dense:
+            line += (f"{'skipped':>11}{'':>10}{_fmt_mem(fast['peak']):>10}{'':>10}{'':>10}"
+                     f"   dense needs ~{dense['skipped']:.0f} GB > {args.dense_limit_gb:g} "
+                     "GB: skipped")
+        elif "error" in dense:
+            line += f"  dense failed: {dense['error']}"
+        else:
+            line += (f"{1e3 * dense['time']:11.1f}{dense['time'] / fast['time']:9.1f}x"
+                     f"{_fmt_mem(fast['peak']):>10}{_fmt_mem(dense['peak']):>10}"
+                     f"{dense['peak'] / max(fast['peak'], 1):9.1f}x"
+                     f"{dense['diff']:11.1e}")
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
