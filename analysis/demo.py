@@ -104,7 +104,7 @@ def image_section(out: Path, size: tuple[int, int] = (30, 40), channels: int = 8
     }
     fig = Figure(figsize=(12, 7), layout="constrained")
     grid = fig.subplots(2, 4)
-    queries = [(8, 10), (20, 30), (25, 8)]
+    queries = [(h * 8 // 30, w // 4), (h * 2 // 3, w * 3 // 4), (h * 5 // 6, w // 5)]
     facts = []
     for r, (name, cap) in enumerate(caps.items()):
         op = "normalized" if name == "NL" else "laplacian"
@@ -143,7 +143,9 @@ def _reusable(path: Path, model: dict, train_cfg: dict, data: dict) -> str | Non
     stored_model = ckpt.get("model_config") or {}
     if any(stored_model.get(k) != v for k, v in model.items()):
         return "model configuration changed"
-    if (ckpt.get("train_config") or {}) != train_cfg:
+    ignore = ("device", "progress", "num_workers")  # where and how verbosely, not what
+    stored_train = {k: v for k, v in (ckpt.get("train_config") or {}).items() if k not in ignore}
+    if stored_train != {k: v for k, v in train_cfg.items() if k not in ignore}:
         return "training configuration changed"
     if (ckpt.get("data") or {}).get("options", {}).get("size") != data["size"]:
         return "data changed"
@@ -160,8 +162,27 @@ def run_demo(
     quick: bool = False,
     device: str = "auto",
     blocks: tuple[str, ...] = ("nl", "snl"),
+    image_size: tuple[int, int] = (30, 40),
 ) -> Path:
-    """Run the whole demo and return the path of ``report.md``."""
+    """Run the whole demo and return the path of ``report.md``.
+
+    Parameters
+    ----------
+    out : path
+        Output directory: ``report.md``, ``figures/``, ``derivations/``, ``checkpoints/``.
+    epochs : int, optional
+        Training epochs per model (default 12; 1 with ``quick``).
+    retrain : bool
+        Train even when a checkpoint with the same configuration exists.
+    quick : bool
+        A smoke run (15 optimizer steps per model); the report says so.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` ...
+    blocks : tuple of str
+        Block table names of the trained models.
+    image_size : (int, int)
+        Resolution of the photograph whose affinities are compared.
+    """
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +190,7 @@ def run_demo(
     print("[1/5] deriving every block from the Chebyshev filter", flush=True)
     intro = derivation_section(out)
     print("[2/5] NL and SNL affinities on a real photograph", flush=True)
-    intro += image_section(out)
+    intro += image_section(out, size=image_size)
     model_base, train_cfg, data = demo_settings(quick, epochs)
     train_cfg["device"] = device
     models: dict[str, Any] = {}

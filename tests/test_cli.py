@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from analysis.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("train", "analyze", "report", "derive", "demo")
@@ -24,10 +27,20 @@ def test_help():
     assert out.returncode == 0
     for cmd in COMMANDS:
         assert cmd in out.stdout
-    for cmd in COMMANDS:
-        sub = run(cmd, "--help")
-        assert sub.returncode == 0, sub.stderr
-        assert sub.stdout.startswith("usage: python -m analysis " + cmd)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help_of_each_command(cmd, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([cmd, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m analysis " + cmd)
+    for action in build_parser()._subparsers._group_actions[0].choices[cmd]._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        for flag in action.option_strings:
+            assert flag in text
 
 
 def test_derive_prints_verified_text_and_latex():
@@ -38,19 +51,21 @@ def test_derive_prints_verified_text_and_latex():
     assert latex.returncode == 0 and r"\begin{align" in latex.stdout
 
 
-def test_errors_are_one_line_without_traceback(tmp_path):
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     missing = run("analyze", str(tmp_path / "nope.pt"))
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: no checkpoint at")
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     foreign = tmp_path / "foreign.pt"
     foreign.write_bytes(b"not a checkpoint at all")
-    bad = run("report", str(foreign), "--out", str(tmp_path / "r"))
-    assert bad.returncode == 2 and "not a" in bad.stderr and "Traceback" not in bad.stderr
-    unknown = run("derive", "transformer")
-    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
-    cifar = run("train", "--dataset", "cifar10")
-    assert cifar.returncode == 2 and "--data-dir" in cifar.stderr
+    assert main(["report", str(foreign), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--dataset", "cifar10"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["derive", "transformer"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

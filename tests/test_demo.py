@@ -15,7 +15,7 @@ def test_demo_writes_a_complete_report(tmp_path, monkeypatch):
         return {"depth": 8, "width": 4, "block_positions": [1]}, cfg, {"name": "digits", "size": 8}
 
     monkeypatch.setattr(demo, "demo_settings", tiny)
-    path = demo.run_demo(tmp_path, device="cpu")
+    path = demo.run_demo(tmp_path, device="cpu", image_size=(12, 16))
     text = path.read_text()
     assert text.count("| verified |") == 12 and "FAILED" not in text
     assert len(list((tmp_path / "derivations").glob("*.tex"))) == 12
@@ -26,7 +26,10 @@ def test_demo_writes_a_complete_report(tmp_path, monkeypatch):
     assert "figures/photo_affinities.png" in figures and "figures/robustness.png" in figures
     for fig in figures:
         assert (tmp_path / fig).stat().st_size > 5000, fig
-    # a second run reuses the checkpoints (same configuration)
-    mtime = (tmp_path / "checkpoints" / "snl.pt").stat().st_mtime
-    demo.run_demo(tmp_path, device="cpu")
-    assert (tmp_path / "checkpoints" / "snl.pt").stat().st_mtime == mtime
+    # a second run would reuse the checkpoints (same configuration), not a changed one
+    model, cfg, data = tiny()
+    ckpt = tmp_path / "checkpoints" / "snl.pt"
+    assert demo._reusable(ckpt, {**model, "block": "snl"}, cfg, data) is None
+    assert demo._reusable(ckpt, {**model, "block": "snl"}, {**cfg, "lr": 0.2}, data) == (
+        "training configuration changed")
+    assert demo._reusable(tmp_path / "nope.pt", model, cfg, data) == "no checkpoint yet"
