@@ -447,7 +447,8 @@ NB03 = [
 
     These models are deliberately tiny (a few seconds of training): the point is the
     analysis pipeline and the shapes of the responses, not the accuracy. If `make demo` has
-    been run, its checkpoints in `../out` are used instead.
+    been run, its checkpoints (`../out/checkpoints/nl.pt` and `snl.pt`, PreResNet-20 models
+    trained longer) are used instead.
     """),
     code("""
     import time
@@ -510,7 +511,7 @@ NB03 = [
 
 
     def saved_model(block):
-        for path in sorted(Path("../out").glob("**/*.pt")):
+        for path in sorted(Path("../out/checkpoints").glob("*.pt")):
             try:
                 model = load_model(path)
             except (ValueError, FileNotFoundError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -58,19 +59,56 @@ def test_every_public_module_has_an_api_page():
         assert (ROOT / "docs" / target).is_file(), f"nav entry {target} has no page"
 
 
+def _cli_options() -> dict[str, set[str]]:
+    from analysis.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        name: {opt for act in p._actions if act.help != argparse.SUPPRESS
+               for opt in act.option_strings if opt.startswith("--") and opt != "--help"}
+        for name, p in sub.choices.items()
+    }
+
+
+def test_cli_page_matches_the_parser():
+    """docs/cli.md documents every command and option of `python -m analysis`, and no other."""
+    pytest.importorskip("analysis.cli")
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    intro, *sections = re.split(r"^## `(\w+)`\s*$", text, flags=re.M)
+    documented = dict(zip(sections[::2], sections[1::2]))
+    options = _cli_options()
+    assert set(documented) == set(options), "one '## `command`' section per CLI command"
+    shared = set(re.findall(r"--[a-z][a-z-]*", intro))  # --device, --traceback
+    for name, body in documented.items():
+        mentioned = set(re.findall(r"--[a-z][a-z-]*", body))
+        assert mentioned <= options[name], f"{name}: unknown {sorted(mentioned - options[name])}"
+        missing = options[name] - mentioned - shared
+        assert not missing, f"docs/cli.md does not document {name} {sorted(missing)}"
+
+
 def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.mark.parametrize("page", ["getting-started.md"])
+@pytest.mark.parametrize("page", ["getting-started.md", "howto-analyse-your-model.md"])
 def test_python_examples_run(page, tmp_path, monkeypatch):
-    """The Python examples of the guide pages run as written."""
+    """The ```python examples of the guide pages run as written, in order, in one namespace
+    (```py blocks are shown only: they need files the test does not have)."""
+    pytest.importorskip("analysis")
     monkeypatch.chdir(tmp_path)
     blocks = _python_blocks(ROOT / "docs" / page)
     assert blocks, f"no python example in docs/{page}"
     namespace: dict = {"__name__": "__docs__"}
-    for code in blocks:
-        exec(compile(code, f"docs/{page}", "exec"), namespace)  # noqa: S102
+    try:
+        for code in blocks:
+            exec(compile(code, f"docs/{page}", "exec"), namespace)  # noqa: S102
+    finally:  # adapters registered by an example must not leak into other tests
+        from analysis import unregister_adapter
+
+        for value in list(namespace.values()):
+            if isinstance(value, type):
+                unregister_adapter(value)
 
 
 @pytest.mark.slow
