@@ -127,9 +127,9 @@ class ChebyshevNonlocal(nn.Module):
     Shapes
     ------
     - **input:** ``(B, C, *spatial)`` with ``len(spatial) = dim``
-    - **output:** same as the input; with ``return_affinity=True`` also ``(B, N, N)``
-      (``(B, N, N/4^{…})`` with sub-sampled keys; ``(B, G, C_s N / G, C_s N / G)`` for
-      CGNL), ``N = prod(spatial)``.
+    - **output:** same as the input; with ``return_affinity=True`` also :math:`\hat A`,
+      ``(B, N, N)`` with ``N = prod(spatial)`` (``(B, N, N_keys)`` with sub-sampled keys;
+      ``(B, G, C_s N / G, C_s N / G)`` for CGNL's channel×position graph).
 
     Examples
     --------
