@@ -39,11 +39,11 @@ def demo_settings(quick: bool = False, epochs: int | None = None) -> tuple[dict,
     PreResNet-20 (width 16) on the digits upscaled to 16 x 16, with the block in the first
     stage after the second residual unit (the paper's CIFAR placement).
     """
-    n_epochs = epochs if epochs is not None else (1 if quick else 12)
+    n_epochs = epochs if epochs is not None else (1 if quick else 8)
     model = {"depth": 20, "width": 16}
     train_cfg = TrainConfig(
-        epochs=n_epochs, batch_size=64, lr=0.1, weight_decay=5e-4, warmup_epochs=1.0,
-        milestones=tuple(m for m in (round(0.5 * n_epochs), round(0.75 * n_epochs))
+        epochs=n_epochs, batch_size=64, lr=0.1, weight_decay=1e-4, warmup_epochs=1.0,
+        milestones=tuple(m for m in (round(0.625 * n_epochs), round(0.875 * n_epochs))
                          if 0 < m < n_epochs),
         seed=0, max_steps=15 if quick else None, amp=True,
     ).to_dict()
@@ -171,7 +171,7 @@ def run_demo(
     out : path
         Output directory: ``report.md``, ``figures/``, ``derivations/``, ``checkpoints/``.
     epochs : int, optional
-        Training epochs per model (default 12; 1 with ``quick``).
+        Training epochs per model (default 8; 1 with ``quick``).
     retrain : bool
         Train even when a checkpoint with the same configuration exists.
     quick : bool
