@@ -6,10 +6,13 @@ mkdocstrings renders docstrings as Markdown, so before rendering this extension 
 
 - ``:math:`...``` to ``$...$`` and ``.. math::`` blocks to ``$$ ... $$`` (pymdownx.arithmatex);
 - ``:func:`name```, ``:class:`~pkg.Name``` and the other Python roles to code spans;
+- reST literal blocks (``text::`` and an indented block) to fenced code blocks;
 - reST "simple tables" (columns under ``=====  =====`` borders) to Markdown tables;
-- reST definition lists whose terms are literals (``"exact"`` then an indented
-  definition) to Markdown definition lists (``def_list``). Other indented blocks, such as
-  numpydoc ``name : type`` entries, are left alone.
+- double backticks on the ``name : type`` lines of numpydoc sections (mkdocstrings already
+  shows types as code, so ````(B, N)```` would show its backticks);
+- reST definition lists (a term line, then an indented definition) to Markdown definition
+  lists (``def_list``), outside the numpydoc sections that griffe parses itself (their
+  ``name : type`` entries are left alone).
 
 It only changes what the documentation site shows; the docstrings themselves are untouched.
 Loaded by ``mkdocs.yml`` (``plugins.mkdocstrings.handlers.python.options.extensions``).
@@ -105,6 +108,15 @@ def _simple_tables(text: str) -> str:
 _LITERAL_TERM = re.compile(r"^(?P<indent>[ \t]*)``[^`]+``(?:\s*(?:/|,|or)\s*``[^`]+``)*[ \t]*$")
 
 
+_NOT_A_TERM = re.compile(r"^\s*(?:[-*+] |\d+[.)] |>>>|\.\.|\||\$\$|=+\s|[-=~^]+$)")
+
+
+def _is_term(line: str) -> bool:
+    """A line that can start a definition-list item (``term`` / an indented definition)."""
+    stripped = line.strip()
+    return bool(stripped) and not stripped.endswith("::") and not _NOT_A_TERM.match(line)
+
+
 def _indent(line: str) -> int:
     return len(line.expandtabs()) - len(line.expandtabs().lstrip())
 
@@ -140,15 +152,22 @@ def _retitle_option_sections(lines: list[str]) -> list[str]:
 
 
 def _definition_lists(text: str) -> str:
-    """``term`` lines (literals only) followed by a deeper-indented definition."""
+    """Term lines followed by a deeper-indented definition, outside numpydoc sections."""
     lines = _retitle_option_sections(text.split("\n"))
     out: list[str] = []
     section = ""
+    fenced = False
     i = 0
     while i < len(lines):
+        if lines[i].strip().startswith("```"):
+            fenced = not fenced
+        if fenced or lines[i].strip().startswith("```"):
+            out.append(lines[i])
+            i += 1
+            continue
         if i + 1 < len(lines) and lines[i].strip() and _is_underline(lines[i + 1]):
             section = lines[i].strip().lower()
-        m = None if section in _KNOWN_SECTIONS else _LITERAL_TERM.match(lines[i])
+        m = None if section in _KNOWN_SECTIONS else _is_term(lines[i])
         nxt = i + 1
         if not m or nxt >= len(lines) or not lines[nxt].strip():
             out.append(lines[i])
@@ -181,8 +200,67 @@ def _definition_lists(text: str) -> str:
     return "\n".join(out)
 
 
+def _literal_blocks(text: str) -> str:
+    """reST literal blocks (``text::`` then an indented block) to fenced code blocks."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.rstrip().endswith("::") or line.strip().startswith(".."):
+            out.append(line)
+            i += 1
+            continue
+        base = _indent(line)
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j >= len(lines) or _indent(lines[j]) <= base:
+            out.append(line)
+            i += 1
+            continue
+        body: list[str] = []
+        while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > base):
+            body.append(lines[j])
+            j += 1
+        while body and not body[-1].strip():
+            body.pop()
+        deeper = min(_indent(b) for b in body if b.strip())
+        head = line.rstrip()[:-2].rstrip()
+        if head.strip():
+            out.append(head + ("" if head.endswith(":") else ":"))
+        pad = " " * base
+        out += ["", pad + "```text"]
+        out += [(pad + b.expandtabs()[deeper:]) if b.strip() else "" for b in body]
+        out += [pad + "```", ""]
+        i = j
+    return "\n".join(out)
+
+
+_TYPED_SECTIONS = {
+    "parameters", "other parameters", "attributes", "returns", "yields", "receives", "raises",
+    "warns",
+}
+
+
+def _plain_type_lines(text: str) -> str:
+    """Drop ``double backticks`` from the entry lines (not the descriptions) of typed sections."""
+    lines = text.split("\n")
+    section, base = "", -1
+    for i, line in enumerate(lines):
+        if i + 1 < len(lines) and line.strip() and _is_underline(lines[i + 1]):
+            section, base = line.strip().lower(), _indent(line)
+            continue
+        if section in _TYPED_SECTIONS and line.strip() and _indent(line) == base:
+            if not _is_underline(line):
+                lines[i] = line.replace("``", "")
+    return "\n".join(lines)
+
+
 def rst_to_markdown(text: str) -> str:
     """Rewrite the reST roles, math directives and simple tables of a docstring as Markdown."""
+    text = _plain_type_lines(text)
+    text = _literal_blocks(text)
     text = _simple_tables(text)
     text = _definition_lists(text)
     text = _math_blocks(text)
