@@ -14,6 +14,9 @@ mkdocstrings renders docstrings as Markdown, so before rendering this extension 
   lists (``def_list``), outside the numpydoc sections that griffe parses itself (their
   ``name : type`` entries are left alone).
 
+Sphinx-style ``#:`` comments above module attributes (``BLOCKS``, ``KERNEL_NAMES``, ...) are
+read as their docstrings, so the constants appear in the API pages.
+
 It only changes what the documentation site shows; the docstrings themselves are untouched.
 Loaded by ``mkdocs.yml`` (``plugins.mkdocstrings.handlers.python.options.extensions``).
 """
@@ -277,7 +280,24 @@ def _role(m: re.Match) -> str:
 
 
 class RstRoles(griffe.Extension):
-    """Rewrite docstrings once the object tree is complete."""
+    """Rewrite docstrings once the object tree is complete; read ``#:`` attribute comments."""
+
+    def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: Any) -> None:
+        """Sphinx-style ``#:`` comments above a module or class attribute become its docstring
+        (griffe reads only string literals after the assignment)."""
+        if attr.docstring is not None or not attr.lineno:
+            return
+        try:
+            lines = attr.parent.lines if attr.parent is not None else []
+        except (AttributeError, OSError, ValueError):
+            return
+        comment: list[str] = []
+        i = attr.lineno - 2
+        while 0 <= i < len(lines) and lines[i].strip().startswith("#:"):
+            comment.insert(0, lines[i].strip()[2:].strip())
+            i -= 1
+        if comment:
+            attr.docstring = griffe.Docstring("\n".join(comment), parent=attr)
 
     def on_object(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None and not obj.is_alias:
