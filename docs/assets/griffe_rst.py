@@ -267,6 +267,8 @@ def rst_to_markdown(text: str) -> str:
     text = _simple_tables(text)
     text = _definition_lists(text)
     text = _math_blocks(text)
+    # reST's escaped space "\ " glues markup to its neighbours; Markdown needs nothing there.
+    text = re.sub(r"(?<=`)\\ |\\ (?=`|:[a-z]+:`)", "", text)
     text = _INLINE_MATH.sub(lambda m: "$" + m.group(1).strip() + "$", text)
     return _PY_ROLE.sub(_role, text)
 
