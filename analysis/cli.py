@@ -35,7 +35,7 @@ DATASETS = ("digits", "long_range", "cifar10", "cifar100")
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
-                   help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1' ... (default auto)")
+                   help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1' ...")
     p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
 
 
@@ -44,7 +44,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="directory of the CIFAR python-pickle files (cifar10/cifar100 only; "
                         "nothing is downloaded)")
     p.add_argument("--samples", type=int, default=64,
-                   help="test images analysed (default 64)")
+                   help="test images analysed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,38 +54,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Nonlocal blocks as graph filters: train, analyse, report, derive, demo.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
 
-    p = sub.add_parser("train", help="train a PreResNet with a nonlocal block",
+    p = sub.add_parser("train", **fmt, help="train a PreResNet with a nonlocal block",
                        description="Train a pre-activation ResNet with a nonlocal block inserted "
                                    "(default: first stage, after the second residual unit) and "
                                    "write a checkpoint that 'analyze' and 'report' read.")
     p.add_argument("--block", default="snl", choices=(*BLOCK_NAMES, "none"),
-                   help="block table name, or 'none' for the plain ResNet (default snl)")
+                   help="block table name, or 'none' for the plain ResNet")
     p.add_argument("--mode", default=None, choices=tuple(NL_MODES),
                    help="variant of the 'nl' block")
-    p.add_argument("--depth", type=int, default=20, help="ResNet depth 6n+2 (default 20)")
-    p.add_argument("--width", type=int, default=16, help="channels of the first stage (16)")
-    p.add_argument("--stage", type=int, default=1, help="stage (1-3) of the block (default 1)")
+    p.add_argument("--depth", type=int, default=20, help="ResNet depth 6n+2")
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    p.add_argument("--stage", type=int, default=1, help="stage (1-3) of the block")
     p.add_argument("--position", type=int, default=2,
-                   help="insert the block after this residual unit of the stage (default 2)")
-    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (digits)")
+                   help="insert the block after this residual unit of the stage")
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
     p.add_argument("--image-size", type=int, default=16,
-                   help="side of the digits / long-range images (default 16)")
+                   help="side of the digits / long-range images")
     p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--epochs", type=int, default=8, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size")
+    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (momentum 0.9)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs")
     p.add_argument("--milestones", type=float, nargs="*", default=None,
-                   help="epochs of the x0.1 learning-rate drops (default: 50%% and 75%%)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="epochs of the x0.1 learning-rate drops; None: at 62.5%% and 87.5%% "
+                        "of the epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization and shuffling")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--out", default="out/checkpoints/model.pt", help="checkpoint file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
 
-    p = sub.add_parser("analyze", help="analyse the nonlocal blocks of a checkpoint",
+    p = sub.add_parser("analyze", **fmt, help="analyse the nonlocal blocks of a checkpoint",
                        description="Run the spectral, response and stability analysis on the "
                                    "checkpoint's test images and print one row per block.")
     p.add_argument("checkpoint", help="file written by 'train' or save_checkpoint")
@@ -94,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the table as JSON")
     _add_common(p)
 
-    p = sub.add_parser("report", help="write a Markdown report with figures",
+    p = sub.add_parser("report", **fmt, help="write a Markdown report with figures",
                        description="Write DIR/report.md with spectra, responses, attention maps "
                                    "on real inputs, robustness curves, the analysis table and "
                                    "the run's configuration.")
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_common(p)
 
-    p = sub.add_parser("derive", help="derive a block from the Chebyshev filter",
+    p = sub.add_parser("derive", **fmt, help="derive a block from the Chebyshev filter",
                        description="Print the derivation of a block as a special case of the "
                                    "Chebyshev graph filter, with the proof result.")
     p.add_argument("name", choices=(*BLOCK_NAMES, "all"), help="block table name, or 'all'")
@@ -111,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latex", action="store_true", help="print LaTeX (an align environment)")
     p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("demo", help="the main job: derive, train, analyse, report",
+    p = sub.add_parser("demo", **fmt, help="the main job: derive, train, analyse, report",
                        description="Derive every block (LaTeX saved), train PreResNets with an "
                                    "NL and an SNL block on the digits (checkpoints reused when "
                                    "present), analyse both and write OUT/report.md.")
-    p.add_argument("--out", default="out", help="output directory (default out)")
+    p.add_argument("--out", default="out", help="output directory")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per model")
     p.add_argument("--retrain", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--quick", action="store_true",
@@ -144,7 +146,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model["block_options"] = {"mode": args.mode}
     milestones = args.milestones
     if milestones is None:
-        milestones = (round(args.epochs * 0.5), round(args.epochs * 0.75))
+        milestones = (round(args.epochs * 0.625), round(args.epochs * 0.875))
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
