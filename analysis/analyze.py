@@ -91,8 +91,10 @@ class BlockReport:
     z_low_energy, out_low_energy : float
         Share of the energy of :math:`Z` and of the filter output at
         :math:`\lambda < 2/3` (graph Fourier transform, see :mod:`analysis.response`).
-    tao_negative_share, tao_min, tao_max : float
-        Tao et al. spectrum of :math:`\operatorname{sym}(G W_1 S)`.
+    tao_negative_share, tao_negative_mass, tao_min, tao_max : float
+        Tao et al. spectrum of :math:`\operatorname{sym}(G W_1 S)` (see
+        :class:`analysis.robustness.TaoSpectrum`: with a ``C_s = C/2`` bottleneck the share
+        is 1/2 by Sylvester's law of inertia; the mass is informative).
     stability_radius, stability_norm : float
         :math:`\max_\lambda \rho(M(\lambda))` and :math:`\max_\lambda \|M(\lambda)\|_2`.
     stack_growth : tuple of float
@@ -136,6 +138,7 @@ class BlockReport:
     z_low_energy: float = _NAN
     out_low_energy: float = _NAN
     tao_negative_share: float = _NAN
+    tao_negative_mass: float = _NAN
     tao_min: float = _NAN
     tao_max: float = _NAN
     stability_radius: float = _NAN
@@ -154,7 +157,7 @@ _SUMMARY_COLUMNS = (
     ("gap", "spectral_gap", ".3f"), ("cplx", "complex_share", ".2f"),
     ("asym", "asymmetry", ".3f"), ("erank", "effective_rank", ".1f"),
     ("collapse", "rank_collapse", ".3f"), ("response", "response_class", "s"),
-    ("tao_neg", "tao_negative_share", ".2f"), ("radius", "stability_radius", ".3f"),
+    ("tao_mass", "tao_negative_mass", ".2f"), ("radius", "stability_radius", ".3f"),
     ("growth@n", "stack_growth", ".3g"), ("|J|", "jacobian_norm", ".3f"),
 )
 
@@ -317,6 +320,7 @@ def _analyze_one(
         tao = attempt("tao", lambda: tao_spectrum(cap))
         if tao is not None:
             row.tao_negative_share = tao.negative_share
+            row.tao_negative_mass = tao.negative_mass
             row.tao_min, row.tao_max = float(tao.eigenvalues[0]), float(tao.eigenvalues[-1])
             row.notes["tao"] = tao.how
         if spec is not None:

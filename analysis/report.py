@@ -44,7 +44,7 @@ TABLE_COLUMNS = (
     ("lambda_max", "λ_max", "{:.3f}"), ("complex_share", "complex", "{:.0%}"),
     ("asymmetry", "asym.", "{:.3f}"), ("effective_rank", "eff. rank", "{:.1f}"),
     ("rank_collapse", "collapse", "{:.3f}"), ("response_class", "response", "{}"),
-    ("tao_negative_share", "Tao neg.", "{:.0%}"), ("stability_radius", "ρ(I+H)", "{:.3f}"),
+    ("tao_negative_mass", "Tao neg. mass", "{:.0%}"), ("stability_radius", "ρ(I+H)", "{:.3f}"),
     ("jacobian_norm", "‖J‖", "{:.3f}"),
 )
 

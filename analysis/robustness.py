@@ -180,13 +180,20 @@ def effective_channel_map(
 
 @dataclass
 class TaoSpectrum:
-    """Eigenvalues of :math:`\\operatorname{sym}(G W_k S)` (ascending) and their sign share.
+    """Eigenvalues of :math:`\\operatorname{sym}(G W_k S)` (ascending) and their signs.
 
     Attributes
     ----------
     eigenvalues : numpy array ``(C,)``
     negative_share : float
         Share of eigenvalues below ``-tol * max|eig|``.
+    negative_mass : float
+        :math:`\\sum_{\\mu < 0} |\\mu| / \\sum |\\mu|`: the weight of the negative part.
+        With a bottleneck (:math:`C_s \\le C/2`), :math:`G W_k S` has rank
+        :math:`r \\le C_s` and, by Sylvester's law of inertia, its symmetric part has at most
+        :math:`r` positive and :math:`r` negative eigenvalues (exactly :math:`C/2` each for
+        generic weights with :math:`C_s = C/2`): the *share* is then fixed by the shapes,
+        while the *mass* still tells whether damping (negative) dominates.
     term : int
     how : str
         Where :math:`G` came from and whether :math:`S` was included.
@@ -196,6 +203,7 @@ class TaoSpectrum:
     negative_share: float
     term: int
     how: str
+    negative_mass: float = float("nan")
 
 
 def tao_spectrum(
@@ -225,10 +233,12 @@ def tao_spectrum(
     ev = np.linalg.eigvalsh((M + M.T) / 2)
     scale = max(float(np.abs(ev).max(initial=0.0)), 1e-300)
     share = float((ev < -tol * scale).mean()) if float(np.abs(ev).max(initial=0.0)) > 0 else 0.0
+    total = float(np.abs(ev).sum())
+    mass = float(np.abs(ev[ev < 0]).sum() / total) if total > 0 else 0.0
     _, how = value_projection(capture)
     how += "; output scale " + ("included" if include_output_scale and
                                 capture.output_scale is not None else "not included")
-    return TaoSpectrum(ev, share, k, how)
+    return TaoSpectrum(ev, share, k, how, mass)
 
 
 def linear_maps(

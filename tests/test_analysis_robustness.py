@@ -17,6 +17,7 @@ from analysis import (
     noise_sensitivity,
     tao_spectrum,
 )
+from analysis.capture import Capture
 from analysis.robustness import value_projection
 from graphfilters.blocks import make_block
 
@@ -56,10 +57,26 @@ def test_stability_radius_matches_hand_computation():
     assert np.allclose(G, np.eye(4)) and how == "from the module"
     tao = tao_spectrum(cap)                                # sym(G W_1 S) = b s I
     assert np.allclose(tao.eigenvalues, b * s) and tao.negative_share == 1.0
+    assert tao.negative_mass == 1.0
     # without the module's G, least squares on the captured input recovers it
     cap.value_weight = None
     G2, how2 = value_projection(cap)
     assert np.allclose(G2, np.eye(4), atol=1e-5) and "least squares" in how2
+
+
+def test_tao_share_is_fixed_by_a_bottleneck_but_the_mass_is_not():
+    # C = 8, C_s = 4: sym(G W) has rank <= 8 with exactly 4 negative eigenvalues (inertia)
+    rng = np.random.default_rng(0)
+    masses = set()
+    for scale in (0.2, 1.0, 5.0):
+        G, W = rng.standard_normal((8, 4)), rng.standard_normal((4, 8))
+        W = W + scale * G.T  # pushes sym(G W) towards positive definite on range(G)
+        cap = Capture("b", "block", "toy", None, weights=[torch.zeros(4, 8), torch.tensor(W)],
+                      value_weight=torch.tensor(G))
+        tao = tao_spectrum(cap)
+        assert tao.negative_share == 0.5
+        masses.add(round(tao.negative_mass, 3))
+    assert len(masses) == 3 and max(masses) < 0.5
 
 
 def test_nonsymmetric_stability_uses_schur_and_says_so():
