@@ -382,10 +382,12 @@ class ChebyshevNonlocal(nn.Module):
             return {n: U.to_nodes(self.pool(m(x)) if n in ("phi", "g") else m(x))
                     for n, m in mods}
         weight = torch.cat([m.weight.reshape(m.out_channels, -1) for _, m in mods])
-        bias = torch.cat([m.bias for _, m in mods]) if self.bias_projections else None
-        y = torch.nn.functional.linear(U.to_nodes(x), weight, bias)       # (B, N, total)
-        return dict(zip([n for n, _ in mods],
-                        y.split([m.out_channels for _, m in mods], dim=-1)))
+        xf = x.flatten(2)                         # (B, C, N)
+        y = torch.bmm(weight.expand(xf.shape[0], *weight.shape), xf)   # (B, total, N)
+        if self.bias_projections:
+            y = y + torch.cat([m.bias for _, m in mods])[:, None]
+        parts = y.split([m.out_channels for _, m in mods], dim=1)
+        return {n: t.transpose(1, 2) for (n, _), t in zip(mods, parts)}  # (B, N, c) views
 
     def compute_affinity(self, x: Tensor) -> Affinity:
         r"""The raw affinity :math:`M` of ``x`` (symmetrized if the spec says so), structured.
@@ -531,7 +533,8 @@ class ChebyshevNonlocal(nn.Module):
         weights = self.filter_weights()
         out = None
         for k in used:
-            term = weights[k].t() @ terms[k].transpose(1, 2)
+            t = terms[k].transpose(1, 2)                       # (B, C_s, N), a view
+            term = torch.bmm(weights[k].t().expand(t.shape[0], -1, -1), t)
             out = term if out is None else out + term
         return out
 
