@@ -37,6 +37,9 @@ from .spectra import spectrum
 __all__ = ["LoadedModel", "load_for_analysis", "analyse_loaded", "write_report",
            "query_positions"]
 
+#: Standard deviations of the Gaussian noise added to the normalized inputs (unit variance).
+NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+
 #: Columns of the Markdown table (all columns go to ``table.json``).
 TABLE_COLUMNS = (
     ("path", "block", "{}"), ("block", "kind", "{}"), ("status", "status", "{}"),
@@ -126,7 +129,8 @@ def analyse_loaded(loaded: LoadedModel, *, max_samples: int = 8,
     """Run :func:`analysis.analyze` on the loaded model's inputs (cached on ``loaded``)."""
     if loaded.table is None:
         loaded.table = analyze(loaded.model, loaded.inputs, labels=loaded.labels,
-                               max_samples=max_samples, progress=progress)
+                               max_samples=max_samples, accuracy_levels=NOISE_LEVELS,
+                               progress=progress)
     return loaded.table
 
 
@@ -215,9 +219,11 @@ def _model_section(loaded: LoadedModel, figdir: Path, rel: str) -> list[str]:
         fig = Figure(figsize=(11, 3.6), layout="constrained")
         ax1, ax2, ax3 = fig.subplots(1, 3)
         spec_n = spectrum(cap, "normalized", progress=False)
-        plot_spectrum(spec_n, ax=ax1, title="eigenvalues of the operator Â")
         spec_l = spectrum(cap, "laplacian", progress=False)
-        plot_spectrum(spec_l, ax=ax2, title="eigenvalues of the Laplacian")
+        for ax, spec, what in ((ax1, spec_n, "the operator Â"), (ax2, spec_l, "the Laplacian")):
+            plot_spectrum(spec, ax=ax, title=f"eigenvalues of {what}")
+            if np.isrealobj(spec.all()) or np.abs(np.imag(spec.all())).max() == 0:
+                ax.set_yscale("log")  # low-rank operators: one tall bar of trivial eigenvalues
         plot_response(block_response(cap, spectrum_result=spec_n, energies=False), ax=ax3,
                       title="frequency response σ(H(λ))")
         out += [f"### `{row.path}` ({row.block})", "",
@@ -282,8 +288,9 @@ def write_report(
         ax1.set_title("linearized growth of a stack of n blocks")
         ax2.set_title("accuracy under Gaussian input noise")
         lines += ["Left: the largest gain of n stacked copies of each block with its affinity "
-                  "fixed (the linearization). Right: test accuracy when Gaussian noise of the "
-                  "given standard deviation is added to the normalized inputs.", "",
+                  "fixed (the linearization). Right: accuracy on the analysed test images "
+                  "when Gaussian noise of the given standard deviation is added to the "
+                  "normalized (unit-variance) inputs.", "",
                   f"![robustness](figures/{_save(fig, figdir / 'robustness.png')})", ""]
     lines += ["## Configuration", ""]
     for name, loaded in models.items():
