@@ -240,8 +240,9 @@ def _unit_shapes(c: int, cs: int, dim: int, prefix: str) -> dict[str, tuple[int,
 def _sub_state(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
     if not isinstance(state_dict, Mapping):
         raise TypeError(
-            f"state_dict must be a mapping of names to tensors (e.g. torch.load(path) or "
-            f"module.state_dict()), got {type(state_dict).__name__}"
+            "state_dict must be a mapping of names to tensors (e.g. "
+            "torch.load(path, weights_only=True) or module.state_dict()), got "
+            f"{type(state_dict).__name__}"
         )
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
