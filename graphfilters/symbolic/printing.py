@@ -25,9 +25,23 @@ from sympy.printing.str import StrPrinter
 __all__ = ["latex", "pretty", "text_latex"]
 
 
-class _Latex(LatexPrinter):
+class _MatrixTerms:
+    """Matrix products and sums printed in construction order, ``I`` for the identity.
+
+    Subclasses set how factors are joined (``_times``), how a sum or a coefficient is put in
+    parentheses (``_paren``) and which coefficients need them (``_bare_coefficient``).
+    """
+
+    _times = " "
+
     def __init__(self) -> None:
         super().__init__({"order": "none"})
+
+    def _paren(self, text: str) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _bare_coefficient(self, coeff: sp.Expr) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def _print_Identity(self, expr: sp.Basic) -> str:
         return "I"
@@ -40,51 +54,36 @@ class _Latex(LatexPrinter):
         parts = []
         for factor in mats:
             text = self._print(factor)
-            if isinstance(factor, MatAdd):
-                text = rf"\left({text}\right)"
-            parts.append(text)
-        body = " ".join(parts)
+            parts.append(self._paren(text) if isinstance(factor, MatAdd) else text)
+        body = self._times.join(parts)
         sign, coeff = _split_sign(coeff)
         if coeff == 1:
             return sign + body
         text = self._print(coeff)
-        if coeff.is_Add:
-            text = rf"\left({text}\right)"
-        return f"{sign}{text} {body}"
+        if not self._bare_coefficient(coeff):
+            text = self._paren(text)
+        return f"{sign}{text}{self._times}{body}"
 
     def _print_MatAdd(self, expr: sp.Basic) -> str:
         return _join_terms([self._print(t) for t in expr.args])
 
 
-class _Str(StrPrinter):
-    def __init__(self) -> None:
-        super().__init__({"order": "none"})
+class _Latex(_MatrixTerms, LatexPrinter):
+    def _paren(self, text: str) -> str:
+        return rf"\left({text}\right)"
 
-    def _print_Identity(self, expr: sp.Basic) -> str:
-        return "I"
+    def _bare_coefficient(self, coeff: sp.Expr) -> bool:
+        return not coeff.is_Add
 
-    def _print_ZeroMatrix(self, expr: sp.Basic) -> str:
-        return "0"
 
-    def _print_MatMul(self, expr: sp.Basic) -> str:
-        coeff, mats = expr.as_coeff_matrices()
-        parts = []
-        for factor in mats:
-            text = self._print(factor)
-            if isinstance(factor, MatAdd):
-                text = f"({text})"
-            parts.append(text)
-        body = "*".join(parts)
-        sign, coeff = _split_sign(coeff)
-        if coeff == 1:
-            return sign + body
-        text = self._print(coeff)
-        if not (coeff.is_Integer or coeff.is_Symbol):
-            text = f"({text})"
-        return f"{sign}{text}*{body}"
+class _Str(_MatrixTerms, StrPrinter):
+    _times = "*"
 
-    def _print_MatAdd(self, expr: sp.Basic) -> str:
-        return _join_terms([self._print(t) for t in expr.args])
+    def _paren(self, text: str) -> str:
+        return f"({text})"
+
+    def _bare_coefficient(self, coeff: sp.Expr) -> bool:
+        return bool(coeff.is_Integer or coeff.is_Symbol)
 
 
 def _split_sign(coeff: sp.Expr) -> tuple[str, sp.Expr]:
