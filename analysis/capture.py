@@ -62,6 +62,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from graphfilters._backend import to_numpy
 from graphfilters.graph import (
     Affinity,
     DenseAffinity,
@@ -425,9 +426,7 @@ def affinity_rows(op: NormalizedOperator, rows: Sequence[int], index: int = 0) -
 
 
 def _to_np(x: Any) -> np.ndarray:
-    return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(
-        x, dtype=np.float64
-    )
+    return to_numpy(x, np.float64)
 
 
 def _raw_rows(aff: Affinity, idx: list[int]) -> np.ndarray:

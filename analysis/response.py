@@ -73,10 +73,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from graphfilters._backend import to_numpy
 from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
 from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, as_affinity
 
-from .spectra import AUTO_DENSE_LIMIT, Spectrum, _as_torch, _samples, _select, spectrum
+from .spectra import AUTO_DENSE_LIMIT, Spectrum, _as_torch, _samples, spectrum
 
 __all__ = [
     "RESPONSE_CLASSES",
@@ -98,9 +99,7 @@ RESPONSE_CLASSES = ("zero", "all-pass", "band-pass", "band-stop", "low-pass", "h
 def _weights_np(weights: Sequence[Any]) -> list[np.ndarray]:
     out = []
     for w in weights:
-        if isinstance(w, Tensor):
-            w = w.detach().cpu().double().numpy()
-        w = np.asarray(w, dtype=np.float64)
+        w = to_numpy(w, np.float64)
         out.append(w.reshape(1, 1) if w.ndim == 0 else w)
     if not out:
         raise ValueError("weights must hold at least one term W_0")
@@ -387,11 +386,11 @@ def graph_frequency_energy(
     t_aff = _as_torch(aff)
     idxs = _samples(t_aff)
     z = _signal(signal, aff.n, len(idxs)).to(t_aff.device)
-    sym = t_aff.symmetric and kind in ("sym", "size", "none")
+    sym = t_aff.operator_symmetric(kind)
     freqs, energies = [], []
     basis = ""
     for i, idx in enumerate(idxs):
-        single = _select(t_aff, idx)
+        single = t_aff.select(idx)
         op = single.normalized(kind)
         zi = z[i]
         if isinstance(single, LowRankAffinity) and (sym or nonsymmetric == "symmetrize"):

@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from graphfilters._backend import to_numpy
 from graphfilters.chebyshev import polynomial_filter
 from graphfilters.graph import Affinity
 
@@ -93,9 +94,7 @@ __all__ = [
 
 
 def _np64(t: Any) -> np.ndarray:
-    if isinstance(t, Tensor):
-        return t.detach().cpu().double().numpy()
-    return np.asarray(t, dtype=np.float64)
+    return to_numpy(t, np.float64)
 
 
 def value_projection(capture: Capture, rtol: float = 1e-4) -> tuple[np.ndarray, str]:

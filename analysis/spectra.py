@@ -101,6 +101,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from graphfilters._backend import to_numpy
 from graphfilters.chebyshev import chebyshev_basis, jackson_damping
 from graphfilters.graph import (
     DENSE_LIMIT,
@@ -191,14 +192,8 @@ def _samples(aff: Affinity) -> list[tuple[int, ...]]:
     return list(np.ndindex(*aff.batch_shape)) if aff.batch_shape else [()]
 
 
-def _select(aff: Affinity, idx: tuple[int, ...]) -> Affinity:
-    return aff.select(idx) if idx else aff
-
-
 def _np(x: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+    return to_numpy(x)
 
 
 def _is_expensive(aff: Affinity) -> bool:
@@ -209,9 +204,7 @@ def _is_expensive(aff: Affinity) -> bool:
 
 
 def _is_symmetric(aff: Affinity, operator: str, kind: str) -> bool:
-    if operator == "laplacian":
-        return aff.symmetric and kind in ("combinatorial", "sym")
-    return aff.symmetric and kind in ("sym", "size", "none")
+    return aff.operator_symmetric(kind, laplacian=operator == "laplacian")
 
 
 class _Apply:
@@ -476,7 +469,7 @@ def spectrum(
     values: list[np.ndarray] = []
     residuals: list[np.ndarray] = []
     for i, idx in enumerate(bar):
-        single = _select(aff, idx)
+        single = aff.select(idx)
         if method in ("eigh", "eig"):
             values.append(_dense_spectrum(single, operator, kind, method, sym))
         elif method == "lanczos":
@@ -776,7 +769,7 @@ def spectral_density(
     bar = tqdm(idxs, desc=f"density ({method})", disable=not progress or len(idxs) < 2,
                leave=False)
     for i, idx in enumerate(bar):
-        single = _select(aff, idx)
+        single = aff.select(idx)
         apply = _Apply(single, operator, kind)
         gen = torch.Generator(device="cpu").manual_seed(seed + i)
         V = (torch.randint(0, 2, (single.n, n_vectors), generator=gen) * 2 - 1).to(
@@ -1175,7 +1168,7 @@ def affinity_metrics(
             vals["effective_rank"].append(float(slq_rank[i]))
         else:
             vals["effective_rank"].append(float("nan"))
-        single = _select(t_aff, idx)
+        single = t_aff.select(idx)
         op = single.normalized(kind)
         n = single.n
         ones = torch.ones(n, 1, dtype=torch.float64, device=single.device)
@@ -1196,7 +1189,7 @@ def affinity_metrics(
             vals["rank_collapse"].append(float("nan"))
             continue
         asym2 = max(2 * fro2 - 2 * float(st["inner"]), 0.0)
-        vals["asymmetry"].append(0.0 if single.symmetric and kind in ("sym", "size", "none")
+        vals["asymmetry"].append(0.0 if single.operator_symmetric(kind)
                                  else math.sqrt(asym2) / fro)
         abar = st["colsum"] / n
         pi = project_simplex(abar)

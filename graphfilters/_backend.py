@@ -113,11 +113,14 @@ def softmax(x: Array, axis: int = -1) -> Array:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def to_numpy(x: Array) -> np.ndarray:
-    """A numpy copy (detached, on the CPU) of ``x``."""
+def to_numpy(x: Array, dtype: Any = None) -> np.ndarray:
+    """``x`` as a numpy array (detached, on the CPU), optionally cast to ``dtype``."""
     if is_torch(x):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+        x = x.detach().cpu()
+        if dtype is not None and np.dtype(dtype) == np.float64:
+            x = x.double()
+        x = x.numpy()
+    return np.asarray(x, dtype=dtype)
 
 
 def eps(x: Array) -> float:

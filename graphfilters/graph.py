@@ -256,9 +256,9 @@ def _power_lambda_max(op: Affinity, kind: str, n_iter: int, tol: float, seed: in
 def _lanczos_lambda_max(op: Affinity, kind: str, seed: int) -> Array:
     values = []
     for idx in np.ndindex(*op.batch_shape):
-        single = op.select(idx) if idx else op
+        single = op.select(idx)
         lin = single.as_linear_operator(laplacian=kind)
-        symmetric = single.symmetric and kind in ("combinatorial", "sym")
+        symmetric = single.operator_symmetric(kind, laplacian=True)
         v0 = np.random.default_rng(seed).standard_normal(op.n)
         if op.n < 8:
             values.append(float(abs(single.numpy().laplacian_eigvals(kind)).max()))
@@ -366,8 +366,17 @@ class Affinity:
         return new
 
     def select(self, index: int | tuple[int, ...]) -> Affinity:
-        """The affinity of one sample of the batch."""
+        """The affinity of one sample of the batch (itself for the empty index ``()``)."""
+        if index == ():
+            return self
         return self._map(lambda x: x[index])
+
+    def operator_symmetric(self, kind: str, laplacian: bool = False) -> bool:
+        """Whether the normalized operator (or, with ``laplacian=True``, the Laplacian) of
+        kind ``kind`` is symmetric: ``sym``/``size``/``none`` (``combinatorial``/``sym``)
+        of a symmetric affinity; ``rw`` of a non-regular graph is not."""
+        allowed = ("combinatorial", "sym") if laplacian else ("sym", "size", "none")
+        return self.symmetric and kind in allowed
 
     def numpy(self) -> Affinity:
         """A detached numpy float64 copy."""
@@ -870,7 +879,7 @@ class NormalizedOperator:
 
     @property
     def symmetric(self) -> bool:
-        return self.affinity.symmetric and self.kind in ("sym", "size", "none")
+        return self.affinity.operator_symmetric(self.kind)
 
     @property
     def n(self) -> int:
