@@ -219,10 +219,14 @@ def _model_section(loaded: LoadedModel, figdir: Path, rel: str) -> list[str]:
         fig = Figure(figsize=(11, 3.6), layout="constrained")
         ax1, ax2, ax3 = fig.subplots(1, 3)
         spec_n = spectrum(cap, "normalized", progress=False)
-        spec_l = spectrum(cap, "laplacian", progress=False)
-        for ax, spec, what in ((ax1, spec_n, "the operator Â"), (ax2, spec_l, "the Laplacian")):
+        if cap.normalization in ("sym", "rw") and spec_n.complete:
+            lap = 1 - spec_n.all()  # L = I - Â: no second eigen-solve
+        else:
+            lap = spectrum(cap, "laplacian", progress=False)
+        for ax, spec, what in ((ax1, spec_n, "the operator Â"), (ax2, lap, "the Laplacian")):
             plot_spectrum(spec, ax=ax, title=f"eigenvalues of {what}")
-            if np.isrealobj(spec.all()) or np.abs(np.imag(spec.all())).max() == 0:
+            values = spec.all() if hasattr(spec, "all") else spec
+            if np.abs(np.imag(values)).max(initial=0.0) == 0:
                 ax.set_yscale("log")  # low-rank operators: one tall bar of trivial eigenvalues
         plot_response(block_response(cap, spectrum_result=spec_n, energies=False), ax=ax3,
                       title="frequency response σ(H(λ))")
