@@ -372,7 +372,7 @@ class SNLStage(nn.Module):
         self.stages = nn.Sequential(*[SNLUnit(inplanes, planes, relu=True, sign=-1)
                                       for _ in range(stage_num)])
 
-    def forward(self, x):
+    def affinity(self, x):
         t = torch.relu(self.t(x).flatten(2).transpose(1, 2))
         p = torch.relu(self.p(x).flatten(2))
         att = torch.bmm(t, p)
@@ -381,7 +381,10 @@ class SNLStage(nn.Module):
         nz = d != 0
         d = d.clone()
         d[nz] = torch.sqrt(1.0 / d[nz])
-        att = att * d.unsqueeze(1) * d.unsqueeze(2)
+        return att * d.unsqueeze(1) * d.unsqueeze(2)
+
+    def forward(self, x):
+        att = self.affinity(x)
         for unit in self.stages:
             x = unit(x, att)
         return x
