@@ -65,6 +65,7 @@ from .blocks._convert import BN_KEYS, copy_weights
 
 __all__ = [
     "ARCHS",
+    "CIFAR_NORMALIZATION",
     "NL_TYPES",
     "OfficialDifferenceWarning",
     "OfficialNet",
@@ -286,6 +287,15 @@ class OfficialNet(nn.Module):
     in_channels, channels, kernel_size, concat_input, conv_bias :
         The head: input channels, channels of its convolutions, their kernel size, whether
         ``conv_cat`` is used, whether its convolutions have biases.
+    input_normalization : dict, optional
+        ``{"data_mean", "data_std", "mean", "std"}`` (per channel): inputs normalized with
+        the data set's statistics (``data_*``, what :mod:`graphfilters.data` gives) are first
+        renormalized to the official code's ``mean``/``std`` (``train_val.py``: CIFAR mean
+        (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010)), as a fixed per-channel
+        affine ``input_affine``. ``None``: inputs are taken as the official code normalized
+        them.
+    block : str, optional
+        Label in reports (default ``official-<nl_type>``).
     block_factory : ignored
         Accepted so that :func:`graphfilters.models.build_model` rebuilds it.
 
@@ -327,6 +337,8 @@ class OfficialNet(nn.Module):
         kernel_size: int = 3,
         concat_input: bool = True,
         conv_bias: bool = False,
+        input_normalization: Mapping[str, Sequence[float]] | None = None,
+        block: str | None = None,
         block_factory: Any = None,
     ) -> None:
         super().__init__()
@@ -354,8 +366,12 @@ class OfficialNet(nn.Module):
         self.config: dict[str, Any] = {
             "arch": "official", "official_arch": official_arch, "nl_type": nl_type,
             "stage_num": stage_num, "num_classes": int(num_classes), "div": float(div),
-            "block": f"official-{nl_type}",
+            "block": block or f"official-{nl_type}",
         }
+        self.input_affine: _InputAffine | None = None
+        if input_normalization is not None:
+            self.input_affine = _InputAffine(input_normalization)
+            self.config["input_normalization"] = self.input_affine.spec
 
         def add_nl(path: str, c: int, sign: int = 1) -> nn.Module:
             cs = int(c / div)
@@ -425,6 +441,8 @@ class OfficialNet(nn.Module):
                                                  is_norm)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_affine is not None:
+            x = self.input_affine(x)
         if self.arch in _PRERESNET:
             x = self.layer3(self.layer2(self.layer1(self.conv(x))))
             x = self.fc1(torch.relu(self.bn1(x)))
@@ -442,6 +460,32 @@ class OfficialNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"official_arch={self.arch!r}, nl_type={self.nl_type!r}"
+
+
+class _InputAffine(nn.Module):
+    """``x -> (x * data_std + data_mean - mean) / std`` per channel (fixed buffers)."""
+
+    def __init__(self, spec: Mapping[str, Sequence[float]]) -> None:
+        super().__init__()
+        keys = ("data_mean", "data_std", "mean", "std")
+        if not isinstance(spec, Mapping) or set(spec) != set(keys):
+            raise ValueError(f"input_normalization must be a dict with the keys {list(keys)}")
+        vals = {k: [float(v) for v in spec[k]] for k in keys}
+        if len({len(v) for v in vals.values()}) != 1 or any(
+                s <= 0 for k in ("data_std", "std") for s in vals[k]):
+            raise ValueError("input_normalization: four per-channel lists of one length, "
+                             f"positive standard deviations; got {vals}")
+        self.spec = vals
+        dm, ds, m, sd = (torch.tensor(vals[k], dtype=torch.float64) for k in keys)
+        self.register_buffer("scale", (ds / sd).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((dm - m) / sd).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)
+
+
+#: ``train_val.py``'s CIFAR input normalization
+CIFAR_NORMALIZATION = {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2023, 0.1994, 0.2010)}
 
 
 def _differences(arch: str, nl_type: str, stage_num: int, is_sys: bool, is_norm: bool
@@ -750,3 +794,12 @@ def _check_keys(sd: Mapping[str, Tensor], mapping: list, arch: str, where: str, 
         + ". Check arch and nl_type (nl, ns and a2 share their keys; snl adds w_1, dnl w_m, "
         "cgnl z/gn, cc query_conv/key_conv/value_conv)."
     )
+
+
+def _register() -> None:
+    from .models import ARCHITECTURES
+
+    ARCHITECTURES.setdefault("official", OfficialNet)
+
+
+_register()

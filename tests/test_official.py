@@ -334,3 +334,65 @@ def test_largest_error_seen():
         print(f"\nlargest |official - loaded| in test_official: {max(_ERRORS):.3g} "
               f"over {len(_ERRORS)} comparisons")
         assert max(_ERRORS) < TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# import-official: a graphfilters checkpoint that load_model, analyze and report take
+
+
+@pytest.mark.slow
+def test_import_official_cli_analyze_and_report(tmp_path, capsys):
+    from analysis.cli import main
+    from graphfilters.data import get_dataset
+    from graphfilters.official import CIFAR_NORMALIZATION
+    from graphfilters.training import load_model
+    from tests.test_data import _fake_cifar10
+
+    _fake_cifar10(tmp_path / "cifar-10-batches-py")
+    ref = R.randomize(R.PreResNet("20", "ns", 2, ("1",), num_classes=1000), seed=8).float()
+    src = tmp_path / "model_best.pth.tar"
+    R.save_like_train_val(ref.double(), src, data_parallel=True, cifar_extras=True)
+    out = tmp_path / "ns.pt"
+    assert main(["import-official", str(src), "--arch", "20", "--nl-type", "ns", "--out",
+                 str(out), "--dataset", "cifar10", "--data-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: official 'ns'" in printed and "wrote" in printed
+    model = load_model(out)
+    assert type(model) is OfficialNet and model.config["official_arch"] == "20"
+    # library-normalized test images give the official logits on official-normalized ones
+    data = get_dataset({"name": "cifar10", "root": str(tmp_path)})
+    x, _ = data.tensors("test")
+    x = x.double()
+    mean = torch.tensor(CIFAR_NORMALIZATION["mean"], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_NORMALIZATION["std"], dtype=torch.float64).view(1, 3, 1, 1)
+    dm = torch.tensor(data.mean, dtype=torch.float64).view(1, 3, 1, 1)
+    ds = torch.tensor(data.std, dtype=torch.float64).view(1, 3, 1, 1)
+    x_official = (x * ds + dm - mean) / std
+    ref = ref.double()
+    assert _err(model.double()(x), ref(x_official)) < TOL
+    assert main(["analyze", str(out), "--samples", "2", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "layer1.2.units.0" in table and "layer1.2.units.1" in table
+    assert main(["report", str(out), "--out", str(tmp_path / "rep"), "--samples", "2",
+                 "--device", "cpu"]) == 0
+    assert "official-ns" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_import_official_cli_errors(tmp_path, capsys):
+    from analysis.cli import main
+
+    src = tmp_path / "snl.pth.tar"
+    torch.save({"state_dict": _sd()}, src)
+    assert main(["import-official", str(src), "--arch", "56", "--nl-type", "snl", "--out",
+                 str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "PreResNet-56" in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "snl.pt"
+    assert main(["import-official", str(src), "--arch", "20", "--nl-type", "snl", "--out",
+                 str(out)]) == 0
+    from graphfilters.training import load_model
+
+    model = load_model(out)
+    x = _images(n=1).float()
+    ref = _load(src, "20", "snl")
+    assert torch.equal(model(x), ref(x))
