@@ -219,7 +219,9 @@ def _nonlocal(nl_type: str, c: int, cs: int, stage_num: int, is_sys: bool, is_no
 def _nonlocal_map(nl_type: str, lib: str, off: str, c: int, cs: int, stage_num: int
                   ) -> list[tuple[str, str, float, tuple[int, ...]]]:
     """``(library key, official key, scale, official shape)`` of one nonlocal module."""
-    conv = (lambda o, i: (o, i, 1, 1))
+    def conv(o: int, i: int) -> tuple[int, ...]:
+        return (o, i, 1, 1)
+
     bn = [(k, () if k == "num_batches_tracked" else (c,)) for k in BN_KEYS]
     if nl_type == "cgnl":
         return [
@@ -705,8 +707,8 @@ def load_official(
     >>> import torch
     >>> from graphfilters.official import OfficialNet, load_official, official_state_dict
     >>> sd = official_state_dict(OfficialNet("20", "snl", stage_num=3, num_classes=10))
-    >>> sorted(k for k in sd if k.startswith("layer1.2."))[:4]
-    ['layer1.2.p.weight', 'layer1.2.stages.0.bn.bias', 'layer1.2.stages.0.bn.num_batches_tracked', 'layer1.2.stages.0.bn.running_mean']
+    >>> sorted(k[len("layer1.2."):] for k in sd if k.startswith("layer1.2."))[-4:]
+    ['stages.2.g.weight', 'stages.2.w_1.weight', 'stages.2.w_2.weight', 't.weight']
     >>> model = load_official({"state_dict": sd}, "20", "snl")
     >>> model.config["stage_num"], model.nonlocal_paths
     (3, ['layer1.2'])

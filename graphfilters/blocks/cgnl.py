@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
-from .reference import CGNLRef
 from .record import OutputAffine
+from .reference import CGNLRef
 from .unified import ChebyshevNonlocal
 
 __all__ = ["CGNL"]
@@ -65,7 +65,7 @@ class CGNL(ChebyshevNonlocal):
     >>> block.filter_weights()[1].shape                 # block-diagonal (C_s, C)
     torch.Size([4, 8])
     >>> CGNL(8, norm="group").norm
-    GroupNorm(1, 8, eps=1e-05, affine=True)
+    GroupNorm(1, 8, eps=1e-05, affine=True...)
     """
 
     def __init__(
