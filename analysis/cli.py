@@ -128,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None,
                    help="classifier outputs (default: read from the keys)")
     p.add_argument("--is-sys", action="store_true",
-                   help="resnet50: the run used train_val.py --is_sys")
+                   help="resnet50: the run used train_val.py's is_sys flag")
     p.add_argument("--is-norm", action="store_true",
-                   help="resnet50: the run used train_val.py --is_norm")
+                   help="resnet50: the run used train_val.py's is_norm flag")
     p.add_argument("--pool-size", type=int, default=None,
                    help="side of the final average pool (default: the official one for the "
                         "input size it was trained on)")
