@@ -328,6 +328,17 @@ def test_analyze_rows_on_a_loaded_model():
     assert all(r.n_nodes == 64 for r in table)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("nl_type", NL_TYPES)
+def test_loaded_on_gpu_equals_the_official_on_cpu(nl_type):
+    ref = R.randomize(R.PreResNet("20", nl_type, 2, ("2",), num_classes=10), seed=10)
+    x = _images()
+    model = _load(ref.state_dict(), "20", nl_type, device="cuda")
+    assert next(model.parameters()).is_cuda
+    assert _err(model(x.cuda()).cpu(), ref(x)) < TOL
+
+
 def test_largest_error_seen():
     """Run last in this module: the largest deviation of all comparisons above."""
     if _ERRORS:
