@@ -220,6 +220,22 @@ def test_dnl_pairwise_unit_records_its_operator():
     assert _err(op, expected) < TOL
 
 
+def test_dnl_unit_called_with_its_captured_affinity():
+    """analysis.block_function holds a shared unit's captured affinity fixed: the DNL unit then
+    uses it as is (no second normalization, no second unary term)."""
+    from analysis import block_function, capture
+
+    ref = R.randomize(R.PreResNet("20", "dnl", 2, ("2",), num_classes=10), seed=11)
+    model = _load(ref.state_dict(), "20", "dnl")
+    x = _images(n=1)
+    caps = capture(model, x, progress=False)
+    fn, xin = block_function(caps["layer2.2.units.1"])
+    stage_in = R.unit_inputs(ref, "layer2.2", x)
+    with torch.no_grad():
+        att = ref.layer2[2].affinity(stage_in)
+        assert _err(fn(xin), ref.layer2[2].stages[1](xin, att)) < TOL
+
+
 def test_cgnl_group_norm_option():
     block = CGNL(8, norm="group")
     assert isinstance(block.norm, torch.nn.GroupNorm)

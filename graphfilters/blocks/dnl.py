@@ -16,7 +16,7 @@ from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import DisentangledNonLocalRef
 from .unified import ChebyshevNonlocal
 
-__all__ = ["DisentangledNonLocal"]
+__all__ = ["DisentangledNonLocal", "UnitAffinity"]
 
 
 class DisentangledNonLocal(ChebyshevNonlocal):
@@ -156,7 +156,9 @@ class DisentangledNonLocal(ChebyshevNonlocal):
                 "affinity must be a graphfilters.graph.Affinity (e.g. from compute_affinity), "
                 f"got {type(affinity).__name__}"
             )
-        return super().forward(x, self.unit_affinity(x, affinity), **kwargs)
+        if not isinstance(affinity, UnitAffinity):       # a raw (stage) affinity
+            affinity = self.unit_affinity(x, affinity)
+        return super().forward(x, affinity, **kwargs)
 
     def unit_affinity(self, x: Tensor, affinity: Affinity) -> Affinity:
         r""":math:`\hat A + \mathbf 1 \operatorname{softmax}(X w_m)^T` for the raw pairwise
@@ -165,13 +167,18 @@ class DisentangledNonLocal(ChebyshevNonlocal):
         Shapes
         ------
         ``x``: ``(B, C, *spatial)``; the result is ``(B, N, N)`` (structured).
+
+        Returns
+        -------
+        UnitAffinity
+            Passed back to :meth:`forward` (e.g. held fixed by an analysis), it is used as is.
         """
         if self.pairwise_normalization is None:
             raise ValueError("unit_affinity needs a block built with pairwise=")
         pair = _normalized_as_affinity(affinity, self.pairwise_normalization)
         u = torch.softmax(self.unary(x).flatten(1), dim=-1)            # (B, N)
         ones = torch.ones_like(u)[..., None]
-        return SumAffinity([pair, LowRankAffinity(ones, u[..., None], check=False)])
+        return UnitAffinity([pair, LowRankAffinity(ones, u[..., None], check=False)])
 
     @staticmethod
     def reference_map(ref: DisentangledNonLocalRef) -> WeightMap:
@@ -190,6 +197,15 @@ class DisentangledNonLocal(ChebyshevNonlocal):
                     use_scale=ref.use_scale, dim=ref.dim)
         copy_weights(match_module(block, ref), ref.state_dict(), cls.reference_map(ref))
         return block.train(ref.training)
+
+
+class UnitAffinity(SumAffinity):
+    r"""The affinity of a :class:`DisentangledNonLocal` unit built with ``pairwise=``: the
+    normalized pairwise term plus the unary term, :math:`\hat A + \mathbf 1 u^T` (a
+    :class:`~graphfilters.graph.SumAffinity`; normalization ``none``)."""
+
+    def _map(self, fn):
+        return UnitAffinity([t._map(fn) for t in self.terms])
 
 
 def _normalized_as_affinity(affinity: Affinity, kind: str) -> Affinity:
