@@ -701,6 +701,11 @@ def load_official(
         names them and lists the missing, unexpected and misshaped keys).
     TypeError
         A file that holds something other than a dict of tensors.
+    NotImplementedError
+        ResNet-50 flag combinations no library kernel computes (``is_sys`` without
+        ``is_norm`` for nl/ns/dnl: a softmax of symmetrized logits; ``is_norm`` without
+        ``is_sys`` for the non-snl types: the non-symmetric ReLU-dot normalized by its row
+        degrees on both sides).
 
     Examples
     --------

@@ -299,6 +299,8 @@ def test_misshaped_and_mismatched_arguments():
         _load(_sd(), "32", "snl")
     with pytest.raises(NotImplementedError, match="softmax of symmetrized logits"):
         _load(_sd("resnet50", "snl"), "resnet50", "nl", is_sys=True)
+    with pytest.raises(NotImplementedError, match="row degrees on both sides"):
+        _load(_sd("resnet50", "snl"), "resnet50", "nl", is_norm=True)
 
 
 class _Foreign:
