@@ -463,7 +463,10 @@ def unit_inputs(model: nn.Module, path: str, x: Tensor) -> Tensor:
     """The input of the submodule at ``path`` for the model input ``x``."""
     seen = {}
     mod = model.get_submodule(path)
-    h = mod.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0]))
+    def hook(module, args):
+        seen.setdefault("x", args[0])          # returns None: the call is not changed
+
+    h = mod.register_forward_pre_hook(hook)
     try:
         model(x)
     finally:

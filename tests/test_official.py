@@ -335,6 +335,35 @@ def test_truncated_file_and_foreign_pickle(tmp_path):
 # the analysis reads these models like its own
 
 
+@pytest.mark.parametrize("nl_type", ["snl", "dnl"])
+def test_captured_spectrum_is_the_official_operators(nl_type):
+    """The spectrum analysis reads from a loaded unit is that of the operator the official unit
+    multiplies by (exact dense eigenvalues of the official Â, plus 1 softmax(w_m x)ᵀ for dnl)."""
+    import numpy as np
+
+    from analysis import capture, spectrum
+
+    ref = R.randomize(R.PreResNet("20", nl_type, 2, ("2",), num_classes=10), seed=12)
+    model = _load(ref.state_dict(), "20", nl_type)
+    x = _images(n=1)
+    caps = capture(model, x, progress=False)
+    stage_in = R.unit_inputs(ref, "layer2.2", x)
+    with torch.no_grad():
+        att = ref.layer2[2].affinity(stage_in)
+        for u in range(2):
+            cap = caps[f"layer2.2.units.{u}"]
+            op = att
+            if nl_type == "dnl":
+                unit_in = R.unit_inputs(ref, f"layer2.2.stages.{u}", x)
+                w = torch.softmax(ref.layer2[2].stages[u].w_m(unit_in).flatten(1), -1)
+                op = att + w[:, None, :]
+            expected = np.sort_complex(np.linalg.eigvals(op[0].numpy()))
+            got = np.sort_complex(np.asarray(spectrum(cap, "normalized", method="eig",
+                                                      progress=False).eigenvalues[0],
+                                             dtype=complex))
+            assert _err(torch.from_numpy(got), torch.from_numpy(expected)) < 1e-9
+
+
 @pytest.mark.slow
 def test_analyze_rows_on_a_loaded_model():
     from analysis import analyze
