@@ -388,14 +388,6 @@ def test_loaded_on_gpu_equals_the_official_on_cpu(nl_type):
     assert _err(model(x.cuda()).cpu(), ref(x)) < TOL
 
 
-def test_largest_error_seen():
-    """Run last in this module: the largest deviation of all comparisons above."""
-    if _ERRORS:
-        print(f"\nlargest |official - loaded| in test_official: {max(_ERRORS):.3g} "
-              f"over {len(_ERRORS)} comparisons")
-        assert max(_ERRORS) < TOL
-
-
 # ---------------------------------------------------------------------------------------------
 # import-official: a graphfilters checkpoint that load_model, analyze and report take
 
@@ -456,3 +448,11 @@ def test_import_official_cli_errors(tmp_path, capsys):
     x = _images(n=1).float()
     ref = _load(src, "20", "snl")
     assert torch.equal(model(x), ref(x))
+
+
+def test_largest_error_seen():
+    """Run last in this module: the largest deviation of all comparisons above."""
+    if _ERRORS:
+        print(f"\nlargest |official - loaded| in test_official: {max(_ERRORS):.3g} "
+              f"over {len(_ERRORS)} comparisons")
+        assert max(_ERRORS) < TOL
