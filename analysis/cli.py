@@ -9,6 +9,9 @@ Commands
     test data and print the table (optionally as CSV/JSON).
 ``report CHECKPOINT --out DIR``
     Write a Markdown report with figures, the analysis table and the run's configuration.
+``import-official CKPT --arch A --nl-type T --out FILE``
+    Convert a checkpoint of the official SNL code (github zh460045050/SNL_ICCV2021) into a
+    graphfilters checkpoint that ``analyze`` and ``report`` read.
 ``derive NAME``
     Print the derivation of a block from the Chebyshev filter, as text or LaTeX.
 ``demo``
@@ -105,6 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_common(p)
 
+    p = sub.add_parser("import-official", **fmt,
+                       help="convert a checkpoint of the official SNL code",
+                       description="Load a checkpoint of the official SNL code (train_val.py's "
+                                   "file, an mmseg checkpoint of the SNL head, or a bare state "
+                                   "dict; torch.load(weights_only=True)) as the official code "
+                                   "computes it, and write a graphfilters checkpoint that "
+                                   "records the official architecture.")
+    p.add_argument("checkpoint", help="the official checkpoint (e.g. model_best.pth.tar)")
+    p.add_argument("--arch", required=True, choices=("20", "56", "110", "resnet50", "snl_head"),
+                   help="official --arch of the CIFAR PreResNet, the ImageNet ResNet-50, or "
+                        "the Cityscapes SNL decode head")
+    p.add_argument("--nl-type", required=True,
+                   choices=("snl", "nl", "ns", "a2", "dnl", "cgnl", "cc"),
+                   help="official --nl-type (nl, ns and a2 share their keys: give the right one)")
+    p.add_argument("--out", required=True, help="graphfilters checkpoint to write")
+    p.add_argument("--stage-num", type=int, default=None,
+                   help="units per stage (default: read from the keys)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default: read from the keys)")
+    p.add_argument("--is-sys", action="store_true",
+                   help="resnet50: the run used train_val.py's is_sys flag")
+    p.add_argument("--is-norm", action="store_true",
+                   help="resnet50: the run used train_val.py's is_norm flag")
+    p.add_argument("--pool-size", type=int, default=None,
+                   help="side of the final average pool (default: the official one for the "
+                        "input size it was trained on)")
+    p.add_argument("--dataset", default=None, choices=("cifar10", "cifar100"),
+                   help="record this data set (needs --data-dir) so that 'analyze' and "
+                        "'report' run on it, with train_val.py's input normalization")
+    p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
+    p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+
     p = sub.add_parser("derive", **fmt, help="derive a block from the Chebyshev filter",
                        description="Print the derivation of a block as a special case of the "
                                    "Chebyshev graph filter, with the proof result.")
@@ -194,6 +229,58 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_official(args: argparse.Namespace) -> int:
+    import warnings
+
+    from graphfilters.official import (
+        CIFAR_NORMALIZATION,
+        OfficialDifferenceWarning,
+        OfficialNet,
+        load_official,
+    )
+    from graphfilters.training import save_checkpoint
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OfficialDifferenceWarning)
+        model = load_official(args.checkpoint, args.arch, args.nl_type,
+                              stage_num=args.stage_num, num_classes=args.num_classes,
+                              is_sys=args.is_sys, is_norm=args.is_norm,
+                              pool_size=args.pool_size)
+    data = None
+    if args.dataset is not None:
+        if args.arch not in ("20", "56", "110", "resnet50"):
+            raise ValueError(f"--dataset {args.dataset} applies to the classification models, "
+                             f"not --arch {args.arch}")
+        if args.data_dir is None:
+            raise ValueError(f"--dataset {args.dataset} needs --data-dir (the directory of the "
+                             "python-pickle files; nothing is downloaded)")
+        from graphfilters.data import get_dataset
+
+        images = get_dataset({"name": args.dataset, "root": args.data_dir})
+        data = images.describe()
+        config = dict(model.config)
+        config["input_normalization"] = {
+            "data_mean": list(images.mean), "data_std": list(images.std),
+            "mean": list(CIFAR_NORMALIZATION["mean"]), "std": list(CIFAR_NORMALIZATION["std"])}
+        config.pop("arch")
+        state = model.state_dict()
+        model = OfficialNet(**config).to(next(iter(state.values())).dtype)
+        model.load_state_dict(state)
+    extra = {"official": {"source": str(args.checkpoint),
+                          "differences": list(model.official_differences)}}
+    path = save_checkpoint(args.out, model, config=model.config, data=data, extra=extra)
+    units = model.config["stage_num"]
+    print(f"official {args.arch} {args.nl_type}: nonlocal modules {model.nonlocal_paths}, "
+          f"{units} unit(s) each")
+    for d in model.official_differences:
+        print(f"note: {d}")
+    if data is None:
+        print("no data set recorded (--dataset): analyse it from Python with "
+              "analysis.analyze(load_model(path), inputs)")
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_derive(args: argparse.Namespace) -> int:
     from graphfilters.symbolic import derive
 
@@ -219,7 +306,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "analyze": _cmd_analyze, "report": _cmd_report,
-            "derive": _cmd_derive, "demo": _cmd_demo}
+            "derive": _cmd_derive, "demo": _cmd_demo, "import-official": _cmd_import_official}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -439,6 +439,8 @@ def build_model(config: Mapping[str, Any], block_factory: BlockFactory | None = 
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     kwargs = dict(config)
     arch = kwargs.pop("arch", None)
+    if arch == "official" and arch not in ARCHITECTURES:
+        from . import official  # noqa: F401 - registers OfficialNet (official SNL checkpoints)
     if arch not in ARCHITECTURES:
         raise ValueError(
             f"config['arch'] must be one of {sorted(ARCHITECTURES)}, got {arch!r}"

@@ -205,14 +205,14 @@ def test_from_official_state_dict_round_trip(dim):
         block.train(train)
         torch.testing.assert_close(block(x), official(x), **TOL)
     # the loaded state dict is identical after a round trip
-    torch.testing.assert_close(block.norm.running_mean, official.bn.running_mean, **TOL)
+    torch.testing.assert_close(block.norm.running_mean, official.stages[0].bn.running_mean, **TOL)
 
 
 def test_from_official_state_dict_prefix_and_segmentation_head():
     official = _official(relu=False, sign=-1).eval()
-    sd = {f"layer1.snl.{k}": v for k, v in official.state_dict().items()}
+    sd = {f"module.layer1.2.{k}": v for k, v in official.state_dict().items()}
     sd["fc.weight"] = torch.zeros(3, 3)            # other keys of a model checkpoint
-    block = SNL.from_official_state_dict(sd, prefix="layer1.snl.", relu_after_norm=False,
+    block = SNL.from_official_state_dict(sd, prefix="module.layer1.2.", relu_after_norm=False,
                                          sign=-1).eval()
     x = torch.randn(2, C, 5, 3, dtype=torch.float64)
     torch.testing.assert_close(block(x), official(x), **TOL)
@@ -225,20 +225,21 @@ def test_from_official_stage_state_dict():
     x = torch.randn(2, C, 4, 4, dtype=torch.float64)
     torch.testing.assert_close(stage.eval()(x), official(x), **TOL)
     sd = official.state_dict()
-    del sd["layers.1.w2.weight"]
-    with pytest.raises(ValueError, match=r"missing keys \['layers.1.w2.weight'\]"):
+    del sd["stages.1.w_2.weight"]
+    with pytest.raises(ValueError, match=r"missing keys \['stages.1.w_2.weight'\]"):
         NonlocalStage.from_official_snl_state_dict(sd)
 
 
 def test_official_state_dict_errors():
     sd = _official().state_dict()
     bad = dict(sd)
-    del bad["w2.weight"]
-    with pytest.raises(ValueError, match=r"missing keys \['w2.weight'\]"):
+    del bad["stages.0.w_2.weight"]
+    with pytest.raises(ValueError, match=r"missing keys \['stages.0.w_2.weight'\]"):
         SNL.from_official_state_dict(bad)
     bad = dict(sd)
-    bad["w1.weight"] = torch.zeros(C, C // 2 + 1, 1, 1)
-    with pytest.raises(ValueError, match=r"misshaped keys \[w1.weight: got \(8, 5, 1, 1\), "
+    bad["stages.0.w_1.weight"] = torch.zeros(C, C // 2 + 1, 1, 1)
+    with pytest.raises(ValueError, match=r"misshaped keys \[stages.0.w_1.weight: got "
+                                         r"\(8, 5, 1, 1\), "
                                          r"expected \(8, 4, 1, 1\)\]"):
         SNL.from_official_state_dict(bad)
     bad = dict(sd)
@@ -246,13 +247,16 @@ def test_official_state_dict_errors():
     with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\]"):
         SNL.from_official_state_dict(bad)
     with pytest.raises(ValueError, match="pass prefix="):
-        SNL.from_official_state_dict({"model.g.weight": sd["g.weight"]})
+        SNL.from_official_state_dict({"model.t.weight": sd["t.weight"]})
     with pytest.raises(ValueError, match="1x1 convolution"):
-        SNL.from_official_state_dict({**sd, "g.weight": torch.zeros(4, 8, 3, 3)})
+        SNL.from_official_state_dict({**sd, "stages.0.g.weight": torch.zeros(4, 8, 3, 3)})
     with pytest.raises(TypeError, match="mapping"):
-        SNL.from_official_state_dict([("g.weight", sd["g.weight"])])
+        SNL.from_official_state_dict([("t.weight", sd["t.weight"])])
+    three = randomize(R.OfficialSNLStage(C, n_units=3), seed=9).state_dict()
+    with pytest.raises(ValueError, match="has 3 units.*from_official_snl_state_dict"):
+        SNL.from_official_state_dict(three)
     ok = dict(sd)
-    del ok["bn.num_batches_tracked"]          # older checkpoints lack it
+    del ok["stages.0.bn.num_batches_tracked"]          # older checkpoints lack it
     SNL.from_official_state_dict(ok)
 
 

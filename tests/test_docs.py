@@ -75,7 +75,7 @@ def test_cli_page_matches_the_parser():
     """docs/cli.md documents every command and option of `python -m analysis`, and no other."""
     pytest.importorskip("analysis.cli")
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    intro, *sections = re.split(r"^## `(\w+)`\s*$", text, flags=re.M)
+    intro, *sections = re.split(r"^## `([\w-]+)`\s*$", text, flags=re.M)
     documented = dict(zip(sections[::2], sections[1::2]))
     options = _cli_options()
     assert set(documented) == set(options), "one '## `command`' section per CLI command"
@@ -91,7 +91,8 @@ def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.mark.parametrize("page", ["getting-started.md", "howto-analyse-your-model.md"])
+@pytest.mark.parametrize("page", ["getting-started.md", "howto-analyse-your-model.md",
+                                  "howto-official-snl.md"])
 def test_python_examples_run(page, tmp_path, monkeypatch):
     """The ```python examples of the guide pages run as written, in order, in one namespace
     (```py blocks are shown only: they need files the test does not have)."""

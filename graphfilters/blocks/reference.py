@@ -20,7 +20,7 @@ module                     forward (``Z`` = ``g(x)`` as ``(B, N, C_s)``)
 :class:`CGNLRef`           grouped Taylor-RBF over channel×position (Yue et al. 2018)
 :class:`CrissCrossRef`     ``x + γ softmax_{row+column}(qᵀk) v`` (Huang et al. 2019)
 :class:`DisentangledNonLocalRef` whitened pairwise + unary softmax (Yin et al. 2020)
-:class:`OfficialSNL`       the official SNL code (Zhu et al. 2021), one unit
+:class:`OfficialSNL`       the official SNL stage (Zhu et al. 2021) with one unit
 :class:`OfficialSNLStage`  the official SNL stage: one affinity, ``n`` units
 :class:`GSNLRef`           gSNL with :math:`2\hat A^2 - I` or :math:`2\hat A - I`
 =========================  ==============================================================
@@ -429,15 +429,15 @@ def official_snl_affinity(t: Tensor, p: Tensor) -> Tensor:
 
 
 class OfficialSNLUnit(nn.Module):
-    r"""One unit of the official SNL code (classification branch).
+    r"""One unit of the official SNL code (``SNLUnit`` of ``model/nls/snl.py``).
 
     .. math::
 
         y = x + \mathrm{ReLU}\big(\mathrm{BN}(w_1(g(x)) \pm w_2(\hat A\, g(x)))\big)
 
-    ``g``: ``C -> C_s``, ``w1``, ``w2``: ``C_s -> C``, 1×1 convolutions without bias; ``bn``.
-    ``relu=False`` drops the ReLU (the paper's Figure 2); ``sign=-1`` subtracts the order-1
-    term (the official segmentation head).
+    ``g``: ``C -> C_s``, ``w_1``, ``w_2``: ``C_s -> C``, 1×1 convolutions without bias; ``bn``
+    (the official names). ``relu=False`` drops the ReLU (the paper's Figure 2); ``sign=-1``
+    subtracts the order-1 term (the official segmentation head).
     """
 
     def __init__(
@@ -447,79 +447,77 @@ class OfficialSNLUnit(nn.Module):
         self.in_channels, self.inter_channels, self.dim = inplanes, planes, dim
         self.relu, self.sign = relu, sign
         self.g = _conv(dim, inplanes, planes, bias=False)
-        self.w1 = _conv(dim, planes, inplanes, bias=False)
-        self.w2 = _conv(dim, planes, inplanes, bias=False)
         self.bn = _bn(dim, inplanes)
+        self.w_1 = _conv(dim, planes, inplanes, bias=False)
+        self.w_2 = _conv(dim, planes, inplanes, bias=False)
 
-    def unit(self, x: Tensor, att: Tensor) -> Tensor:
+    def forward(self, x: Tensor, att: Tensor) -> Tensor:
         residual = x
         g = self.g(x)
         b, c = g.shape[:2]
         g_nodes = g.view(b, c, -1).permute(0, 2, 1)
-        out = self.w1(g)
+        out = self.w_1(g)
         x_2 = att.bmm(g_nodes).permute(0, 2, 1).contiguous().view(b, c, *g.shape[2:])
-        out = out + self.sign * self.w2(x_2)
+        out = out + self.sign * self.w_2(x_2)
         out = self.bn(out)
         if self.relu:
             out = torch.relu(out)
         return out + residual
 
-    def forward(self, x: Tensor, att: Tensor) -> Tensor:
-        return self.unit(x, att)
+
+class OfficialSNLStage(nn.Module):
+    """The official SNL stage (``Stage`` of ``model/nls/basic.py`` with ``nl_type='snl'``):
+    ``n_units`` units sharing one affinity computed from the stage input.
+
+    State-dict keys, as in the official checkpoints (under the stage's path, e.g.
+    ``layer1.2.``): ``t.weight``, ``p.weight`` (``(C_s, C, 1, 1)``) and, per unit ``u``,
+    ``stages.{u}.g.weight`` (``(C_s, C, 1, 1)``), ``stages.{u}.w_1.weight``,
+    ``stages.{u}.w_2.weight`` (``(C, C_s, 1, 1)``), ``stages.{u}.bn.*``.
+    """
+
+    def __init__(
+        self, inplanes: int, planes: int | None = None, n_units: int = 1, dim: int = 2,
+        relu: bool = True, sign: int = 1,
+    ) -> None:
+        super().__init__()
+        planes = planes or max(inplanes // 2, 1)
+        self.in_channels, self.inter_channels, self.dim = inplanes, planes, dim
+        self.relu, self.sign = relu, sign
+        self.t = _conv(dim, inplanes, planes, bias=False)
+        self.p = _conv(dim, inplanes, planes, bias=False)
+        self.stages = nn.ModuleList(
+            OfficialSNLUnit(inplanes, planes, dim=dim, relu=relu, sign=sign)
+            for _ in range(n_units)
+        )
+
+    def affinity(self, x: Tensor) -> Tensor:
+        return official_snl_affinity(self.t(x), self.p(x))
+
+    def forward(self, x: Tensor, return_affinity: bool = False):
+        att = self.affinity(x)
+        for unit in self.stages:
+            x = unit(x, att)
+        return (x, att) if return_affinity else x
 
 
-class OfficialSNL(OfficialSNLUnit):
-    """The official SNL stage with its default single unit, flattened.
+class OfficialSNL(OfficialSNLStage):
+    """The official SNL stage with its default single unit (``stage_num=1``).
 
-    State-dict keys (what :meth:`graphfilters.blocks.SNL.from_official_state_dict` reads):
-    ``t.weight``, ``p.weight``, ``g.weight`` (``(C_s, C, 1, 1)``), ``w1.weight``,
-    ``w2.weight`` (``(C, C_s, 1, 1)``), ``bn.weight``, ``bn.bias``, ``bn.running_mean``,
-    ``bn.running_var``, ``bn.num_batches_tracked``.
+    Keys (what :meth:`graphfilters.blocks.SNL.from_official_state_dict` reads): ``t.weight``,
+    ``p.weight``, ``stages.0.g.weight``, ``stages.0.w_1.weight``, ``stages.0.w_2.weight``,
+    ``stages.0.bn.*``.
     """
 
     def __init__(
         self, inplanes: int, planes: int | None = None, dim: int = 2, relu: bool = True,
         sign: int = 1,
     ) -> None:
-        planes = planes or max(inplanes // 2, 1)
-        super().__init__(inplanes, planes, dim=dim, relu=relu, sign=sign)
-        self.t = _conv(dim, inplanes, planes, bias=False)
-        self.p = _conv(dim, inplanes, planes, bias=False)
+        super().__init__(inplanes, planes, n_units=1, dim=dim, relu=relu, sign=sign)
 
-    def affinity(self, x: Tensor) -> Tensor:
-        return official_snl_affinity(self.t(x), self.p(x))
-
-    def forward(self, x: Tensor, return_affinity: bool = False):  # type: ignore[override]
-        att = self.affinity(x)
-        out = self.unit(x, att)
-        return (out, att) if return_affinity else out
-
-
-class OfficialSNLStage(nn.Module):
-    """The official SNL stage with ``n_units`` units sharing one affinity.
-
-    Keys: ``t.weight``, ``p.weight`` and ``layers.{u}.g.weight``, ``layers.{u}.w1.weight``,
-    ``layers.{u}.w2.weight``, ``layers.{u}.bn.*``.
-    """
-
-    def __init__(
-        self, inplanes: int, planes: int | None = None, n_units: int = 1, dim: int = 2,
-        relu: bool = True,
-    ) -> None:
-        super().__init__()
-        planes = planes or max(inplanes // 2, 1)
-        self.in_channels, self.inter_channels, self.dim = inplanes, planes, dim
-        self.t = _conv(dim, inplanes, planes, bias=False)
-        self.p = _conv(dim, inplanes, planes, bias=False)
-        self.layers = nn.ModuleList(
-            OfficialSNLUnit(inplanes, planes, dim=dim, relu=relu) for _ in range(n_units)
-        )
-
-    def forward(self, x: Tensor, return_affinity: bool = False):
-        att = official_snl_affinity(self.t(x), self.p(x))
-        for layer in self.layers:
-            x = layer(x, att)
-        return (x, att) if return_affinity else x
+    @property
+    def bn(self) -> nn.Module:
+        """The unit's BatchNorm (``stages.0.bn``)."""
+        return self.stages[0].bn
 
 
 class GSNLRef(nn.Module):

@@ -81,7 +81,7 @@ class SNL(ChebyshevNonlocal):
         return [
             ("theta.weight", f"{prefix}t.weight", 1.0),
             ("phi.weight", f"{prefix}p.weight", 1.0),
-            *_unit_map("", prefix),
+            *_unit_map("", f"{prefix}stages.0."),
         ]
 
     @classmethod
@@ -100,21 +100,27 @@ class SNL(ChebyshevNonlocal):
         relu_after_norm: bool = True,
         sign: int = 1,
     ) -> SNL:
-        """Load a checkpoint of the official SNL code (one-unit stage).
+        """Load the one-unit SNL stage of a checkpoint of the official SNL code.
 
-        The official stage computes ``att = ReLU(t(x))ᵀReLU(p(x))``, symmetrizes it,
-        normalizes it by :math:`D^{-1/2}` on both sides and returns
-        ``x + ReLU(BN(w1(g(x)) + w2(att·g(x))))``. Expected keys (after ``prefix``):
-        ``t.weight``, ``p.weight``, ``g.weight`` ``(C_s, C, 1, 1)``, ``w1.weight``,
-        ``w2.weight`` ``(C, C_s, 1, 1)``, ``bn.weight``, ``bn.bias``, ``bn.running_mean``,
-        ``bn.running_var`` and optionally ``bn.num_batches_tracked``. ``C``, ``C_s`` and
-        ``dim`` are read from ``g.weight``. Keys outside ``prefix`` are ignored.
+        The official ``Stage`` (``model/nls/basic.py``) computes
+        ``att = ReLU(t(x))ᵀReLU(p(x))``, symmetrizes it, normalizes it by :math:`D^{-1/2}` on
+        both sides, and its unit returns ``x + ReLU(BN(w_1(g(x)) + w_2(att·g(x))))``. Expected
+        keys (after ``prefix``, e.g. ``"layer1.2."`` in a CIFAR PreResNet checkpoint):
+        ``t.weight``, ``p.weight``, ``stages.0.g.weight`` ``(C_s, C, 1, 1)``,
+        ``stages.0.w_1.weight``, ``stages.0.w_2.weight`` ``(C, C_s, 1, 1)``,
+        ``stages.0.bn.{weight, bias, running_mean, running_var}`` and optionally
+        ``stages.0.bn.num_batches_tracked``. ``C``, ``C_s`` and ``dim`` are read from the
+        shapes. Keys outside ``prefix`` are ignored. A stage of several units:
+        :meth:`NonlocalStage.from_official_snl_state_dict`; a whole model:
+        :func:`graphfilters.official.load_official`.
 
         Parameters
         ----------
         state_dict : mapping of str to Tensor
+            E.g. ``torch.load(path, weights_only=True)["state_dict"]`` (strip DataParallel's
+            ``module.`` by including it in ``prefix``).
         prefix : str
-            E.g. ``"layer1.snl."`` for a block inside a model checkpoint.
+            Path of the stage, e.g. ``"layer1.2."`` or ``"module.layer1.2."``.
         relu_after_norm : bool
             ``True`` (default): the official classification code's ReLU after BN.
         sign : {+1, -1}
@@ -130,18 +136,29 @@ class SNL(ChebyshevNonlocal):
         >>> import torch
         >>> from graphfilters.blocks.reference import OfficialSNL
         >>> official = OfficialSNL(8).eval()
+        >>> sorted(official.state_dict())[:3]
+        ['p.weight', 'stages.0.bn.bias', 'stages.0.bn.num_batches_tracked']
         >>> block = SNL.from_official_state_dict(official.state_dict()).eval()
         >>> x = torch.randn(1, 8, 6, 6)
         >>> torch.allclose(block(x), official(x), atol=1e-6)
         True
         """
         sub = _sub_state(state_dict, prefix)
-        c, cs, dim = _infer_sizes(sub, prefix, ("g.weight", "t.weight"), "the official SNL")
+        c, cs, dim = _infer_sizes(sub, prefix, ("stages.0.g.weight", "t.weight"),
+                                  "the official SNL stage")
+        more = sorted({m.group(1) for k in sub if (m := _LAYER.match(k)) and m.group(1) != "0"})
+        if more:
+            raise ValueError(
+                f"the official SNL stage at prefix {prefix!r} has {len(more) + 1} units "
+                f"(keys {prefix}stages.{{0, {', '.join(more)}}}.*): SNL loads one unit; use "
+                "NonlocalStage.from_official_snl_state_dict or "
+                "graphfilters.official.load_official"
+            )
         expected = {"t.weight": _conv_shape(cs, c, dim), "p.weight": _conv_shape(cs, c, dim)}
-        expected.update(_unit_shapes(c, cs, dim, ""))
-        _validate(sub, expected, prefix, "the official SNL block")
+        expected.update(_unit_shapes(c, cs, dim, "stages.0."))
+        _validate(sub, expected, prefix, "the official SNL stage (one unit)")
         block = cls(c, cs, dim=dim, relu_after_norm=relu_after_norm, sign=sign)
-        match_module(block, sub["g.weight"])
+        match_module(block, sub["stages.0.g.weight"])
         mapping = [e for e in cls.reference_map() if e[1] in sub]
         copy_weights(block, sub, mapping)
         return block
@@ -216,8 +233,8 @@ class gSNL(ChebyshevNonlocal):  # noqa: N801 - the block's published name
 def _unit_map(unified: str, source: str) -> WeightMap:
     return [
         (f"{unified}g.weight", f"{source}g.weight", 1.0),
-        (f"{unified}w.0", f"{source}w1.weight", 1.0),
-        (f"{unified}w.1", f"{source}w2.weight", 1.0),
+        (f"{unified}w.0", f"{source}w_1.weight", 1.0),
+        (f"{unified}w.1", f"{source}w_2.weight", 1.0),
         *bn_map(f"{unified}norm", f"{source}bn"),
     ]
 
@@ -229,8 +246,8 @@ def _conv_shape(c_out: int, c_in: int, dim: int) -> tuple[int, ...]:
 def _unit_shapes(c: int, cs: int, dim: int, prefix: str) -> dict[str, tuple[int, ...]]:
     shapes = {
         f"{prefix}g.weight": _conv_shape(cs, c, dim),
-        f"{prefix}w1.weight": _conv_shape(c, cs, dim),
-        f"{prefix}w2.weight": _conv_shape(c, cs, dim),
+        f"{prefix}w_1.weight": _conv_shape(c, cs, dim),
+        f"{prefix}w_2.weight": _conv_shape(c, cs, dim),
     }
     for k in BN_KEYS:
         shapes[f"{prefix}bn.{k}"] = () if k == "num_batches_tracked" else (c,)
@@ -295,12 +312,13 @@ def _validate(
         raise ValueError(
             f"cannot load {what} from this state dict: " + ", ".join(parts) + ". Expected the "
             f"official key names {sorted(prefix + k for k in expected)} with the shapes above "
-            "(sizes read from the g/t convolution); use prefix= to select one block of a model "
-            "checkpoint."
+            "(sizes read from the g/t convolution); use prefix= to select one stage of a model "
+            "checkpoint (e.g. 'layer1.2.'), or graphfilters.official.load_official for a whole "
+            "model."
         )
 
 
-_LAYER = re.compile(r"^layers\.(\d+)\.")
+_LAYER = re.compile(r"^stages\.(\d+)\.")
 
 
 def load_official_stage(
@@ -308,19 +326,19 @@ def load_official_stage(
 ):
     """Build a ``NonlocalStage`` of SNL units from an official multi-unit stage checkpoint."""
     sub = _sub_state(state_dict, prefix)
-    c, cs, dim = _infer_sizes(sub, prefix, ("t.weight", "layers.0.g.weight"),
+    c, cs, dim = _infer_sizes(sub, prefix, ("t.weight", "stages.0.g.weight"),
                               "the official SNL stage")
     units = sorted({int(m.group(1)) for k in sub if (m := _LAYER.match(k))})
     n_units = (max(units) + 1) if units else 1
     expected = {"t.weight": _conv_shape(cs, c, dim), "p.weight": _conv_shape(cs, c, dim)}
     for u in range(n_units):
-        expected.update(_unit_shapes(c, cs, dim, f"layers.{u}."))
+        expected.update(_unit_shapes(c, cs, dim, f"stages.{u}."))
     _validate(sub, expected, prefix, "the official SNL stage")
     stage = stage_cls(c, n_units=n_units, block="snl", dim=dim, inter_channels=cs,
                       relu_after_norm=relu_after_norm)
     match_module(stage, sub["t.weight"])
     mapping = [("units.0.theta.weight", "t.weight", 1.0), ("units.0.phi.weight", "p.weight", 1.0)]
     for u in range(n_units):
-        mapping += _unit_map(f"units.{u}.", f"layers.{u}.")
+        mapping += _unit_map(f"units.{u}.", f"stages.{u}.")
     copy_weights(stage, sub, [e for e in mapping if e[1] in sub])
     return stage

@@ -764,8 +764,8 @@ class NonlocalStage(nn.Module):
             return m
         if isinstance(ref, OfficialSNLStage):
             m = [("units.0.theta.weight", "t.weight", 1.0), ("units.0.phi.weight", "p.weight", 1.0)]
-            for u in range(len(ref.layers)):
-                m += _unit_map(f"units.{u}.", f"layers.{u}.")
+            for u in range(len(ref.stages)):
+                m += _unit_map(f"units.{u}.", f"stages.{u}.")
             return m
         raise TypeError(
             "reference must be a NonlocalStageRef or an OfficialSNLStage, got "
@@ -792,8 +792,8 @@ class NonlocalStage(nn.Module):
             stage = cls(ref.in_channels, n_units=len(ref.units), block="ns", dim=ref.dim,
                         inter_channels=ref.inter_channels)
         else:
-            stage = cls(ref.in_channels, n_units=len(ref.layers), block="snl", dim=ref.dim,
-                        inter_channels=ref.inter_channels, relu_after_norm=ref.layers[0].relu)
+            stage = cls(ref.in_channels, n_units=len(ref.stages), block="snl", dim=ref.dim,
+                        inter_channels=ref.inter_channels, relu_after_norm=ref.relu)
         copy_weights(match_module(stage, ref), ref.state_dict(), mapping)
         return stage.train(ref.training)
 
@@ -803,8 +803,8 @@ class NonlocalStage(nn.Module):
     ) -> NonlocalStage:
         """An SNL stage from a checkpoint of the official multi-unit stage.
 
-        Keys ``t.weight``, ``p.weight``, ``layers.{u}.g.weight``, ``layers.{u}.w1.weight``,
-        ``layers.{u}.w2.weight``, ``layers.{u}.bn.*`` (see
+        Keys ``t.weight``, ``p.weight``, ``stages.{u}.g.weight``, ``stages.{u}.w_1.weight``,
+        ``stages.{u}.w_2.weight``, ``stages.{u}.bn.*``, the official names (see
         :class:`~graphfilters.blocks.reference.OfficialSNLStage`). Raises ``ValueError`` for
         missing, misshaped or unexpected keys.
         """
