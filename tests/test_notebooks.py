@@ -88,5 +88,14 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
         if out.get("output_type") == "error"
     ]
     assert not errors, errors
+    # No warning on stderr (e.g. tqdm's "IProgress not found": the dev extra has ipywidgets).
+    stderr = [out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+              for out in cell.get("outputs", []) if out.get("name") == "stderr"]
+    assert not [t for t in stderr if "Warning" in t], stderr
+    # Every plt.show() drew a figure (the docs pages show these PNGs).
+    shows = sum(cell.source.count("plt.show()") for cell in nb.cells if cell.cell_type == "code")
+    pngs = sum("image/png" in out.get("data", {}) for cell in nb.cells
+               if cell.cell_type == "code" for out in cell.get("outputs", []))
+    assert pngs >= shows, f"{path.name}: {shows} plt.show() but {pngs} figures"
     assert elapsed < TIMEOUT_S, f"{path.name} took {elapsed:.0f} s"
     print(f"{path.name}: {elapsed:.1f} s")
