@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "NL and an SNL block on the digits (checkpoints reused when "
                                    "present), analyse both and write OUT/report.md.")
     p.add_argument("--out", default="out", help="output directory")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs per model; None: 8, or 1 with --quick")
     p.add_argument("--retrain", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--quick", action="store_true",
                    help="a fast smoke run (tiny training); the report says so")

@@ -87,6 +87,88 @@ def test_cli_page_matches_the_parser():
         assert not missing, f"docs/cli.md does not document {name} {sorted(missing)}"
 
 
+_OPTION_ROW = re.compile(r"^\|\s*`(?P<flag>--[a-z][a-z0-9-]*)[^`]*`\s*\|(?P<text>.*)\|\s*$", re.M)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _documented_rows(text: str) -> dict[str, str]:
+    """``{--flag: meaning}`` from the option tables (``| `--flag ARG` | meaning |``)."""
+    return {m["flag"]: m["text"].strip() for m in _OPTION_ROW.finditer(text)}
+
+
+def _same_default(documented: str, default) -> bool:
+    value = documented.strip().strip("`")
+    if isinstance(default, bool):
+        return value.lower() == str(default).lower()
+    if isinstance(default, (int, float)):
+        try:
+            return float(value) == float(default)
+        except ValueError:
+            return False
+    if isinstance(default, (list, tuple)):
+        return value.split() == [str(v) for v in default]
+    return value == str(default)
+
+
+def test_cli_page_defaults_are_the_parsers():
+    """Every option of every command (read from the parser, so new options are checked too)
+    has a row in docs/cli.md whose stated default is the parser's:
+
+    - a default value is written ``(default VALUE)`` (``VALUE`` in backticks or not; numbers
+      compare as numbers, so ``1e-4`` is ``0.0001``);
+    - a default of ``None`` is either not stated or described, ``(default: words)``; every
+      number in the words must be in the option's ``--help`` text (which says what None does);
+    - a required option says ``(required)``; flags (``store_true``) state no default.
+    Rows of the table before the first command section apply to every command (``--device``).
+    """
+    from analysis.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    intro, *sections = re.split(r"^## `(\w+)`\s*$", text, flags=re.M)
+    documented = dict(zip(sections[::2], sections[1::2]))
+    shared = _documented_rows(intro)
+    problems = []
+    for name, command in sub.choices.items():
+        rows = {**shared, **_documented_rows(documented.get(name, ""))}
+        for action in command._actions:
+            flags = [f for f in action.option_strings if f.startswith("--") and f != "--help"]
+            if not flags or action.help == argparse.SUPPRESS:
+                continue
+            flag = flags[0]
+            where = f"docs/cli.md `{name}` {flag}"
+            row = rows.get(flag)
+            if row is None:
+                problems.append(f"{where}: no row in the option table")
+                continue
+            stated = re.search(r"\(default(?P<colon>:)?\s+(?P<value>[^)]*)\)", row)
+            help_text = (action.help or "").replace("%%", "%")
+            default = action.default
+            if action.required:
+                if "(required)" not in row:
+                    problems.append(f"{where}: required, the page does not say so")
+            elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                if stated:
+                    problems.append(f"{where}: a flag, the page states a default")
+            elif default is None:
+                if stated and not stated["colon"]:
+                    problems.append(f"{where}: the parser's default is None, the page says "
+                                    f"{stated['value']!r}")
+                elif stated:
+                    missing = [n for n in _NUMBER.findall(stated["value"])
+                               if n not in help_text]
+                    if missing:
+                        problems.append(f"{where}: the page's default {stated['value']!r} "
+                                        f"has {missing}, the --help text {help_text!r} not")
+            elif not stated or stated["colon"]:
+                problems.append(f"{where}: the page states no default (parser: {default!r})")
+            elif not _same_default(stated["value"], default):
+                problems.append(f"{where}: the page says default {stated['value']!r}, "
+                                f"the parser {default!r}")
+    assert not problems, "\n".join(problems)
+
+
 def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
