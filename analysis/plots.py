@@ -141,7 +141,7 @@ def plot_spectrum(
     ev = ev[np.isfinite(ev)]
     scale = max(1.0, float(np.abs(ev).max(initial=0.0)))
     is_complex = np.iscomplexobj(ev) and np.abs(ev.imag).max(initial=0.0) > imag_tol * scale
-    label = f"{operator} ({kind})" if operator else "eigenvalues"
+    label = f"{operator} ({kind})" if spec_operator else (operator or "eigenvalues")
     if is_complex:
         if operator in ("laplacian", "normalized"):
             center = 1.0 if operator == "laplacian" else 0.0

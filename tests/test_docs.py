@@ -193,26 +193,95 @@ def test_python_examples_run(page, tmp_path, monkeypatch):
                 unregister_adapter(value)
 
 
+def check_no_external_script(site: Path) -> None:
+    """No built page loads a script or a style sheet from the network: the site reads the
+    same offline, behind a proxy, or saved to disk."""
+    tag = re.compile(r"<(script|link)\b[^>]*>", re.I)
+    url = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
+    offenders = []
+    for page in sorted(site.rglob("*.html")):
+        for m in tag.finditer(page.read_text(encoding="utf-8")):
+            is_script = m[1].lower() == "script"
+            is_style = "stylesheet" in m[0].lower() or "preload" in m[0].lower()
+            if (is_script or is_style) and url.search(m[0]):
+                offenders.append(f"{page.relative_to(site)}: {m[0]}")
+    assert not offenders, "pages load from the network:\n" + "\n".join(offenders)
+
+
+def check_math_is_rendered(site: Path) -> None:
+    """Formulas are MathML in the built HTML: none is left as raw TeX for a script to typeset."""
+    for rel in ("theory/index.html", "api/graph/index.html", "design/index.html"):
+        html = (site / rel).read_text(encoding="utf-8")
+        assert "<math" in html, f"{rel}: no MathML"
+        assert 'class="arithmatex"' not in html, f"{rel}: a formula was left to a script"
+        body = re.sub(r"<annotation.*?</annotation>|<pre.*?</pre>|<code.*?</code>", "", html,
+                      flags=re.S)
+        raw = re.findall(r"\\\(.{0,40}|\\\[.{0,40}", body)
+        assert not raw, f"{rel}: raw TeX on the page: {raw[:3]}"
+        if rel.startswith("api/"):
+            assert ":math:" not in html, f"{rel}: a reST role was not rewritten"
+
+
+def _notebook_sources() -> list[tuple[Path, str]]:
+    """(source, page folder in the site) of every executed notebook page."""
+    pages = [(p, f"notebooks/{p.stem}") for p in sorted((ROOT / "notebooks").glob("[0-9]*.py"))]
+    return [*pages, (ROOT / "docs" / "gallery.py", "gallery")]
+
+
+def check_notebook_pages_have_their_figures(site: Path) -> None:
+    """Every notebook (and the gallery) has a page showing every figure it made: the page's
+    images are exactly the PNG outputs of the executed notebook published beside it, each a
+    real PNG file of the site, and there is at least one per ``plt.show()`` of the source."""
+    import nbformat
+
+    for source, folder in _notebook_sources():
+        page = site / folder / "index.html"
+        assert page.is_file(), f"{source.name}: no page {folder}/"
+        html = page.read_text(encoding="utf-8")
+        executed = nbformat.read(site / f"{folder}.ipynb", as_version=4)
+        outputs = [out for cell in executed.cells if cell.cell_type == "code"
+                   for out in cell.outputs]
+        assert not [o for o in outputs if o.output_type == "error"], f"{source.name} failed"
+        pngs = sum("image/png" in out.get("data", {}) for out in outputs)
+        shows = source.read_text(encoding="utf-8").count("plt.show()")
+        images = re.findall(r'<img[^>]*src="([^"]+\.png)"', html)
+        assert len(images) == pngs >= shows, (
+            f"{folder}: {len(images)} images on the page, {pngs} figures in the notebook, "
+            f"{shows} plt.show()"
+        )
+        for src in images:
+            target = (page.parent / src).resolve()
+            assert target.is_file(), f"{folder}: missing figure {src}"
+            assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{folder}: {src} not a PNG"
+        assert 'class="arithmatex"' not in html, f"{folder}: a formula was left to a script"
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_mkdocs_build_strict(tmp_path):
+    """``mkdocs build --strict`` of the whole site, notebooks executed (as ``make docs``),
+    then the built pages are checked: no script from the network, math rendered as MathML,
+    every notebook page with its figures."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings_handlers.python")
+    pytest.importorskip("latex2mathml")
+    pytest.importorskip("jupytext")
     site = tmp_path / "site"
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               GRAPHFILTERS_DOCS_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=230,
+        timeout=880,
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
-    for page in ("index.html", "theory/index.html", "api/graph/index.html"):
+    for page in ("index.html", "theory/index.html", "api/graph/index.html", "gallery/index.html",
+                 "design/index.html", "notebooks/index.html"):
         assert (site / page).is_file(), page
-    # The math went through arithmatex, and the reST roles were rewritten by docs/assets.
-    graph_page = (site / "api" / "graph" / "index.html").read_text(encoding="utf-8")
-    assert 'class="arithmatex"' in graph_page
-    assert ":math:" not in graph_page
+    check_no_external_script(site)
+    check_math_is_rendered(site)
+    check_notebook_pages_have_their_figures(site)
     shutil.rmtree(site, ignore_errors=True)
