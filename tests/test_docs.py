@@ -169,6 +169,27 @@ def test_cli_page_defaults_are_the_parsers():
     assert not problems, "\n".join(problems)
 
 
+def test_wrapped_numpydoc_entry_is_one_entry():
+    """An Attributes entry whose names wrap onto a second line is one row with its type and
+    description on the API page (docs/assets/griffe_rst.py joins the lines)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_rst", ROOT / "docs/assets/griffe_rst.py")
+    griffe_rst = importlib.util.module_from_spec(spec)
+    pytest.importorskip("griffe")
+    spec.loader.exec_module(griffe_rst)
+    doc = ("One row.\n\nAttributes\n----------\nlambda_max, spectral_gap,\n"
+           "effective_rank : float\n    Metrics.\nname : str\n    A name.\n")
+    lines = griffe_rst.rst_to_markdown(doc).splitlines()
+    assert "lambda_max, spectral_gap, effective_rank : float" in lines
+    assert "name : str" in lines and "One row." in lines
+    from analysis.analyze import BlockReport
+
+    converted = griffe_rst.rst_to_markdown(BlockReport.__doc__)
+    assert not [x for x in converted.splitlines() if x.rstrip().endswith(",") and
+                x.startswith("    ") and not x.startswith("        ")], "an entry still wraps"
+
+
 def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
