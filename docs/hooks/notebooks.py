@@ -162,6 +162,19 @@ def _latex(text: str) -> str:
     return f"\\[\n{tex}\n\\]"
 
 
+def _merged_streams(outputs: list) -> list:
+    """Consecutive prints to the same stream as one output (one text block on the page)."""
+    merged: list = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and prev is not None
+                and prev.get("output_type") == "stream" and prev.get("name") == out.get("name")):
+            merged[-1] = {**prev, "text": _text(prev.get("text", "")) + _text(out.get("text", ""))}
+        else:
+            merged.append(out)
+    return merged
+
+
 def to_markdown(nb, stem: str, download: str) -> tuple[str, dict[str, bytes]]:
     """The page's Markdown and its figures ``{src_uri: png bytes}``.
 
@@ -184,7 +197,7 @@ def to_markdown(nb, stem: str, download: str) -> tuple[str, dict[str, bytes]]:
         if cell.cell_type != "code" or not source:
             continue
         parts.append(_fence(source, "python"))
-        for out in cell.get("outputs", []):
+        for out in _merged_streams(cell.get("outputs", [])):
             kind = out.get("output_type")
             if kind == "stream":
                 text = _terminal(_text(out.get("text", "")))
