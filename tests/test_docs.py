@@ -279,7 +279,7 @@ def check_notebook_pages_have_their_figures(site: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_mkdocs_build_strict(tmp_path):
+def test_mkdocs_build_strict(tmp_path, notebook_cache):
     """``mkdocs build --strict`` of the whole site, notebooks executed (as ``make docs``),
     then the built pages are checked: no script from the network, math rendered as MathML,
     every notebook page with its figures."""
@@ -289,7 +289,7 @@ def test_mkdocs_build_strict(tmp_path):
     pytest.importorskip("jupytext")
     site = tmp_path / "site"
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-               GRAPHFILTERS_DOCS_CACHE=str(tmp_path / "cache"))
+               GRAPHFILTERS_DOCS_CACHE=str(notebook_cache))
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,

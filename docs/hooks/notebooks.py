@@ -82,7 +82,12 @@ def _kernel_manager():
 
 
 def execute(path: Path):
-    """The notebook of a jupytext source, executed in a scratch folder (an error raises)."""
+    """The notebook of a jupytext source, executed in a scratch folder (an error raises).
+
+    The wall time is recorded in ``nb.metadata["graphfilters"]["seconds"]``.
+    """
+    import time
+
     import jupytext
     import nbclient
 
@@ -104,25 +109,35 @@ def execute(path: Path):
                 resources={"metadata": {"path": str(workdir)}},
                 allow_errors=False,
             )
+            start = time.perf_counter()
             client.execute()
+            nb.metadata["graphfilters"] = {"seconds": round(time.perf_counter() - start, 1)}
     finally:
         os.environ.clear()
         os.environ.update(env_before)
     return nb
 
 
-def executed(path: Path):
-    """``execute(path)``, from the cache when neither the source nor the code changed."""
+def executed(path: Path, cache_dir: Path | None = None):
+    """``execute(path)``, from the cache when neither the source nor the code changed.
+
+    ``cache_dir`` defaults to ``$GRAPHFILTERS_DOCS_CACHE`` or ``.cache/docs-notebooks``. The
+    test suite gives the docs build and tests/test_notebooks.py one cache for the session, so
+    a notebook runs once per session whichever of them gets to it first.
+    """
     import nbformat
 
-    cache = _cache_dir() / f"{path.stem}-{_cache_key(path)}.ipynb"
+    folder = Path(cache_dir) if cache_dir is not None else _cache_dir()
+    cache = folder / f"{path.stem}-{_cache_key(path)}.ipynb"
     if cache.is_file():
         return nbformat.read(cache, as_version=4)
     nb = execute(path)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    for old in cache.parent.glob(f"{path.stem}-*.ipynb"):
-        old.unlink()
-    nbformat.write(nb, cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob(f"{path.stem}-*.ipynb"):
+        old.unlink(missing_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")
+    nbformat.write(nb, partial)
+    os.replace(partial, cache)  # atomic: a reader never sees half a notebook
     return nb
 
 
