@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m analysis demo --out out
 
 test: $(STAMP)
-	$(PY) -m ruff check graphfilters analysis tests benchmarks notebooks
+	$(PY) -m ruff check graphfilters analysis tests benchmarks notebooks docs
 	$(PY) -m pytest -n 2 --timeout=600
 
 docs: $(STAMP)
@@ -31,4 +31,4 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf out site .pytest_cache
+	rm -rf out site .pytest_cache .cache/docs-notebooks

@@ -7,8 +7,9 @@ Commands
 ``analyze CHECKPOINT``
     Load a checkpoint (``torch.load(weights_only=True)``), run :func:`analysis.analyze` on its
     test data and print the table (optionally as CSV/JSON).
-``report CHECKPOINT --out DIR``
-    Write a Markdown report with figures, the analysis table and the run's configuration.
+``report CHECKPOINT [CHECKPOINT ...] --out DIR``
+    Write a Markdown report with figures, the analysis table and the runs' configurations
+    (one section per checkpoint).
 ``import-official CKPT --arch A --nl-type T --out FILE``
     Convert a checkpoint of the official SNL code (github zh460045050/SNL_ICCV2021) into a
     graphfilters checkpoint that ``analyze`` and ``report`` read.
@@ -47,7 +48,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    help="directory of the CIFAR python-pickle files (cifar10/cifar100 only; "
                         "nothing is downloaded)")
     p.add_argument("--samples", type=int, default=64,
-                   help="test images analysed")
+                   help="test images loaded; the accuracy-under-noise curve uses all of them")
+    p.add_argument("--spectrum-samples", type=int, default=8,
+                   help="of those, the first K whose blocks are captured: spectra, responses, "
+                        "stability and Jacobian norms are computed on these")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=20, help="ResNet depth 6n+2")
     p.add_argument("--width", type=int, default=16, help="channels of the first stage")
     p.add_argument("--stage", type=int, default=1, help="stage (1-3) of the block")
-    p.add_argument("--position", type=int, default=2,
-                   help="insert the block after this residual unit of the stage")
+    p.add_argument("--position", type=int, default=None,
+                   help="insert the block after this residual unit of the stage; None: the "
+                        "second, or the last when the stage has one unit (--depth 8)")
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
     p.add_argument("--image-size", type=int, default=16,
                    help="side of the digits / long-range images")
@@ -103,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write DIR/report.md with spectra, responses, attention maps "
                                    "on real inputs, robustness curves, the analysis table and "
                                    "the run's configuration.")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="+",
+                   help="one or more checkpoints; the report has a section for each")
     p.add_argument("--out", required=True, help="output directory")
     _add_data_options(p)
     _add_common(p)
@@ -153,12 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "NL and an SNL block on the digits (checkpoints reused when "
                                    "present), analyse both and write OUT/report.md.")
     p.add_argument("--out", default="out", help="output directory")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs per model; None: 8, or 1 with --quick")
     p.add_argument("--retrain", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--quick", action="store_true",
                    help="a fast smoke run (tiny training); the report says so")
     _add_common(p)
     return parser
+
+
+def _position(args: argparse.Namespace) -> int:
+    """``--position``, or its default: after the second residual unit of the stage, or after
+    its only one (depth 8 has one unit per stage)."""
+    if args.position is not None:
+        return args.position
+    return max(1, min(2, (args.depth - 2) // 6))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -174,7 +189,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data["root"] = args.data_dir
     model = {"depth": args.depth, "width": args.width,
              "block": None if args.block == "none" else args.block,
-             "block_stages": [args.stage], "block_positions": [args.position]}
+             "block_stages": [args.stage], "block_positions": [_position(args)]}
     if args.mode is not None:
         if args.block != "nl":
             raise ValueError("--mode applies to --block nl only")
@@ -198,18 +213,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, checkpoint: str):
     from .report import load_for_analysis
 
-    return load_for_analysis(args.checkpoint, device=args.device, data_dir=args.data_dir,
+    if args.spectrum_samples < 1:
+        raise ValueError(f"--spectrum-samples must be >= 1, got {args.spectrum_samples}")
+    return load_for_analysis(checkpoint, device=args.device, data_dir=args.data_dir,
                              samples=args.samples)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze
 
-    loaded = _load(args)
-    rows = analyze(loaded.model, loaded.inputs, labels=loaded.labels)
+    loaded = _load(args, args.checkpoint)
+    rows = analyze(loaded.model, loaded.inputs, labels=loaded.labels,
+                   max_samples=args.spectrum_samples)
     print(rows.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(rows.to_records(), indent=1, default=str))
@@ -221,10 +239,18 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report import analyse_loaded, write_report
 
-    loaded = _load(args)
-    path = write_report(args.out, {loaded.name: loaded})
+    models = {}
+    for checkpoint in args.checkpoint:
+        loaded = _load(args, checkpoint)
+        if loaded.name in models:  # two 'snl' checkpoints: tell them apart by file name
+            loaded.name = Path(checkpoint).stem
+        while loaded.name in models:
+            loaded.name += "'"
+        analyse_loaded(loaded, max_samples=args.spectrum_samples)
+        models[loaded.name] = loaded
+    path = write_report(args.out, models)
     print(f"wrote {path}")
     return 0
 

@@ -32,6 +32,7 @@ __all__ = [
     "plot_accuracy",
     "plot_energy",
     "plot_history",
+    "plain_log_ticks",
 ]
 
 
@@ -42,6 +43,33 @@ def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.6)) -> tuple
     if not isinstance(ax, Axes):
         raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
     return ax.figure, ax
+
+
+def plain_log_ticks(ax: Axes, axis: str = "y") -> Axes:
+    """Label a log axis with plain numbers (``1.4``, ``20``, ``0.05``), not ``1.4×10⁰``.
+
+    Matplotlib labels the minor ticks of a log axis that spans less than a decade in
+    scientific notation; this labels them (and the decades) with ``{:g}``.
+
+    Examples
+    --------
+    >>> fig, ax = plot_growth([1.1, 1.3, 1.6])
+    >>> fig.draw_without_rendering()
+    >>> [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()][:3]
+    ['0.9', '1.1', '1.2']
+    """
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return f"{x:g}"
+
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(PlainLogFormatter())
+    target.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    return ax
 
 
 def _values(spec: Any) -> tuple[np.ndarray, str, str]:
@@ -66,9 +94,11 @@ def plot_spectrum(
     bins: int = 50,
     imag_tol: float = 1e-9,
     title: str | None = None,
+    operator: str | None = None,
+    log: bool = False,
     **kwargs: Any,
 ) -> tuple[Figure, Axes]:
-    r"""Histogram of a real spectrum, or the complex plane with the unit circle.
+    r"""Histogram of a real spectrum, or the complex plane with the disk it lies in.
 
     Parameters
     ----------
@@ -79,14 +109,22 @@ def plot_spectrum(
         Histogram bins (real spectra).
     imag_tol : float
         Relative imaginary part below which the spectrum counts as real.
+    operator : {"normalized", "laplacian"}, optional
+        What the eigenvalues are of, for an array (a Spectrum says it itself): it places the
+        circle of a complex spectrum.
+    log : bool
+        Logarithmic count axis for a real spectrum (low-rank operators: one tall bar of
+        trivial eigenvalues). A complex spectrum keeps linear axes (a log imaginary axis has
+        no meaning for values of both signs), so ``log`` does nothing there.
     **kwargs
         Passed to ``ax.hist`` or ``ax.scatter``.
 
     Notes
     -----
-    For a normalized operator the circle is :math:`|\mu| = 1` (every row-stochastic matrix's
-    spectrum lies inside it); for a Laplacian :math:`\lambda = 1 - \mu` it is
-    :math:`|\lambda - 1| = 1`.
+    For a normalized operator :math:`\hat A` the circle is :math:`|\mu| = 1` (every
+    row-stochastic matrix's spectrum lies inside it); for its Laplacian
+    :math:`\lambda = 1 - \mu` it is :math:`|\lambda - 1| = 1`. An array of unknown origin
+    gets no circle. Axes are equal, so the circle is a circle.
 
     Examples
     --------
@@ -95,16 +133,21 @@ def plot_spectrum(
     >>> ax.get_xlabel(), ax.get_ylabel()
     ('Re', 'Im')
     """
-    ev, operator, kind = _values(spectrum)
+    ev, spec_operator, kind = _values(spectrum)
+    if operator not in (None, "normalized", "laplacian"):
+        raise ValueError(f"operator must be 'normalized' or 'laplacian', got {operator!r}")
+    operator = spec_operator or operator or ""
     fig, ax = _fig_ax(ax)
     ev = ev[np.isfinite(ev)]
     scale = max(1.0, float(np.abs(ev).max(initial=0.0)))
     is_complex = np.iscomplexobj(ev) and np.abs(ev.imag).max(initial=0.0) > imag_tol * scale
-    label = f"{operator} ({kind})" if operator else "eigenvalues"
+    label = f"{operator} ({kind})" if spec_operator else (operator or "eigenvalues")
     if is_complex:
-        center = 1.0 if operator == "laplacian" else 0.0
-        t = np.linspace(0, 2 * np.pi, 361)
-        ax.plot(center + np.cos(t), np.sin(t), "--", color="0.6", lw=1, label="unit circle")
+        if operator in ("laplacian", "normalized"):
+            center = 1.0 if operator == "laplacian" else 0.0
+            circle = r"$|\lambda - 1| = 1$" if operator == "laplacian" else r"$|\mu| = 1$"
+            t = np.linspace(0, 2 * np.pi, 361)
+            ax.plot(center + np.cos(t), np.sin(t), "--", color="0.6", lw=1, label=circle)
         ax.scatter(ev.real, ev.imag, s=kwargs.pop("s", 8), alpha=kwargs.pop("alpha", 0.6),
                    label=label, **kwargs)
         ax.axhline(0, color="0.8", lw=0.5)
@@ -117,6 +160,9 @@ def plot_spectrum(
         ax.hist(np.real(ev), bins=bins, **kwargs)
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("count")
+        if log:
+            ax.set_yscale("log")
+            plain_log_ticks(ax, "y")
     ax.set_title(title if title is not None else f"spectrum of the {label}")
     return fig, ax
 
@@ -221,6 +267,12 @@ def plot_affinity_rows(
     ax : Axes or sequence of Axes, optional
         One Axes per query (a single Axes for a single query).
 
+    Notes
+    -----
+    A query that is an isolated node (its row of :math:`\hat A` is zero, e.g. a ReLU kernel
+    whose embedding vanishes there: zero degree, and the normalization gives 0, never NaN)
+    has nothing to draw: its panel says so instead of staying blank.
+
     Returns
     -------
     (fig, axes) with ``axes`` a list (one per query).
@@ -256,6 +308,11 @@ def plot_affinity_rows(
         row = np.asarray(capture.affinity_row(q, index))
         flat = int(q) if np.isscalar(q) else int(np.ravel_multi_index(tuple(q), shape))
         pos = np.unravel_index(flat, shape)
+        if not np.any(row):
+            a.text(0.5, 0.5, "isolated node:\nits row of $\\hat A$ is 0\n(zero degree)",
+                   transform=a.transAxes, ha="center", va="center", fontsize="small",
+                   bbox={"boxstyle": "round", "fc": "white", "ec": "0.6", "alpha": 0.9},
+                   zorder=5)
         if row.ndim == 1:
             a.plot(row, color="C0")
             a.axvline(pos[0], color="C3", ls="--")
@@ -317,6 +374,7 @@ def plot_growth(
         ax.plot(n, radius, ls="--", color=line.get_color(), alpha=0.6, label=r"$\rho^n$")
     ax.axhline(1.0, color="0.6", lw=0.8)
     ax.set_yscale("log")
+    plain_log_ticks(ax, "y")
     ax.set_xlabel("number of stacked blocks n")
     ax.set_ylabel("growth")
     ax.legend(fontsize="small")
@@ -414,13 +472,16 @@ def plot_history(
     >>> fig, ax = plot_history(hist)
     >>> ax.get_ylabel()
     'training loss'
+    >>> [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    ['train loss', 'train acc', 'test acc']
     """
     epochs = [h for h in history if "epoch" in h and "train_loss" in h]
     if not epochs:
         raise ValueError("history has no epoch entries with a train_loss to plot")
     fig, ax = _fig_ax(ax)
     x = [h["epoch"] for h in epochs]
-    ax.plot(x, [h["train_loss"] for h in epochs], color="C0", marker="o", ms=3)
+    ax.plot(x, [h["train_loss"] for h in epochs], color="C0", marker="o", ms=3,
+            label="train loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
     twin = ax.twinx()
@@ -431,6 +492,7 @@ def plot_history(
         twin.plot(*zip(*tests), color="C2", marker="s", ms=3, label="test acc")
     twin.set_ylabel("accuracy")
     twin.set_ylim(0, 1.02)
-    twin.legend(fontsize="small", loc="center right")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    twin.legend(handles=handles, fontsize="small", loc="center right")
     ax.set_title(title or "training")
     return fig, ax

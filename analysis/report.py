@@ -223,11 +223,11 @@ def _model_section(loaded: LoadedModel, figdir: Path, rel: str) -> list[str]:
             lap = 1 - spec_n.all()  # L = I - Â: no second eigen-solve
         else:
             lap = spectrum(cap, "laplacian", progress=False)
-        for ax, spec, what in ((ax1, spec_n, "the operator Â"), (ax2, lap, "the Laplacian")):
-            plot_spectrum(spec, ax=ax, title=f"eigenvalues of {what}")
-            values = spec.all() if hasattr(spec, "all") else spec
-            if np.abs(np.imag(values)).max(initial=0.0) == 0:
-                ax.set_yscale("log")  # low-rank operators: one tall bar of trivial eigenvalues
+        for ax, spec, what, op in ((ax1, spec_n, "the operator Â", "normalized"),
+                                   (ax2, lap, "the Laplacian", "laplacian")):
+            # log counts for a real spectrum (low-rank operators: one tall bar of trivial
+            # eigenvalues); a complex one keeps linear axes and its circle
+            plot_spectrum(spec, ax=ax, title=f"eigenvalues of {what}", operator=op, log=True)
         plot_response(block_response(cap, spectrum_result=spec_n, energies=False), ax=ax3,
                       title="frequency response σ(H(λ))")
         out += [f"### `{row.path}` ({row.block})", "",

@@ -1,7 +1,7 @@
 r"""Graphs from affinities: degrees, Laplacians, normalization, :math:`\lambda_{max}`, operators.
 
 An affinity :math:`A \in \mathbb{R}^{N \times N}` between N positions is read as the adjacency
-of a weighted graph. Conventions (see ``DESIGN.md`` §3):
+of a weighted graph. Conventions (see the docs page "Design and conventions", docs/design.md):
 
 - degree :math:`d_i = \sum_j A_{ij}` (row sums); where :math:`d_i = 0` the inverse and the
   inverse square root are 0 (an isolated node), never NaN;

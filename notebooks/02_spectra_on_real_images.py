@@ -65,7 +65,7 @@ plt.show()
 #
 # Each pixel is a node with features (r, g, b, y, x), standardized. One seeded random
 # projection to $C_s = 16$ channels gives $\Theta$ and $\Phi$ (correlated, as
-# $W_\phi = W_\theta + $ noise, so the pictures have some structure); A²'s gather and
+# $W_\phi = W_\theta + \text{noise}$, so the pictures have some structure); A²'s gather and
 # distribute logits are two more projections to $m = 8$.
 
 # %%
@@ -140,11 +140,12 @@ W_phi_indep = rng.standard_normal((5, C_s)) / np.sqrt(5)
 mu_nl_indep = kernels.embedded_gaussian(X @ W_theta, X @ W_phi_indep, scale="sqrt").eigvals()
 
 fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-plot_spectrum(mu_nl, ax=axes[0], title=r"NL, $W_\phi \approx W_\theta$: eigenvalues of A")
-plot_spectrum(mu_nl_indep, ax=axes[1], title=r"NL, independent $W_\phi$")
-plot_spectrum(mu_a2, ax=axes[2], title="A2: eigenvalues of A")
-plot_spectrum(lam_snl, ax=axes[3], bins=60, range=(0, 2), title="SNL: eigenvalues of $L_{sym}$")
-axes[3].set_yscale("log")
+plot_spectrum(mu_nl, ax=axes[0], operator="normalized",
+              title=r"NL, $W_\phi \approx W_\theta$: eigenvalues of A")
+plot_spectrum(mu_nl_indep, ax=axes[1], operator="normalized", title=r"NL, independent $W_\phi$")
+plot_spectrum(mu_a2, ax=axes[2], operator="normalized", title="A2: eigenvalues of A")
+plot_spectrum(lam_snl, ax=axes[3], bins=60, range=(0, 2), log=True,
+              title="SNL: eigenvalues of $L_{sym}$")
 plt.tight_layout()
 plt.show()
 

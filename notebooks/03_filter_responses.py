@@ -30,7 +30,8 @@
 #    upscaled to $16 \times 16$, on the CPU. Their affinities are captured on test images;
 #    the response is drawn with the captured eigenvalues marked.
 #
-# These models are deliberately tiny (a few seconds of training): the point is the
+# These models are deliberately tiny (on one CPU core, from a few seconds each on an idle
+# machine to about a minute on a busy one; the time is printed below): the point is the
 # analysis pipeline and the shapes of the responses, not the accuracy. If `make demo` has
 # been run, its checkpoints (`../out/checkpoints/nl.pt` and `snl.pt`, PreResNet-20 models
 # trained longer) are used instead.
@@ -184,11 +185,10 @@ plt.show()
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-plot_spectrum([1 - ev for ev in responses["nl"].eigenvalues], ax=axes[0],
+plot_spectrum([1 - ev for ev in responses["nl"].eigenvalues], ax=axes[0], operator="normalized",
               title=r"NL: eigenvalues $\mu$ of $\hat A$ (complex)")
-plot_spectrum(responses["snl"].eigenvalues, ax=axes[1], bins=50, range=(0, 2),
+plot_spectrum(responses["snl"].eigenvalues, ax=axes[1], bins=50, range=(0, 2), log=True,
               title=r"SNL: eigenvalues of $L_{sym}$ (real, in [0, 2])")
-axes[1].set_yscale("log")
 plt.tight_layout()
 plt.show()
 
@@ -197,9 +197,10 @@ fig, axes = plt.subplots(2, 1 + len(queries), figsize=(11, 5.5))
 for r, (name, cap) in enumerate(captures.items()):
     axes[r, 0].imshow(x[0, 0], cmap="gray")
     axes[r, 0].set_title(f"input (label {int(y_test[0])})")
-    axes[r, 0].set_axis_off()
+    axes[r, 0].set_xticks([])
+    axes[r, 0].set_yticks([])
+    axes[r, 0].set_ylabel(name.upper(), fontsize="large")  # the row's block, at its left
     plot_affinity_rows(cap, queries, image=x[0, 0], ax=axes[r, 1:], cmap="magma")
-    axes[r, 1].set_ylabel(name)
 plt.tight_layout()
 plt.show()
 

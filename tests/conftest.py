@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -38,3 +39,15 @@ def random_symmetric_affinity(rng: np.random.Generator, n: int, density: float =
     W = rng.random((n, n)) * (rng.random((n, n)) < density)
     A = np.triu(W, 1)
     return A + A.T
+
+
+@pytest.fixture(scope="session")
+def notebook_cache(tmp_path_factory) -> Path:
+    """One folder of executed notebooks for the whole session, shared by the pytest-xdist
+    workers: the docs build (tests/test_docs.py) and tests/test_notebooks.py each execute a
+    notebook only if the other has not already done so in this session (same source, same code)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = root / "executed-notebooks"
+    folder.mkdir(exist_ok=True)
+    return folder

@@ -71,7 +71,8 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "snl.pt"
-    res = run("train", "--block", "snl", "--depth", "8", "--width", "4", "--position", "1",
+    # --depth 8 has one residual unit per stage: the default --position is that unit.
+    res = run("train", "--block", "snl", "--depth", "8", "--width", "4",
               "--image-size", "8",
               "--epochs", "1", "--max-steps", "3", "--batch-size", "32", "--device", "cpu",
               "--quiet", "--out", str(out))
@@ -94,3 +95,20 @@ def test_train_analyze_report(tiny_checkpoint, tmp_path):
         if line.startswith("!["):
             target = line[line.index("(") + 1: line.rindex(")")]
             assert (tmp_path / "rep" / target).is_file(), target
+
+
+def test_report_of_several_checkpoints(tiny_checkpoint, tmp_path):
+    """One report, one section per checkpoint; two 'snl' runs are told apart by file name;
+    --spectrum-samples sets how many images the blocks are captured on."""
+    other = tmp_path / "snl_again.pt"
+    other.write_bytes(tiny_checkpoint.read_bytes())
+    rep = run("report", str(tiny_checkpoint), str(other), "--out", str(tmp_path / "rep"),
+              "--samples", "8", "--spectrum-samples", "2", "--device", "cpu")
+    assert rep.returncode == 0, rep.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "snl_again" in text
+    import json
+
+    table = json.loads((tmp_path / "rep" / "table.json").read_text())
+    rows = [r for rows in (table.values() if isinstance(table, dict) else [table]) for r in rows]
+    assert {r["n_samples"] for r in rows} == {2}

@@ -87,6 +87,109 @@ def test_cli_page_matches_the_parser():
         assert not missing, f"docs/cli.md does not document {name} {sorted(missing)}"
 
 
+_OPTION_ROW = re.compile(r"^\|\s*`(?P<flag>--[a-z][a-z0-9-]*)[^`]*`\s*\|(?P<text>.*)\|\s*$", re.M)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _documented_rows(text: str) -> dict[str, str]:
+    """``{--flag: meaning}`` from the option tables (``| `--flag ARG` | meaning |``)."""
+    return {m["flag"]: m["text"].strip() for m in _OPTION_ROW.finditer(text)}
+
+
+def _same_default(documented: str, default) -> bool:
+    value = documented.strip().strip("`")
+    if isinstance(default, bool):
+        return value.lower() == str(default).lower()
+    if isinstance(default, (int, float)):
+        try:
+            return float(value) == float(default)
+        except ValueError:
+            return False
+    if isinstance(default, (list, tuple)):
+        return value.split() == [str(v) for v in default]
+    return value == str(default)
+
+
+def test_cli_page_defaults_are_the_parsers():
+    """Every option of every command (read from the parser, so new options are checked too)
+    has a row in docs/cli.md whose stated default is the parser's:
+
+    - a default value is written ``(default VALUE)`` (``VALUE`` in backticks or not; numbers
+      compare as numbers, so ``1e-4`` is ``0.0001``);
+    - a default of ``None`` is either not stated or described, ``(default: words)``; every
+      number in the words must be in the option's ``--help`` text (which says what None does);
+    - a required option says ``(required)``; flags (``store_true``) state no default.
+    Rows of the table before the first command section apply to every command (``--device``).
+    """
+    from analysis.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    intro, *sections = re.split(r"^## `(\w+)`\s*$", text, flags=re.M)
+    documented = dict(zip(sections[::2], sections[1::2]))
+    shared = _documented_rows(intro)
+    problems = []
+    for name, command in sub.choices.items():
+        rows = {**shared, **_documented_rows(documented.get(name, ""))}
+        for action in command._actions:
+            flags = [f for f in action.option_strings if f.startswith("--") and f != "--help"]
+            if not flags or action.help == argparse.SUPPRESS:
+                continue
+            flag = flags[0]
+            where = f"docs/cli.md `{name}` {flag}"
+            row = rows.get(flag)
+            if row is None:
+                problems.append(f"{where}: no row in the option table")
+                continue
+            stated = re.search(r"\(default(?P<colon>:)?\s+(?P<value>[^)]*)\)", row)
+            help_text = (action.help or "").replace("%%", "%")
+            default = action.default
+            if action.required:
+                if "(required)" not in row:
+                    problems.append(f"{where}: required, the page does not say so")
+            elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                if stated:
+                    problems.append(f"{where}: a flag, the page states a default")
+            elif default is None:
+                if stated and not stated["colon"]:
+                    problems.append(f"{where}: the parser's default is None, the page says "
+                                    f"{stated['value']!r}")
+                elif stated:
+                    missing = [n for n in _NUMBER.findall(stated["value"])
+                               if n not in help_text]
+                    if missing:
+                        problems.append(f"{where}: the page's default {stated['value']!r} "
+                                        f"has {missing}, the --help text {help_text!r} not")
+            elif not stated or stated["colon"]:
+                problems.append(f"{where}: the page states no default (parser: {default!r})")
+            elif not _same_default(stated["value"], default):
+                problems.append(f"{where}: the page says default {stated['value']!r}, "
+                                f"the parser {default!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_wrapped_numpydoc_entry_is_one_entry():
+    """An Attributes entry whose names wrap onto a second line is one row with its type and
+    description on the API page (docs/assets/griffe_rst.py joins the lines)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_rst", ROOT / "docs/assets/griffe_rst.py")
+    griffe_rst = importlib.util.module_from_spec(spec)
+    pytest.importorskip("griffe")
+    spec.loader.exec_module(griffe_rst)
+    doc = ("One row.\n\nAttributes\n----------\nlambda_max, spectral_gap,\n"
+           "effective_rank : float\n    Metrics.\nname : str\n    A name.\n")
+    lines = griffe_rst.rst_to_markdown(doc).splitlines()
+    assert "lambda_max, spectral_gap, effective_rank : float" in lines
+    assert "name : str" in lines and "One row." in lines
+    from analysis.analyze import BlockReport
+
+    converted = griffe_rst.rst_to_markdown(BlockReport.__doc__)
+    assert not [x for x in converted.splitlines() if x.rstrip().endswith(",") and
+                x.startswith("    ") and not x.startswith("        ")], "an entry still wraps"
+
+
 def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
@@ -112,26 +215,95 @@ def test_python_examples_run(page, tmp_path, monkeypatch):
                 unregister_adapter(value)
 
 
+def check_no_external_script(site: Path) -> None:
+    """No built page loads a script or a style sheet from the network: the site reads the
+    same offline, behind a proxy, or saved to disk."""
+    tag = re.compile(r"<(script|link)\b[^>]*>", re.I)
+    url = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.I)
+    offenders = []
+    for page in sorted(site.rglob("*.html")):
+        for m in tag.finditer(page.read_text(encoding="utf-8")):
+            is_script = m[1].lower() == "script"
+            is_style = "stylesheet" in m[0].lower() or "preload" in m[0].lower()
+            if (is_script or is_style) and url.search(m[0]):
+                offenders.append(f"{page.relative_to(site)}: {m[0]}")
+    assert not offenders, "pages load from the network:\n" + "\n".join(offenders)
+
+
+def check_math_is_rendered(site: Path) -> None:
+    """Formulas are MathML in the built HTML: none is left as raw TeX for a script to typeset."""
+    for rel in ("theory/index.html", "api/graph/index.html", "design/index.html"):
+        html = (site / rel).read_text(encoding="utf-8")
+        assert "<math" in html, f"{rel}: no MathML"
+        assert 'class="arithmatex"' not in html, f"{rel}: a formula was left to a script"
+        body = re.sub(r"<annotation.*?</annotation>|<pre.*?</pre>|<code.*?</code>", "", html,
+                      flags=re.S)
+        raw = re.findall(r"\\\(.{0,40}|\\\[.{0,40}", body)
+        assert not raw, f"{rel}: raw TeX on the page: {raw[:3]}"
+        if rel.startswith("api/"):
+            assert ":math:" not in html, f"{rel}: a reST role was not rewritten"
+
+
+def _notebook_sources() -> list[tuple[Path, str]]:
+    """(source, page folder in the site) of every executed notebook page."""
+    pages = [(p, f"notebooks/{p.stem}") for p in sorted((ROOT / "notebooks").glob("[0-9]*.py"))]
+    return [*pages, (ROOT / "docs" / "gallery.py", "gallery")]
+
+
+def check_notebook_pages_have_their_figures(site: Path) -> None:
+    """Every notebook (and the gallery) has a page showing every figure it made: the page's
+    images are exactly the PNG outputs of the executed notebook published beside it, each a
+    real PNG file of the site, and there is at least one per ``plt.show()`` of the source."""
+    import nbformat
+
+    for source, folder in _notebook_sources():
+        page = site / folder / "index.html"
+        assert page.is_file(), f"{source.name}: no page {folder}/"
+        html = page.read_text(encoding="utf-8")
+        executed = nbformat.read(site / f"{folder}.ipynb", as_version=4)
+        outputs = [out for cell in executed.cells if cell.cell_type == "code"
+                   for out in cell.outputs]
+        assert not [o for o in outputs if o.output_type == "error"], f"{source.name} failed"
+        pngs = sum("image/png" in out.get("data", {}) for out in outputs)
+        shows = source.read_text(encoding="utf-8").count("plt.show()")
+        images = re.findall(r'<img[^>]*src="([^"]+\.png)"', html)
+        assert len(images) == pngs >= shows, (
+            f"{folder}: {len(images)} images on the page, {pngs} figures in the notebook, "
+            f"{shows} plt.show()"
+        )
+        for src in images:
+            target = (page.parent / src).resolve()
+            assert target.is_file(), f"{folder}: missing figure {src}"
+            assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{folder}: {src} not a PNG"
+        assert 'class="arithmatex"' not in html, f"{folder}: a formula was left to a script"
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_mkdocs_build_strict(tmp_path):
+@pytest.mark.timeout(900)
+def test_mkdocs_build_strict(tmp_path, notebook_cache):
+    """``mkdocs build --strict`` of the whole site, notebooks executed (as ``make docs``),
+    then the built pages are checked: no script from the network, math rendered as MathML,
+    every notebook page with its figures."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings_handlers.python")
+    pytest.importorskip("latex2mathml")
+    pytest.importorskip("jupytext")
     site = tmp_path / "site"
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
+               GRAPHFILTERS_DOCS_CACHE=str(notebook_cache))
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=230,
+        timeout=880,
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
-    for page in ("index.html", "theory/index.html", "api/graph/index.html"):
+    for page in ("index.html", "theory/index.html", "api/graph/index.html", "gallery/index.html",
+                 "design/index.html", "notebooks/index.html"):
         assert (site / page).is_file(), page
-    # The math went through arithmatex, and the reST roles were rewritten by docs/assets.
-    graph_page = (site / "api" / "graph" / "index.html").read_text(encoding="utf-8")
-    assert 'class="arithmatex"' in graph_page
-    assert ":math:" not in graph_page
+    check_no_external_script(site)
+    check_math_is_rendered(site)
+    check_notebook_pages_have_their_figures(site)
     shutil.rmtree(site, ignore_errors=True)

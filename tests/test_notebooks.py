@@ -7,9 +7,6 @@ rendered on the docs site, not stored in the repository.
 
 from __future__ import annotations
 
-import os
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,47 +36,36 @@ def test_notebook_source_is_jupytext_percent(path):
     )
 
 
-def _kernel_manager():
-    """A kernel running this interpreter (the venv's), whatever the installed kernelspecs say."""
-    from jupyter_client.manager import KernelManager
+def _hook():
+    """docs/hooks/notebooks.py: how notebooks are executed, for the docs and for these tests."""
+    import importlib.util
+    import sys
 
-    km = KernelManager(kernel_name="python3")
-    # jupyter_client replaces a bare "python" in a kernelspec by sys.executable; set it
-    # explicitly so that a kernelspec pointing at another Python cannot be picked up.
-    spec = km.kernel_spec
-    spec.argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    return km
+    name = "docs_notebooks_hook"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "docs/hooks/notebooks.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: its dataclass looks itself up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(TIMEOUT_S + 60)
+@pytest.mark.timeout(TIMEOUT_S + 120)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, monkeypatch, tmp_path):
-    nbclient = pytest.importorskip("nbclient")
-    # The kernel inherits this environment. Matplotlib's inline backend is headless (no GUI)
-    # and, unlike "Agg", renders every figure at the end of its cell, so a figure that
-    # cannot be drawn (bad mathtext, wrong shapes) fails the test. One thread per kernel so
-    # that notebooks running side by side (pytest -n 2) do not oversubscribe the cores.
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    # Run from a scratch folder: nothing is written into the repository, and notebook 03
-    # does not pick up checkpoints that `make demo` may have left in ../out.
-    workdir = tmp_path / "notebooks"
-    workdir.mkdir()
-    jupytext = pytest.importorskip("jupytext")
-    nb = jupytext.read(path)
-    client = nbclient.NotebookClient(
-        nb,
-        km=_kernel_manager(),
-        timeout=TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(workdir)}},
-        allow_errors=False,
-    )
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
+def test_notebook_runs(path, notebook_cache):
+    """The notebook runs top to bottom in a fresh kernel, without errors or warnings, and
+    every ``plt.show()`` draws a figure.
+
+    Executed as the docs site executes it (docs/hooks/notebooks.py: a scratch folder, so that
+    nothing is written into the repository and notebook 03 does not pick up checkpoints that
+    `make demo` left in ../out; matplotlib's inline backend, which renders every figure at
+    the end of its cell, so a figure that cannot be drawn fails; one thread). When the docs
+    build of this session already executed it (same source, same code), that run is checked.
+    """
+    pytest.importorskip("nbclient")
+    pytest.importorskip("jupytext")
+    nb = _hook().executed(path, notebook_cache)
     errors = [
         out
         for cell in nb.cells
@@ -88,5 +74,15 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
         if out.get("output_type") == "error"
     ]
     assert not errors, errors
+    # No warning on stderr (e.g. tqdm's "IProgress not found": the dev extra has ipywidgets).
+    stderr = [out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+              for out in cell.get("outputs", []) if out.get("name") == "stderr"]
+    assert not [t for t in stderr if "Warning" in t], stderr
+    # Every plt.show() drew a figure (the docs pages show these PNGs).
+    shows = sum(cell.source.count("plt.show()") for cell in nb.cells if cell.cell_type == "code")
+    pngs = sum("image/png" in out.get("data", {}) for cell in nb.cells
+               if cell.cell_type == "code" for out in cell.get("outputs", []))
+    assert pngs >= shows, f"{path.name}: {shows} plt.show() but {pngs} figures"
+    elapsed = nb.metadata["graphfilters"]["seconds"]
     assert elapsed < TIMEOUT_S, f"{path.name} took {elapsed:.0f} s"
     print(f"{path.name}: {elapsed:.1f} s")

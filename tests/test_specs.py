@@ -9,7 +9,7 @@ from graphfilters.specs import BLOCK_NAMES, BLOCKS, KERNEL_NAMES, NL_MODES, get_
 
 
 def test_table_rows_match_design():
-    expected = {  # name: (order, constraint, normalization)   -- DESIGN.md §4
+    expected = {  # name: (order, constraint, normalization)   -- docs/theory.md
         "nl": (1, "drop_order0", "rw"), "ns": (1, "tied", "rw"), "a2": (1, "drop_order0", "rw"),
         "cgnl": (1, "drop_order0", "none"), "cc": (1, "drop_order0", "rw"),
         "dnl": (1, "drop_order0", "rw"), "snl": (1, "free", "sym"), "gsnl": (2, "free", "sym"),

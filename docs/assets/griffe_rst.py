@@ -260,8 +260,44 @@ def _plain_type_lines(text: str) -> str:
     return "\n".join(lines)
 
 
+def _join_wrapped_entries(text: str) -> str:
+    """Join an entry line of a typed section that wraps after a comma with its continuation.
+
+    numpydoc allows ``a, b, c,`` on one line and ``d, e : float`` on the next (too many names
+    for one line); griffe would read the first line as an entry of its own, with no type and
+    no description.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    section, base = "", -1
+    for i, line in enumerate(lines):
+        if i + 1 < len(lines) and line.strip() and _is_underline(lines[i + 1]):
+            section, base = line.strip().lower(), _indent(line)
+        elif (
+            section in _TYPED_SECTIONS
+            and out
+            and line.strip()
+            and _indent(line) == base
+            and out[-1].rstrip().endswith(",")
+            and _indent(out[-1]) == base
+            and " : " not in out[-1]
+        ):
+            out[-1] = out[-1].rstrip() + " " + line.strip()
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
 def rst_to_markdown(text: str) -> str:
-    """Rewrite the reST roles, math directives and simple tables of a docstring as Markdown."""
+    r"""Rewrite the reST roles, math directives and simple tables of a docstring as Markdown.
+
+    Examples
+    --------
+    >>> doc = "Attributes\n----------\na, b,\nc : float\n    Three numbers.\n"
+    >>> rst_to_markdown(doc).splitlines()[2]
+    'a, b, c : float'
+    """
+    text = _join_wrapped_entries(text)
     text = _plain_type_lines(text)
     text = _literal_blocks(text)
     text = _simple_tables(text)

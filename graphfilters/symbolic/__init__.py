@@ -1,6 +1,6 @@
 r"""Symbolic layer: every nonlocal block as a special case of the Chebyshev graph filter.
 
-The generic filter (Laplacian form, DESIGN.md §3)
+The generic filter (Laplacian form, docs/theory.md, Conventions)
 
 .. math::
 

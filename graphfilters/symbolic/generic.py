@@ -7,7 +7,7 @@ r"""The generic Chebyshev graph filter, symbolically.
 
 with :math:`T_0 = I`, :math:`T_1 = \tilde L`, :math:`T_{k+1} = 2\tilde L T_k - T_{k-1}` (a
 polynomial in one matrix, so the recursion holds for matrices), ``order`` :math:`K` the
-polynomial degree, and the Laplacian one of (DESIGN.md §3)
+polynomial degree, and the Laplacian one of (docs/theory.md, "Conventions")
 
 * ``combinatorial``: :math:`L = D - A`,
 * ``sym``: :math:`L = I - D^{-1/2} A D^{-1/2}`,

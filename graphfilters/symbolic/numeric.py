@@ -3,7 +3,7 @@
 Used to check derivations numerically (random affinities into both sides of a proof) and to
 turn a closed form into a function of data.
 
-Degree-matrix powers follow the project convention (DESIGN.md §3): for a diagonal matrix,
+Degree-matrix powers follow the project convention (docs/theory.md): for a diagonal matrix,
 :math:`d^{p}` with :math:`p < 0` is 0 where :math:`d = 0` (isolated node), never NaN.
 
 Examples

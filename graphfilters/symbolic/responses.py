@@ -9,7 +9,7 @@ derivation's :math:`L = \alpha I + \beta X`, :math:`\mu = (\lambda - \alpha)/\be
 .. math:: h(\lambda) = \sum_k B_k(\mu(\lambda))\, w_k ,
 
 which is the :math:`(i, j)` entry of :math:`H(\lambda) = \sum_k T_k(2\lambda/\lambda_{max} - 1)
-W^L_k` (DESIGN.md §3). Blocks with a single weight :math:`W` (and CC's :math:`\gamma`) are
+W^L_k` (docs/theory.md). Blocks with a single weight :math:`W` (and CC's :math:`\gamma`) are
 given for unit weight by default: their response is that shape times the learned scale.
 
 Examples
