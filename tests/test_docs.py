@@ -126,7 +126,7 @@ def test_cli_page_defaults_are_the_parsers():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    intro, *sections = re.split(r"^## `(\w+)`\s*$", text, flags=re.M)
+    intro, *sections = re.split(r"^## `([\w-]+)`\s*$", text, flags=re.M)
     documented = dict(zip(sections[::2], sections[1::2]))
     shared = _documented_rows(intro)
     problems = []
