@@ -43,6 +43,7 @@ from types import MappingProxyType
 import sympy as sp
 from sympy import MatAdd, MatMul
 
+from graphfilters.filters import get_filter
 from graphfilters.specs import BLOCK_NAMES, BlockSpec, get_spec
 
 from . import symbols as S
@@ -57,6 +58,7 @@ from .generic import (
 )
 from .parsing import parse_equation
 from .printing import latex, pretty, text_latex
+from .rational import RationalDerivation, derive_rational
 from .rules import (
     Assumption,
     apply_spec_rules,
@@ -300,7 +302,8 @@ def _parse_closed_forms(closed_form: object) -> tuple[tuple[sp.Basic, ...], str]
 
 
 def derive(name: str | BlockSpec, mode: str | None = None, *,
-           closed_form: object = None, **overrides: object) -> Derivation:
+           closed_form: object = None, **overrides: object
+           ) -> Derivation | RationalDerivation:
     """Derive block ``name`` from the generic Chebyshev filter and prove the closed form.
 
     Parameters
@@ -320,7 +323,8 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
 
     Returns
     -------
-    Derivation
+    Derivation, or RationalDerivation for a rational basis (``cayley``, ``arma``: derived
+    on the spectrum, :func:`graphfilters.symbolic.rational.derive_rational`).
 
     Raises
     ------
@@ -339,6 +343,11 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     ValueError: unknown block 'foo'; known blocks: nl, ns, a2, cgnl, cc, dnl, snl, gsnl, ...
     """
     spec = get_spec(name, mode=mode, **overrides)
+    if get_filter(spec.basis).kind == "rational":
+        if closed_form is not None:
+            raise ValueError(f"block {spec.name!r} is a rational filter: it is derived on the "
+                             "spectrum and takes no matrix closed_form")
+        return derive_rational(spec)
     K = spec.order
     lam = lambda_value(spec)
     steps: list[Step] = []
@@ -466,7 +475,7 @@ def _rename_single_weight(expr: sp.Basic, forms: tuple[sp.Basic, ...], spec: Blo
     return {wj: MatMul(scale, S.W) if scale != 1 else S.W}, description
 
 
-def derive_all() -> tuple[Derivation, ...]:
+def derive_all() -> tuple[Derivation | RationalDerivation, ...]:
     """Every table row, ``nl`` once per mode.
 
     Examples
@@ -474,7 +483,7 @@ def derive_all() -> tuple[Derivation, ...]:
     >>> all(d.verified for d in derive_all())
     True
     >>> len(derive_all())
-    12
+    14
     """
     out = []
     for name in BLOCK_NAMES:

@@ -262,8 +262,10 @@ def identify(expression: sp.Basic | str) -> Identification:
     )
 
 
-def _effective(name: str) -> tuple[int, str]:
+def _effective(name: str) -> tuple[int, str] | None:
     spec = get_spec(name)
+    if spec.basis not in ("chebyshev", "stable"):      # rational rows: not a polynomial
+        return None
     order = spec.order if spec.basis == "chebyshev" else min(spec.order, 1)
     return order, spec.weight_constraint
 
