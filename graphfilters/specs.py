@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from .filters import FILTER_NAMES, get_filter
+from .kernels import BLOCK_KERNELS
 
 __all__ = [
     "BlockSpec",
@@ -58,18 +59,9 @@ __all__ = [
     "get_spec",
 ]
 
-#: Affinity kernels known to :mod:`graphfilters.kernels`.
-KERNEL_NAMES = (
-    "embedded_gaussian",
-    "dot_product",
-    "gaussian",
-    "concatenation",
-    "relu_dot",
-    "double_attention",
-    "taylor_rbf",
-    "criss_cross",
-    "disentangled",
-)
+#: Affinity kernels known to :mod:`graphfilters.kernels` (the names of its registry
+#: :data:`graphfilters.kernels.BLOCK_KERNELS`).
+KERNEL_NAMES = tuple(BLOCK_KERNELS)
 #: How the raw affinity ``M`` becomes the operator ``Â`` of the filter.
 #: ``rw``: :math:`D^{-1}M` (softmax kernels are already row-stochastic, ``D = I``);
 #: ``sym``: :math:`D^{-1/2} M D^{-1/2}`; ``size``: :math:`M / N`; ``none``: ``M`` itself.

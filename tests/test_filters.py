@@ -264,3 +264,48 @@ def test_symbolic_response_equals_block_at_captured_eigenvalues(name):
     h = response_function(name, **kw)
     np.testing.assert_allclose(h(1 - mu.numpy()), H[:, 0, 0], atol=1e-10)
     assert S.lam.name == "lambda"
+
+
+# ----------------------------------------------------------------------------------------
+# structure
+def test_no_import_cycle_among_block_modules():
+    """Every import among graphfilters/blocks/*.py (module level or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "graphfilters" / "blocks"
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names)
+        graph[path.stem] = deps & {p.stem for p in folder.glob("*.py")}
+    graph.pop("__init__")
+    state = {}
+
+    def visit(m, stack):
+        if state.get(m) == 1:
+            raise AssertionError(f"import cycle: {' -> '.join([*stack, m])}")
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for d in graph.get(m, ()):
+            visit(d, [*stack, m])
+        state[m] = 2
+
+    for m in graph:
+        visit(m, [])
+    assert "factory" not in graph["stage"] and not graph["unified"] - {"_utils", "record"}
+
+
+def test_kernels_come_from_the_registry():
+    from graphfilters import kernels
+    from graphfilters.blocks import KERNEL_OPTIONS
+    from graphfilters.specs import KERNEL_NAMES
+
+    assert KERNEL_NAMES == tuple(kernels.BLOCK_KERNELS) == tuple(KERNEL_OPTIONS)
+    assert set(KERNEL_NAMES) <= set(kernels.KERNELS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -27,20 +28,13 @@ __all__ = ["ChebyshevNonlocal", "OUT_NORMS", "KERNEL_OPTIONS"]
 #: Output normalizations: ``batch`` (BatchNorm, zero-initialized scale), ``gamma`` (a learned
 #: scalar, zero-initialized; CCNet), ``none``.
 OUT_NORMS = ("batch", "gamma", "none")
-#: Options each kernel accepts in ``kernel_options`` (with their defaults).
-KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = {
-    "embedded_gaussian": {"scale": None},
-    "gaussian": {"scale": None},
-    "dot_product": {},
-    "relu_dot": {},
-    "concatenation": {},
-    "double_attention": {},
-    "taylor_rbf": {"taylor_order": 2, "gamma": 1e-4, "beta": "code"},
-    "criss_cross": {"scale": 1.0},
-    "disentangled": {"scale": 1.0},
-}
+#: Options each kernel accepts in ``kernel_options`` (with their defaults), from the kernel
+#: registry :data:`graphfilters.kernels.BLOCK_KERNELS`.
+KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {name: MappingProxyType(dict(k.options)) for name, k in kernels.BLOCK_KERNELS.items()}
+)
 #: Kernels whose keys may be sub-sampled (the NL family).
-_SUBSAMPLE_KERNELS = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+_SUBSAMPLE_KERNELS = tuple(n for n, k in kernels.BLOCK_KERNELS.items() if k.subsample)
 
 
 class ChebyshevNonlocal(nn.Module):
@@ -203,7 +197,8 @@ class ChebyshevNonlocal(nn.Module):
             raise ValueError(
                 f"groups={groups} must divide inter_channels={Cs} and in_channels={C}"
             )
-        if s.kernel == "taylor_rbf" and Ca != Cs:
+        self.block_kernel = kernels.BLOCK_KERNELS[s.kernel]
+        if self.block_kernel.channel_nodes and Ca != Cs:
             raise ValueError(
                 "the taylor_rbf kernel (CGNL) puts theta, phi and Z on the same channel x "
                 f"position nodes: affinity_channels ({Ca}) must equal inter_channels ({Cs})"
@@ -257,12 +252,14 @@ class ChebyshevNonlocal(nn.Module):
         self.phi: nn.Module | None = None
         self.unary: nn.Module | None = None
         self.concat_weight: nn.Parameter | None = None
-        if not self.shared_affinity and s.kernel != "gaussian":
+        needs = () if self.shared_affinity else self.block_kernel.projections
+        if "theta" in needs:
             self.theta = U.conv1x1(d, C, Ca, bias=self.bias_projections)
+        if "phi" in needs:
             self.phi = U.conv1x1(d, C, Ca, bias=self.bias_projections)
-        if not self.shared_affinity and s.kernel == "concatenation":
+        if "concat" in needs:
             self.concat_weight = nn.Parameter(torch.empty(2 * Ca))
-        if not self.shared_affinity and s.kernel == "disentangled":
+        if "unary" in needs:
             self.unary = U.conv1x1(d, C, 1, bias=self.bias_projections)
         self.g = U.conv1x1(d, C, Cs, bias=self.bias_projections)
         self.w = nn.ParameterDict()
@@ -407,13 +404,13 @@ class ChebyshevNonlocal(nn.Module):
     # ------------------------------------------------------------------------------------
     def _nodes_to_graph(self, z: Tensor) -> Tensor:
         """CGNL: ``(B, N, C_s)`` → ``(B, G, C_s/G · N, 1)`` channel-major scalar nodes."""
-        if self.spec.kernel != "taylor_rbf":
+        if not self.block_kernel.channel_nodes:
             return z
         b, n, c = z.shape
         return z.transpose(1, 2).reshape(b, self.groups, (c // self.groups) * n, 1)
 
     def _graph_to_nodes(self, t: Tensor, n: int) -> Tensor:
-        if self.spec.kernel != "taylor_rbf":
+        if not self.block_kernel.channel_nodes:
             return t
         b = t.shape[0]
         return t.reshape(b, self.inter_channels, n).transpose(1, 2)
@@ -454,42 +451,19 @@ class ChebyshevNonlocal(nn.Module):
             )
 
     def _affinity(self, x: Tensor, proj: dict[str, Tensor]) -> Affinity:
-        s, opts = self.spec, self.kernel_options
-        spatial = tuple(x.shape[2:])
-        if s.kernel == "gaussian":
-            th = U.to_nodes(x)
-            ph = th if self.pool is None else U.to_nodes(self.pool(x))
-        else:
-            th, ph = proj["theta"], proj["phi"]
-        if s.kernel in ("embedded_gaussian", "gaussian"):
-            aff = kernels.embedded_gaussian(th, ph, scale=opts["scale"])
-        elif s.kernel == "dot_product":
-            aff = kernels.dot_product(th, ph)
-        elif s.kernel == "relu_dot" and s.normalization in ("sym", "rw"):
-            # kernels.relu_dot without its finiteness pass over the (B, N, C_s) factors: the
-            # normalization checks the degrees, which are NaN/Inf whenever a factor is.
-            aff = LowRankAffinity(torch.relu(th), torch.relu(ph), check=False)
-        elif s.kernel == "relu_dot":
-            aff = kernels.relu_dot(th, ph)
-        elif s.kernel == "concatenation":
-            ca = self.affinity_channels
-            aff = kernels.concatenation(th, ph, self.concat_weight[:ca], self.concat_weight[ca:])
-        elif s.kernel == "double_attention":
-            aff = kernels.double_attention(gather_logits=ph, distribute_logits=th)
-        elif s.kernel == "taylor_rbf":
-            beta = opts["beta"]
-            if beta == "code":
-                beta = math.exp(-2 * opts["gamma"])
-            aff = kernels.taylor_rbf(
-                self._nodes_to_graph(th)[..., 0], self._nodes_to_graph(ph)[..., 0],
-                order=opts["taylor_order"], gamma=opts["gamma"], beta=beta,
-            )
-        elif s.kernel == "criss_cross":
-            aff = kernels.criss_cross(th, ph, spatial, scale=opts["scale"])
-        elif s.kernel == "disentangled":
-            aff = kernels.disentangled(th, ph, proj["unary"][..., 0], scale=opts["scale"])
-        else:  # pragma: no cover - guarded by the spec validation
-            raise ValueError(f"kernel {s.kernel!r} has no torch implementation")
+        s = self.spec
+        xn = xk = None
+        if "theta" not in self.block_kernel.projections:     # kernels on the input itself
+            xn = U.to_nodes(x)
+            xk = xn if self.pool is None else U.to_nodes(self.pool(x))
+        unary = proj.get("unary")
+        inputs = kernels.KernelInputs(
+            theta=proj.get("theta"), phi=proj.get("phi"), x=xn, x_keys=xk,
+            unary=None if unary is None else unary[..., 0],
+            concat_weight=self.concat_weight, spatial=tuple(x.shape[2:]), groups=self.groups,
+            normalization=s.normalization,
+        )
+        aff = self.block_kernel.build(inputs, **self.kernel_options)
         if s.symmetrize:
             aff = _symmetrized(aff)
         return aff
@@ -606,7 +580,7 @@ class ChebyshevNonlocal(nn.Module):
         with torch.no_grad():
             weights = [w.detach().clone() for w in self.filter_weights()]
         info = {
-            "node_layout": "channel_position" if self.spec.kernel == "taylor_rbf" else "position",
+            "node_layout": "channel_position" if self.block_kernel.channel_nodes else "position",
             "groups": self.groups,
             "sign": self.sign,
             "sub_sampled": self.sub_sample,
