@@ -89,8 +89,9 @@ class Identification:
     weight_constraint : str
         ``"free"``, ``"drop_order0"``, ``"tied"`` (the table's constraints) or
         ``"constrained"`` (other linear relations, see ``relations``).
-    relations : tuple of str
-        The linear relations satisfied by the :math:`W'_k`.
+    relations : tuple of sympy.Eq
+        The linear relations satisfied by the :math:`W'_k` (equations;
+        :attr:`relations_text`, :attr:`relations_latex`).
     matches : tuple of str
         Table rows with the same effective order and constraint (``gsnl_stable`` counts as
         order 1: its stable basis collapses, see
@@ -104,8 +105,18 @@ class Identification:
     chebyshev_coefficients: Mapping[int, sp.Basic] = field(repr=False)
     laplacian_coefficients: Mapping[int, sp.Basic] = field(repr=False)
     weight_constraint: str
-    relations: tuple[str, ...]
+    relations: tuple[sp.Eq, ...]
     matches: tuple[str, ...]
+
+    @property
+    def relations_text(self) -> tuple[str, ...]:
+        """The relations as plain-text equations (``W'_0 - 3*W'_2 = 0``)."""
+        return tuple(f"{sp.sstr(r.lhs)} = {sp.sstr(r.rhs)}" for r in self.relations)
+
+    @property
+    def relations_latex(self) -> tuple[str, ...]:
+        """The relations as LaTeX equations (``W'_{0} - 3 W'_{2} = 0``)."""
+        return tuple(sp.latex(r) for r in self.relations)
 
     def __str__(self) -> str:
         X = pretty(self.operator)
@@ -113,7 +124,7 @@ class Identification:
                            self.power_coefficients.items())
         cheb = " + ".join(f"T_{k}({X}) Z ({pretty(c)})" for k, c in
                           self.chebyshev_coefficients.items())
-        rel = "; ".join(self.relations) or "none"
+        rel = "; ".join(self.relations_text) or "none"
         return "\n".join([
             f"Polynomial filter of order {self.order} in {X}",
             f"  power basis:       F = {power}",
@@ -200,8 +211,10 @@ def identify(expression: sp.Basic | str) -> Identification:
     >>> result = identify(r"(2\\hat A^{2} - I) Z W_2")
     >>> result.order, result.weight_constraint
     (2, 'constrained')
-    >>> result.relations
+    >>> result.relations_text
     ("W'_0 = 0", "W'_1 = 0")
+    >>> result.relations_latex
+    ("W'_{0} = 0", "W'_{1} = 0")
     """
     if isinstance(expression, str):
         try:
@@ -276,9 +289,8 @@ def _constraint(M: sp.Matrix, order: int) -> tuple[str, tuple[str, ...]]:
     relations = []
     for vec in M.T.nullspace():
         vec = vec / next(x for x in vec if x != 0)
-        lhs = " + ".join(f"{'' if c == 1 else f'({c})*'}W'_{k}" for k, c in enumerate(vec)
-                         if c != 0)
-        relations.append(f"{lhs} = 0".replace("+ (-1)*", "- ").replace("(-1)*", "-"))
+        relations.append(sp.Eq(sum(c * sp.Symbol(f"W'_{k}", commutative=True)
+                                   for k, c in enumerate(vec) if c != 0), 0))
     relations = tuple(relations)
     if order == 1 and nonzero[1] and sp.simplify(rows[0] + rows[1]).is_zero_matrix:
         return "tied", relations

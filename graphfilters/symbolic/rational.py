@@ -49,7 +49,6 @@ from graphfilters.filters import get_filter
 from graphfilters.specs import BlockSpec
 
 from . import symbols as S
-from .printing import text_latex
 
 __all__ = ["RationalStep", "RationalDerivation", "derive_rational"]
 
@@ -115,23 +114,33 @@ class RationalDerivation:
     def title(self) -> str:
         return f"{self.spec.title} ['{self.spec.name}']"
 
-    def latex_lines(self) -> list[str]:
-        """The lines of the ``align*`` environment (without the trailing ``\\``)."""
+    def latex_lines(self, annotations: str = "short") -> list[str]:
+        """The lines of the ``align`` environment (see :meth:`Derivation.latex_lines
+        <graphfilters.symbolic.derivation.Derivation.latex_lines>`)."""
+        from .derivation import _check_annotations
+
+        _check_annotations(annotations)
         lines = []
         for i, step in enumerate(self.steps):
             rel = "h(\\lambda) &=" if i == 0 else "&="
-            note = text_latex(step.description)
-            if step.rule_latex:
-                note += r":\ " + step.rule_latex
-            lines.append(rf"{rel} {sp.latex(step.expr)} && {note}")
+            line = rf"{rel} {sp.latex(step.expr)}"
+            if annotations != "none":
+                note = step.description
+                if annotations == "full" and step.rule_latex:
+                    note += rf": ${step.rule_latex}$"
+                line = rf"\intertext{{\small {note}}}" + "\n" + line
+            lines.append(line)
         return lines
 
-    def to_latex(self) -> str:
-        r"""An ``align*`` environment, one line per step."""
-        return "\\begin{align*}\n" + " \\\\\n".join(self.latex_lines()) + "\n\\end{align*}"
+    def to_latex(self, numbered: bool = False, annotations: str = "short") -> str:
+        r"""``align*`` (or ``align`` numbering the last line), one line per step."""
+        from .derivation import _align
+
+        return _align(self.latex_lines(annotations), numbered)
 
     def _repr_latex_(self) -> str:
-        return "$$\\begin{aligned}\n" + " \\\\\n".join(self.latex_lines()) + "\n\\end{aligned}$$"
+        return "$$\\begin{aligned}\n" + " \\\\\n".join(self.latex_lines("none")) \
+            + "\n\\end{aligned}$$"
 
     def __str__(self) -> str:
         status = "VERIFIED" if self.verified else "NOT VERIFIED"
