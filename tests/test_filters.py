@@ -309,3 +309,17 @@ def test_kernels_come_from_the_registry():
 
     assert KERNEL_NAMES == tuple(kernels.BLOCK_KERNELS) == tuple(KERNEL_OPTIONS)
     assert set(KERNEL_NAMES) <= set(kernels.KERNELS)
+
+
+def test_plot_filter_families():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.plots import plot_filter_families
+
+    fig, ax = plot_filter_families()
+    lines = ax.get_lines()
+    assert len(lines) == 6                      # five curves and the zero line
+    np.testing.assert_allclose(lines[2].get_ydata()[0], 1.0)            # T_3(1) = 1
+    with pytest.raises(ValueError, match="has 3 terms"):
+        plot_filter_families([("c", "cayley", 1, (1.0, 0.0), {})])
