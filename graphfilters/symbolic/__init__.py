@@ -47,7 +47,7 @@ from .generic import (
     laplacian,
     scaled_laplacian,
 )
-from .identify import Identification, identify
+from .identify import Identification, RationalIdentification, identify
 from .numeric import evaluate
 from .parsing import parse_equation, parse_filter
 from .printing import latex, latex_to_text, pretty
@@ -84,7 +84,8 @@ from .tables import blocks_table_latex
 __all__ = [
     # derivations
     "derive", "derive_all", "Derivation", "Step", "Assumption", "closed_form_from_fields",
-    "RationalDerivation", "derive_rational", "blocks_table_latex", "latex_to_text",
+    "RationalDerivation", "derive_rational", "RationalIdentification", "blocks_table_latex",
+    "latex_to_text",
     # generic filter
     "generic_filter", "chebyshev_polynomial", "laplacian", "scaled_laplacian",
     "default_lambda_max", "as_filter", "collect_powers",

@@ -56,6 +56,7 @@ from .generic import (
     laplacian,
     weight_terms,
 )
+from .limits import MAX_ORDER, check_limit
 from .parsing import parse_equation
 from .printing import latex, latex_to_text, pretty, text_latex
 from .rational import RationalDerivation, derive_rational
@@ -423,7 +424,11 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     ...
     ValueError: unknown block 'foo'; known blocks: nl, ns, a2, cgnl, cc, dnl, snl, gsnl, ...
     """
+    if isinstance(overrides.get("order"), int):       # before any work: fail in microseconds
+        check_limit(overrides["order"], MAX_ORDER, "order", "MAX_ORDER",
+                    "the numeric blocks take any order; the symbolic expansion grows with it")
     spec = get_spec(name, mode=mode, **overrides)
+    check_limit(spec.order, MAX_ORDER, "order", "MAX_ORDER")
     if get_filter(spec.basis).kind == "rational":
         if closed_form is not None:
             raise ValueError(f"block {spec.name!r} is a rational filter: it is derived on the "
