@@ -323,3 +323,16 @@ def test_plot_filter_families():
     np.testing.assert_allclose(lines[2].get_ydata()[0], 1.0)            # T_3(1) = 1
     with pytest.raises(ValueError, match="has 3 terms"):
         plot_filter_families([("c", "cayley", 1, (1.0, 0.0), {})])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("affinity", ["snl", "softmax"])
+@pytest.mark.parametrize("name", ["cayley", "arma"])
+def test_rational_block_on_gpu_equals_cpu(name, affinity):
+    block = randomize(make_block(name, C, order=2, affinity=affinity), seed=9).double().eval()
+    x = torch.randn(2, C, 5, 4, dtype=F64)
+    with torch.no_grad():
+        cpu = block(x)
+        gpu = block.to("cuda")(x.to("cuda")).cpu()
+    assert (gpu - cpu).abs().max() < 1e-10

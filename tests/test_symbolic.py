@@ -409,8 +409,11 @@ def test_identify_examples():
         assert result.chebyshev_coefficients[0] == W0
         assert result.chebyshev_coefficients[1] == -W0
         assert result.laplacian_coefficients[1] == W0
-    gsnl = identify(Z * W0 + A * Z * W1 + (2 * A**2 - I) * Z * W2)
+    gsnl = identify(Z * W0 + Ahat * Z * W1 + (2 * Ahat**2 - I) * Z * W2)
     assert (gsnl.order, gsnl.weight_constraint, gsnl.matches) == (2, "free", ("gsnl",))
+    # the raw affinity A is not gSNL's normalized operator: same order, no match, a note
+    raw = identify(Z * W0 + A * Z * W1 + (2 * A**2 - I) * Z * W2)
+    assert raw.matches == () and "act on Ahat" in raw.note
     assert gsnl.chebyshev_coefficients[2] == W2 and gsnl.chebyshev_coefficients[0] == W0
     square = identify(A**2 * Z * W0)  # x^2 = (T_0 + T_2) / 2
     assert square.power_coefficients[2] == W0
@@ -425,7 +428,7 @@ def test_identify_examples():
     "bad",
     ["Z*A*W0", "A*W0*Z", "exp(A)*Z*W0", r"\exp(A) Z W_0", "A**-1*Z*W0", "A**(1/2)*Z*W0",
      "D*Z*W0", "Z*W0 - Z*W0", "A*Z", "A", "foo*Z*W0", "A*Z*W0 + Ahat*Z*W1", "Z*W0*W1",
-     "L*Z*W0"],
+     "L*Z*W0 + A*Z*W1"],
 )
 def test_identify_rejects_non_polynomial_strings(bad):
     with pytest.raises(ValueError, match="not a polynomial filter"):

@@ -48,8 +48,10 @@ class ChebyshevNonlocal(nn.Module):
 
     in the affinity form of :mod:`graphfilters.specs`: :math:`\kappa` the kernel, ``norm`` the
     normalization (``sym``: :math:`D^{-1/2} M D^{-1/2}`, ``rw``: :math:`D^{-1}M`, ``size``:
-    :math:`M/N`, ``none``), :math:`B_k` the Chebyshev polynomials :math:`T_k` (or the
-    stable-hypothesis basis, :math:`B_2 = 2\hat A - I`), :math:`W_k \in
+    :math:`M/N`, ``none``), :math:`B_k` the basis of the spec (a family of
+    :mod:`graphfilters.filters`: the Chebyshev polynomials :math:`T_k` by default, the
+    stable-hypothesis basis with :math:`B_2 = 2\hat A - I`, monomials, or the rational
+    Cayley and ARMA bases with learned parameters, :meth:`filter_parameters`), :math:`W_k \in
     \mathbb R^{C_s \times C}` with the spec's constraint (``free``; ``drop_order0``:
     :math:`W_0 = 0`; ``tied``: :math:`W_0 = -W_1`). ``Norm`` is a BatchNorm whose scale starts
     at zero (or CCNet's :math:`\gamma`), so a fresh block is the identity; :math:`\rho` is a
@@ -219,6 +221,11 @@ class ChebyshevNonlocal(nn.Module):
                     f"{s.weight_constraint!r}"
                 )
         self.family = get_filter(s.basis)
+        if sign == -1 and self.family.kind != "polynomial":
+            raise ValueError(
+                f"sign=-1 (weights times (-1)^k, the Laplacian form of a Chebyshev filter) is "
+                f"defined for polynomial bases, not {s.basis!r}"
+            )
         if self.sub_sample and self.family.kind != "polynomial":
             raise ValueError(
                 f"sub_sample=True needs a polynomial basis, got {s.basis!r} (a rational filter "

@@ -39,7 +39,7 @@ import sympy as sp
 import torch
 
 from .._backend import Array
-from .base import FilterFamily, check_order
+from .base import FilterFamily, check_order, numpy_params
 
 __all__ = ["ARMA", "POLE_BOUND"]
 
@@ -86,7 +86,7 @@ class ARMA(FilterFamily):
 
     def values(self, mu: Any, order: int, params: Mapping[str, Any] | None = None) -> np.ndarray:
         order = check_order(order, self.min_order)
-        poles = np.asarray(self.check_parameters(order, _np(params))["poles"], dtype=float)
+        poles = np.asarray(self.check_parameters(order, numpy_params(params))["poles"], dtype=float)
         mu = np.atleast_1d(np.asarray(mu))
         cols = [np.ones(mu.shape, dtype=np.result_type(mu.dtype, float))]
         cols += [1 / (1 - p * mu) for p in poles]
@@ -101,8 +101,3 @@ class ARMA(FilterFamily):
         return {"poles": [sp.Symbol(f"psi_{k}", real=True)
                           for k in range(1, check_order(order, self.min_order) + 1)]}
 
-
-def _np(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if params is None:
-        return None
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in params.items()}

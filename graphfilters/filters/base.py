@@ -93,26 +93,30 @@ class FilterFamily:
                                 for k, v in self.initial_parameters(order).items()}).items()}
 
     def check_parameters(self, order: int, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Fill defaults and check the shapes of ``params``."""
+        """Check that ``params`` holds exactly the family's parameters, with their shapes.
+
+        A rational filter's response depends on them, so they are never silently defaulted:
+        pass a block's :meth:`~graphfilters.blocks.ChebyshevNonlocal.filter_parameters`, a
+        record's ``params`` or :meth:`default_parameters`.
+        """
         shapes = self.parameter_shapes(order)
         params = dict(params or {})
         unknown = set(params) - set(shapes)
-        if unknown:
+        missing = set(shapes) - set(params)
+        if unknown or missing:
             raise ValueError(
-                f"filter {self.name!r}: unknown parameter(s) {sorted(unknown)}; it takes "
-                f"{sorted(shapes) or 'none'}"
+                f"filter {self.name!r} of order {order} takes the parameters {sorted(shapes)}"
+                + (f"; missing {sorted(missing)}" if missing else "")
+                + (f"; unknown {sorted(unknown)}" if unknown else "")
+                + " (a block's filter_parameters() or a record's params)"
             )
-        out = {}
-        defaults = self.default_parameters(order) if set(shapes) - set(params) else {}
         for key, shape in shapes.items():
-            value = params[key] if key in params else defaults[key]
-            if tuple(np.shape(value)) != tuple(shape):
+            if tuple(np.shape(params[key])) != tuple(shape):
                 raise ValueError(
                     f"filter {self.name!r}: parameter {key!r} must have shape {shape} for "
-                    f"order {order}, got {tuple(np.shape(value))}"
+                    f"order {order}, got {tuple(np.shape(params[key]))}"
                 )
-            out[key] = value
-        return out
+        return params
 
     # -- numerics --------------------------------------------------------------------------
     def iter_terms(
@@ -132,7 +136,7 @@ class FilterFamily:
         mu = np.atleast_1d(np.asarray(mu))
         ones = np.ones((mu.shape[0], 1), dtype=np.result_type(mu.dtype, float))
         cols = self.terms(lambda X: mu[:, None] * X, ones, order,
-                          _numpy_params(params))
+                          numpy_params(params))
         return np.concatenate(cols, axis=1)
 
     def symbolic(self, order: int, x: Any, params: Mapping[str, Any] | None = None) -> list:
@@ -148,7 +152,8 @@ class FilterFamily:
         return f"{type(self).__name__}(name={self.name!r}, kind={self.kind!r})"
 
 
-def _numpy_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def numpy_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Filter parameters as numpy arrays (tensors detached and moved to the CPU)."""
     if params is None:
         return None
     out = {}

@@ -48,7 +48,7 @@ import sympy as sp
 import torch
 
 from .._backend import Array
-from .base import FilterFamily, check_order
+from .base import FilterFamily, check_order, numpy_params
 
 __all__ = ["Cayley"]
 
@@ -123,7 +123,7 @@ class Cayley(FilterFamily):
 
     def values(self, mu: Any, order: int, params: Mapping[str, Any] | None = None) -> np.ndarray:
         order = check_order(order, self.min_order)
-        h = np.asarray(self.check_parameters(order, _np(params))["zoom"], dtype=float)
+        h = np.asarray(self.check_parameters(order, numpy_params(params))["zoom"], dtype=float)
         lam = 1 - np.atleast_1d(np.asarray(mu))
         C = (h * lam - 1j) / (h * lam + 1j)
         # Re C^j and Im C^j as rational functions of lambda (|C| = 1 for real lambda, so
@@ -138,8 +138,3 @@ class Cayley(FilterFamily):
     def parameter_symbols(self, order: int) -> dict[str, Any]:
         return {"zoom": sp.Symbol("h", positive=True)}
 
-
-def _np(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if params is None:
-        return None
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in params.items()}

@@ -37,7 +37,7 @@ from graphfilters.specs import BLOCK_NAMES, get_spec
 from . import symbols as S
 from .algebra import expand_matrix, terms
 from .limits import MAX_TERMS, SymbolicLimitError, check_limit
-from .parsing import check_shapes, parse_filter
+from .parsing import check_shapes, parse_equation, parse_filter
 from .printing import pretty
 
 __all__ = ["Identification", "RationalIdentification", "identify", "power_to_chebyshev"]
@@ -430,14 +430,17 @@ def _laplacians_to_operator(expr: sp.Basic) -> tuple[sp.Basic, tuple[str, ...]]:
 
 @cache
 def _row_operators(name: str) -> frozenset[str]:
-    """Operators a row's filter may be written in: ``Ahat`` for normalized rows, ``A`` for
-    raw ones, both for row-stochastic ``rw`` rows (``D = I``, so ``A = Ahat``)."""
+    """Operators a row's filter may be written in: the one of its closed form
+    (``filter_latex``), and both for a row-stochastic ``rw`` row (``D = I``: ``A = Ahat``)."""
     spec = get_spec(name)
     if spec.normalization == "rw" and spec.row_stochastic:
         return frozenset({"A", "Ahat"})
-    if spec.normalization in ("sym", "rw"):
-        return frozenset({"Ahat"})
-    return frozenset({"A"})
+    try:
+        forms = parse_equation(spec.filter_latex)
+    except ValueError:          # pragma: no cover - every polynomial row parses
+        return frozenset({"A", "Ahat"})
+    names = {s.name for f in forms for s in f.atoms(sp.MatrixSymbol)}
+    return frozenset({"Ahat"} if "Ahat" in names else {"A"})
 
 
 def _effective(name: str) -> tuple[int, str] | None:

@@ -111,6 +111,15 @@ class RationalDerivation:
         return sp.sstr(self.derived)
 
     @property
+    def closed_form_latex(self) -> str:
+        """The closed form of the table row (matrix form, as written in ``filter_latex``)."""
+        return self.spec.filter_latex
+
+    @property
+    def source(self) -> str:
+        return "table"
+
+    @property
     def title(self) -> str:
         return f"{self.spec.title} ['{self.spec.name}']"
 
