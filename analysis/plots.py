@@ -33,6 +33,7 @@ __all__ = [
     "plot_energy",
     "plot_history",
     "plain_log_ticks",
+    "plot_filter_families",
 ]
 
 
@@ -495,4 +496,70 @@ def plot_history(
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     twin.legend(handles=handles, fontsize="small", loc="center right")
     ax.set_title(title or "training")
+    return fig, ax
+
+
+#: Default curves of :func:`plot_filter_families`: (label, basis, order, weights, params).
+FILTER_FAMILY_CURVES: tuple[tuple[str, str, int, tuple[float, ...], Mapping[str, Any]], ...] = (
+    (r"Chebyshev $T_1(1-\lambda)$", "chebyshev", 1, (0.0, 1.0), {}),
+    (r"Chebyshev $T_2(1-\lambda)$", "chebyshev", 2, (0.0, 0.0, 1.0), {}),
+    (r"Chebyshev $T_3(1-\lambda)$", "chebyshev", 3, (0.0, 0.0, 0.0, 1.0), {}),
+    (r"Cayley $\mathrm{Re}\,C(\lambda)$, $h = 2$", "cayley", 1, (0.0, 1.0, 0.0), {"zoom": 2.0}),
+    (r"ARMA $\frac{1 - \psi}{1 - \psi(1-\lambda)}$, $\psi = 0.8$", "arma", 1, (0.0, 0.2),
+     {"poles": np.array([0.8])}),
+)
+
+
+def plot_filter_families(
+    curves: Sequence[tuple[str, str, int, Sequence[float], Mapping[str, Any]]] | None = None,
+    *,
+    lambda_max: float = 2.0,
+    n: int = 401,
+    ax: Axes | None = None,
+) -> tuple[Figure, Axes]:
+    r"""Scalar responses :math:`h(\lambda) = \sum_k w_k B_k(1 - \lambda)` of filter families
+    on one axis (default: Chebyshev orders 1-3, a Cayley and an ARMA filter).
+
+    Every curve is evaluated by the filter registry
+    (:meth:`graphfilters.filters.FilterFamily.values`), i.e. exactly what the blocks compute
+    on an eigenvector of :math:`\hat A` with eigenvalue :math:`1 - \lambda`.
+
+    Parameters
+    ----------
+    curves : sequence of (label, basis, order, weights, params), optional
+        Default :data:`FILTER_FAMILY_CURVES`; ``weights`` has one scalar per basis term.
+    lambda_max : float
+        End of the Laplacian spectrum (2 for the normalized Laplacian).
+    n : int
+        Grid points.
+    ax : Axes, optional
+
+    Examples
+    --------
+    >>> fig, ax = plot_filter_families()
+    >>> len(ax.get_legend().get_texts()), ax.get_xlabel()
+    (5, 'Laplacian eigenvalue $\\lambda$')
+    """
+    from graphfilters.filters import get_filter
+
+    if not lambda_max > 0:
+        raise ValueError(f"lambda_max must be > 0, got {lambda_max!r}")
+    fig, ax = _fig_ax(ax, (7.6, 3.6))
+    lam = np.linspace(0.0, lambda_max, int(n))
+    for label, basis, order, weights, params in (curves or FILTER_FAMILY_CURVES):
+        family = get_filter(basis)
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (family.n_terms(order),):
+            raise ValueError(
+                f"curve {label!r}: {family.name} of order {order} has {family.n_terms(order)} "
+                f"terms, got {w.size} weights"
+            )
+        h = family.values(1 - lam, order, dict(params) or None) @ w
+        ax.plot(lam, h, label=label, lw=1.6, ls="--" if family.kind == "rational" else "-")
+    ax.axhline(0, color="0.6", lw=0.6)
+    ax.set_xlabel(r"Laplacian eigenvalue $\lambda$")
+    ax.set_ylabel(r"response $h(\lambda)$")
+    ax.set_xlim(0, lambda_max)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    ax.set_title("polynomial (solid) and rational (dashed) filters", fontsize=10)
     return fig, ax

@@ -74,7 +74,8 @@ import torch
 from torch import Tensor
 
 from graphfilters._backend import to_numpy
-from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
+from graphfilters.chebyshev import polynomial_filter
+from graphfilters.filters import get_filter
 from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, as_affinity
 
 from .spectra import AUTO_DENSE_LIMIT, Spectrum, _as_torch, _samples, spectrum
@@ -123,15 +124,18 @@ def laplacian_weights(weights: Sequence[Any]) -> list[np.ndarray]:
     return [(-1) ** k * w for k, w in enumerate(_weights_np(weights))]
 
 
-def basis_values(order: int, mu: Any, basis: str = "chebyshev") -> np.ndarray:
-    r"""Values :math:`B_k(\mu)`, ``k = 0..order``, of the block basis at (complex) ``mu``.
+def basis_values(
+    order: int, mu: Any, basis: str = "chebyshev", params: Any = None
+) -> np.ndarray:
+    r"""Values :math:`B_k(\mu)` of the block basis at (complex) ``mu``.
 
-    Uses :func:`graphfilters.chebyshev.chebyshev_terms` on the diagonal operator
-    :math:`\operatorname{diag}(\mu)`, so ``"stable"`` is exactly the blocks' basis.
+    Read from the filter registry (:meth:`graphfilters.filters.FilterFamily.values`), so
+    every basis is exactly the blocks' one; rational bases (``cayley``, ``arma``) take their
+    ``params`` (``{"zoom": h}``, ``{"poles": psi}``).
 
     Shapes
     ------
-    ``mu``: ``(n,)`` → ``(n, order + 1)``.
+    ``mu``: ``(n,)`` → ``(n, n_terms)`` (``order + 1`` for polynomial bases).
 
     Examples
     --------
@@ -140,10 +144,7 @@ def basis_values(order: int, mu: Any, basis: str = "chebyshev") -> np.ndarray:
     """
     mu = np.atleast_1d(np.asarray(mu))
     dtype = np.complex128 if np.iscomplexobj(mu) else np.float64
-    mu = mu.astype(dtype)
-    ones = np.ones((mu.shape[0], 1), dtype=dtype)
-    terms = chebyshev_terms(lambda X: mu[:, None] * X, ones, order, basis)
-    return np.concatenate(terms, 1)
+    return get_filter(basis).values(mu.astype(dtype), order, params)
 
 
 def frequency_response(
@@ -153,6 +154,7 @@ def frequency_response(
     form: str = "affinity",
     basis: str = "chebyshev",
     lambda_max: float = 2.0,
+    params: Any = None,
 ) -> np.ndarray:
     r"""The matrix response :math:`H(\lambda)` of a polynomial filter.
 
@@ -169,6 +171,8 @@ def frequency_response(
         Basis of the affinity form.
     lambda_max : float
         Rescaling of the Laplacian form.
+    params : mapping, optional
+        Parameters of a rational basis (see :func:`basis_values`).
 
     Returns
     -------
@@ -187,9 +191,9 @@ def frequency_response(
     """
     ws = _weights_np(weights)
     lam = np.atleast_1d(np.asarray(lam))
-    order = len(ws) - 1
+    order = get_filter(basis).order_of(len(ws))
     if form == "affinity":
-        vals = basis_values(order, 1 - lam, basis)
+        vals = basis_values(order, 1 - lam, basis, params)
     elif form == "laplacian":
         if basis != "chebyshev":
             raise ValueError(

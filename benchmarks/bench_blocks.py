@@ -9,6 +9,10 @@ forward + backward time and peak memory of
 - NL (embedded Gaussian) through :class:`graphfilters.blocks.NonLocal` (fused
   ``scaled_dot_product_attention``) against the dense softmax of
   :class:`graphfilters.blocks.reference.NonLocalRef`;
+- the rational blocks on the SNL affinity (``--blocks cayley arma``): Cayley (order 1) and
+  ARMA (order 2) through the exact Woodbury solve (:class:`graphfilters.filters.GraphOperator`,
+  :math:`O(N C_s^2)`, no ``N x N`` tensor) against the same block with ``materialize=True``
+  (the ``N x N`` affinity and a dense ``torch.linalg.solve``);
 
 at 32×32, 64×64 and 128×128 maps with B = 8, C = 64, C_s = 32, with the ratios dense / fast
 and the largest output difference (same weights, training mode, BN scale 1).
@@ -23,6 +27,7 @@ estimate printed.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -33,6 +38,8 @@ import time
 import torch
 
 B, C, C_S = 8, 64, 32
+#: Rational blocks benchmarked on the SNL affinity: name -> order.
+RATIONAL = {"cayley": 1, "arma": 2}
 
 
 def _rss_bytes() -> int:
@@ -43,10 +50,16 @@ def _rss_bytes() -> int:
 def _build(block: str, path: str, device: str):
     """The (dense reference, unified) pair with shared weights; returns the one of ``path``
     and, for the dense path, also the unified one (to check equal outputs)."""
-    from graphfilters.blocks import SNL, NonLocal
+    from graphfilters.blocks import SNL, NonLocal, make_block
     from graphfilters.blocks.reference import NonLocalRef, OfficialSNL
 
     torch.manual_seed(0)
+    if block in RATIONAL:
+        fast = make_block(block, C, inter_channels=C_S, order=RATIONAL[block])
+        torch.nn.init.ones_(fast.norm.weight)
+        ref = copy.deepcopy(fast)
+        ref.materialize = True              # dense N x N operator, dense solve
+        return ref.to(device), fast.to(device)
     if block == "snl":
         ref = OfficialSNL(C, C_S, relu=True)
         fast = SNL.from_reference(ref)
@@ -74,7 +87,7 @@ def worker(spec: dict) -> dict:
     ref, fast = _build(spec["block"], spec["path"], device)
     module = ref if spec["path"] == "dense" else fast
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(B, C, side, side, generator=gen).to(device)
+    x = torch.randn(spec.get("batch", B), C, side, side, generator=gen).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     # peak memory of the first call
     if device == "cuda":
@@ -116,10 +129,11 @@ def _run_case(spec: dict, in_process: bool) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _dense_estimate_gb(block: str, side: int) -> float:
-    """Memory of the dense forward + backward: about 4 live ``B x N x N`` float32 tensors."""
+def _dense_estimate_gb(block: str, side: int, batch: int = B) -> float:
+    """Memory of the dense forward + backward: about 4 live ``B x N x N`` float32 tensors
+    (about 12 for the rational blocks: the solves' LU factors, complex for Cayley)."""
     n = side * side
-    return 4 * B * n * n * 4 / 1e9
+    return (12 if block in RATIONAL else 4) * batch * n * n * 4 / 1e9
 
 
 def _fmt_mem(b: float) -> str:
@@ -136,7 +150,9 @@ def main() -> None:
                         "OpenMP waiting more than the block)")
     parser.add_argument("--dense-limit-gb", type=float, default=8.0)
     parser.add_argument("--sides", type=int, nargs="+", help="map sides (default 32 64 128)")
-    parser.add_argument("--blocks", nargs="+", default=["snl", "nl"], choices=("snl", "nl"))
+    parser.add_argument("--blocks", nargs="+", default=["snl", "nl"],
+                        choices=("snl", "nl", *RATIONAL))
+    parser.add_argument("--batch", type=int, default=B, help="batch size B")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -151,17 +167,18 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.device == "cuda" else (
         f"CPU ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}), "
         "peak RSS per subprocess")
-    print(f"torch {torch.__version__}; {where}; B={B}, C={C}, C_s={C_S}; forward + backward")
+    print(f"torch {torch.__version__}; {where}; B={args.batch}, C={C}, C_s={C_S}; "
+          "forward + backward")
     header = (f"{'block':6}{'map':>9}{'thr':>4}{'fast ms':>11}{'dense ms':>11}{'speed-up':>10}"
               f"{'fast MiB':>10}{'dense MiB':>10}{'mem ratio':>10}{'max|diff|':>11}")
     print(header)
     cases = [(b, s, t) for b in args.blocks for s in sides for t in threads]
     for block, side, n_threads in cases:
         base = {"block": block, "side": side, "device": args.device,
-                "threads": n_threads}
+                "threads": n_threads, "batch": args.batch}
         repeat = 1 if args.quick else 3         # timed calls after a warm-up call
         fast = _run_case({**base, "path": "fast", "repeat": repeat}, args.device == "cuda")
-        est = _dense_estimate_gb(block, side)
+        est = _dense_estimate_gb(block, side, args.batch)
         if est > args.dense_limit_gb:
             dense = {"skipped": est}
         else:

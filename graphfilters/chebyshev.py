@@ -46,6 +46,7 @@ import numpy as np
 
 from . import _backend as B
 from ._backend import Array
+from .filters import filter_sum, get_filter
 from .graph import DENSE_LIMIT
 
 __all__ = [
@@ -58,9 +59,6 @@ __all__ = [
     "chebyshev_filter",
     "spectral_filter",
 ]
-
-BASES = ("chebyshev", "stable")
-
 
 def _check_order(order: int) -> int:
     if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 0:
@@ -190,23 +188,13 @@ def _iter_terms(
     apply: Callable[[Array], Array], Z: Array, order: int, basis: str
 ) -> Iterator[Array]:
     order = _check_order(order)
-    if basis not in BASES:
-        raise ValueError(f"unknown basis {basis!r}; choose one of {list(BASES)}")
-    yield Z
-    if order == 0:
-        return
-    SZ = apply(Z)
-    yield SZ
-    if basis == "stable":
-        # S^2 = S: T_k(S) = T_k(0) I + (T_k(1) - T_k(0)) S, with T_k(1) = 1.
-        for k in range(2, order + 1):
-            t0 = float(np.cos(k * np.pi / 2).round())
-            yield t0 * Z + (1 - t0) * SZ
-        return
-    prev, cur = Z, SZ
-    for _ in range(2, order + 1):
-        prev, cur = cur, 2 * apply(cur) - prev
-        yield cur
+    family = get_filter(basis)
+    if family.kind != "polynomial":
+        raise ValueError(
+            f"basis {basis!r} is a {family.kind} filter: use graphfilters.filters "
+            "(get_filter(basis).terms(GraphOperator, ...)), not the polynomial recursion"
+        )
+    return family.iter_terms(apply, Z, order)
 
 
 def chebyshev_terms(
@@ -284,15 +272,7 @@ def polynomial_filter(
            [0.5]])
     """
     ws = _weight_list(weights)
-    out = None
-    for W, term in zip(ws, _iter_terms(apply, Z, len(ws) - 1, basis)):
-        if W is None:
-            continue
-        contrib = term @ W if getattr(W, "ndim", 0) == 2 else term * W
-        out = contrib if out is None else out + contrib
-    if out is None:
-        raise ValueError("every weight is None: the filter is identically zero")
-    return out
+    return filter_sum(_iter_terms(apply, Z, len(ws) - 1, basis), ws)
 
 
 def chebyshev_filter(

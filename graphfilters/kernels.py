@@ -29,7 +29,9 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from . import _backend as B
 from ._backend import Array
@@ -48,6 +50,9 @@ __all__ = [
     "disentangled",
     "KERNELS",
     "get_kernel",
+    "BLOCK_KERNELS",
+    "BlockKernel",
+    "KernelInputs",
 ]
 
 
@@ -303,3 +308,118 @@ def get_kernel(name: str) -> Callable[..., Affinity]:
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}")
     return KERNELS[name]
+
+
+# ------------------------------------------------------------------------------------------
+# How a block calls each kernel: one row per kernel (the unified block has no if/elif chain).
+@dataclass(frozen=True)
+class KernelInputs:
+    r"""What a block hands to a kernel.
+
+    Attributes
+    ----------
+    theta, phi : Tensor ``(B, N, C_a)``, ``(B, M, C_a)`` or None
+        Query/key embeddings (``None`` for kernels without projections).
+    x : Tensor ``(B, N, C)``
+        The input as a graph signal (the ``gaussian`` kernel); ``x_keys`` its (sub-sampled) keys.
+    unary : Tensor ``(B, M)`` or None
+        Unary logits (DNL).
+    concat_weight : Tensor ``(2 C_a,)`` or None
+        The concatenation kernel's :math:`w_f`.
+    spatial : tuple of int
+        Spatial shape of the input (criss-cross).
+    groups : int
+        Channel groups of CGNL's channel x position graph.
+    normalization : str
+        The block's normalization (lets ``relu_dot`` skip a validation pass the
+        normalization repeats).
+    """
+
+    theta: Array | None
+    phi: Array | None
+    x: Array | None = None
+    x_keys: Array | None = None
+    unary: Array | None = None
+    concat_weight: Array | None = None
+    spatial: tuple[int, ...] = ()
+    groups: int = 1
+    normalization: str = "none"
+
+
+@dataclass(frozen=True)
+class BlockKernel:
+    """One row of :data:`BLOCK_KERNELS`.
+
+    Attributes
+    ----------
+    build : callable
+        ``build(inputs, **options) -> Affinity``.
+    options : Mapping
+        Options a block accepts in ``kernel_options``, with defaults.
+    projections : tuple of str
+        Learned projections the block creates: ``"theta"``, ``"phi"``, ``"unary"`` (a
+        1-channel conv), ``"concat"`` (the vector :math:`w_f`).
+    subsample : bool
+        Keys may be max-pooled (the NL family).
+    channel_nodes : bool
+        Nodes are (channel, position) pairs (CGNL), not positions.
+    """
+
+    build: Callable[..., Affinity]
+    options: Mapping[str, object] = field(default_factory=dict)
+    projections: tuple[str, ...] = ("theta", "phi")
+    subsample: bool = False
+    channel_nodes: bool = False
+
+
+def _relu_dot_block(i: KernelInputs) -> Affinity:
+    if i.normalization in ("sym", "rw"):
+        # no finiteness pass over the (B, N, C_s) factors: the normalization checks the
+        # degrees, which are NaN/Inf whenever a factor is.
+        return LowRankAffinity(B.relu(i.theta), B.relu(i.phi), check=False)
+    return relu_dot(i.theta, i.phi)
+
+
+def _concatenation_block(i: KernelInputs) -> Affinity:
+    ca = i.theta.shape[-1]
+    return concatenation(i.theta, i.phi, i.concat_weight[:ca], i.concat_weight[ca:])
+
+
+def _channel_nodes(z: Array, groups: int) -> Array:
+    """``(B, N, C)`` → ``(B, G, C/G · N)``: channel-major scalar nodes per group."""
+    b, n, c = z.shape
+    return z.transpose(1, 2).reshape(b, groups, (c // groups) * n)
+
+
+def _taylor_rbf_block(i: KernelInputs, taylor_order: int, gamma: float,
+                      beta: float | str) -> Affinity:
+    if beta == "code":
+        beta = math.exp(-2 * gamma)
+    return taylor_rbf(_channel_nodes(i.theta, i.groups), _channel_nodes(i.phi, i.groups),
+                      order=taylor_order, gamma=gamma, beta=beta)
+
+
+#: Kernel name -> how a block builds it (read by :class:`graphfilters.blocks.ChebyshevNonlocal`;
+#: a new kernel is its function plus one row here).
+BLOCK_KERNELS: Mapping[str, BlockKernel] = MappingProxyType({
+    "embedded_gaussian": BlockKernel(
+        lambda i, scale: embedded_gaussian(i.theta, i.phi, scale=scale),
+        {"scale": None}, subsample=True),
+    "gaussian": BlockKernel(
+        lambda i, scale: embedded_gaussian(i.x, i.x_keys, scale=scale),
+        {"scale": None}, projections=(), subsample=True),
+    "dot_product": BlockKernel(lambda i: dot_product(i.theta, i.phi), subsample=True),
+    "relu_dot": BlockKernel(_relu_dot_block),
+    "concatenation": BlockKernel(_concatenation_block, projections=("theta", "phi", "concat"),
+                                 subsample=True),
+    "double_attention": BlockKernel(
+        lambda i: double_attention(gather_logits=i.phi, distribute_logits=i.theta)),
+    "taylor_rbf": BlockKernel(_taylor_rbf_block,
+                              {"taylor_order": 2, "gamma": 1e-4, "beta": "code"},
+                              channel_nodes=True),
+    "criss_cross": BlockKernel(
+        lambda i, scale: criss_cross(i.theta, i.phi, i.spatial, scale=scale), {"scale": 1.0}),
+    "disentangled": BlockKernel(
+        lambda i, scale: disentangled(i.theta, i.phi, i.unary, scale=scale), {"scale": 1.0},
+        projections=("theta", "phi", "unary")),
+})

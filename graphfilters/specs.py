@@ -29,7 +29,7 @@ Examples
 --------
 >>> from graphfilters.specs import get_spec, BLOCK_NAMES
 >>> BLOCK_NAMES
-('nl', 'ns', 'a2', 'cgnl', 'cc', 'dnl', 'snl', 'gsnl', 'gsnl_stable')
+('nl', 'ns', 'a2', 'cgnl', 'cc', 'dnl', 'snl', 'gsnl', 'gsnl_stable', 'cayley', 'arma')
 >>> spec = get_spec("snl")
 >>> spec.kernel, spec.normalization, spec.order, spec.weight_constraint
 ('relu_dot', 'sym', 1, 'free')
@@ -42,6 +42,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+
+from .filters import FILTER_NAMES, get_filter
+from .kernels import BLOCK_KERNELS
 
 __all__ = [
     "BlockSpec",
@@ -56,18 +59,9 @@ __all__ = [
     "get_spec",
 ]
 
-#: Affinity kernels known to :mod:`graphfilters.kernels`.
-KERNEL_NAMES = (
-    "embedded_gaussian",
-    "dot_product",
-    "gaussian",
-    "concatenation",
-    "relu_dot",
-    "double_attention",
-    "taylor_rbf",
-    "criss_cross",
-    "disentangled",
-)
+#: Affinity kernels known to :mod:`graphfilters.kernels` (the names of its registry
+#: :data:`graphfilters.kernels.BLOCK_KERNELS`).
+KERNEL_NAMES = tuple(BLOCK_KERNELS)
 #: How the raw affinity ``M`` becomes the operator ``Â`` of the filter.
 #: ``rw``: :math:`D^{-1}M` (softmax kernels are already row-stochastic, ``D = I``);
 #: ``sym``: :math:`D^{-1/2} M D^{-1/2}`; ``size``: :math:`M / N`; ``none``: ``M`` itself.
@@ -76,9 +70,12 @@ NORMALIZATIONS = ("rw", "sym", "size", "none")
 #: ``rw`` :math:`I - D^{-1}A`.
 LAPLACIANS = ("combinatorial", "sym", "rw")
 WEIGHT_CONSTRAINTS = ("free", "drop_order0", "tied")
+#: Filter bases, the names of the registry :data:`graphfilters.filters.FILTERS` (one list):
 #: ``chebyshev``: :math:`T_k(\hat A)`; ``stable``: Chebyshev with :math:`\hat A^2 := \hat A`
-#: (gSNL's 2019 code: :math:`B_2 = 2\hat A - I`).
-BASES = ("chebyshev", "stable")
+#: (gSNL's 2019 code: :math:`B_2 = 2\hat A - I`); ``monomial``: :math:`\hat A^k`;
+#: ``cayley``: Cayley rational filter (Levie et al. 2018); ``arma``: parallel ARMA filter
+#: (Isufi et al. 2017).
+BASES = FILTER_NAMES
 #: Variants of the non-local block (Wang et al. 2018):
 #: mode -> (kernel, normalization, LaTeX of the affinity).
 NL_MODES: Mapping[str, tuple[str, str, str]] = MappingProxyType(
@@ -168,17 +165,23 @@ class BlockSpec:
 
     @property
     def n_terms(self) -> int:
-        """Number of filter terms, ``order + 1``."""
-        return self.order + 1
+        """Number of filter terms (weights): ``order + 1`` for polynomial bases, ``2 order + 1``
+        for the Cayley basis (see :meth:`graphfilters.filters.FilterFamily.n_terms`)."""
+        return get_filter(self.basis).n_terms(self.order)
+
+    @property
+    def rational(self) -> bool:
+        """Whether the basis is a rational filter (Cayley, ARMA)."""
+        return get_filter(self.basis).kind == "rational"
 
     @property
     def free_orders(self) -> tuple[int, ...]:
-        """Orders ``k`` that carry an independent weight ``W_k``."""
+        """Indices ``k`` of the terms that carry an independent weight ``W_k``."""
         if self.weight_constraint == "drop_order0":
-            return tuple(range(1, self.order + 1))
+            return tuple(range(1, self.n_terms))
         if self.weight_constraint == "tied":
             return (1,)
-        return tuple(range(self.order + 1))
+        return tuple(range(self.n_terms))
 
 
 def validate_spec(spec: BlockSpec) -> None:
@@ -209,6 +212,17 @@ def validate_spec(spec: BlockSpec) -> None:
         raise ValueError(
             f"block {spec.name!r}: the 'tied' constraint (F = (A - I) Z W) is an order-1 "
             f"filter, got order {spec.order}"
+        )
+    family = get_filter(spec.basis)
+    if spec.order < family.min_order:
+        raise ValueError(
+            f"block {spec.name!r}: basis {spec.basis!r} needs order >= {family.min_order}, "
+            f"got order {spec.order}"
+        )
+    if spec.weight_constraint == "tied" and spec.basis != "chebyshev":
+        raise ValueError(
+            f"block {spec.name!r}: the 'tied' constraint is the Chebyshev order-1 filter "
+            f"(A - I) Z W; got basis {spec.basis!r}"
         )
     if spec.basis == "stable" and spec.order < 2:
         raise ValueError(
@@ -396,6 +410,51 @@ _ROWS = (
             r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ \hat A^{2} \approx \hat A"
         ),
         filter_latex=r"F = Z W_0 + \hat A Z W_1 + (2\hat A - I) Z W_2",
+    ),
+    BlockSpec(
+        name="cayley",
+        title="Cayley nonlocal block",
+        reference=(
+            "Levie, Monti, Bresson, Bronstein. CayleyNets: Graph Convolutional Neural Networks "
+            "with Complex Rational Spectral Filters. IEEE TSP 2018 (filter); SNL affinity."
+        ),
+        kernel="relu_dot",
+        normalization="sym",
+        symmetrize=True,
+        laplacian="sym",
+        order=1,
+        weight_constraint="free",
+        basis="cayley",
+        low_rank=True,
+        affinity_latex=(
+            r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ "
+            r"M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^{T}"
+        ),
+        filter_latex=(
+            r"F = Z W_0 + \operatorname{Re}(C) Z W_1 + \operatorname{Im}(C) Z W_2,\ "
+            r"C = (hL - iI)(hL + iI)^{-1}"
+        ),
+    ),
+    BlockSpec(
+        name="arma",
+        title="ARMA nonlocal block",
+        reference=(
+            "Isufi, Loukas, Simonetto, Leus. Autoregressive Moving Average Graph Filtering. "
+            "IEEE TSP 2017; Bianchi et al. IEEE TPAMI 2021 (filter); SNL affinity."
+        ),
+        kernel="relu_dot",
+        normalization="sym",
+        symmetrize=True,
+        laplacian="sym",
+        order=1,
+        weight_constraint="free",
+        basis="arma",
+        low_rank=True,
+        affinity_latex=(
+            r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ "
+            r"M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^{T}"
+        ),
+        filter_latex=r"F = Z W_0 + (I - \psi_1 \hat A)^{-1} Z W_1",
     ),
 )
 

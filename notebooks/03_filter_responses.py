@@ -84,6 +84,22 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ### Polynomial and rational filters on one axis
+#
+# The Chebyshev basis functions of orders 1-3, the real part of the Cayley transform
+# $C(\lambda) = (h\lambda - i)/(h\lambda + i)$ (Levie et al. 2018) and a first-order ARMA
+# filter $(1 - \psi)/(1 - \psi(1 - \lambda))$ (Isufi et al. 2017), all evaluated by the filter
+# registry `graphfilters.filters` (what the `cayley` and `arma` blocks compute). A polynomial
+# of order $K$ oscillates at most $K$ times; a rational filter can be sharply selective at low
+# order (Cayley, through its zoom $h$) or smooth and low-pass with a single pole (ARMA).
+
+# %%
+from analysis.plots import plot_filter_families
+
+fig, ax = plot_filter_families()
+fig
+
+# %% [markdown]
 # ## 2. Two tiny trained models
 #
 # PreResNet-8 (width 8) with an NL or an SNL block after the first residual unit of stage 1

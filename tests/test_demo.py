@@ -17,8 +17,8 @@ def test_demo_writes_a_complete_report(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "demo_settings", tiny)
     path = demo.run_demo(tmp_path, device="cpu", image_size=(12, 16))
     text = path.read_text()
-    assert text.count("| verified |") == 12 and "FAILED" not in text
-    assert len(list((tmp_path / "derivations").glob("*.tex"))) == 12
+    assert text.count("| verified |") == 14 and "FAILED" not in text   # 12 + cayley, arma
+    assert len(list((tmp_path / "derivations").glob("*.tex"))) == 14
     for name in ("nl", "snl"):
         assert f"## Model `{name}`" in text
         assert (tmp_path / "checkpoints" / f"{name}.pt").is_file()

@@ -13,7 +13,8 @@ def test_table_rows_match_design():
         "nl": (1, "drop_order0", "rw"), "ns": (1, "tied", "rw"), "a2": (1, "drop_order0", "rw"),
         "cgnl": (1, "drop_order0", "none"), "cc": (1, "drop_order0", "rw"),
         "dnl": (1, "drop_order0", "rw"), "snl": (1, "free", "sym"), "gsnl": (2, "free", "sym"),
-        "gsnl_stable": (2, "free", "sym"),
+        "gsnl_stable": (2, "free", "sym"), "cayley": (1, "free", "sym"),
+        "arma": (1, "free", "sym"),
     }
     assert set(BLOCK_NAMES) == set(expected)
     for name, (order, constraint, norm) in expected.items():

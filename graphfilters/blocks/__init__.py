@@ -17,6 +17,8 @@ table name         class                       original form (``reference``)
 ``snl``            :class:`SNL`                :class:`~.reference.OfficialSNL`
 ``gsnl``           :class:`gSNL`               :class:`~.reference.GSNLRef`
 ``gsnl_stable``    ``gSNL(stable=True)``       ``GSNLRef(stable=True)``
+``cayley``         :class:`CayleyNonlocal`     dense explicit inverse (``materialize=True``)
+``arma``           :class:`ARMANonlocal`       dense explicit inverse (``materialize=True``)
 =================  ==========================  ============================================
 
 Examples
@@ -36,9 +38,11 @@ from .cgnl import CGNL
 from .dnl import DisentangledNonLocal
 from .factory import BLOCK_CLASSES, make_block
 from .nl import NonLocal
+from .rational import ARMANonlocal, CayleyNonlocal
 from .record import FilterRecord, OutputAffine
 from .snl import SNL, gSNL
-from .unified import KERNEL_OPTIONS, OUT_NORMS, ChebyshevNonlocal, NonlocalStage
+from .stage import NonlocalStage
+from .unified import KERNEL_OPTIONS, OUT_NORMS, ChebyshevNonlocal
 
 __all__ = [
     "ChebyshevNonlocal",
@@ -50,6 +54,8 @@ __all__ = [
     "DisentangledNonLocal",
     "SNL",
     "gSNL",
+    "CayleyNonlocal",
+    "ARMANonlocal",
     "make_block",
     "BLOCK_CLASSES",
     "FilterRecord",

@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from torch import nn
 
-from ..specs import BLOCK_NAMES
-from .a2 import DoubleAttention
-from .cc import CrissCross
-from .cgnl import CGNL
-from .dnl import DisentangledNonLocal
-from .nl import NonLocal
-from .snl import SNL, gSNL
-from .unified import ChebyshevNonlocal, NonlocalStage
+from .stage import NonlocalStage
+from .units import BLOCK_CLASSES, block_key, unit_factory
 
 __all__ = ["make_block", "unit_factory", "BLOCK_CLASSES"]
-
-
-def _ns_unit(in_channels: int, dim: int = 2, **options: Any) -> ChebyshevNonlocal:
-    """A unit of Tao et al.'s nonlocal stage (biases, as NL)."""
-    if "spec" in options:
-        raise TypeError("the ns unit fixes its spec")
-    options.setdefault("bias", True)
-    return ChebyshevNonlocal(in_channels, dim=dim, spec="ns", **options)
-
-
-#: Table name -> constructor of one block (``ns`` -> one unit; its block is a stage).
-BLOCK_CLASSES: dict[str, Callable[..., ChebyshevNonlocal]] = {
-    "nl": NonLocal,
-    "ns": _ns_unit,
-    "a2": DoubleAttention,
-    "cgnl": CGNL,
-    "cc": CrissCross,
-    "dnl": DisentangledNonLocal,
-    "snl": SNL,
-    "gsnl": partial(gSNL, stable=False),
-    "gsnl_stable": partial(gSNL, stable=True),
-}
-
-
-def _key(name: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"block name must be a str, got {type(name).__name__}")
-    key = name.lower()
-    if key not in BLOCK_CLASSES:
-        raise ValueError(f"unknown block {name!r}; known blocks: {', '.join(BLOCK_NAMES)}")
-    return key
-
-
-def unit_factory(name: str) -> Callable[..., ChebyshevNonlocal]:
-    """The constructor of one unit of block ``name`` (``ns``: a unit of the stage)."""
-    return BLOCK_CLASSES[_key(name)]
 
 
 def make_block(
@@ -64,7 +20,8 @@ def make_block(
     Parameters
     ----------
     name : str
-        ``nl``, ``ns``, ``a2``, ``cgnl``, ``cc``, ``dnl``, ``snl``, ``gsnl``, ``gsnl_stable``.
+        ``nl``, ``ns``, ``a2``, ``cgnl``, ``cc``, ``dnl``, ``snl``, ``gsnl``, ``gsnl_stable``,
+        ``cayley``, ``arma``.
     in_channels : int
     dim : {1, 2, 3}
     n_units : int, optional
@@ -92,12 +49,12 @@ def make_block(
     >>> stage = make_block("snl", 16, n_units=2)
     >>> type(stage).__name__, stage.n_units
     ('NonlocalStage', 2)
-    >>> make_block("xl", 16)
+    >>> make_block("xl", 16)   # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown block 'xl'; known blocks: nl, ns, a2, cgnl, cc, dnl, snl, gsnl, gsnl_stable
+    ValueError: unknown block 'xl'; known blocks: nl, ns, a2, cgnl, cc, dnl, snl, gsnl, ...
     """
-    key = _key(name)
+    key = block_key(name)
     if "mode" in options and key != "nl":
         raise ValueError(f"block {key!r} has no modes; only 'nl' has modes (mode=...)")
     if n_units is not None or key == "ns":

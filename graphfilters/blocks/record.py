@@ -11,7 +11,8 @@ to linearize it around the recorded input:
     Y = X + \rho\Big(s \odot \sum_{k=0}^{K} B_k(\hat A)\, Z\, W_k + t\Big),
 
 with :math:`\hat A` = ``affinity.normalized(normalization)``, :math:`B_k` the basis of
-``spec.basis``, ``(s, t) = output_scale`` and :math:`\rho` the ReLU if ``relu_after_norm``
+``spec.basis`` (a family of :mod:`graphfilters.filters`, with the parameters ``params``),
+``(s, t) = output_scale`` and :math:`\rho` the ReLU if ``relu_after_norm``
 else the identity.
 
 Examples
@@ -37,7 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..chebyshev import chebyshev_terms
+from ..filters import GraphOperator, filter_sum, get_filter
 from ..graph import Affinity, NormalizedOperator
 from ..specs import BlockSpec
 
@@ -90,6 +91,9 @@ class FilterRecord:
         ``(scale, shift)`` of shape ``(C_out,)``.
     relu_after_norm : bool
         Whether a ReLU follows the normalization (the official SNL classification code).
+    params : dict of Tensor
+        Constrained parameters of a rational basis (``"zoom"`` for Cayley, ``"poles"`` for
+        ARMA); empty for polynomial bases.
     info : dict
         Block-specific facts. ``"node_layout"``: ``"position"`` (nodes are the ``N``
         positions) or ``"channel_position"`` (CGNL: within each of ``info["groups"]`` channel
@@ -109,11 +113,13 @@ class FilterRecord:
     output_scale: OutputAffine
     relu_after_norm: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def order(self) -> int:
-        """Polynomial degree ``K`` (``len(weights) - 1``)."""
-        return len(self.weights) - 1
+        """Order of the filter (polynomial degree ``K = len(weights) - 1`` for polynomial
+        bases; see :meth:`graphfilters.filters.FilterFamily.order_of`)."""
+        return get_filter(self.spec.basis).order_of(len(self.weights))
 
     def operator(self) -> NormalizedOperator:
         r"""The normalized operator :math:`\hat A` (applied without forming it)."""
@@ -137,25 +143,20 @@ class FilterRecord:
         op = self.operator()
         if materialize:
             dense = op.dense()
-
-            def apply(v: Tensor) -> Tensor:
-                return dense @ v
+            apply = GraphOperator(lambda v: dense @ v, dense=dense)
         else:
-            apply = op
+            apply = GraphOperator.from_normalized(op)
         zg = self._to_graph(self.z)
         if self.order >= 1 and self.info.get("sub_sampled"):
             n = math.prod(self.spatial_shape)
             return [self.z.new_zeros(self.z.shape[0], n, self.z.shape[2]), apply(zg)]
-        return [self._from_graph(t, self.z) for t in chebyshev_terms(apply, zg, self.order,
-                                                                      self.spec.basis)]
+        family = get_filter(self.spec.basis)
+        return [self._from_graph(t, self.z)
+                for t in family.iter_terms(apply, zg, self.order, self.params or None)]
 
     def filter_output(self, materialize: bool = False) -> Tensor:
         r""":math:`F = \sum_k B_k(\hat A) Z W_k`, shape ``(B, N, C_out)``."""
-        out = None
-        for term, w in zip(self.terms(materialize), self.weights):
-            contrib = term @ w
-            out = contrib if out is None else out + contrib
-        return out
+        return filter_sum(self.terms(materialize), self.weights)
 
     def block_output(self, materialize: bool = False) -> Tensor:
         """The block's output rebuilt from the record, ``(B, C, *spatial_shape)``."""

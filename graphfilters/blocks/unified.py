@@ -1,44 +1,40 @@
-r"""The unified nonlocal block: a Chebyshev graph filter on the affinity graph.
+r"""The unified nonlocal block: a graph filter on the affinity graph.
 
 Every nonlocal block of :mod:`graphfilters.specs` is a configuration of
-:class:`ChebyshevNonlocal`; :class:`NonlocalStage` shares one affinity between several of them.
+:class:`ChebyshevNonlocal` (its basis, polynomial or rational, from
+:mod:`graphfilters.filters`); :class:`~graphfilters.blocks.stage.NonlocalStage` shares one
+affinity between several of them. This module imports no other block module.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .. import kernels
-from ..chebyshev import chebyshev_terms
+from ..filters import GraphOperator, filter_sum, get_filter
 from ..graph import Affinity, DenseAffinity, LowRankAffinity, NormalizedOperator
 from ..specs import BlockSpec, get_spec
 from . import _utils as U
 from .record import FilterRecord, OutputAffine
 
-__all__ = ["ChebyshevNonlocal", "NonlocalStage", "OUT_NORMS", "KERNEL_OPTIONS"]
+__all__ = ["ChebyshevNonlocal", "OUT_NORMS", "KERNEL_OPTIONS"]
 
 #: Output normalizations: ``batch`` (BatchNorm, zero-initialized scale), ``gamma`` (a learned
 #: scalar, zero-initialized; CCNet), ``none``.
 OUT_NORMS = ("batch", "gamma", "none")
-#: Options each kernel accepts in ``kernel_options`` (with their defaults).
-KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = {
-    "embedded_gaussian": {"scale": None},
-    "gaussian": {"scale": None},
-    "dot_product": {},
-    "relu_dot": {},
-    "concatenation": {},
-    "double_attention": {},
-    "taylor_rbf": {"taylor_order": 2, "gamma": 1e-4, "beta": "code"},
-    "criss_cross": {"scale": 1.0},
-    "disentangled": {"scale": 1.0},
-}
+#: Options each kernel accepts in ``kernel_options`` (with their defaults), from the kernel
+#: registry :data:`graphfilters.kernels.BLOCK_KERNELS`.
+KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {name: MappingProxyType(dict(k.options)) for name, k in kernels.BLOCK_KERNELS.items()}
+)
 #: Kernels whose keys may be sub-sampled (the NL family).
-_SUBSAMPLE_KERNELS = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
+_SUBSAMPLE_KERNELS = tuple(n for n, k in kernels.BLOCK_KERNELS.items() if k.subsample)
 
 
 class ChebyshevNonlocal(nn.Module):
@@ -52,8 +48,10 @@ class ChebyshevNonlocal(nn.Module):
 
     in the affinity form of :mod:`graphfilters.specs`: :math:`\kappa` the kernel, ``norm`` the
     normalization (``sym``: :math:`D^{-1/2} M D^{-1/2}`, ``rw``: :math:`D^{-1}M`, ``size``:
-    :math:`M/N`, ``none``), :math:`B_k` the Chebyshev polynomials :math:`T_k` (or the
-    stable-hypothesis basis, :math:`B_2 = 2\hat A - I`), :math:`W_k \in
+    :math:`M/N`, ``none``), :math:`B_k` the basis of the spec (a family of
+    :mod:`graphfilters.filters`: the Chebyshev polynomials :math:`T_k` by default, the
+    stable-hypothesis basis with :math:`B_2 = 2\hat A - I`, monomials, or the rational
+    Cayley and ARMA bases with learned parameters, :meth:`filter_parameters`), :math:`W_k \in
     \mathbb R^{C_s \times C}` with the spec's constraint (``free``; ``drop_order0``:
     :math:`W_0 = 0`; ``tied``: :math:`W_0 = -W_1`). ``Norm`` is a BatchNorm whose scale starts
     at zero (or CCNet's :math:`\gamma`), so a fresh block is the identity; :math:`\rho` is a
@@ -115,6 +113,11 @@ class ChebyshevNonlocal(nn.Module):
         ``{"taylor_order": 3, "gamma": 0.5}`` for ``taylor_rbf``).
     materialize : bool
         Default of :meth:`forward`'s ``materialize``.
+    solver_tol, solver_max_iter : optional
+        Relative tolerance (default 1e-12 in float64, 1e-6 otherwise) and iteration cap of
+        the iterative shifted solves of rational bases (Cayley, ARMA) on affinities that are
+        not low rank; see :class:`~graphfilters.filters.GraphOperator` for the convergence
+        condition :math:`|c|\,\|\hat A\|_\infty < 1`, checked at run time.
 
     Attributes
     ----------
@@ -173,6 +176,8 @@ class ChebyshevNonlocal(nn.Module):
         out_projection: bool = True,
         kernel_options: Mapping[str, Any] | None = None,
         materialize: bool = False,
+        solver_tol: float | None = None,
+        solver_max_iter: int = 2000,
     ) -> None:
         super().__init__()
         self.spec = _resolve_spec(
@@ -194,7 +199,8 @@ class ChebyshevNonlocal(nn.Module):
             raise ValueError(
                 f"groups={groups} must divide inter_channels={Cs} and in_channels={C}"
             )
-        if s.kernel == "taylor_rbf" and Ca != Cs:
+        self.block_kernel = kernels.BLOCK_KERNELS[s.kernel]
+        if self.block_kernel.channel_nodes and Ca != Cs:
             raise ValueError(
                 "the taylor_rbf kernel (CGNL) puts theta, phi and Z on the same channel x "
                 f"position nodes: affinity_channels ({Ca}) must equal inter_channels ({Cs})"
@@ -214,6 +220,17 @@ class ChebyshevNonlocal(nn.Module):
                     f"'drop_order0') is defined; got order {s.order}, constraint "
                     f"{s.weight_constraint!r}"
                 )
+        self.family = get_filter(s.basis)
+        if sign == -1 and self.family.kind != "polynomial":
+            raise ValueError(
+                f"sign=-1 (weights times (-1)^k, the Laplacian form of a Chebyshev filter) is "
+                f"defined for polynomial bases, not {s.basis!r}"
+            )
+        if self.sub_sample and self.family.kind != "polynomial":
+            raise ValueError(
+                f"sub_sample=True needs a polynomial basis, got {s.basis!r} (a rational filter "
+                "solves (I - c A) Y = Z, which needs a square affinity)"
+            )
         self.out_norm = {"batchnorm": "batch"}.get(s.output, s.output) if out_norm is None \
             else out_norm
         if self.out_norm not in OUT_NORMS:
@@ -230,6 +247,10 @@ class ChebyshevNonlocal(nn.Module):
             )
         self.kernel_options = _resolve_kernel_options(s.kernel, kernel_options)
         self.materialize = bool(materialize)
+        if solver_tol is not None and not (isinstance(solver_tol, float) and solver_tol > 0):
+            raise ValueError(f"solver_tol must be a positive float, got {solver_tol!r}")
+        self.solver_tol = solver_tol
+        self.solver_max_iter = U.check_channels(solver_max_iter, "solver_max_iter")
         self.bias_projections = bool(bias)
         out_bias = self.bias_projections if out_bias is None else bool(out_bias)
 
@@ -238,18 +259,25 @@ class ChebyshevNonlocal(nn.Module):
         self.phi: nn.Module | None = None
         self.unary: nn.Module | None = None
         self.concat_weight: nn.Parameter | None = None
-        if not self.shared_affinity and s.kernel != "gaussian":
+        needs = () if self.shared_affinity else self.block_kernel.projections
+        if "theta" in needs:
             self.theta = U.conv1x1(d, C, Ca, bias=self.bias_projections)
+        if "phi" in needs:
             self.phi = U.conv1x1(d, C, Ca, bias=self.bias_projections)
-        if not self.shared_affinity and s.kernel == "concatenation":
+        if "concat" in needs:
             self.concat_weight = nn.Parameter(torch.empty(2 * Ca))
-        if not self.shared_affinity and s.kernel == "disentangled":
+        if "unary" in needs:
             self.unary = U.conv1x1(d, C, 1, bias=self.bias_projections)
         self.g = U.conv1x1(d, C, Cs, bias=self.bias_projections)
         self.w = nn.ParameterDict()
         if self.out_projection:
             for k in s.free_orders:
                 self.w[str(k)] = nn.Parameter(torch.empty(C, Cs // self.groups))
+        #: Unconstrained parameters of a rational basis (Cayley zoom, ARMA poles).
+        self.filter_params = nn.ParameterDict({
+            k: nn.Parameter(torch.empty(shape))
+            for k, shape in self.family.parameter_shapes(s.order).items()
+        })
         self.bias = nn.Parameter(torch.empty(C)) if out_bias else None
         self.norm = U.batch_norm(d, C) if self.out_norm == "batch" else None
         self.gamma = nn.Parameter(torch.zeros(1)) if self.out_norm == "gamma" else None
@@ -287,6 +315,9 @@ class ChebyshevNonlocal(nn.Module):
             nn.init.uniform_(self.concat_weight, -bound, bound)
         for w in self.w.values():
             U.kaiming_(w)
+        with torch.no_grad():
+            for k, v in self.family.initial_parameters(self.spec.order).items():
+                self.filter_params[k].copy_(torch.as_tensor(v))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
         if self.norm is not None:
@@ -310,6 +341,9 @@ class ChebyshevNonlocal(nn.Module):
         ]
         if s.basis != "chebyshev":
             parts.append(f"basis={s.basis}")
+        for k, v in self.filter_parameters().items():
+            vals = ", ".join(f"{float(t):.3g}" for t in v.detach().reshape(-1))
+            parts.append(f"{k}=[{vals}]" if v.ndim else f"{k}={vals}")
         if self.affinity_channels != self.inter_channels:
             parts.append(f"affinity_channels={self.affinity_channels}")
         if self.groups != 1:
@@ -338,7 +372,8 @@ class ChebyshevNonlocal(nn.Module):
         return torch.block_diag(*[w[i * co:(i + 1) * co].t() for i in range(self.groups)])
 
     def filter_weights(self) -> list[Tensor]:
-        r"""The ``K + 1`` weights :math:`W_k` of shape ``(C_s, C)`` in the affinity form.
+        r"""The ``n_terms`` weights :math:`W_k` (``K + 1`` for polynomial bases) of shape
+        ``(C_s, C)`` in the affinity form.
 
         Constraints applied (zeros for a dropped term, :math:`W_0 = -W_1` when tied), the
         ``sign`` folded in (:math:`(-1)^k`), grouped weights expanded (block-diagonal).
@@ -347,7 +382,7 @@ class ChebyshevNonlocal(nn.Module):
         s = self.spec
         free = {k: self._weight_matrix(k) for k in s.free_orders}
         out = []
-        for k in range(s.order + 1):
+        for k in range(s.n_terms):
             if k in free:
                 w = free[k]
             elif s.weight_constraint == "tied":
@@ -357,16 +392,32 @@ class ChebyshevNonlocal(nn.Module):
             out.append(-w if (self.sign == -1 and k % 2 == 1) else w)
         return out
 
+    def filter_parameters(self) -> dict[str, Tensor]:
+        r"""The constrained parameters of the basis (Cayley zoom :math:`h > 0`, ARMA poles
+        :math:`|\psi_k| < 0.95`); empty for polynomial bases. Differentiable."""
+        if not self.filter_params:
+            return {}
+        return self.family.constrain(dict(self.filter_params))
+
+    def graph_operator(self, op: NormalizedOperator, dense: Tensor | None = None) -> GraphOperator:
+        """The operator the filter acts on: dense if ``dense`` is given, Woodbury for low-rank
+        affinities, iterative shifted solves otherwise."""
+        if dense is not None:
+            return GraphOperator(lambda v: dense @ v, dense=dense, tol=self.solver_tol,
+                                 max_iter=self.solver_max_iter)
+        return GraphOperator.from_normalized(op, tol=self.solver_tol,
+                                             max_iter=self.solver_max_iter)
+
     # ------------------------------------------------------------------------------------
     def _nodes_to_graph(self, z: Tensor) -> Tensor:
         """CGNL: ``(B, N, C_s)`` → ``(B, G, C_s/G · N, 1)`` channel-major scalar nodes."""
-        if self.spec.kernel != "taylor_rbf":
+        if not self.block_kernel.channel_nodes:
             return z
         b, n, c = z.shape
         return z.transpose(1, 2).reshape(b, self.groups, (c // self.groups) * n, 1)
 
     def _graph_to_nodes(self, t: Tensor, n: int) -> Tensor:
-        if self.spec.kernel != "taylor_rbf":
+        if not self.block_kernel.channel_nodes:
             return t
         b = t.shape[0]
         return t.reshape(b, self.inter_channels, n).transpose(1, 2)
@@ -407,42 +458,19 @@ class ChebyshevNonlocal(nn.Module):
             )
 
     def _affinity(self, x: Tensor, proj: dict[str, Tensor]) -> Affinity:
-        s, opts = self.spec, self.kernel_options
-        spatial = tuple(x.shape[2:])
-        if s.kernel == "gaussian":
-            th = U.to_nodes(x)
-            ph = th if self.pool is None else U.to_nodes(self.pool(x))
-        else:
-            th, ph = proj["theta"], proj["phi"]
-        if s.kernel in ("embedded_gaussian", "gaussian"):
-            aff = kernels.embedded_gaussian(th, ph, scale=opts["scale"])
-        elif s.kernel == "dot_product":
-            aff = kernels.dot_product(th, ph)
-        elif s.kernel == "relu_dot" and s.normalization in ("sym", "rw"):
-            # kernels.relu_dot without its finiteness pass over the (B, N, C_s) factors: the
-            # normalization checks the degrees, which are NaN/Inf whenever a factor is.
-            aff = LowRankAffinity(torch.relu(th), torch.relu(ph), check=False)
-        elif s.kernel == "relu_dot":
-            aff = kernels.relu_dot(th, ph)
-        elif s.kernel == "concatenation":
-            ca = self.affinity_channels
-            aff = kernels.concatenation(th, ph, self.concat_weight[:ca], self.concat_weight[ca:])
-        elif s.kernel == "double_attention":
-            aff = kernels.double_attention(gather_logits=ph, distribute_logits=th)
-        elif s.kernel == "taylor_rbf":
-            beta = opts["beta"]
-            if beta == "code":
-                beta = math.exp(-2 * opts["gamma"])
-            aff = kernels.taylor_rbf(
-                self._nodes_to_graph(th)[..., 0], self._nodes_to_graph(ph)[..., 0],
-                order=opts["taylor_order"], gamma=opts["gamma"], beta=beta,
-            )
-        elif s.kernel == "criss_cross":
-            aff = kernels.criss_cross(th, ph, spatial, scale=opts["scale"])
-        elif s.kernel == "disentangled":
-            aff = kernels.disentangled(th, ph, proj["unary"][..., 0], scale=opts["scale"])
-        else:  # pragma: no cover - guarded by the spec validation
-            raise ValueError(f"kernel {s.kernel!r} has no torch implementation")
+        s = self.spec
+        xn = xk = None
+        if "theta" not in self.block_kernel.projections:     # kernels on the input itself
+            xn = U.to_nodes(x)
+            xk = xn if self.pool is None else U.to_nodes(self.pool(x))
+        unary = proj.get("unary")
+        inputs = kernels.KernelInputs(
+            theta=proj.get("theta"), phi=proj.get("phi"), x=xn, x_keys=xk,
+            unary=None if unary is None else unary[..., 0],
+            concat_weight=self.concat_weight, spatial=tuple(x.shape[2:]), groups=self.groups,
+            normalization=s.normalization,
+        )
+        aff = self.block_kernel.build(inputs, **self.kernel_options)
         if s.symmetrize:
             aff = _symmetrized(aff)
         return aff
@@ -490,11 +518,7 @@ class ChebyshevNonlocal(nn.Module):
         op = self.operator(affinity)
         mat = self.materialize if materialize is None else bool(materialize)
         dense = op.dense() if (mat or return_affinity) else None
-        if mat:
-            def apply(v: Tensor) -> Tensor:
-                return dense @ v
-        else:
-            apply = op
+        apply = self.graph_operator(op, dense if mat else None)
         z = proj["g"]                                         # (B, N_keys, C_s)
         pre = self._filter(apply, z, n)                       # (B, C, N), channels first
         if self.bias is not None:
@@ -511,32 +535,27 @@ class ChebyshevNonlocal(nn.Module):
             self.last_record = self._make_record(x, affinity, z, pre.detach())
         return (y, dense) if return_affinity else y
 
-    def _filter(self, apply: Callable[[Tensor], Tensor], z: Tensor, n: int) -> Tensor:
+    def _filter(self, apply: GraphOperator, z: Tensor, n: int) -> Tensor:
         s = self.spec
         if self.sub_sample:
             terms = [None, apply(z)]
         else:
             zg = self._nodes_to_graph(z)
-            terms = [self._graph_to_nodes(t, n)
-                     for t in chebyshev_terms(apply, zg, s.order, s.basis)]
-        used = [k for k in range(s.order + 1)
-                if not (k == 0 and s.weight_constraint == "drop_order0")]
-        if not self.out_projection:          # every W_k is +-I (or 0): no matmul needed
-            out = None
-            for k in used:
+            terms = (self._graph_to_nodes(t, n) for t in
+                     self.family.iter_terms(apply, zg, s.order, self.filter_parameters()))
+        if not self.out_projection:          # every W_k is +-I (or 0): scalar weights
+            weights = [None] * s.n_terms
+            for k in range(s.n_terms):
+                if k == 0 and s.weight_constraint == "drop_order0":
+                    continue
                 c = -1.0 if (k == 0 and s.weight_constraint == "tied") else 1.0
-                if self.sign == -1 and k % 2 == 1:
-                    c = -c
-                out = c * terms[k] if out is None else out + c * terms[k]
-            return out.transpose(1, 2)
-        # sum_k W_k^T B_k(A) Z^T: the output comes out channels-first, as BN wants it
-        weights = self.filter_weights()
-        out = None
-        for k in used:
-            t = terms[k].transpose(1, 2)                       # (B, C_s, N), a view
-            term = torch.bmm(weights[k].t().expand(t.shape[0], -1, -1), t)
-            out = term if out is None else out + term
-        return out
+                weights[k] = -c if (self.sign == -1 and k % 2 == 1) else c
+        else:
+            # sum_k W_k^T B_k(A) Z^T: the output comes out channels-first, as BN wants it
+            weights = self.filter_weights()
+            if s.weight_constraint == "drop_order0":
+                weights[0] = None
+        return filter_sum(terms, weights, channels_first=True)
 
     # ------------------------------------------------------------------------------------
     def output_affine(self, pre: Tensor) -> OutputAffine:
@@ -568,7 +587,7 @@ class ChebyshevNonlocal(nn.Module):
         with torch.no_grad():
             weights = [w.detach().clone() for w in self.filter_weights()]
         info = {
-            "node_layout": "channel_position" if self.spec.kernel == "taylor_rbf" else "position",
+            "node_layout": "channel_position" if self.block_kernel.channel_nodes else "position",
             "groups": self.groups,
             "sign": self.sign,
             "sub_sampled": self.sub_sample,
@@ -584,6 +603,7 @@ class ChebyshevNonlocal(nn.Module):
             output_scale=self.output_affine(pre),
             relu_after_norm=self.relu_after_norm,
             info=info,
+            params={k: v.detach().clone() for k, v in self.filter_parameters().items()},
         )
 
 
@@ -626,188 +646,3 @@ def _resolve_kernel_options(kernel: str, options: Mapping[str, Any] | None) -> d
         )
     allowed.update(given)
     return allowed
-
-
-UnitFactory = Callable[..., ChebyshevNonlocal]
-
-
-class NonlocalStage(nn.Module):
-    r"""A nonlocal stage: one affinity, computed from the stage input, shared by ``n`` units.
-
-    .. math::
-
-        \hat A = \operatorname{norm}(\kappa(\theta(X_0), \phi(X_0))), \qquad
-        X_{u+1} = X_u + \operatorname{Norm}_u\Big(\sum_k B_k(\hat A)\, g_u(X_u)\, W_{u,k}\Big).
-
-    With ``block="ns"`` (the default) this is the nonlocal stage of Tao et al. (NeurIPS 2018):
-    softmax affinity, tied weights, :math:`F = (A - I) Z W = -L_{rw} Z W`, a forward-Euler
-    step of nonlocal diffusion per unit. Any other table name gives a stage of that block
-    (e.g. the official SNL stage with ``block="snl"``). Unit 0 owns ``θ``/``φ``; the others
-    are built with ``shared_affinity=True``.
-
-    Parameters
-    ----------
-    in_channels : int
-    n_units : int
-        Number of units ``n >= 1``.
-    block : str
-        Table name of the units.
-    dim : {1, 2, 3}
-    **options
-        Passed to every unit's constructor (e.g. ``inter_channels``, ``mode`` for ``nl``).
-
-    Attributes
-    ----------
-    units : nn.ModuleList of ChebyshevNonlocal
-    spec : BlockSpec
-        The units' spec.
-    record : bool
-        Setting it sets it on every unit. ``last_record`` is unit 0's record (input = the
-        stage input); ``last_records`` lists every unit's.
-
-    Shapes
-    ------
-    - **input:** ``(B, C, *spatial)``; **output:** the same.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from graphfilters.blocks import NonlocalStage
-    >>> stage = NonlocalStage(8, n_units=3)
-    >>> x = torch.randn(2, 8, 4, 4)
-    >>> torch.equal(stage(x), x), len(stage.units), stage.units[1].theta is None
-    (True, 3, True)
-    """
-
-    def __init__(
-        self, in_channels: int, n_units: int = 1, block: str = "ns", dim: int = 2,
-        **options: Any,
-    ) -> None:
-        super().__init__()
-        if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
-            raise ValueError(f"n_units must be an integer >= 1, got {n_units!r}")
-        if "shared_affinity" in options:
-            raise TypeError("NonlocalStage sets shared_affinity itself; do not pass it")
-        from .factory import unit_factory
-
-        make = unit_factory(block)
-        self.block = block
-        self.units = nn.ModuleList(
-            make(in_channels, dim=dim, shared_affinity=u > 0, **options) for u in range(n_units)
-        )
-        self.spec = self.units[0].spec
-        self.in_channels, self.dim = in_channels, self.units[0].dim
-
-    @property
-    def n_units(self) -> int:
-        return len(self.units)
-
-    @property
-    def record(self) -> bool:
-        return all(u.record for u in self.units)
-
-    @record.setter
-    def record(self, value: bool) -> None:
-        for u in self.units:
-            u.record = bool(value)
-
-    @property
-    def last_record(self) -> FilterRecord | None:
-        return self.units[0].last_record
-
-    @property
-    def last_records(self) -> list[FilterRecord | None]:
-        return [u.last_record for u in self.units]
-
-    def filter_weights(self, unit: int = 0) -> list[Tensor]:
-        """The affinity-form weights of unit ``unit`` (see
-        :meth:`ChebyshevNonlocal.filter_weights`)."""
-        return self.units[unit].filter_weights()
-
-    def reset_parameters(self) -> None:
-        for u in self.units:
-            u.reset_parameters()
-
-    def compute_affinity(self, x: Tensor) -> Affinity:
-        """The shared raw affinity of the stage input ``x``."""
-        return self.units[0].compute_affinity(x)
-
-    def forward(
-        self, x: Tensor, *, return_affinity: bool = False, materialize: bool | None = None
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        affinity = self.compute_affinity(x)
-        for u in self.units:
-            x = u(x, affinity, materialize=materialize)
-        if return_affinity:
-            return x, self.units[0].operator(affinity).dense()
-        return x
-
-    def extra_repr(self) -> str:
-        return f"block={self.spec.name}, in_channels={self.in_channels}, n_units={self.n_units}"
-
-    @staticmethod
-    def reference_map(ref: nn.Module) -> list[tuple[str, str, float]]:
-        """``(unified, reference, scale)`` entries relating this stage to ``ref`` (a
-        :class:`~graphfilters.blocks.reference.NonlocalStageRef` or
-        :class:`~graphfilters.blocks.reference.OfficialSNLStage`)."""
-        from ._convert import bn_map, conv_map
-        from .reference import NonlocalStageRef, OfficialSNLStage
-        from .snl import _unit_map
-
-        if isinstance(ref, NonlocalStageRef):
-            m = conv_map("units.0.theta", "theta", True) + conv_map("units.0.phi", "phi", True)
-            for u in range(len(ref.units)):
-                m += conv_map(f"units.{u}.g", f"units.{u}.g", True)
-                m += [(f"units.{u}.w.1", f"units.{u}.W_z.weight", 1.0),
-                      (f"units.{u}.bias", f"units.{u}.W_z.bias", 1.0)]
-                m += bn_map(f"units.{u}.norm", f"units.{u}.bn")
-            return m
-        if isinstance(ref, OfficialSNLStage):
-            m = [("units.0.theta.weight", "t.weight", 1.0), ("units.0.phi.weight", "p.weight", 1.0)]
-            for u in range(len(ref.stages)):
-                m += _unit_map(f"units.{u}.", f"stages.{u}.")
-            return m
-        raise TypeError(
-            "reference must be a NonlocalStageRef or an OfficialSNLStage, got "
-            f"{type(ref).__name__}"
-        )
-
-    @classmethod
-    def from_reference(cls, ref: nn.Module) -> NonlocalStage:
-        """The stage computing exactly what the original-form stage ``ref`` computes.
-
-        Examples
-        --------
-        >>> import torch
-        >>> from graphfilters.blocks.reference import NonlocalStageRef
-        >>> ref = NonlocalStageRef(8, n_units=2)
-        >>> NonlocalStage.from_reference(ref).n_units
-        2
-        """
-        from ._convert import copy_weights, match_module
-        from .reference import NonlocalStageRef
-
-        mapping = cls.reference_map(ref)
-        if isinstance(ref, NonlocalStageRef):
-            stage = cls(ref.in_channels, n_units=len(ref.units), block="ns", dim=ref.dim,
-                        inter_channels=ref.inter_channels)
-        else:
-            stage = cls(ref.in_channels, n_units=len(ref.stages), block="snl", dim=ref.dim,
-                        inter_channels=ref.inter_channels, relu_after_norm=ref.relu)
-        copy_weights(match_module(stage, ref), ref.state_dict(), mapping)
-        return stage.train(ref.training)
-
-    @classmethod
-    def from_official_snl_state_dict(
-        cls, state_dict: Mapping[str, Tensor], prefix: str = "", relu_after_norm: bool = True,
-    ) -> NonlocalStage:
-        """An SNL stage from a checkpoint of the official multi-unit stage.
-
-        Keys ``t.weight``, ``p.weight``, ``stages.{u}.g.weight``, ``stages.{u}.w_1.weight``,
-        ``stages.{u}.w_2.weight``, ``stages.{u}.bn.*``, the official names (see
-        :class:`~graphfilters.blocks.reference.OfficialSNLStage`). Raises ``ValueError`` for
-        missing, misshaped or unexpected keys.
-        """
-        from .snl import load_official_stage
-
-        return load_official_stage(cls, state_dict, prefix, relu_after_norm)

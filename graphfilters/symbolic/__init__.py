@@ -47,10 +47,11 @@ from .generic import (
     laplacian,
     scaled_laplacian,
 )
-from .identify import Identification, identify
+from .identify import Identification, RationalIdentification, identify
 from .numeric import evaluate
 from .parsing import parse_equation, parse_filter
-from .printing import latex, pretty
+from .printing import latex, latex_to_text, pretty
+from .rational import RationalDerivation, derive_rational
 from .responses import operator_eigenvalue, response, response_function
 from .rules import Assumption
 from .symbols import (
@@ -78,10 +79,13 @@ from .symbols import (
     laplacian_weight,
     weight,
 )
+from .tables import blocks_table_latex
 
 __all__ = [
     # derivations
     "derive", "derive_all", "Derivation", "Step", "Assumption", "closed_form_from_fields",
+    "RationalDerivation", "derive_rational", "RationalIdentification", "blocks_table_latex",
+    "latex_to_text",
     # generic filter
     "generic_filter", "chebyshev_polynomial", "laplacian", "scaled_laplacian",
     "default_lambda_max", "as_filter", "collect_powers",

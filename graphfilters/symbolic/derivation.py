@@ -5,10 +5,10 @@ r"""Derive every nonlocal block of the table from the generic Chebyshev filter, 
 
 1. the generic filter :math:`\sum_{k=0}^{K} T_k(\tilde L) Z W^L_k`, expanded by the
    Chebyshev recursion;
-2. :math:`\tilde L \to 2L/\lambda_{max} - I`, then :math:`\lambda_{max}` (2 for the
+2. :math:`\tilde L \to 2L/\lambda_{\max} - I`, then :math:`\lambda_{\max}` (2 for the
    normalized Laplacians, kept symbolic when the row says ``None``);
 3. :math:`L \to` its definition in :math:`A, D`;
-4. the degree rule (:math:`D \to I`, :math:`2I`, :math:`\tfrac{\lambda_{max}}{2}I`) or the
+4. the degree rule (:math:`D \to I`, :math:`2I`, :math:`\tfrac{\lambda_{\max}}{2}I`) or the
    definition of :math:`\hat A` (see :mod:`graphfilters.symbolic.rules`);
 5. sign absorption :math:`W^L_k \to (-1)^k W_k` (:math:`T_k(-x) = (-1)^k T_k(x)`);
 6. the stable hypothesis :math:`\hat A^2 \to \hat A` when ``basis == "stable"``;
@@ -43,6 +43,7 @@ from types import MappingProxyType
 import sympy as sp
 from sympy import MatAdd, MatMul
 
+from graphfilters.filters import get_filter
 from graphfilters.specs import BLOCK_NAMES, BlockSpec, get_spec
 
 from . import symbols as S
@@ -55,8 +56,10 @@ from .generic import (
     laplacian,
     weight_terms,
 )
+from .limits import MAX_ORDER, check_limit
 from .parsing import parse_equation
-from .printing import latex, pretty, text_latex
+from .printing import latex, latex_to_text, pretty, text_latex
+from .rational import RationalDerivation, derive_rational
 from .rules import (
     Assumption,
     apply_spec_rules,
@@ -93,9 +96,17 @@ class Step:
     rule_latex: str
     substitution: Mapping[sp.Basic, sp.Basic]
     expr: sp.Basic
+    #: The description for papers (LaTeX text mode, math in ``$...$``); default: escaped
+    #: ``description``.
+    description_latex: str = ""
 
     def __str__(self) -> str:
         return f"{pretty(self.expr)}    [{self.description}]"
+
+    @property
+    def paper_text(self) -> str:
+        """The description in LaTeX text mode."""
+        return self.description_latex or text_latex(self.description)[len(r"\text{"):-1]
 
 
 @dataclass(frozen=True)
@@ -186,53 +197,93 @@ class Derivation:
         mode = f", mode {self.spec.mode}" if self.spec.mode else ""
         return f"{self.spec.title} ['{self.spec.name}'{mode}]"
 
-    def latex_lines(self) -> list[str]:
-        """The lines of the ``align`` environment (without the trailing ``\\\\``)."""
-        K = self.spec.order
-        lines = [
-            rf"F &= \sum_{{k=0}}^{{{K}}} T_{{k}}(\tilde{{L}})\, Z\, W^{{L}}_{{k}} && "
-            + text_latex(f"generic Chebyshev filter of order {K} (Laplacian form)")
-        ]
-        for step in self.steps:
-            note = text_latex(step.description)
-            if step.rule_latex:
-                note += r":\ " + step.rule_latex
-            lines.append(rf"&= {latex(step.expr)} && {note}")
-        relation = "=" if self.verified else r"\neq"
-        for cf, diff in zip(self.closed_forms, self.differences):
-            ok = text_latex(f"closed form ({self.source}), proved: derived - closed form = 0")
-            bad = text_latex("closed form does NOT match: derived - closed form = ")
-            note = ok if _is_zero_matrix(diff) else bad + latex(diff)
-            lines.append(rf"&{relation} {latex(cf)} && {note}")
-        if self.collapsed is not None:
-            lines.append(rf"&= {latex(self.collapsed)} && "
-                         + text_latex("collected by powers: an order-1 filter"))
-        return lines
+    def latex_lines(self, annotations: str = "short") -> list[str]:
+        """The lines of the ``align`` environment (without the trailing ``\\\\``).
 
-    def to_latex(self) -> str:
-        """LaTeX for papers: an ``align`` environment, one line per step.
+        ``annotations``: ``"none"``, ``"short"`` (what each step does) or ``"full"`` (and
+        the substitution), set as ``\\intertext`` between the lines (never wider than the
+        text).
+        """
+        _check_annotations(annotations)
+        K = self.spec.order
+        lines = [rf"F &= \sum_{{k=0}}^{{{K}}} T_{{k}}(\tilde{{L}})\, Z\, W^{{L}}_{{k}}"]
+        notes = []
+        for step in self.steps:
+            note = step.paper_text
+            if annotations == "full" and step.rule_latex:
+                note += rf": ${step.rule_latex}$"
+            notes.append(note)
+            lines.append(rf"&= {latex(step.expr)}")
+        last = latex(self.steps[-1].expr) if self.steps else ""
+        extra = []
+        for cf, diff in zip(self.closed_forms, self.differences):
+            proved = _is_zero_matrix(diff)
+            what = "the table's" if self.source == "table" else (
+                "the fields'" if self.source == "fields" else "the given")
+            if proved and latex(cf) == last:
+                notes[-1] += f"; this is {what} closed form (proved: derived $-$ closed form $= 0$)"
+                continue
+            if proved:
+                extra.append((rf"&= {latex(cf)}",
+                              f"{what} closed form (proved: derived $-$ closed form $= 0$)"))
+            else:
+                extra.append((rf"&\neq {latex(cf)}",
+                              f"{what} closed form does NOT match: derived $-$ closed form "
+                              rf"$= {latex(diff)}$"))
+        if self.collapsed is not None:
+            extra.append((rf"&= {latex(self.collapsed)}",
+                          "collected by powers: an order-1 filter"))
+        for line, note in extra:
+            lines.append(line)
+            notes.append(note)
+        if annotations == "none":
+            return lines
+        out = [lines[0]]
+        for line, note in zip(lines[1:], notes):
+            out.append(rf"\intertext{{\small {note}}}" + "\n" + line)
+        return out
+
+    def to_latex(self, numbered: bool = False, annotations: str = "short") -> str:
+        """LaTeX for papers: one ``align`` line per step.
+
+        Parameters
+        ----------
+        numbered : bool
+            ``False``: ``align*``. ``True``: ``align`` with one equation number, on the final
+            line.
+        annotations : {"none", "short", "full"}
+            No notes, what each step does, or that and its substitution (as
+            ``\\intertext``, so nothing is wider than the text).
 
         Examples
         --------
-        >>> print(derive("ns").to_latex().splitlines()[0])
-        \\begin{align}
+        >>> print(derive("snl").to_latex(annotations="none"))
+        \\begin{align*}
+        F &= \\sum_{k=0}^{1} T_{k}(\\tilde{L})\\, Z\\, W^{L}_{k} \\\\
+        &= Z W^{L}_{0} + \\tilde{L} Z W^{L}_{1} \\\\
+        &= Z W^{L}_{0} + \\left(\\frac{2}{\\lambda_{\\max}} L - I\\right) Z W^{L}_{1} \\\\
+        &= Z W^{L}_{0} + \\left(L - I\\right) Z W^{L}_{1} \\\\
+        &= Z W^{L}_{0} - D^{-1/2} A D^{-1/2} Z W^{L}_{1} \\\\
+        &= Z W^{L}_{0} - \\hat{A} Z W^{L}_{1} \\\\
+        &= Z W_{0} + \\hat{A} Z W_{1}
+        \\end{align*}
         """
-        body = " \\\\\n".join(self.latex_lines())
-        return "\\begin{align}\n" + body + "\n\\end{align}"
+        return _align(self.latex_lines(annotations), numbered)
 
     def _repr_latex_(self) -> str:
-        body = " \\\\\n".join(self.latex_lines())
+        body = " \\\\\n".join(self.latex_lines("none"))
         return "$$\\begin{aligned}\n" + body + "\n\\end{aligned}$$"
 
     def __str__(self) -> str:
         status = "VERIFIED" if self.verified else "NOT VERIFIED"
         out = [f"Derivation of {self.title}: {status}", "Assumptions:"]
-        out += [f"  - {a}" for a in self.assumptions]
+        out += [f"  - {latex_to_text(str(a))}" for a in self.assumptions]
         out.append("Steps:")
         out.append(f"  F = sum_{{k=0}}^{{{self.order}}} T_k(Ltilde) Z W^L_k"
                    "    [generic Chebyshev filter, Laplacian form]")
         out += [f"    = {step}" for step in self.steps]
-        out.append(f"Closed form ({self.source}): {self.closed_form_latex}")
+        forms = " = ".join(pretty(cf) for cf in self.closed_forms)
+        out.append(f"Closed form ({self.source}): F = {forms}")
         for cf, diff in zip(self.closed_forms, self.differences):
             out.append(f"  {pretty(self.derived)}  -  ({pretty(cf)})  =  {pretty(diff)}")
         if self.collapsed is not None:
@@ -241,6 +292,39 @@ class Derivation:
 
     def __repr__(self) -> str:
         return f"<Derivation {self.title}: verified={self.verified}>"
+
+
+_ANNOTATIONS = ("none", "short", "full")
+#: Paper wording of the spec values the steps name (no Python names in the LaTeX).
+_LAPLACIAN_TEXT = {"sym": "symmetric normalized Laplacian $L_{sym}$",
+                   "rw": "random-walk Laplacian $L_{rw}$",
+                   "combinatorial": "combinatorial Laplacian $L = D - A$"}
+_DEGREE_TEXT = {"unary": "degrees of a pairwise plus a unary softmax (rows sum to 2)",
+                "row_stochastic": "degrees of a row-stochastic (softmax) affinity",
+                "size": r"normalization by the size $N$ read as $D := I$",
+                "none": r"raw affinity: degrees read as $\tfrac{\lambda_{\max}}{2} I$"}
+_NORMALIZATION_TEXT = {"sym": "symmetric normalization of the affinity",
+                       "rw": "random-walk normalization of the affinity"}
+_CONSTRAINT_TEXT = {"drop_order0": "weight constraint: no order-0 term",
+                    "tied": "weight constraint: tied weights $W_0 = -W_1$",
+                    "free": "free weights"}
+
+
+def _check_annotations(annotations: str) -> None:
+    if annotations not in _ANNOTATIONS:
+        raise ValueError(
+            f"annotations must be one of {list(_ANNOTATIONS)}, got {annotations!r}"
+        )
+
+
+def _align(lines: list[str], numbered: bool) -> str:
+    """An ``align*`` (or ``align`` numbering only the last line) of ``lines``."""
+    if not isinstance(numbered, bool):
+        raise TypeError(f"numbered must be a bool, got {type(numbered).__name__}")
+    if numbered:
+        lines = [line + r" \nonumber" for line in lines[:-1]] + lines[-1:]
+    env = "align" if numbered else "align*"
+    return f"\\begin{{{env}}}\n" + " \\\\\n".join(lines) + f"\n\\end{{{env}}}"
 
 
 def _is_zero_matrix(expr: sp.Basic) -> bool:
@@ -300,7 +384,8 @@ def _parse_closed_forms(closed_form: object) -> tuple[tuple[sp.Basic, ...], str]
 
 
 def derive(name: str | BlockSpec, mode: str | None = None, *,
-           closed_form: object = None, **overrides: object) -> Derivation:
+           closed_form: object = None, **overrides: object
+           ) -> Derivation | RationalDerivation:
     """Derive block ``name`` from the generic Chebyshev filter and prove the closed form.
 
     Parameters
@@ -320,7 +405,8 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
 
     Returns
     -------
-    Derivation
+    Derivation, or RationalDerivation for a rational basis (``cayley``, ``arma``: derived
+    on the spectrum, :func:`graphfilters.symbolic.rational.derive_rational`).
 
     Raises
     ------
@@ -338,14 +424,25 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     ...
     ValueError: unknown block 'foo'; known blocks: nl, ns, a2, cgnl, cc, dnl, snl, gsnl, ...
     """
+    if isinstance(overrides.get("order"), int):       # before any work: fail in microseconds
+        check_limit(overrides["order"], MAX_ORDER, "order", "MAX_ORDER",
+                    "the numeric blocks take any order; the symbolic expansion grows with it")
     spec = get_spec(name, mode=mode, **overrides)
+    check_limit(spec.order, MAX_ORDER, "order", "MAX_ORDER")
+    if get_filter(spec.basis).kind == "rational":
+        if closed_form is not None:
+            raise ValueError(f"block {spec.name!r} is a rational filter: it is derived on the "
+                             "spectrum and takes no matrix closed_form")
+        return derive_rational(spec)
     K = spec.order
     lam = lambda_value(spec)
     steps: list[Step] = []
 
-    def record(description: str, rule_latex: str, mapping: Mapping, expr: sp.Basic) -> sp.Basic:
+    def record(description: str, rule_latex: str, mapping: Mapping, expr: sp.Basic,
+               paper: str = "") -> sp.Basic:
         expr = as_filter(expr)
-        steps.append(Step(description, rule_latex, MappingProxyType(dict(mapping)), expr))
+        steps.append(Step(description, rule_latex, MappingProxyType(dict(mapping)), expr,
+                          paper))
         return expr
 
     def rule_tex(mapping: Mapping) -> str:
@@ -359,18 +456,21 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     if spec.lambda_max is not None:
         sub = {S.lambda_max: lam}
         expr = record("lambda_max of the normalized Laplacian (spectrum in [0, 2])",
-                      rule_tex(sub), sub, expr.xreplace(sub))
+                      rule_tex(sub), sub, expr.xreplace(sub),
+                      r"$\lambda_{\max}$ of the normalized Laplacian (spectrum in $[0, 2]$)")
     sub = {S.L: laplacian(spec.laplacian)}
-    expr = record(f"Laplacian '{spec.laplacian}'", rule_tex(sub), sub, expr.xreplace(sub))
+    expr = record(f"Laplacian '{spec.laplacian}'", rule_tex(sub), sub, expr.xreplace(sub),
+                  _LAPLACIAN_TEXT[spec.laplacian])
     drule = degree_rule(spec)
     if drule is not None:
         sub = {S.D: drule.value_for(lam)}
-        expr = record(f"degree rule '{drule.name}'", drule.rule_latex, sub, expr.xreplace(sub))
+        expr = record(f"degree rule '{drule.name}'", drule.rule_latex, sub, expr.xreplace(sub),
+                      _DEGREE_TEXT.get(drule.name, ""))
     orule = operator_rule(spec)
     if orule is not None and S.D in expr.atoms(sp.MatrixSymbol):
         sub = {S.A: orule.substitution}
         expr = record(f"normalization '{orule.normalization}'", orule.rule_latex, sub,
-                      expr.xreplace(sub))
+                      expr.xreplace(sub), _NORMALIZATION_TEXT.get(orule.normalization, ""))
     if S.D in expr.atoms(sp.MatrixSymbol):
         raise ValueError(
             f"block {spec.name!r}: normalization {spec.normalization!r} with Laplacian "
@@ -395,7 +495,7 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     sub = constraint_substitution(spec)
     if sub:
         expr = record(f"weight constraint '{spec.weight_constraint}'", rule_tex(sub), sub,
-                      expr.xreplace(sub))
+                      expr.xreplace(sub), _CONSTRAINT_TEXT.get(spec.weight_constraint, ""))
         weights = {k: v.xreplace(sub) for k, v in weights.items()}
 
     if closed_form is None:
@@ -413,7 +513,8 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     rename = _rename_single_weight(expr, applied, spec)
     if rename is not None:
         sub, description = rename
-        expr = record(description, rule_tex(sub), sub, expr.xreplace(sub))
+        expr = record(description, rule_tex(sub), sub, expr.xreplace(sub),
+                      description.replace(" W", " $W$").replace("gamma", r"$\gamma$"))
         weights = {k: v.xreplace(sub) for k, v in weights.items()}
 
     weights = {k: expand_matrix(v) for k, v in weights.items()}
@@ -466,7 +567,7 @@ def _rename_single_weight(expr: sp.Basic, forms: tuple[sp.Basic, ...], spec: Blo
     return {wj: MatMul(scale, S.W) if scale != 1 else S.W}, description
 
 
-def derive_all() -> tuple[Derivation, ...]:
+def derive_all() -> tuple[Derivation | RationalDerivation, ...]:
     """Every table row, ``nl`` once per mode.
 
     Examples
@@ -474,7 +575,7 @@ def derive_all() -> tuple[Derivation, ...]:
     >>> all(d.verified for d in derive_all())
     True
     >>> len(derive_all())
-    12
+    14
     """
     out = []
     for name in BLOCK_NAMES:

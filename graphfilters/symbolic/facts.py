@@ -4,7 +4,7 @@ Each function returns a :class:`Fact`: a statement, whether it was verified, and
 evidence (every identity checked, every numeric test run).
 
 1. :func:`normalized_laplacian_spectrum`: the normalized Laplacian of a symmetric
-   non-negative affinity has its spectrum in :math:`[0, 2]`, so :math:`\lambda_{max} := 2` is
+   non-negative affinity has its spectrum in :math:`[0, 2]`, so :math:`\lambda_{\max} := 2` is
    a valid Chebyshev rescaling on any graph.
 2. :func:`softmax_row_stochastic`: softmax affinities are row-stochastic, :math:`D = I`,
    hence :math:`L_{rw} = I - A`.

@@ -3,7 +3,7 @@ r"""The generic Chebyshev graph filter, symbolically.
 .. math::
 
     F(A, Z) = \sum_{k=0}^{K} T_k(\tilde L)\, Z\, W^L_k, \qquad
-    \tilde L = \frac{2L}{\lambda_{max}} - I,
+    \tilde L = \frac{2L}{\lambda_{\max}} - I,
 
 with :math:`T_0 = I`, :math:`T_1 = \tilde L`, :math:`T_{k+1} = 2\tilde L T_k - T_{k-1}` (a
 polynomial in one matrix, so the recursion holds for matrices), ``order`` :math:`K` the
@@ -13,9 +13,9 @@ polynomial degree, and the Laplacian one of (docs/theory.md, "Conventions")
 * ``sym``: :math:`L = I - D^{-1/2} A D^{-1/2}`,
 * ``rw``: :math:`L = I - D^{-1} A`.
 
-:math:`\lambda_{max}` defaults to 2 for the normalized Laplacians (their spectrum lies in
+:math:`\lambda_{\max}` defaults to 2 for the normalized Laplacians (their spectrum lies in
 [0, 2], see :func:`graphfilters.symbolic.facts.normalized_laplacian_spectrum`) and to the
-symbol :math:`\lambda_{max}` for the combinatorial one (bounded only by :math:`2 d_{max}`).
+symbol :math:`\lambda_{\max}` for the combinatorial one (bounded only by :math:`2 d_{max}`).
 This is the *Laplacian form*; its weights are :math:`W^L_k = (-1)^k W_k` with the
 affinity-form weights of the block table.
 
@@ -116,7 +116,7 @@ def laplacian(kind: str = "sym") -> sp.Basic:
 
 
 def default_lambda_max(kind: str) -> sp.Expr:
-    """2 for the normalized Laplacians, the symbol :math:`\\lambda_{max}` otherwise.
+    """2 for the normalized Laplacians, the symbol :math:`\\lambda_{\\max}` otherwise.
 
     Examples
     --------
@@ -140,7 +140,7 @@ def _lambda(kind: str, lambda_max: float | sp.Expr | str) -> sp.Expr:
 
 
 def scaled_laplacian(kind: str = "sym", lambda_max: float | sp.Expr | str = "auto") -> sp.Basic:
-    r"""The scaled Laplacian :math:`\tilde L = 2L/\lambda_{max} - I` in terms of ``A``, ``D``.
+    r"""The scaled Laplacian :math:`\tilde L = 2L/\lambda_{\max} - I` in terms of ``A``, ``D``.
 
     Examples
     --------
@@ -225,11 +225,11 @@ def generic_filter(order: int, laplacian: str = "sym",
         Polynomial degree :math:`K` (``K + 1`` terms).
     laplacian : {"sym", "rw", "combinatorial"}
     lambda_max : "auto", number or sympy expression
-        ``"auto"``: 2 for ``sym``/``rw``, the symbol :math:`\lambda_{max}` for
+        ``"auto"``: 2 for ``sym``/``rw``, the symbol :math:`\lambda_{\max}` for
         ``combinatorial``.
     stage : {"ltilde", "laplacian", "affinity"}
         How far to substitute: in terms of :math:`\tilde L`, of :math:`L` and
-        :math:`\lambda_{max}`, or of :math:`A` and :math:`D` (default).
+        :math:`\lambda_{\max}`, or of :math:`A` and :math:`D` (default).
 
     Returns
     -------

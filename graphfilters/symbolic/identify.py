@@ -30,16 +30,17 @@ from functools import cache
 from types import MappingProxyType
 
 import sympy as sp
-from sympy import MatAdd, MatMul, ZeroMatrix
+from sympy import Inverse, MatAdd, MatMul, ZeroMatrix
 
 from graphfilters.specs import BLOCK_NAMES, get_spec
 
 from . import symbols as S
 from .algebra import expand_matrix, terms
-from .parsing import check_shapes, parse_filter
+from .limits import MAX_TERMS, SymbolicLimitError, check_limit
+from .parsing import check_shapes, parse_equation, parse_filter
 from .printing import pretty
 
-__all__ = ["Identification", "identify", "power_to_chebyshev"]
+__all__ = ["Identification", "RationalIdentification", "identify", "power_to_chebyshev"]
 
 _OPERATORS = ("A", "Ahat")
 
@@ -89,8 +90,9 @@ class Identification:
     weight_constraint : str
         ``"free"``, ``"drop_order0"``, ``"tied"`` (the table's constraints) or
         ``"constrained"`` (other linear relations, see ``relations``).
-    relations : tuple of str
-        The linear relations satisfied by the :math:`W'_k`.
+    relations : tuple of sympy.Eq
+        The linear relations satisfied by the :math:`W'_k` (equations;
+        :attr:`relations_text`, :attr:`relations_latex`).
     matches : tuple of str
         Table rows with the same effective order and constraint (``gsnl_stable`` counts as
         order 1: its stable basis collapses, see
@@ -104,8 +106,22 @@ class Identification:
     chebyshev_coefficients: Mapping[int, sp.Basic] = field(repr=False)
     laplacian_coefficients: Mapping[int, sp.Basic] = field(repr=False)
     weight_constraint: str
-    relations: tuple[str, ...]
+    relations: tuple[sp.Eq, ...]
     matches: tuple[str, ...]
+    #: Why no (or which) table row matched, when that needs saying.
+    note: str = ""
+    #: Substitutions made before matching (Laplacian symbols in the operator).
+    assumptions: tuple[str, ...] = ()
+
+    @property
+    def relations_text(self) -> tuple[str, ...]:
+        """The relations as plain-text equations (``W'_0 - 3*W'_2 = 0``)."""
+        return tuple(f"{sp.sstr(r.lhs)} = {sp.sstr(r.rhs)}" for r in self.relations)
+
+    @property
+    def relations_latex(self) -> tuple[str, ...]:
+        """The relations as LaTeX equations (``W'_{0} - 3 W'_{2} = 0``)."""
+        return tuple(sp.latex(r) for r in self.relations)
 
     def __str__(self) -> str:
         X = pretty(self.operator)
@@ -113,13 +129,15 @@ class Identification:
                            self.power_coefficients.items())
         cheb = " + ".join(f"T_{k}({X}) Z ({pretty(c)})" for k, c in
                           self.chebyshev_coefficients.items())
-        rel = "; ".join(self.relations) or "none"
+        rel = "; ".join(self.relations_text) or "none"
         return "\n".join([
             f"Polynomial filter of order {self.order} in {X}",
             f"  power basis:       F = {power}",
             f"  Chebyshev basis:   F = {cheb}   (affinity form)",
             f"  weight constraint: {self.weight_constraint} (relations: {rel})",
             f"  table rows:        {', '.join(self.matches) or 'none'}",
+            *([f"  note:              {self.note}"] if self.note else []),
+            *[f"  assumed:           {a}" for a in self.assumptions],
         ])
 
 
@@ -172,7 +190,7 @@ def _coefficients(combo: sp.Basic, weights: list) -> list[sp.Expr]:
     return [sp.simplify(coeffs[w]) for w in weights]
 
 
-def identify(expression: sp.Basic | str) -> Identification:
+def identify(expression: sp.Basic | str) -> Identification | RationalIdentification:
     """Identify ``expression`` as a Chebyshev filter: order, coefficients, constraint, rows.
 
     Parameters
@@ -184,7 +202,11 @@ def identify(expression: sp.Basic | str) -> Identification:
 
     Returns
     -------
-    Identification
+    Identification, or RationalIdentification for an expression with resolvents
+    :math:`(aI + bX)^{-1} Z W` (an ARMA filter). Laplacian symbols (``L``, ``L_sym``,
+    ``L_rw``, ``Ltilde``) are rewritten in :math:`\\hat A` first (listed in ``assumptions``);
+    ``A`` and ``Ahat`` are kept distinct when matching table rows, and ``note`` says what
+    could not be matched.
 
     Raises
     ------
@@ -200,17 +222,26 @@ def identify(expression: sp.Basic | str) -> Identification:
     >>> result = identify(r"(2\\hat A^{2} - I) Z W_2")
     >>> result.order, result.weight_constraint
     (2, 'constrained')
-    >>> result.relations
+    >>> result.relations_text
     ("W'_0 = 0", "W'_1 = 0")
+    >>> result.relations_latex
+    ("W'_{0} = 0", "W'_{1} = 0")
     """
     if isinstance(expression, str):
         try:
             expression = parse_filter(expression)
+        except SymbolicLimitError:
+            raise
         except ValueError as err:
             raise _fail(str(err)) from err
     if not isinstance(expression, sp.Basic) or not getattr(expression, "is_Matrix", False):
         raise _fail(f"{expression!r} is not a matrix expression (a function of a matrix, or a "
                     "scalar)")
+    if isinstance(expression, MatAdd):
+        check_limit(len(expression.args), MAX_TERMS, "number of terms", "MAX_TERMS")
+    expression, substituted = _laplacians_to_operator(expression)
+    if expression.has(Inverse):
+        return _identify_rational(expression, substituted)
     try:
         check_shapes(expression)
         poly = terms(expression)
@@ -248,7 +279,15 @@ def identify(expression: sp.Basic | str) -> Identification:
                      key=lambda w: (S.weight_index(w) or -1, w.name))
     M = sp.Matrix([_coefficients(cheb[k], weights) for k in range(order + 1)])
     constraint, relations = _constraint(M, order)
-    matches = tuple(name for name in BLOCK_NAMES if _effective(name) == (order, constraint))
+    same = [name for name in BLOCK_NAMES if _effective(name) == (order, constraint)]
+    matches = tuple(n for n in same if order == 0 or op.name in _row_operators(n))
+    note = ""
+    if same and not matches:
+        note = (f"rows {', '.join(same)} have order {order} and constraint {constraint!r} but "
+                f"act on {' or '.join(sorted(_row_operators(same[0])))}, not {op.name} (A is the "
+                "raw affinity, Ahat the normalized one)")
+    elif not same:
+        note = f"no table row has order {order} with the weight constraint {constraint!r}"
     return Identification(
         expression=expression,
         operator=op,
@@ -259,11 +298,155 @@ def identify(expression: sp.Basic | str) -> Identification:
         weight_constraint=constraint,
         relations=relations,
         matches=matches,
+        note=note,
+        assumptions=substituted,
     )
 
 
-def _effective(name: str) -> tuple[int, str]:
+@dataclass(frozen=True)
+class RationalIdentification:
+    r"""What :func:`identify` found for a rational expression: a parallel ARMA filter
+
+    .. math:: F = P(X) Z + \sum_k (I - \psi_k X)^{-1} Z V_k .
+
+    Attributes
+    ----------
+    expression : sympy matrix expression
+    operator : MatrixSymbol
+    poles : tuple
+        :math:`\psi_k` (sympy scalars).
+    weights : tuple
+        :math:`V_k` (the weight of each resolvent term, scale of :math:`a` in
+        :math:`(aI + bX)^{-1} = a^{-1}(I - \psi X)^{-1}` absorbed).
+    polynomial : Identification or None
+        The polynomial part :math:`P`.
+    matches : tuple of str
+        ``("arma",)`` when the operator and the polynomial part fit the table's ARMA row.
+    note : str
+    assumptions : tuple of str
+    """
+
+    expression: sp.Basic
+    operator: sp.Basic
+    poles: tuple
+    weights: tuple
+    polynomial: Identification | None
+    matches: tuple[str, ...]
+    note: str = ""
+    assumptions: tuple[str, ...] = ()
+
+    @property
+    def order(self) -> int:
+        """Number of poles (the ARMA order)."""
+        return len(self.poles)
+
+    def __str__(self) -> str:
+        X = pretty(self.operator)
+        parts = [f"(I - ({pretty(p)})*{X})^-1 Z ({pretty(w)})"
+                 for p, w in zip(self.poles, self.weights)]
+        lines = [f"Rational (ARMA) filter with {self.order} pole(s) in {X}",
+                 f"  resolvent terms:   F = {' + '.join(parts)}" + (" + polynomial part"
+                                                                    if self.polynomial else ""),
+                 f"  poles psi_k:       {', '.join(pretty(p) for p in self.poles)}",
+                 f"  table rows:        {', '.join(self.matches) or 'none'}"]
+        if self.polynomial is not None:
+            lines.append(f"  polynomial part:   order {self.polynomial.order}, "
+                         f"{self.polynomial.weight_constraint}")
+        if self.note:
+            lines.append(f"  note:              {self.note}")
+        lines += [f"  assumed:           {a}" for a in self.assumptions]
+        return "\n".join(lines)
+
+
+def _identify_rational(expression: sp.Basic, substituted: tuple[str, ...]
+                       ) -> RationalIdentification:
+    parts = expression.args if isinstance(expression, MatAdd) else (expression,)
+    poles, weights, rest, op = [], [], [], None
+    for term in parts:
+        if not term.has(Inverse):
+            rest.append(term)
+            continue
+        coeff, mats = term.as_coeff_matrices()
+        if (len(mats) != 3 or not isinstance(mats[0], Inverse) or mats[1] != S.Z
+                or not (S.is_weight(mats[2]) or mats[2] == S.W)):
+            raise _fail(f"the rational term {pretty(term)} is not (a I + b X)^-1 Z W_k "
+                        "(an ARMA resolvent); nested or products of inverses are not filters "
+                        "of the table")
+        try:
+            inner = terms(mats[0].arg)
+        except ValueError as err:
+            raise _fail(f"in {pretty(term)}: {err}") from err
+        a = sp.sympify(inner.pop((), 0))
+        if len(inner) != 1:
+            raise _fail(f"the inverse in {pretty(term)} is not of (a I + b X) with one operator")
+        (word, b), = inner.items()
+        if len(word) != 1 or word[0][1] != 1 or word[0][0].name not in _OPERATORS or a == 0:
+            raise _fail(f"the inverse in {pretty(term)} is not of (a I + b X), a != 0")
+        x = word[0][0]
+        if op is not None and x != op:
+            raise _fail("the expression mixes A and Ahat; use one operator")
+        op = x
+        poles.append(sp.simplify(-b / a))
+        weights.append(expand_matrix(MatMul(coeff / a, mats[2])))
+    polynomial = None
+    if rest:
+        polynomial = identify(rest[0] if len(rest) == 1 else MatAdd(*rest))
+        if polynomial.order >= 1 and polynomial.operator != op:
+            raise _fail("the polynomial and the rational parts use different operators")
+    notes = []
+    bad = [p for p in poles if p.is_number and abs(complex(p)) >= 1]
+    if bad:
+        notes.append(f"pole(s) {', '.join(pretty(p) for p in bad)} with |psi| >= 1: the ARMA "
+                     "recursion does not converge (|psi| ||Ahat|| < 1 needed); the Woodbury "
+                     "solve of a low-rank affinity stays exact where I - psi X is invertible")
+    fits = polynomial is None or polynomial.order == 0
+    matches = ("arma",) if (op.name == "Ahat" and fits) else ()
+    if not matches:
+        why = ("the table's ARMA row acts on Ahat (normalized), this on A (raw)"
+               if op.name != "Ahat" else "the polynomial part has order >= 1")
+        notes.append(f"no table row: {why}")
+    return RationalIdentification(expression, op, tuple(poles), tuple(weights), polynomial,
+                                  matches, "; ".join(notes), substituted)
+
+
+_LAPLACIAN_SUBS = (
+    (S.L_sym, "L_sym = I - Ahat (Ahat = D^-1/2 A D^-1/2)"),
+    (S.L_rw, "L_rw = I - Ahat (Ahat = D^-1 A)"),
+    (S.L, "L = I - Ahat (the normalized Laplacian of the block)"),
+    (S.Ltilde, "Ltilde = -Ahat (lambda_max = 2)"),
+)
+
+
+def _laplacians_to_operator(expr: sp.Basic) -> tuple[sp.Basic, tuple[str, ...]]:
+    """Rewrite Laplacian symbols in the normalized operator; say which."""
+    atoms = expr.atoms(sp.MatrixSymbol)
+    sub, notes = {}, []
+    for symbol, note in _LAPLACIAN_SUBS:
+        if symbol in atoms:
+            sub[symbol] = -S.Ahat if symbol == S.Ltilde else S.I - S.Ahat
+            notes.append(note)
+    return (expr.xreplace(sub), tuple(notes)) if sub else (expr, ())
+
+
+@cache
+def _row_operators(name: str) -> frozenset[str]:
+    """Operators a row's filter may be written in: the one of its closed form
+    (``filter_latex``), and both for a row-stochastic ``rw`` row (``D = I``: ``A = Ahat``)."""
     spec = get_spec(name)
+    if spec.normalization == "rw" and spec.row_stochastic:
+        return frozenset({"A", "Ahat"})
+    try:
+        forms = parse_equation(spec.filter_latex)
+    except ValueError:          # pragma: no cover - every polynomial row parses
+        return frozenset({"A", "Ahat"})
+    names = {s.name for f in forms for s in f.atoms(sp.MatrixSymbol)}
+    return frozenset({"Ahat"} if "Ahat" in names else {"A"})
+
+
+def _effective(name: str) -> tuple[int, str] | None:
+    spec = get_spec(name)
+    if spec.basis not in ("chebyshev", "stable"):      # rational rows: not a polynomial
+        return None
     order = spec.order if spec.basis == "chebyshev" else min(spec.order, 1)
     return order, spec.weight_constraint
 
@@ -274,9 +457,8 @@ def _constraint(M: sp.Matrix, order: int) -> tuple[str, tuple[str, ...]]:
     relations = []
     for vec in M.T.nullspace():
         vec = vec / next(x for x in vec if x != 0)
-        lhs = " + ".join(f"{'' if c == 1 else f'({c})*'}W'_{k}" for k, c in enumerate(vec)
-                         if c != 0)
-        relations.append(f"{lhs} = 0".replace("+ (-1)*", "- ").replace("(-1)*", "-"))
+        relations.append(sp.Eq(sum(c * sp.Symbol(f"W'_{k}", commutative=True)
+                                   for k, c in enumerate(vec) if c != 0), 0))
     relations = tuple(relations)
     if order == 1 and nonzero[1] and sp.simplify(rows[0] + rows[1]).is_zero_matrix:
         return "tied", relations

@@ -30,6 +30,7 @@ import sympy as sp
 from sympy import MatAdd, MatMul, MatPow
 
 from . import symbols as S
+from .limits import MAX_DEPTH, MAX_POWER, MAX_TEXT, check_limit
 
 __all__ = ["parse_filter", "parse_equation", "check_shapes"]
 
@@ -46,6 +47,7 @@ _TOKENS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\\lambda_\{?\s*(?:\\max|\\mathrm\{max\}|max)\s*\}?|lambda_max(?![A-Za-z0-9_])"),
      "lambda_max"),
     (re.compile(r"\\gamma(?![A-Za-z])|gamma(?![A-Za-z0-9_])"), "gamma"),
+    (re.compile(r"\\?psi_\{?\s*(\d+)\s*\}?"), "psi"),
     (re.compile(r"L_\{?\s*(rw|sym)\s*\}?(?![A-Za-z0-9_])"), "Lsub"),
     (re.compile(r"\\frac(?![A-Za-z])"), "frac"),
     (re.compile(r"\\(?:cdot|times)(?![A-Za-z])"), "*"),
@@ -76,6 +78,8 @@ def _symbol_token(kind: str, match: re.Match) -> sp.Basic:
         return S.weight(int(match.group(1) or match.group(2)))
     if kind == "lambda_max":
         return S.lambda_max
+    if kind == "psi":                     # an ARMA pole (graphfilters.filters.arma)
+        return sp.Symbol(f"psi_{match.group(1)}", real=True)
     if kind == "gamma":
         return S.gamma
     if kind == "Lsub":
@@ -150,8 +154,15 @@ def _tokenize(text: str) -> list[_Tok]:
 
 class _Parser:
     def __init__(self, text: str) -> None:
+        check_limit(len(text), MAX_TEXT, "expression length", "MAX_TEXT")
+        depth = deepest = 0
+        for char in text:                       # nesting, before any recursion
+            depth += char in "({"
+            depth -= char in ")}"
+            deepest = max(deepest, depth)
+        check_limit(deepest, MAX_DEPTH, "nesting depth", "MAX_DEPTH")
         self.text = text
-        self.tokens = _tokenize(text)
+        self.tokens = _tokenize(_expand_sums(text))
         self.pos = 0
 
     def peek(self) -> _Tok | None:
@@ -223,6 +234,8 @@ class _Parser:
             exp = self.exponent(latex=tok.value == "^")
             if getattr(exp, "is_Matrix", False):
                 raise ValueError(f"matrix exponent in {self.text!r}: not a polynomial filter")
+            if getattr(exp, "is_Integer", False):
+                check_limit(abs(int(exp)), MAX_POWER, "power", "MAX_POWER")
             if getattr(base, "is_Matrix", False):
                 return MatPow(base, exp).doit() if exp.is_Integer else MatPow(base, exp)
             return base**exp
@@ -241,6 +254,16 @@ class _Parser:
         tok = self.take()
         if tok.kind in ("sym", "number"):
             return tok.value
+        cheb = re.fullmatch(r"T_?(\d+)", str(tok.value)) if tok.kind == "func" else None
+        if cheb:                                   # T_k(X): the Chebyshev polynomial
+            k = int(cheb.group(1))
+            check_limit(k, MAX_POWER, "Chebyshev degree", "MAX_POWER")
+            self.take("(")
+            inner = self.expr()
+            self.take(")")
+            from .generic import chebyshev_polynomial
+
+            return chebyshev_polynomial(k, inner)
         if tok.kind == "func":
             raise ValueError(
                 f"{tok.value}(...) applies a function to a matrix: not a polynomial filter of "
@@ -263,6 +286,23 @@ class _Parser:
         inner = self.expr()
         self.take("}")
         return inner
+
+
+_SUM = re.compile(
+    r"\\sum_\{?\s*([a-z])\s*=\s*(\d+)\s*\}?\^\{?\s*(\d+)\s*\}?\s*"
+    r"T_\{?\s*\1\s*\}?\s*\(([^()]*)\)\s*(?:\\,\s*)?Z\s*(?:\\,\s*)?W_\{?\s*\1\s*\}?"
+)
+
+
+def _expand_sums(text: str) -> str:
+    r"""``\sum_{k=0}^{K} T_k(X) Z W_k`` (the toolkit's notation) -> the explicit sum."""
+    def expand(m: re.Match) -> str:
+        lo, hi, X = int(m.group(2)), int(m.group(3)), m.group(4)
+        check_limit(hi, MAX_POWER, "order of the sum", "MAX_POWER")
+        return "(" + " + ".join(f"T_{j}({X}) Z W_{j}" for j in range(lo, hi + 1)) + ")"
+
+    text = re.sub(r"T_\{\s*(\d+)\s*\}", r"T_\1", text)
+    return _SUM.sub(expand, text)
 
 
 def check_shapes(expr: sp.Basic) -> None:
@@ -313,7 +353,8 @@ def parse_equation(text: str) -> list[sp.Basic]:
     """
     if not isinstance(text, str):
         raise TypeError(f"expected a string, got {type(text).__name__}")
-    sides = [s.strip() for s in text.split("=")]
+    check_limit(len(text), MAX_TEXT, "expression length", "MAX_TEXT")
+    sides = [s.strip() for s in _expand_sums(text).split("=")]
     if len(sides) > 1 and re.fullmatch(r"F(\s*\(.*\))?", sides[0]):
         sides = sides[1:]
     out = []

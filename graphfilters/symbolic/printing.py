@@ -22,7 +22,7 @@ from sympy import MatAdd
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-__all__ = ["latex", "pretty", "text_latex"]
+__all__ = ["latex", "pretty", "text_latex", "latex_to_text"]
 
 
 class _MatrixTerms:
@@ -71,6 +71,18 @@ class _MatrixTerms:
 class _Latex(_MatrixTerms, LatexPrinter):
     def _paren(self, text: str) -> str:
         return rf"\left({text}\right)"
+
+    def _print_Symbol(self, expr: sp.Symbol, style: str = "plain") -> str:
+        if expr.name == "lambda_max":
+            return r"\lambda_{\max}"
+        return super()._print_Symbol(expr, style=style)
+
+    def _print_MatPow(self, expr: sp.Basic) -> str:
+        # one notation for fractional powers (of D): D^{-1/2}, as in the rules' LaTeX
+        base, exp = expr.args
+        if isinstance(exp, sp.Rational) and not exp.is_Integer:
+            return rf"{self._print(base)}^{{{exp.p}/{exp.q}}}"
+        return super()._print_MatPow(expr)
 
     def _bare_coefficient(self, coeff: sp.Expr) -> bool:
         return not coeff.is_Add
@@ -142,3 +154,42 @@ def text_latex(text: str) -> str:
     for char in "_%&#$":
         text = text.replace(char, "\\" + char)
     return r"\text{" + text.replace("^", "**").replace("~", " ") + "}"
+
+
+_TEXT_RULES = (
+    (r"\\operatorname\{([^{}]*)\}", r"\1"),
+    (r"\\(?:mathrm|text|mathbf)\{([^{}]*)\}", r"\1"),
+    (r"\\hat\s*\{?A\}?", "Ahat"),
+    (r"\\in\b", " in "),
+    (r"\\tilde\{?L\}?", "Ltilde"),
+    (r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"(\1)/(\2)"),
+    (r"\\tfrac(\d)(\d)", r"\1/\2"),
+    (r"\\lambda_\{\\max\}", "lambda_max"),
+    (r"\^\{([^{}]*)\}", r"^\1"),
+    (r"_\{([^{}]*)\}", r"_\1"),
+    (r"\\(?:,|;|:|!|quad|qquad)|\\ ", " "),
+    (r"\\approx", "~"),
+    (r"\\sum", "sum"),
+    (r"\\mathcal\{?([A-Z])\}?", r"\1"),
+    (r"\\(Theta|Phi|beta|gamma|theta|phi|mu|lambda|psi|sigma)", r"\1"),
+    (r"\\left|\\right", ""),
+    (r"\\mathbf\{?1\}?", "1"),
+)
+
+
+def latex_to_text(text: str) -> str:
+    r"""Readable plain text of a LaTeX fragment (for ``print``): ``\hat A`` -> ``Ahat``,
+    ``\operatorname{sym}`` -> ``sym``, ``D^{-1/2}`` -> ``D^-1/2``, spacing commands dropped.
+
+    Examples
+    --------
+    >>> latex_to_text(r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ M = \Theta \Phi^{T}")
+    'Ahat = D^-1/2 sym(M) D^-1/2, M = Theta Phi^T'
+    """
+    import re
+
+    for _ in range(3):                      # nested groups
+        for pattern, repl in _TEXT_RULES:
+            text = re.sub(pattern, repl, text)
+    text = text.replace("{", "").replace("}", "")
+    return re.sub(r"\s+", " ", text).strip()

@@ -37,6 +37,7 @@ from . import symbols as S
 from .algebra import terms
 from .derivation import Derivation, derive
 from .generic import weight_terms
+from .rational import RationalDerivation
 
 __all__ = ["response", "response_function", "operator_eigenvalue", "scalar_weight"]
 
@@ -103,6 +104,8 @@ def response(name: str, mode: str | None = None, *, unit_weight: bool = True) ->
     -lambda + lambda_max/2
     """
     d = _derivation(name, mode)
+    if isinstance(d, RationalDerivation):      # derived on the spectrum already
+        return d.derived
     mu = operator_eigenvalue(d)
     split = weight_terms(d.derived)
     if split is None:  # pragma: no cover - every derived filter has this form

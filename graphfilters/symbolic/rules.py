@@ -3,13 +3,13 @@ r"""What the spec fields imply: assumptions and substitution rules, keyed by fie
 A derivation never asks for a block *name*. It reads the fields of a
 :class:`graphfilters.specs.BlockSpec` row and looks up:
 
-* the value of :math:`\lambda_{max}` (``lambda_max``; ``None`` keeps the symbol),
+* the value of :math:`\lambda_{\max}` (``lambda_max``; ``None`` keeps the symbol),
 * the Laplacian definition (``laplacian``),
 * a **degree rule** :math:`D \to c\, I` (keyed by ``normalization`` and the ``row_stochastic``
   / ``unary`` flags): softmax rows sum to one (:math:`D = I`), DNL's pairwise plus unary
   softmax rows sum to two (:math:`D = 2I`), ``size`` reads :math:`A = M/N` as
   :math:`D^{-1}M`, ``none`` reads the raw affinity as the operator
-  (:math:`D := \tfrac{\lambda_{max}}{2} I`),
+  (:math:`D := \tfrac{\lambda_{\max}}{2} I`),
 * otherwise an **operator rule** defining :math:`\hat A` (``sym``:
   :math:`\hat A := D^{-1/2} A D^{-1/2}`; ``rw``: :math:`\hat A := D^{-1} A`),
 * the **weight constraint** (``weight_constraint``) and the **basis** (``basis``),
@@ -142,7 +142,7 @@ DEGREE_RULES: tuple[DegreeRule, ...] = (
         "none",
         lambda s: s.normalization == "none",
         lambda lam: MatMul(lam / 2, S.I) if lam != 2 else S.I,
-        r"D := \frac{\lambda_{max}}{2} I",
+        r"D := \frac{\lambda_{\max}}{2} I",
         "normalization 'none': the block applies its raw affinity A as the filter operator, "
         "which reads the Laplacian as D - A with D := (lambda_max/2) I (exact for a regular "
         "graph of degree lambda_max/2). lambda_max(D - A) <= 2 d_max is unbounded as the "
@@ -189,7 +189,7 @@ KERNEL_NOTES: dict[str, str] = {
 
 
 def lambda_value(spec: BlockSpec) -> sp.Expr:
-    """:math:`\\lambda_{max}` of ``spec``: its number, or the symbol when ``None``.
+    """:math:`\\lambda_{\\max}` of ``spec``: its number, or the symbol when ``None``.
 
     Examples
     --------

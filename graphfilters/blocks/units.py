@@ -1,0 +1,62 @@
+"""Constructors of one block (or one stage unit) by table name.
+
+Imported by :mod:`~graphfilters.blocks.stage` and :mod:`~graphfilters.blocks.factory`;
+imports only the named block modules (no cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from ..specs import BLOCK_NAMES
+from .a2 import DoubleAttention
+from .cc import CrissCross
+from .cgnl import CGNL
+from .dnl import DisentangledNonLocal
+from .nl import NonLocal
+from .rational import ARMANonlocal, CayleyNonlocal
+from .snl import SNL, gSNL
+from .unified import ChebyshevNonlocal
+
+__all__ = ["BLOCK_CLASSES", "unit_factory"]
+
+
+def _ns_unit(in_channels: int, dim: int = 2, **options: Any) -> ChebyshevNonlocal:
+    """A unit of Tao et al.'s nonlocal stage (biases, as NL)."""
+    if "spec" in options:
+        raise TypeError("the ns unit fixes its spec")
+    options.setdefault("bias", True)
+    return ChebyshevNonlocal(in_channels, dim=dim, spec="ns", **options)
+
+
+#: Table name -> constructor of one block (``ns`` -> one unit; its block is a stage).
+BLOCK_CLASSES: dict[str, Callable[..., ChebyshevNonlocal]] = {
+    "nl": NonLocal,
+    "ns": _ns_unit,
+    "a2": DoubleAttention,
+    "cgnl": CGNL,
+    "cc": CrissCross,
+    "dnl": DisentangledNonLocal,
+    "snl": SNL,
+    "gsnl": partial(gSNL, stable=False),
+    "gsnl_stable": partial(gSNL, stable=True),
+    "cayley": CayleyNonlocal,
+    "arma": ARMANonlocal,
+}
+
+
+def block_key(name: str) -> str:
+    """The table key of ``name`` (case-insensitive); raises for an unknown name."""
+    if not isinstance(name, str):
+        raise TypeError(f"block name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in BLOCK_CLASSES:
+        raise ValueError(f"unknown block {name!r}; known blocks: {', '.join(BLOCK_NAMES)}")
+    return key
+
+
+def unit_factory(name: str) -> Callable[..., ChebyshevNonlocal]:
+    """The constructor of one unit of block ``name`` (``ns``: a unit of the stage)."""
+    return BLOCK_CLASSES[block_key(name)]
