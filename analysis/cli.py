@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loss-factor", type=float, default=10.0,
                    help="divergence: loss above this many times the first loss")
     p.add_argument("--max-steps", type=int, default=None, help="stop each run after N steps")
+    p.add_argument("--augment", action="store_true",
+                   help="random crops and flips during training (CIFAR)")
     p.add_argument("--analysis-samples", type=int, default=8,
                    help="test images for the Jacobian norms (0: skip)")
     p.add_argument("--executor", default="local",
@@ -266,7 +268,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
                    zero_init=args.zero_init, max_loss_factor=args.max_loss_factor, data=data,
                    device=device, max_steps=args.max_steps,
-                   analysis_samples=args.analysis_samples, executor=args.executor,
+                   analysis_samples=args.analysis_samples, augment=args.augment,
+                   executor=args.executor,
                    workers=args.workers, threads=args.threads, slurm=slurm,
                    figure=not args.no_figure, progress=not args.quiet)
     print(f"{len(result.rows)} runs ({result.skipped} found finished) in "

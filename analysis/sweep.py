@@ -108,6 +108,11 @@ COLUMNS = (
 )
 
 
+#: RunSpec fields added after the first release, with their defaults: they enter the run key
+#: only when set, so finished runs of an older sweep are still found.
+_ADDED_FIELDS: dict[str, Any] = {"augment": False}
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run of the sweep: everything that decides its result (hashed into :attr:`key`).
@@ -137,6 +142,8 @@ class RunSpec:
         Stop early (tests).
     analysis_samples : int
         Test images for the Jacobians (0: skip the analysis).
+    augment : bool
+        Random crops and flips (CIFAR).
     """
 
     block: str
@@ -155,6 +162,7 @@ class RunSpec:
     device: str = "cpu"
     max_steps: int | None = None
     analysis_samples: int = 8
+    augment: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-friendly)."""
@@ -165,7 +173,11 @@ class RunSpec:
     @property
     def key(self) -> str:
         """A short hash of the configuration (the run's file name)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        d = self.to_dict()
+        for name, default in _ADDED_FIELDS.items():  # keys of older result files stay valid
+            if d[name] == default:
+                del d[name]
+        text = json.dumps(d, sort_keys=True, default=str)
         tag = f"{self.block}-k{self.k}-{self.placement}-lr{self.lr:g}-s{self.seed}"
         return f"{tag}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 
@@ -190,7 +202,7 @@ class RunSpec:
                 "milestones": [drop] if 0 < drop < self.epochs else [],
                 "seed": self.seed, "device": self.device, "amp": False,
                 "max_steps": self.max_steps, "max_loss_factor": self.max_loss_factor,
-                "progress": False}
+                "augment": self.augment, "progress": False}
 
 
 def make_grid(
@@ -691,6 +703,7 @@ def sweep(
     device: str = "cpu",
     max_steps: int | None = None,
     analysis_samples: int = 8,
+    augment: bool = False,
     executor: str | Any = "local",
     workers: int = 2,
     threads: int | None = 1,
@@ -726,6 +739,8 @@ def sweep(
         Stop every run after this many steps (smoke tests).
     analysis_samples : int
         Test images for the Jacobian norms (0: skip).
+    augment : bool
+        Random crops and flips during training (CIFAR).
     executor : str or executor
         ``"local"`` (process pool, default), ``"serial"`` (in this process),
         ``"submitit"`` (SLURM via ``submitit.AutoExecutor``), ``"submitit-local"``,
@@ -753,7 +768,8 @@ def sweep(
     common = dict(depth=depth, width=width, epochs=epochs, batch_size=batch_size,
                   warmup_epochs=float(warmup_epochs), zero_init=bool(zero_init),
                   max_loss_factor=float(max_loss_factor), data=dict(data), device=device,
-                  max_steps=max_steps, analysis_samples=analysis_samples)
+                  max_steps=max_steps, analysis_samples=analysis_samples,
+                  augment=bool(augment))
     specs = make_grid(blocks, ks, placements, lrs, seeds, baseline=baseline, **common)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -783,7 +799,8 @@ def sweep(
     wall = time.perf_counter() - t0
     settings = {"depth": depth, "width": width, "epochs": epochs, "batch": batch_size,
                 "warm-up epochs": warmup_epochs, "zero-init": zero_init,
-                "max_loss_factor": max_loss_factor, "data": json.dumps(dict(data)),
+                "max_loss_factor": max_loss_factor, "augment": augment,
+                "data": json.dumps(dict(data)),
                 "seeds": len(seeds), "runs": len(specs)}
     files = write_outputs(rows, out, settings=settings, figure=figure)
     return SweepResult(rows=rows, stable_lr=stable_learning_rates(
