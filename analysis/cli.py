@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("stage", "spread"), help="stacking layouts")
     p.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.6, 3.6],
                    help="learning-rate ladder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not train the plain backbone at each learning rate")
     p.add_argument("--depth", type=int, default=8, help="ResNet depth 6n+2")

@@ -689,7 +689,7 @@ def sweep(
     ks: Sequence[int] = (1, 3, 5, 10),
     placements: Sequence[str] = ("stage", "spread"),
     lrs: Sequence[float] = (0.1, 0.6, 3.6),
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = (0, 1),
     *,
     baseline: bool = True,
     depth: int = 8,

@@ -507,9 +507,11 @@ def long_range_task(
     backbone sees a pixel of both, and the plain backbone is at chance on the test set
     whatever it is trained for (it can only fit the training noise). ``size`` must then be at
     least ``receptive_field + 2·mark_size - 1`` (32 for PreResNet-8 with 4×4 marks; 40 leaves
-    room for varied placements). Measured on PreResNet-8 (width 8, 40×40 images, see
-    ``docs/stacking.md``): the plain backbone stays at chance while the same backbone with
-    one NL or SNL block learns the task.
+    room for varied placements). Measured on the CPU (PreResNet-8, width 8, ``size=40``,
+    ``receptive_field=25``, ``noise=0.25``, ``n_patterns=2``, 2000 training images, 10
+    epochs; the block at the input of stage 3; see the docs page "Does SNL make stacking
+    robust?"): the plain backbone stays at chance on the test set (0.50) while fitting its
+    training set, and the same backbone with one NL block reaches 0.996.
 
     Generated deterministically from ``seed`` (numpy ``default_rng``); train and test share the
     patterns and are drawn independently.
