@@ -39,11 +39,14 @@ Divergence. A run diverges when its training loss becomes NaN/Inf, exceeds
 (block, placement, k) cell is the largest rung of the ladder such that no seed diverged at it
 or at any smaller rung.
 
-Jacobians. After training, :func:`analysis.analyze` runs on ``analysis_samples`` test images;
+Jacobians. After training, :func:`analysis.analyze` runs on the first ``analysis_samples``
+test images (it captures two of them and differentiates the first, ``jacobian_samples=1``);
 per run the largest value over the model's blocks is kept: ``jacobian_full`` (affinity
 recomputed from the input) and ``jacobian_frozen`` (affinity held fixed) when the analysis
-reports them, otherwise the block Jacobian norm it reports (``jacobian_norm``, the full map)
-and NaN for the frozen one; ``jacobian_source`` names the fields used.
+reports them, otherwise the block Jacobian norm it reports (``jacobian_norm``: the block
+re-run on its input; units 2…k of a stage keep the stage's affinity fixed) and NaN for the
+frozen one; ``jacobian_source`` names the fields used. The per-block values are in the
+JSON rows (``blocks``).
 
 Examples
 --------
@@ -141,7 +144,7 @@ class RunSpec:
     max_steps : int or None
         Stop early (tests).
     analysis_samples : int
-        Test images for the Jacobians (0: skip the analysis).
+        Test images passed to :func:`analysis.analyze` (0: skip the analysis).
     augment : bool
         Random crops and flips (CIFAR).
     """
