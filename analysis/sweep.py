@@ -53,7 +53,8 @@ Examples
 >>> import tempfile
 >>> from analysis.sweep import sweep
 >>> with tempfile.TemporaryDirectory() as tmp:
-...     res = sweep(tmp, blocks=("snl",), ks=(1,), lrs=(0.05,), epochs=1, max_steps=2,
+...     res = sweep(tmp, blocks=("snl",), ks=(1,), lrs=(0.05,), seeds=(0,), epochs=1,
+...                 max_steps=2,
 ...                 data={"name": "digits", "size": 8}, depth=8, width=4,
 ...                 executor="serial", baseline=False, progress=False, figure=False)
 >>> len(res.rows), res.rows[0]["block"], res.rows[0]["diverged"]

@@ -68,7 +68,7 @@ def test_stable_lr_aggregation_and_summary():
 
 def test_sweep_writes_outputs_and_skips_finished_runs(tmp_path, monkeypatch):
     res = sweep(tmp_path, blocks=("nl", "snl"), ks=(1, 2), placements=("stage", "spread"),
-                lrs=(0.05,), executor="serial", progress=False, **TINY)
+                lrs=(0.05,), seeds=(0,), executor="serial", progress=False, **TINY)
     assert len(res.rows) == 1 + 2 * 3 and res.skipped == 0
     for key in ("csv", "json", "stable_lr", "summary", "figure"):
         assert res.files[key].is_file(), key
@@ -86,7 +86,7 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tmp_path, monkeypatch):
     sweep_module = sys.modules["analysis.sweep"]  # analysis.sweep is also the function
     monkeypatch.setattr(sweep_module, "_limit_threads", lambda t: calls.append(t))
     again = sweep(tmp_path, blocks=("nl", "snl"), ks=(1, 2), placements=("stage", "spread"),
-                  lrs=(0.05,), executor="serial", progress=False, **TINY)
+                  lrs=(0.05,), seeds=(0,), executor="serial", progress=False, **TINY)
     assert again.skipped == len(res.rows) and calls == []  # nothing retrained
     assert [r["key"] for r in again.rows] == [r["key"] for r in res.rows]
 
@@ -104,7 +104,7 @@ def test_divergence_is_recorded_per_run(tmp_path):
 def test_sweep_executors(tmp_path, executor):
     if executor.startswith("submitit"):
         pytest.importorskip("submitit", reason="the submitit extra is not installed")
-    res = sweep(tmp_path, blocks=("snl",), ks=(1,), lrs=(0.05,), baseline=False,
+    res = sweep(tmp_path, blocks=("snl",), ks=(1,), lrs=(0.05,), seeds=(0,), baseline=False,
                 executor=executor, workers=1, figure=False, progress=False, **TINY)
     assert len(res.rows) == 1 and not res.rows[0]["diverged"]
     assert (tmp_path / "runs" / f"{res.rows[0]['key']}.json").is_file()
@@ -116,7 +116,8 @@ def test_cli_sweep_help_and_tiny_run(tmp_path, capsys):
     assert exc.value.code == 0
     assert "--placements" in capsys.readouterr().out
     code = main(["sweep", "--out", str(tmp_path), "--blocks", "snl", "--units", "1", "2",
-                 "--placements", "stage", "--lrs", "0.05", "--epochs", "1", "--max-steps",
+                 "--placements", "stage", "--lrs", "0.05", "--seeds", "0", "--epochs", "1",
+                 "--max-steps",
                  "1", "--depth", "8", "--width", "4", "--image-size", "8",
                  "--analysis-samples", "0", "--executor", "serial", "--no-baseline",
                  "--no-figure", "--quiet", "--device", "cpu"])
