@@ -549,6 +549,7 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
                 group["lr"] = lr
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
+            forward_error = None
             try:
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     logits = net(x)
@@ -557,11 +558,14 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
                 if "NaN or Inf" not in str(exc) and all(
                         bool(torch.isfinite(p).all()) for p in params):
                     raise
+                forward_error = str(exc).split(";")[0]
                 loss = torch.full((), math.nan, device=device)
             loss_value = float(loss.detach())
             if first_loss is None:
                 first_loss = loss_value
             reason = _divergence_reason(loss_value, config.max_loss)
+            if forward_error is not None:
+                reason = f"forward pass hit non-finite values ({forward_error})"
             if (reason is None and config.max_loss_factor is not None
                     and loss_value > config.max_loss_factor * first_loss):
                 reason = (f"loss {loss_value:.4g} exceeds max_loss_factor="
