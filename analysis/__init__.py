@@ -59,6 +59,7 @@ from .spectra import (
     spectral_density,
     spectrum,
 )
+from .sweep import sweep
 
 __all__ = [
     "analyze", "AnalysisTable", "BlockReport",
@@ -72,4 +73,5 @@ __all__ = [
     "tao_spectrum", "effective_channel_map", "value_projection", "linearized_stability",
     "jacobian_spectral_norm", "noise_sensitivity", "affinity_sensitivity",
     "accuracy_under_noise", "block_function", "TaoSpectrum", "Stability",
+    "sweep",
 ]

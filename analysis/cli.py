@@ -13,6 +13,9 @@ Commands
 ``import-official CKPT --arch A --nl-type T --out FILE``
     Convert a checkpoint of the official SNL code (github zh460045050/SNL_ICCV2021) into a
     graphfilters checkpoint that ``analyze`` and ``report`` read.
+``sweep``
+    The stacking experiment (:func:`analysis.sweep.sweep`): block types × stacked units ×
+    placement × learning rates × seeds, each run a job (local pool or SLURM via submitit).
 ``derive NAME``
     Print the derivation of a block from the Chebyshev filter, as text or LaTeX.
 ``demo``
@@ -77,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position", type=int, default=None,
                    help="insert the block after this residual unit of the stage; None: the "
                         "second, or the last when the stage has one unit (--depth 8)")
+    p.add_argument("--units", type=int, default=1,
+                   help="stacked blocks k (see --placement)")
+    p.add_argument("--placement", default="stage", choices=("stage", "spread"),
+                   help="with --units k > 1: 'stage' = k units sharing one affinity computed "
+                        "once from the stage input at --stage/--position (official "
+                        "Stage(stage_num=k)); 'spread' = k independent blocks spread over the "
+                        "positions of the three stages")
+    p.add_argument("--no-zero-init", action="store_true",
+                   help="start the blocks' output scale (BN gamma) at 1 instead of 0, so the "
+                        "blocks are not the identity at initialization")
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
     p.add_argument("--image-size", type=int, default=16,
                    help="side of the digits / long-range images")
@@ -86,12 +99,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs")
+    p.add_argument("--no-warmup", action="store_true", help="no warm-up (--warmup-epochs 0)")
+    p.add_argument("--max-loss-factor", type=float, default=None,
+                   help="stop as diverged when the loss exceeds this many times the first "
+                        "step's loss (NaN/Inf loss or gradients always stop the run)")
     p.add_argument("--milestones", type=float, nargs="*", default=None,
                    help="epochs of the x0.1 learning-rate drops; None: at 62.5%% and 87.5%% "
                         "of the epochs")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization and shuffling")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--out", default="out/checkpoints/model.pt", help="checkpoint file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+
+    p = sub.add_parser("sweep", **fmt, help="the stacking experiment (many training runs)",
+                       description="Train one model per block x stacked units k x placement x "
+                                   "learning rate x seed, record divergence, accuracy, per-step "
+                                   "loss and gradient norms and the blocks' Jacobian norms, and "
+                                   "write results.csv/json, stable_lr.csv, sweep.png and "
+                                   "summary.md to --out. Finished runs are skipped on restart.")
+    p.add_argument("--out", default="out/sweep", help="output directory")
+    p.add_argument("--blocks", nargs="+", default=["nl", "snl"], choices=BLOCK_NAMES,
+                   help="block types")
+    p.add_argument("--units", type=int, nargs="+", default=[1, 3, 5, 10],
+                   help="stacked blocks k")
+    p.add_argument("--placements", nargs="+", default=["stage", "spread"],
+                   choices=("stage", "spread"), help="stacking layouts")
+    p.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.6, 3.6],
+                   help="learning-rate ladder")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="do not train the plain backbone at each learning rate")
+    p.add_argument("--depth", type=int, default=8, help="ResNet depth 6n+2")
+    p.add_argument("--width", type=int, default=8, help="channels of the first stage")
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
+    p.add_argument("--image-size", type=int, default=16,
+                   help="side of the digits / long-range images")
+    p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per run")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size")
+    p.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear warm-up epochs (default 0: off)")
+    p.add_argument("--zero-init", action="store_true",
+                   help="zero-initialized output scale of the blocks (default: off, scale 1)")
+    p.add_argument("--max-loss-factor", type=float, default=10.0,
+                   help="divergence: loss above this many times the first loss")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each run after N steps")
+    p.add_argument("--augment", action="store_true",
+                   help="random crops and flips during training (CIFAR)")
+    p.add_argument("--analysis-samples", type=int, default=8,
+                   help="test images for the Jacobian norms (0: skip)")
+    p.add_argument("--executor", default="local",
+                   choices=("local", "serial", "submitit", "submitit-local", "submitit-debug"),
+                   help="local process pool, this process, SLURM through submitit, or "
+                        "submitit's local/debug executors")
+    p.add_argument("--workers", type=int, default=2, help="processes of the local pool")
+    p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per run")
+    p.add_argument("--slurm-partition", default=None, help="SLURM partition (submitit)")
+    p.add_argument("--slurm-time", type=int, default=60, help="minutes per job (submitit)")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per job (submitit)")
+    p.add_argument("--no-figure", action="store_true", help="do not write sweep.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
 
@@ -187,9 +254,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          "python-pickle files; nothing is downloaded)")
     if args.data_dir is not None:
         data["root"] = args.data_dir
+    position = _position(args)
     model = {"depth": args.depth, "width": args.width,
              "block": None if args.block == "none" else args.block,
-             "block_stages": [args.stage], "block_positions": [_position(args)]}
+             "block_stages": [args.stage], "block_positions": [position]}
+    if args.units < 1:
+        raise ValueError(f"--units must be >= 1, got {args.units}")
+    if args.units > 1 or args.placement != "stage":
+        from graphfilters.models import stacking_config
+
+        model.update(stacking_config(args.units, args.placement, depth=args.depth,
+                                     stage=args.stage, position=position))
+    if args.no_zero_init:
+        model["block_zero_init"] = False
     if args.mode is not None:
         if args.block != "nl":
             raise ValueError("--mode applies to --block nl only")
@@ -199,9 +276,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         milestones = (round(args.epochs * 0.625), round(args.epochs * 0.875))
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        weight_decay=args.weight_decay,
+        warmup_epochs=0.0 if args.no_warmup else args.warmup_epochs,
         milestones=tuple(m for m in milestones if 0 < m < args.epochs), seed=args.seed,
         device=args.device, max_steps=args.max_steps, progress=not args.quiet,
+        max_loss_factor=args.max_loss_factor,
     )
     result = train(model, config, data=data, out=args.out)
     acc = result.test_accuracy
@@ -210,6 +289,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.diverged:
         print(f"diverged: {result.divergence}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    data: dict = {"name": args.dataset}
+    if args.dataset in ("digits", "long_range"):
+        data["size"] = args.image_size
+    elif args.data_dir is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir (the directory of the "
+                         "python-pickle files; nothing is downloaded)")
+    if args.data_dir is not None:
+        data["root"] = args.data_dir
+    slurm: dict = {"timeout_min": args.slurm_time}
+    if args.slurm_partition is not None:
+        slurm["slurm_partition"] = args.slurm_partition
+    if args.gpus_per_node is not None:
+        slurm["gpus_per_node"] = args.gpus_per_node
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = sweep(args.out, blocks=args.blocks, ks=args.units, placements=args.placements,
+                   lrs=args.lrs, seeds=args.seeds, baseline=not args.no_baseline,
+                   depth=args.depth, width=args.width, epochs=args.epochs,
+                   batch_size=args.batch_size, warmup_epochs=args.warmup_epochs,
+                   zero_init=args.zero_init, max_loss_factor=args.max_loss_factor, data=data,
+                   device=device, max_steps=args.max_steps,
+                   analysis_samples=args.analysis_samples, augment=args.augment,
+                   executor=args.executor,
+                   workers=args.workers, threads=args.threads, slurm=slurm,
+                   figure=not args.no_figure, progress=not args.quiet)
+    print(f"{len(result.rows)} runs ({result.skipped} found finished) in "
+          f"{result.wall_s:.0f} s")
+    for key, path in result.files.items():
+        if path is not None:
+            print(f"wrote {path} ({key})")
     return 0
 
 
@@ -331,8 +449,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "analyze": _cmd_analyze, "report": _cmd_report,
-            "derive": _cmd_derive, "demo": _cmd_demo, "import-official": _cmd_import_official}
+COMMANDS = {"train": _cmd_train, "sweep": _cmd_sweep, "analyze": _cmd_analyze,
+            "report": _cmd_report, "derive": _cmd_derive, "demo": _cmd_demo,
+            "import-official": _cmd_import_official}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,22 @@ Placement conventions
     "nonlocal stage" of ``k`` units sharing one affinity computed from the stage input
     (``make_block(name, C, n_units=k)``; the native form of ``ns``).
 
+``placements``
+    Explicit ``(stage, position)`` pairs, or ``(stage, position, count)`` triples that put
+    ``count`` independent blocks at that position (overriding ``blocks_per_position``).
+``block_zero_init``
+    ``True`` (default): every block's output scale (the BN ``γ`` of its output normalization,
+    or its ``γ`` gate) starts at zero, so the block is the identity at initialization, as in
+    the official code. ``False`` sets that scale to one, which is the setting where stacking
+    instabilities show (used by :mod:`analysis.sweep`).
+
+Stacking experiments. :func:`stacking_config` gives the model keywords of the two stacking
+layouts of the SNL paper's robustness experiment: ``"stage"`` (``k`` units sharing one
+affinity at one position, the official ``Stage(stage_num=k)``) and ``"spread"`` (``k``
+independent blocks spread over the positions of several stages). :func:`receptive_field`
+is the backbone's theoretical receptive field (used to build a long-range task that the
+plain backbone cannot solve, see :func:`graphfilters.data.long_range_task`).
+
 Module paths (what :func:`nonlocal_blocks` returns and what hooks attach to):
 ``layer{s}.unit{i}`` are residual units (1-based), ``layer{s}.nonlocal{p}`` the block(s) after
 unit ``p``; with ``k > 1`` independent blocks they are ``layer{s}.nonlocal{p}.0`` …
@@ -58,7 +74,13 @@ __all__ = [
     "build_model",
     "default_block_factory",
     "nonlocal_blocks",
+    "receptive_field",
+    "stacking_config",
+    "PLACEMENTS",
 ]
+
+#: Stacking layouts of :func:`stacking_config`.
+PLACEMENTS = ("stage", "spread")
 
 #: ``factory(name, in_channels, dim=2, **options) -> nn.Module``; with ``n_units=k`` it returns a
 #: stage of ``k`` units sharing one affinity. The default is
@@ -210,8 +232,15 @@ class PreResNet(nn.Module):
     block_options : mapping, optional
         Keyword options for every block (e.g. ``{"mode": "dot_product"}`` for ``nl``); must be
         JSON-serializable because they are part of :attr:`config`.
-    placements : sequence of (stage, position), optional
-        Explicit list of placements; overrides ``block_stages`` × ``block_positions``.
+    placements : sequence of (stage, position) or (stage, position, count), optional
+        Explicit list of placements; overrides ``block_stages`` × ``block_positions``. A
+        third entry ``count`` puts that many blocks at the position (instead of
+        ``blocks_per_position``).
+    block_zero_init : bool
+        ``True`` (default): the blocks' output scale starts at zero (identity blocks at
+        initialization). ``False``: it starts at one (the output normalization's BN weight,
+        or the ``γ`` gate, is set to 1 after the block is built), so the blocks act from the
+        first step.
     block_factory : callable, optional
         ``factory(name, in_channels, dim=2, **options)``; default
         :func:`default_block_factory` (``graphfilters.blocks.make_block``). Not part of
@@ -264,6 +293,7 @@ class PreResNet(nn.Module):
         share_affinity: bool | None = None,
         block_options: Mapping[str, Any] | None = None,
         placements: Sequence[Sequence[int]] | None = None,
+        block_zero_init: bool = True,
         block_factory: BlockFactory | None = None,
     ) -> None:
         super().__init__()
@@ -292,14 +322,20 @@ class PreResNet(nn.Module):
 
         stages = _as_int_tuple(block_stages, "block_stages")
         positions = _as_int_tuple(block_positions, "block_positions")
+        counts: dict[tuple[int, int], int] = {}
         if placements is None:
             pairs = [(s, p) for s in stages for p in positions]
         else:
             pairs = []
             for item in placements:
                 pair = _as_int_tuple(item, "placements")
-                if len(pair) != 2:
-                    raise ValueError(f"placements must be (stage, position) pairs, got {item!r}")
+                if len(pair) not in (2, 3):
+                    raise ValueError("placements must be (stage, position) pairs or (stage, "
+                                     f"position, count) triples, got {item!r}")
+                if len(pair) == 3:
+                    if pair[2] < 1:
+                        raise ValueError(f"placements: count must be >= 1, got {item!r}")
+                    counts[(pair[0], pair[1])] = pair[2]
                 pairs.append((pair[0], pair[1]))
         if block is not None:
             if not isinstance(block, str):
@@ -331,7 +367,9 @@ class PreResNet(nn.Module):
             "blocks_per_position": blocks_per_position,
             "share_affinity": share,
             "block_options": options,
-            "placements": None if placements is None else [list(p) for p in pairs],
+            "placements": None if placements is None else [
+                [*p, counts[p]] if p in counts else list(p) for p in pairs],
+            "block_zero_init": bool(block_zero_init),
         }
         factory = block_factory if block_factory is not None else default_block_factory
 
@@ -346,12 +384,12 @@ class PreResNet(nn.Module):
             for i in range(n + 1):
                 if i in where:
                     name = f"nonlocal{i}"
-                    layers[name] = self._make_blocks(factory, block, channels,
-                                                     blocks_per_position, share, options)
-                    if blocks_per_position > 1 and not share:
-                        self.nonlocal_paths += [
-                            f"layer{s}.{name}.{j}" for j in range(blocks_per_position)
-                        ]
+                    k = counts.get((s, i), blocks_per_position)
+                    layers[name] = self._make_blocks(factory, block, channels, k, share, options)
+                    if not block_zero_init:
+                        _unit_output_scale(layers[name])
+                    if k > 1 and not share:
+                        self.nonlocal_paths += [f"layer{s}.{name}.{j}" for j in range(k)]
                     else:
                         self.nonlocal_paths.append(f"layer{s}.{name}")
                 if i < n:
@@ -402,6 +440,127 @@ class PreResNet(nn.Module):
             text += (f", block={c['block']!r} at {self.nonlocal_paths}"
                      f", k={c['blocks_per_position']}, shared={c['share_affinity']}")
         return text
+
+
+def _unit_output_scale(block: nn.Module) -> None:
+    """Set the zero-initialized output scale of every unit in ``block`` to one.
+
+    The blocks of :mod:`graphfilters.blocks` end with a normalization whose scale starts at
+    zero (``unit.norm``, a BatchNorm, or a scalar gate ``unit.gamma``): those become one.
+    Other modules are left alone.
+    """
+    with torch.no_grad():
+        for module in block.modules():
+            norm = getattr(module, "norm", None)
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.weight is not None:
+                norm.weight.fill_(1.0)
+            gamma = getattr(module, "gamma", None)
+            if isinstance(gamma, nn.Parameter):
+                gamma.fill_(1.0)
+
+
+def stacking_config(
+    k: int,
+    placement: str = "stage",
+    depth: int = 20,
+    *,
+    stage: int = 1,
+    position: int | None = None,
+    spread_stages: Sequence[int] = (1, 2, 3),
+) -> dict[str, Any]:
+    """Model keywords that stack ``k`` nonlocal blocks in one of two layouts.
+
+    ``"stage"``
+        One nonlocal stage of ``k`` units sharing one affinity computed once from the stage
+        input, at ``(stage, position)`` (the official ``Stage(stage_num=k)``):
+        ``blocks_per_position=k, share_affinity=True``.
+    ``"spread"``
+        ``k`` independent blocks (each computes its own affinity) spread as evenly as
+        possible over the positions ``0 … n`` of ``spread_stages`` (in order; when
+        ``k`` exceeds the number of positions, some positions get several blocks).
+
+    For ``k = 1`` both layouts are one block at ``(stage, position)``.
+
+    Parameters
+    ----------
+    k : int
+        Number of blocks (units).
+    placement : {"stage", "spread"}
+    depth : int
+        ResNet depth ``6n + 2``.
+    stage : int
+        Stage of the ``"stage"`` layout (and of ``k = 1``).
+    position : int, optional
+        Position of the ``"stage"`` layout; default ``min(2, n)`` (after the second unit,
+        the official placement, or after the only unit for depth 8).
+    spread_stages : sequence of int
+        Stages whose positions the ``"spread"`` layout uses.
+
+    Returns
+    -------
+    dict
+        ``placements``, ``blocks_per_position``, ``share_affinity``: merge into a
+        :class:`PreResNet` config.
+
+    Examples
+    --------
+    >>> stacking_config(3, "stage", depth=20)
+    {'placements': [[1, 2]], 'blocks_per_position': 3, 'share_affinity': True}
+    >>> stacking_config(3, "spread", depth=8)["placements"]
+    [[1, 0, 1], [2, 0, 1], [3, 1, 1]]
+    >>> stacking_config(10, "spread", depth=8)["placements"]
+    [[1, 0, 2], [1, 1, 2], [2, 0, 2], [2, 1, 2], [3, 0, 1], [3, 1, 1]]
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
+        raise ValueError(f"depth must be 6n + 2 with n >= 1, got {depth!r}")
+    n = (depth - 2) // 6
+    if position is None:
+        position = min(2, n)
+    if placement == "stage" or k == 1:
+        return {"placements": [[stage, position]], "blocks_per_position": k,
+                "share_affinity": placement == "stage"}
+    slots = [(s, p) for s in spread_stages for p in range(n + 1)]
+    if not slots:
+        raise ValueError("spread_stages must name at least one stage")
+    if k <= len(slots):
+        # k evenly spaced slots (first and last included when k > 1)
+        idx = sorted({round(i * (len(slots) - 1) / (k - 1)) for i in range(k)})
+        chosen = {slots[i]: 1 for i in idx}
+    else:
+        base, extra = divmod(k, len(slots))
+        chosen = {slot: base + (1 if j < extra else 0) for j, slot in enumerate(slots)}
+    return {"placements": [[s, p, c] for (s, p), c in chosen.items()],
+            "blocks_per_position": 1, "share_affinity": False}
+
+
+def receptive_field(depth: int) -> int:
+    """Side (pixels) of the theoretical receptive field of a :class:`PreResNet` output unit.
+
+    Every 3×3 convolution adds ``2·j`` pixels, where ``j`` is the product of the strides
+    before it (the stem and stage 1 have ``j = 1``, stage 2 ``j = 2``, stage 3 ``j = 4``);
+    the 1×1 projections add nothing. A feature at the last stage therefore depends on a
+    square of this side; two marks whose Chebyshev distance (between their nearest pixels)
+    is at least this size are never seen by one unit.
+
+    Examples
+    --------
+    >>> receptive_field(8), receptive_field(20)
+    (25, 81)
+    """
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
+        raise ValueError(f"depth must be 6n + 2 with n >= 1, got {depth!r}")
+    n = (depth - 2) // 6
+    size, jump = 3, 1  # the stem
+    for stride in (1, 2, 2):
+        jump_in = jump
+        jump *= stride
+        size += 2 * jump_in  # first conv of the stage (stride applied after its window)
+        size += 2 * jump * (2 * n - 1)  # the remaining 2n - 1 convolutions
+    return size
 
 
 #: Architectures :func:`build_model` knows: ``config["arch"]`` -> class.

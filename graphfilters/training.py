@@ -15,11 +15,19 @@ History. :func:`fit` returns (and checkpoints store) a list with one dict per ep
     {"epoch": 3, "step": 63, "steps": 21, "lr": 0.1, "train_loss": 0.41, "train_acc": 0.88,
      "grad_norm": 1.7, "test_loss": 0.35, "test_acc": 0.91, "time_s": 4.2, "diverged": False}
 
+Per-step log. :attr:`TrainResult.steps` (and ``checkpoint["extra"]["step_log"]``) holds one
+list per quantity, one entry per optimizer step (also the step that diverged)::
+
+    {"step": [1, 2, ...], "epoch": [...], "lr": [...], "loss": [...],
+     "grad_norm": [...],   # global 2-norm of all gradients (before clipping)
+     "grad_max": [...]}    # largest 2-norm of one parameter tensor's gradient
+
 ``step`` counts optimizer steps since the start, ``steps`` those of the epoch, ``lr`` is the
 learning rate of the epoch's last step. ``test_loss``/``test_acc`` are ``None`` in epochs
 without evaluation. ``grad_norm`` is the mean over the epoch's steps of the total gradient
 2-norm (before clipping). When the loss becomes NaN
-or Inf (or exceeds ``max_loss``), training stops and a last entry records it::
+or Inf (or exceeds ``max_loss``, or ``max_loss_factor`` times the first step's loss), or the
+gradient norm is not finite, training stops and a last entry records it::
 
     {"epoch": 1, "step": 7, "diverged": True, "reason": "loss is nan at epoch 1, step 7", ...}
 
@@ -66,7 +74,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -143,6 +151,13 @@ class TrainConfig:
     max_loss : float, optional
         Also treat a finite training loss above this value as divergence (default: only
         NaN/Inf).
+    max_loss_factor : float, optional
+        Also treat a training loss above ``max_loss_factor`` times the first step's loss as
+        divergence (an exploding loss; e.g. 10).
+    log_steps : bool
+        Record the loss, learning rate, global and largest per-tensor gradient norm of every
+        step (:attr:`TrainResult.steps`; stored in checkpoints). Turning it off removes one
+        small device-to-host copy per epoch, nothing per step.
     num_workers : int
         DataLoader workers.
     progress : bool
@@ -175,6 +190,8 @@ class TrainConfig:
     max_steps: int | None = None
     grad_clip: float | None = None
     max_loss: float | None = None
+    max_loss_factor: float | None = None
+    log_steps: bool = True
     num_workers: int = 0
     progress: bool = True
 
@@ -192,6 +209,8 @@ class TrainConfig:
             raise ValueError(f"milestones must be increasing, got {self.milestones}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.max_loss_factor is not None and not self.max_loss_factor > 1:
+            raise ValueError(f"max_loss_factor must be > 1 or None, got {self.max_loss_factor}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable dict (tuples become lists)."""
@@ -353,6 +372,8 @@ class TrainResult:
         The divergence entry (``reason``, ``epoch``, ``step``, ``loss``).
     checkpoint : pathlib.Path or None
         Where the checkpoint was written.
+    steps : dict of list
+        The per-step log (see the module docstring); empty lists with ``log_steps=False``.
     """
 
     model: nn.Module
@@ -361,6 +382,7 @@ class TrainResult:
     divergence: dict[str, Any] | None = None
     checkpoint: Path | None = None
     data: dict[str, Any] | None = field(default=None, repr=False)
+    steps: dict[str, list] = field(default_factory=dict, repr=False)
 
     @property
     def test_accuracy(self) -> float | None:
@@ -507,6 +529,8 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
     step = 0
     params = [p for p in model.parameters() if p.requires_grad]
     clip = config.grad_clip if config.grad_clip is not None else math.inf
+    step_log: dict[str, list] = {k: [] for k in _STEP_KEYS}
+    first_loss: float | None = None
 
     for epoch in range(1, config.epochs + 1):
         net.train()
@@ -517,17 +541,35 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
         lr = learning_rate(config, epoch - 1)
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show,
                    leave=False, dynamic_ncols=True)
+        epoch_log: list[Tensor] = []  # per step: (loss, grad norm, largest tensor grad norm)
+        epoch_lr: list[float] = []
         for i, (x, y) in enumerate(bar):
             lr = learning_rate(config, epoch - 1 + i / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y)
+            forward_error = None
+            try:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y)
+            except ValueError as exc:  # blocks refuse non-finite inputs: a diverged model
+                if "NaN or Inf" not in str(exc) and all(
+                        bool(torch.isfinite(p).all()) for p in params):
+                    raise
+                forward_error = str(exc).split(";")[0]
+                loss = torch.full((), math.nan, device=device)
             loss_value = float(loss.detach())
+            if first_loss is None:
+                first_loss = loss_value
             reason = _divergence_reason(loss_value, config.max_loss)
+            if forward_error is not None:
+                reason = f"forward pass hit non-finite values ({forward_error})"
+            if (reason is None and config.max_loss_factor is not None
+                    and loss_value > config.max_loss_factor * first_loss):
+                reason = (f"loss {loss_value:.4g} exceeds max_loss_factor="
+                          f"{config.max_loss_factor:g} x the first loss {first_loss:.4g}")
             if ctx.active:
                 flag = torch.tensor([1.0 if reason else 0.0], device=device)
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -537,6 +579,10 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
                 divergence = {"epoch": epoch, "step": step + 1, "diverged": True,
                               "reason": f"{reason} at epoch {epoch}, step {step + 1}",
                               "loss": loss_value, "lr": lr}
+                if config.log_steps:
+                    nan = torch.full((), math.nan, dtype=torch.float64, device=device)
+                    epoch_log.append(torch.stack([loss.detach().double(), nan, nan]))
+                    epoch_lr.append(lr)
                 break
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -544,7 +590,16 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
+            if config.log_steps:
+                grads = [p.grad for p in params if p.grad is not None]
+                grad_max = (torch.stack([torch.linalg.vector_norm(g.detach()).double()
+                                         for g in grads]).max() if grads
+                            else torch.zeros((), dtype=torch.float64, device=device))
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            if config.log_steps:
+                epoch_log.append(torch.stack([loss.detach().double(),
+                                              grad_norm.detach().double(), grad_max]))
+                epoch_lr.append(lr)
             if scaler is not None:
                 scaler.step(optimizer)  # skips the step itself if the norm is inf/nan
                 scaler.update()
@@ -571,6 +626,14 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
             if config.max_steps is not None and step >= config.max_steps:
                 break
         bar.close()
+        if epoch_log:
+            rows = torch.stack(epoch_log).cpu().tolist()
+            first = len(step_log["step"]) + 1
+            step_log["step"] += list(range(first, first + len(rows)))
+            step_log["epoch"] += [epoch] * len(rows)
+            step_log["lr"] += epoch_lr
+            for j, key in enumerate(("loss", "grad_norm", "grad_max")):
+                step_log[key] += [r[j] for r in rows]
         if ctx.active:
             torch.distributed.all_reduce(sums)
             sums[3:] /= ctx.world_size  # grad norms and step counts: mean over processes
@@ -612,13 +675,18 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
 
     model.eval()
     result = TrainResult(model=model, history=history, diverged=divergence is not None,
-                         divergence=divergence, data=data.describe())
+                         divergence=divergence, data=data.describe(), steps=step_log)
     if out is not None and ctx.is_main:
         result.checkpoint = save_checkpoint(out, model, model_config, history,
-                                            train_config=config, data=data.describe())
+                                            train_config=config, data=data.describe(),
+                                            extra={"step_log": step_log})
     if ctx.active:
         torch.distributed.barrier()
     return result
+
+
+#: Keys of the per-step log (:attr:`TrainResult.steps`).
+_STEP_KEYS = ("step", "epoch", "lr", "loss", "grad_norm", "grad_max")
 
 
 def _divergence_reason(loss: float, max_loss: float | None) -> str | None:
