@@ -479,7 +479,7 @@ def cached_extremes(
         return Eigs(vals, np.zeros(0), np.zeros(0, bool), tol, 0)
     # Rayleigh-Ritz on the span of the Ritz vectors with one float64 block product of the
     # true operator: the certified values and residuals are those of the operator itself.
-    X = vecs if symmetric else _real_basis(vecs, np.where(vals.imag < 0, 0, vals))
+    X = vecs if symmetric else _real_basis(vecs, vals)
     X = X / np.linalg.norm(X, axis=0, keepdims=True)
     keep = np.abs(np.diag(np.linalg.qr(X)[1])) > 1e-6      # drop dependent columns, then
     Qx = np.linalg.qr(X[:, keep])[0]                         # orthonormalize the rest
