@@ -416,9 +416,11 @@ CACHE_BYTES = 2**30
 
 
 def cached_matrix(rows: Callable[[int, int], np.ndarray], n: int, *, chunk: int = 1024,
-                  cache_bytes: int = CACHE_BYTES) -> np.ndarray | None:
+                  cache_bytes: int | None = None) -> np.ndarray | None:
     """The ``n x n`` operator assembled from row blocks ``rows(start, stop)`` (float64 rows),
-    stored in float64 if it fits ``cache_bytes``, else float32, else ``None``."""
+    stored in float64 if it fits ``cache_bytes`` (default :data:`CACHE_BYTES`), else
+    float32, else ``None``."""
+    cache_bytes = CACHE_BYTES if cache_bytes is None else cache_bytes
     if 8 * n * n <= cache_bytes:
         dtype = np.float64
     elif 4 * n * n <= cache_bytes:
