@@ -228,6 +228,8 @@ def lambda_max(
         Safety margin: the estimate is multiplied by ``1 + margin`` (PyGSP's
         ``estimate_lmax`` uses 0.01), so that an iterative estimate is an upper bound.
 
+    Notes
+    -----
     Half-precision inputs are computed in float32 and the result is float32.
     A dense request above :data:`DENSE_LIMIT` is refused before any allocation, naming
     the structured alternative.
