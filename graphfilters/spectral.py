@@ -415,7 +415,7 @@ def _dense_from_apply(apply: Callable[[torch.Tensor], torch.Tensor], n: int, k: 
 CACHE_BYTES = 2**30
 
 
-def cached_matrix(rows: Callable[[int, int], np.ndarray], n: int, *, chunk: int = 1024,
+def cached_matrix(rows: Callable[[int, int], np.ndarray], n: int, *, chunk: int = 256,
                   cache_bytes: int | None = None) -> np.ndarray | None:
     """The ``n x n`` operator assembled from row blocks ``rows(start, stop)`` (float64 rows),
     stored in float64 if it fits ``cache_bytes`` (default :data:`CACHE_BYTES`), else

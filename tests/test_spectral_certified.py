@@ -106,3 +106,20 @@ def test_auto_is_certified_and_the_status_reaches_the_reason():
                  progress=False)
     assert s.method == "arnoldi" and s.status == "certified" and "certified" in s.reason
     assert s.max_residual() <= 1e-6
+
+
+def test_uncertified_status_reaches_the_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.plots import plot_spectrum
+
+    A = np.random.default_rng(3).random((500, 500))
+    with pytest.warns(UserWarning, match="not certified"):
+        s = spectrum(DenseAffinity(A), "normalized", "rw", method="block_krylov", k=4,
+                     n_blocks=2, tol=1e-14, progress=False)
+    fig, ax = plot_spectrum(s)
+    assert "NOT certified" in ax.get_title()
+    good = spectrum(DenseAffinity(A), "normalized", "rw", method="arnoldi", k=4,
+                    progress=False)
+    assert "NOT certified" not in plot_spectrum(good)[1].get_title()
