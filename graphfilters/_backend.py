@@ -46,15 +46,27 @@ def as_array(x: Array, name: str = "array") -> Array:
 def check_finite(x: Array, name: str = "array", advice: str = "") -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or Inf (``advice`` appended when given).
 
-    The scan is a reduction (no temporary of the size of ``x`` for numpy beyond the boolean
-    mask); call it after the size checks.
+    Large arrays (and broadcast views) are scanned in blocks of rows, so no boolean mask of
+    the size of ``x`` is ever allocated.
     """
-    bad = (~torch.isfinite(x)).any().item() if is_torch(x) else not np.isfinite(x).all()
+    size = x.numel() if is_torch(x) else x.size
+    if x.ndim >= 2 and x.shape[-2] > 1 and size > _SCAN_CHUNK:
+        step = max(1, _SCAN_CHUNK // max(1, size // x.shape[-2]))
+        bad = any(_has_nonfinite(x[..., i:i + step, :]) for i in range(0, x.shape[-2], step))
+    else:
+        bad = _has_nonfinite(x)
     if bad:
         dtype = f" ({x.dtype})" if is_torch(x) and x.dtype in (torch.float16,
                                                                  torch.bfloat16) else ""
         raise ValueError(f"{name}{dtype} contains NaN or Inf" + (f"; {advice}" if advice
                                                                   else ""))
+
+
+_SCAN_CHUNK = 1 << 24
+
+
+def _has_nonfinite(x: Array) -> bool:
+    return bool((~torch.isfinite(x)).any()) if is_torch(x) else not bool(np.isfinite(x).all())
 
 
 def check_square(A: Array, name: str = "A") -> Array:

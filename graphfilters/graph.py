@@ -250,6 +250,11 @@ def lambda_max(
     tol = V.positive_float(tol, "tol")
     seed = V.integer(seed, "seed", minimum=0)
     margin = V.real(margin, "margin", low=0.0)
+    if not isinstance(A, Affinity) and method == "exact":
+        shape = getattr(A, "shape", None) or np.shape(A)
+        if len(shape) >= 2:     # a dense request too large: refused before the NaN scan
+            S.check_dense_size(int(shape[-1]), "lambda_max(..., method='exact')",
+                               "use method='lanczos', 'power' or 'bound'")
     op = as_affinity(A)
     op._require_square()
     if op.n == 0:

@@ -488,3 +488,13 @@ def test_power_lambda_max_warns_when_not_converged_and_margin_scales():
     est = float(lambda_max(A, "combinatorial", "power", tol=1e-10, n_iter=5000))
     assert abs(est - exact) <= 1e-8 * exact
     assert float(lambda_max(A, "combinatorial", margin=0.01)) == pytest.approx(1.01 * exact)
+
+
+def test_huge_dense_requests_are_refused_before_any_scan():
+    huge = np.broadcast_to(np.zeros(1), (HUGE, HUGE))       # 320 GB if it were real
+    for kind in ("combinatorial", "sym", "rw"):
+        with pytest.raises(ValueError, match="too large"):
+            lambda_max(huge, kind, "exact")
+    big_nan = np.broadcast_to(np.array(np.nan), (6000, 6000))
+    with pytest.raises(ValueError, match="A contains NaN"):
+        degrees(big_nan)                                     # scanned in row blocks
