@@ -17,17 +17,26 @@ Methods (:func:`spectrum`)
     (``2r x 2r`` symmetrized) problem; the other ``N - r`` eigenvalues are zero.
 ``"lanczos"`` / ``"arnoldi"``
     Extreme eigenvalues with scipy ``eigsh`` (symmetric, both ends) / ``eigs`` (largest
-    modulus, largest and smallest real part) on the operator's ``LinearOperator``; no ``N x N``
-    matrix. For a torch affinity the products run on its device.
+    modulus, largest and smallest real part). Operators whose products cost
+    :math:`O(N^2)` per call (softmax, dense: ``Affinity.expensive_products``) are stored once
+    (float64, or float32 above ``graphfilters.spectral.CACHE_BYTES``) and ARPACK runs on the
+    copy; the others run matrix-free. For a torch affinity the products run on its device.
 ``"block_krylov"``
-    Extreme eigenvalues by block Krylov Rayleigh–Ritz (``n_blocks`` products with
-    ``block_size`` vectors each). For softmax affinities one product costs the same for one
-    vector or sixteen (the logits dominate), so this needs about ten times fewer logit
-    evaluations than ARPACK.
+    Restarted block Krylov Rayleigh–Ritz (``n_blocks`` products of ``block_size`` vectors
+    per cycle); the default for expensive operators too large to store.
 ``"auto"``
     ``structured`` for low-rank affinities; ``eigh``/``eig`` up to ``dense_limit`` nodes;
-    beyond, ``lanczos`` (symmetric), ``block_krylov`` (softmax-type, whose products cost
-    :math:`O(N^2 d)`) or ``arnoldi``. The result records ``method`` and a ``reason``.
+    beyond, ``lanczos`` (symmetric) or ``arnoldi``. The result records ``method`` and a
+    ``reason``.
+
+Certification
+-------------
+Every matrix-free eigenvalue comes with its relative residual
+:math:`\|Av - \theta v\| / \|AV\|_2` computed with fresh float64 products of the true
+operator (:mod:`graphfilters.spectral`); ``tol`` (default ``1e-6``) is the stated tolerance.
+:attr:`Spectrum.status` is ``"exact"`` (dense/structured), ``"certified"`` or
+``"uncertified"``; uncertified values are kept, flagged in :attr:`Spectrum.converged`, named
+in the ``reason``, warned about, and shown in :func:`analysis.plots.plot_spectrum`'s title.
 
 Spectral densities (:func:`spectral_density`, symmetric operators only) use stochastic
 Lanczos quadrature (``"slq"``) or the kernel polynomial method (``"kpm"``, Jackson damping).
