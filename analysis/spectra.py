@@ -183,7 +183,7 @@ def _as_float64(aff: Affinity) -> Affinity:
         if isinstance(x, Tensor):
             return x.detach().to(torch.float64)
         return np.asarray(x, dtype=np.float64)
-    return aff._map(conv)
+    return aff.map_fields(conv)
 
 
 def _as_torch(aff: Affinity) -> Affinity:
@@ -192,7 +192,7 @@ def _as_torch(aff: Affinity) -> Affinity:
         if isinstance(x, Tensor):
             return x.detach().to(torch.float64)
         return torch.as_tensor(np.asarray(x, dtype=np.float64))
-    return aff._map(conv)
+    return aff.map_fields(conv)
 
 
 def _samples(aff: Affinity) -> list[tuple[int, ...]]:
@@ -494,7 +494,7 @@ def spectrum(
     tol = V.positive_float(tol, "tol")
     seed = V.integer(seed, "seed", minimum=0)
     aff, kind = _unpack(affinity, kind, operator)
-    aff._require_square()
+    aff.require_square()
     if aff.n == 0:
         raise ValueError("affinity has no nodes (N = 0): its spectrum is empty")
     if method in ("eigh", "eig"):
@@ -744,7 +744,7 @@ def spectral_density(
         raise ValueError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
     _check_method(method, DENSITY_METHODS)
     aff, kind = _unpack(affinity, kind, operator)
-    aff._require_square()
+    aff.require_square()
     if not _is_symmetric(aff, operator, kind):
         raise ValueError(
             f"spectral densities need a symmetric operator; {operator}/{kind} of this "
@@ -1097,7 +1097,7 @@ def affinity_metrics(
     (True, True)
     """
     aff, kind = _unpack(affinity, normalization, "normalized")
-    aff._require_square()
+    aff.require_square()
     spec = spectrum_result if spectrum_result is not None else spectrum(
         aff, "normalized", kind, method=method, dense_limit=dense_limit, progress=progress)
     t_aff = _as_torch(aff)

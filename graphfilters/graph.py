@@ -430,6 +430,15 @@ class Affinity:
             setattr(new, name, fn(getattr(self, name)))
         return new
 
+    def map_fields(self, fn: Callable[[Array], Array]) -> Affinity:
+        """The same structure with ``fn`` applied to every stored array (dtype or device
+        conversion, slicing the batch)."""
+        return self._map(fn)
+
+    def require_square(self) -> None:
+        """Raise ``ValueError`` unless the affinity is ``N x N`` (a graph)."""
+        self._require_square()
+
     def select(self, index: int | tuple[int, ...]) -> Affinity:
         """The affinity of one sample of the batch (itself for the empty index ``()``)."""
         if index == ():
