@@ -94,7 +94,8 @@ def test_chebyshev_filter_converges_to_exact_spectral_filter(rng, h):
     for order in (1, 2, 4, 8, 16, 24):
         c = chebyshev_coefficients(h, order, lambda_max=2.0)
         errors.append(np.abs(chebyshev_filter(L, Z, c, lambda_max=2.0) - exact).max())
-    assert all(b < a for a, b in zip(errors, errors[1:])), errors
+    # decreasing until the float64 rounding floor (~1e-14) is reached
+    assert all(b < a or max(a, b) < 1e-13 for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < 1e-9
 
 
