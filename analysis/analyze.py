@@ -297,6 +297,10 @@ def _analyze_one(
                       f"{cap.affinity.n} x {cap.affinity.n_cols}, not a graph")
     if spec is not None:
         row.spectrum_method, row.spectrum_reason = spec.method, spec.reason
+        if spec.status == "uncertified":   # flagged values stay, the row says so
+            failed.append(f"spectrum: {spec.n_uncertified} eigenvalue(s) not certified "
+                          f"(relative residual up to {spec.max_residual():.1e} > tol = "
+                          f"{spec.tol:g})")
         row.symmetric = spec.symmetric
         metrics = attempt("metrics", lambda: affinity_metrics(
             cap.affinity, cap.normalization, spectrum_result=spec, progress=False))

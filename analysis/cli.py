@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +40,55 @@ from graphfilters.specs import BLOCK_NAMES, NL_MODES
 __all__ = ["main", "build_parser"]
 
 DATASETS = ("digits", "long_range", "cifar10", "cifar100")
+
+
+def _number(kind: type, low: float | None = None, low_open: bool = False):
+    """An argparse ``type=``: a finite ``kind`` (int/float) above ``low``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'>' if low_open else '>='} {low:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1)
+nonnegative_int = _number(int, 0)
+positive_float = _number(float, 0.0, low_open=True)
+nonnegative_float = _number(float, 0.0)
+
+
+def _check_output_file(path: str | None, option: str) -> None:
+    """Fail before the work starts when ``path`` cannot be written (a parent is a file)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {path!r} is a directory, expected a file path")
+    _check_output_dir(str(p.parent), option, of=path)
+
+
+def _check_output_dir(path: str | None, option: str, of: str | None = None) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    for parent in (p, *p.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {of or path!r} lies inside {str(parent)!r}, which "
+                                 "is a file, not a directory")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{option} {of or path!r}: {str(parent)!r} is not writable")
+            return
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -50,9 +101,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="directory of the CIFAR python-pickle files (cifar10/cifar100 only; "
                         "nothing is downloaded)")
-    p.add_argument("--samples", type=int, default=64,
+    p.add_argument("--samples", type=positive_int, default=64,
                    help="test images loaded; the accuracy-under-noise curve uses all of them")
-    p.add_argument("--spectrum-samples", type=int, default=8,
+    p.add_argument("--spectrum-samples", type=positive_int, default=8,
                    help="of those, the first K whose blocks are captured: spectra, responses, "
                         "stability and Jacobian norms are computed on these")
 
@@ -74,13 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block table name, or 'none' for the plain ResNet")
     p.add_argument("--mode", default=None, choices=tuple(NL_MODES),
                    help="variant of the 'nl' block")
-    p.add_argument("--depth", type=int, default=20, help="ResNet depth 6n+2")
-    p.add_argument("--width", type=int, default=16, help="channels of the first stage")
-    p.add_argument("--stage", type=int, default=1, help="stage (1-3) of the block")
-    p.add_argument("--position", type=int, default=None,
+    p.add_argument("--depth", type=positive_int, default=20, help="ResNet depth 6n+2")
+    p.add_argument("--width", type=positive_int, default=16, help="channels of the first stage")
+    p.add_argument("--stage", type=positive_int, default=1, help="stage (1-3) of the block")
+    p.add_argument("--position", type=nonnegative_int, default=None,
                    help="insert the block after this residual unit of the stage; None: the "
                         "second, or the last when the stage has one unit (--depth 8)")
-    p.add_argument("--units", type=int, default=1,
+    p.add_argument("--units", type=positive_int, default=1,
                    help="stacked blocks k (see --placement)")
     p.add_argument("--placement", default="stage", choices=("stage", "spread"),
                    help="with --units k > 1: 'stage' = k units sharing one affinity computed "
@@ -91,23 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the blocks' output scale (BN gamma) at 1 instead of 0, so the "
                         "blocks are not the identity at initialization")
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
-    p.add_argument("--image-size", type=int, default=16,
+    p.add_argument("--image-size", type=positive_int, default=16,
                    help="side of the digits / long-range images")
     p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (momentum 0.9)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs")
+    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size")
+    p.add_argument("--lr", type=positive_float, default=0.1,
+                   help="SGD learning rate (momentum 0.9)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help="SGD weight decay")
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=1.0,
+                   help="linear warm-up epochs")
     p.add_argument("--no-warmup", action="store_true", help="no warm-up (--warmup-epochs 0)")
-    p.add_argument("--max-loss-factor", type=float, default=None,
+    p.add_argument("--max-loss-factor", type=positive_float, default=None,
                    help="stop as diverged when the loss exceeds this many times the first "
                         "step's loss (NaN/Inf loss or gradients always stop the run)")
-    p.add_argument("--milestones", type=float, nargs="*", default=None,
+    p.add_argument("--milestones", type=positive_float, nargs="*", default=None,
                    help="epochs of the x0.1 learning-rate drops; None: at 62.5%% and 87.5%% "
                         "of the epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialization and shuffling")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of initialization and shuffling")
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop after this many steps")
     p.add_argument("--out", default="out/checkpoints/model.pt", help="checkpoint file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
@@ -274,6 +329,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     milestones = args.milestones
     if milestones is None:
         milestones = (round(args.epochs * 0.625), round(args.epochs * 0.875))
+    else:
+        bad = [m for m in milestones if not 0 < m < args.epochs]
+        if bad:
+            raise ValueError(f"--milestones must lie strictly between 0 and --epochs "
+                             f"{args.epochs}, got {bad}")
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay,
@@ -454,16 +514,41 @@ COMMANDS = {"train": _cmd_train, "sweep": _cmd_sweep, "analyze": _cmd_analyze,
             "import-official": _cmd_import_official}
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output path is checked before the work starts (training is not lost to a bad
+    ``--out``)."""
+    if args.command == "train":
+        _check_output_file(args.out, "--out")
+    elif args.command in ("report", "demo", "sweep"):
+        _check_output_dir(args.out, "--out")
+    elif args.command == "import-official":
+        _check_output_file(args.out, "--out")
+    for option in ("json", "csv"):
+        _check_output_file(getattr(args, option, None), f"--{option}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    known = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, RuntimeError)
+    return text if isinstance(exc, known) else f"{type(exc).__name__}: {text}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Every error is one line on stderr and exit status 2 (``--traceback`` shows the
+    traceback): bad options, output paths that cannot be written (checked before any work),
+    unreadable or corrupt checkpoints, and any failure of the command.
+    """
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the CLI reports every failure in one line
         if getattr(args, "traceback", False):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -165,6 +165,10 @@ def plot_spectrum(
             ax.set_yscale("log")
             plain_log_ticks(ax, "y")
     ax.set_title(title if title is not None else f"spectrum of the {label}")
+    n_bad = getattr(spectrum, "n_uncertified", 0)
+    if n_bad:   # matrix-free values that missed their tolerance are shown, and said to be
+        ax.set_title(f"{ax.get_title()}\n{n_bad} value(s) NOT certified "
+                     f"(residual > tol = {spectrum.tol:g})", fontsize="small")
     return fig, ax
 
 

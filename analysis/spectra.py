@@ -17,17 +17,26 @@ Methods (:func:`spectrum`)
     (``2r x 2r`` symmetrized) problem; the other ``N - r`` eigenvalues are zero.
 ``"lanczos"`` / ``"arnoldi"``
     Extreme eigenvalues with scipy ``eigsh`` (symmetric, both ends) / ``eigs`` (largest
-    modulus, largest and smallest real part) on the operator's ``LinearOperator``; no ``N x N``
-    matrix. For a torch affinity the products run on its device.
+    modulus, largest and smallest real part). Operators whose products cost
+    :math:`O(N^2)` per call (softmax, dense: ``Affinity.expensive_products``) are stored once
+    (float64, or float32 above ``graphfilters.spectral.CACHE_BYTES``) and ARPACK runs on the
+    copy; the others run matrix-free. For a torch affinity the products run on its device.
 ``"block_krylov"``
-    Extreme eigenvalues by block Krylov Rayleigh–Ritz (``n_blocks`` products with
-    ``block_size`` vectors each). For softmax affinities one product costs the same for one
-    vector or sixteen (the logits dominate), so this needs about ten times fewer logit
-    evaluations than ARPACK.
+    Restarted block Krylov Rayleigh–Ritz (``n_blocks`` products of ``block_size`` vectors
+    per cycle); the default for expensive operators too large to store.
 ``"auto"``
     ``structured`` for low-rank affinities; ``eigh``/``eig`` up to ``dense_limit`` nodes;
-    beyond, ``lanczos`` (symmetric), ``block_krylov`` (softmax-type, whose products cost
-    :math:`O(N^2 d)`) or ``arnoldi``. The result records ``method`` and a ``reason``.
+    beyond, ``lanczos`` (symmetric) or ``arnoldi``. The result records ``method`` and a
+    ``reason``.
+
+Certification
+-------------
+Every matrix-free eigenvalue comes with its relative residual
+:math:`\|Av - \theta v\| / \|AV\|_2` computed with fresh float64 products of the true
+operator (:mod:`graphfilters.spectral`); ``tol`` (default ``1e-6``) is the stated tolerance.
+:attr:`Spectrum.status` is ``"exact"`` (dense/structured), ``"certified"`` or
+``"uncertified"``; uncertified values are kept, flagged in :attr:`Spectrum.converged`, named
+in the ``reason``, warned about, and shown in :func:`analysis.plots.plot_spectrum`'s title.
 
 Spectral densities (:func:`spectral_density`, symmetric operators only) use stochastic
 Lanczos quadrature (``"slq"``) or the kernel polynomial method (``"kpm"``, Jackson damping).
@@ -101,20 +110,18 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from graphfilters import _validate as V
+from graphfilters import spectral as S
 from graphfilters._backend import to_numpy
 from graphfilters.chebyshev import chebyshev_basis, jackson_damping
 from graphfilters.graph import (
-    DENSE_LIMIT,
     LAPLACIAN_KINDS,
     NORMALIZATION_KINDS,
     Affinity,
-    DenseAffinity,
-    LowRankAffinity,
     NormalizedOperator,
-    SoftmaxAffinity,
-    SumAffinity,
     as_affinity,
 )
+from graphfilters.spectral import DEFAULT_TOL, DENSE_LIMIT, Eigs
 
 __all__ = [
     "OPERATORS",
@@ -176,7 +183,7 @@ def _as_float64(aff: Affinity) -> Affinity:
         if isinstance(x, Tensor):
             return x.detach().to(torch.float64)
         return np.asarray(x, dtype=np.float64)
-    return aff._map(conv)
+    return aff.map_fields(conv)
 
 
 def _as_torch(aff: Affinity) -> Affinity:
@@ -185,7 +192,7 @@ def _as_torch(aff: Affinity) -> Affinity:
         if isinstance(x, Tensor):
             return x.detach().to(torch.float64)
         return torch.as_tensor(np.asarray(x, dtype=np.float64))
-    return aff._map(conv)
+    return aff.map_fields(conv)
 
 
 def _samples(aff: Affinity) -> list[tuple[int, ...]]:
@@ -198,9 +205,7 @@ def _np(x: Any) -> np.ndarray:
 
 def _is_expensive(aff: Affinity) -> bool:
     """Products cost O(N^2 d) regardless of the number of vectors (softmax-type)."""
-    if isinstance(aff, SumAffinity):
-        return any(_is_expensive(t) for t in aff.terms)
-    return isinstance(aff, (SoftmaxAffinity, DenseAffinity))
+    return bool(aff.expensive_products)
 
 
 def _is_symmetric(aff: Affinity, operator: str, kind: str) -> bool:
@@ -223,6 +228,19 @@ class _Apply:
         if self.norm is not None:
             return self.norm(X)
         return self.aff.laplacian_matmul(X, self.kind)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the operator (float64 numpy)."""
+        if self.norm is not None:
+            return _np(self.norm.rows(start, stop))
+        if self.kind == "combinatorial":
+            out = -_np(self.aff.rows(start, stop))
+            d = _np(self.aff.degrees())[start:stop]
+        else:
+            out = -_np(self.aff.normalized(self.kind).rows(start, stop))
+            d = np.ones(stop - start)
+        out[np.arange(stop - start), np.arange(start, stop)] += d
+        return out
 
 
 def linear_operator(aff: Affinity, operator: str = "normalized", kind: str = "sym"
@@ -287,7 +305,12 @@ class Spectrum:
         Whether the operator is symmetric (real spectrum).
     batch_shape : tuple of int
     residuals : list of numpy arrays or None
-        Residual norms :math:`\|Av - \theta v\|` of Ritz pairs (``block_krylov``).
+        Relative residuals :math:`\|Av - \theta v\| / \|AV\|_2` of every matrix-free
+        eigenvalue (``None`` for exact methods), see :mod:`graphfilters.spectral`.
+    converged : list of numpy bool arrays or None
+        ``residuals <= tol``: the certified eigenvalues.
+    tol : float or None
+        The stated tolerance of the matrix-free method.
     """
 
     eigenvalues: list[np.ndarray]
@@ -300,10 +323,37 @@ class Spectrum:
     symmetric: bool
     batch_shape: tuple[int, ...] = ()
     residuals: list[np.ndarray] | None = None
+    converged: list[np.ndarray] | None = None
+    tol: float | None = None
 
     @property
     def n_samples(self) -> int:
         return len(self.eigenvalues)
+
+    @property
+    def n_uncertified(self) -> int:
+        """Eigenvalues whose residual missed ``tol`` (0 for exact methods)."""
+        if self.converged is None:
+            return 0
+        return int(sum((~np.asarray(c, bool)).sum() for c in self.converged))
+
+    @property
+    def certified(self) -> bool:
+        """Every eigenvalue exact (dense/structured) or within the stated tolerance."""
+        return self.n_uncertified == 0
+
+    @property
+    def status(self) -> str:
+        """``"exact"``, ``"certified"`` or ``"uncertified"`` (for tables and figures)."""
+        if self.converged is None:
+            return "exact"
+        return "certified" if self.certified else "uncertified"
+
+    def max_residual(self) -> float:
+        """Largest relative residual (0 for exact methods)."""
+        if not self.residuals:
+            return 0.0
+        return float(max((np.max(r, initial=0.0) for r in self.residuals), default=0.0))
 
     @property
     def is_complex(self) -> bool:
@@ -322,7 +372,8 @@ class Spectrum:
     def __repr__(self) -> str:
         return (
             f"Spectrum({self.operator}/{self.kind}, n={self.n}, samples={self.n_samples}, "
-            f"method={self.method!r}, complete={self.complete}, complex={self.is_complex})"
+            f"method={self.method!r}, complete={self.complete}, complex={self.is_complex}, "
+            f"status={self.status!r})"
         )
 
 
@@ -343,10 +394,10 @@ def choose_method(
     >>> from graphfilters.graph import SoftmaxAffinity
     >>> x = np.zeros((5000, 2))
     >>> choose_method(SoftmaxAffinity(x, x), "normalized", "rw")[0]
-    'block_krylov'
+    'arnoldi'
     """
     n = aff.n
-    structured_ok = isinstance(aff, LowRankAffinity) and (
+    structured_ok = aff.has_exact_spectrum and (
         operator != "laplacian" or kind in ("sym", "rw")
     )
     sym = _is_symmetric(aff, operator, kind)
@@ -361,14 +412,16 @@ def choose_method(
             f"N = {n} <= dense_limit = {dense_limit}: exact dense "
             f"{'symmetric (eigh)' if sym else 'general (eig, complex)'} spectrum"
         )
-    if sym and not _is_expensive(aff):
-        return "lanczos", f"N = {n} > dense_limit = {dense_limit}, symmetric: Lanczos extremes"
+    how = ("Lanczos (eigsh)" if sym else "Arnoldi (eigs)")
     if _is_expensive(aff):
-        return "block_krylov", (
+        return ("lanczos" if sym else "arnoldi"), (
             f"N = {n} > dense_limit = {dense_limit}; {type(aff).__name__} products cost "
-            "O(N^2) per call whatever the number of vectors: block Krylov extremes"
+            f"O(N^2) per call: {how} on a stored copy of the operator (float64, or float32 "
+            "when it would exceed graphfilters.spectral.CACHE_BYTES) certified by float64 "
+            "products"
         )
-    return "arnoldi", f"N = {n} > dense_limit = {dense_limit}, non-symmetric: Arnoldi extremes"
+    return ("lanczos" if sym else "arnoldi"), (
+        f"N = {n} > dense_limit = {dense_limit}: matrix-free {how} extremes")
 
 
 def spectrum(
@@ -381,7 +434,7 @@ def spectrum(
     dense_limit: int = AUTO_DENSE_LIMIT,
     block_size: int = 16,
     n_blocks: int = 8,
-    tol: float = 1e-8,
+    tol: float = DEFAULT_TOL,
     seed: int = 0,
     progress: bool = True,
 ) -> Spectrum:
@@ -403,9 +456,13 @@ def spectrum(
     dense_limit : int
         Largest N that ``auto`` solves densely.
     block_size, n_blocks : int
-        Block Krylov subspace: ``block_size * (n_blocks + 1)`` vectors.
+        Block Krylov: vectors per block and products per restart cycle.
     tol : float
-        Tolerance of ARPACK.
+        Relative residual :math:`\|Av - \theta v\|/\|AV\|_2` an eigenvalue of a
+        matrix-free method must meet to be certified (default ``1e-6``; the stored-copy
+        float64 path typically reaches ``1e-12``). Values that miss it stay in the result,
+        flagged in :attr:`Spectrum.converged`, counted in :attr:`Spectrum.status` and the
+        ``reason``, with a :class:`~graphfilters.spectral.ConvergenceWarning`.
     seed : int
         Seed of the starting vectors.
     progress : bool
@@ -428,11 +485,21 @@ def spectrum(
     >>> s.method, s.n_samples, len(s.eigenvalues[0]), s.is_complex
     ('eig', 2, 40, False)
     """
-    if operator not in OPERATORS:
-        raise ValueError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
+    V.choice(operator, OPERATORS, "operator")
     _check_method(method, SPECTRUM_METHODS)
+    k = V.positive_int(k, "k")
+    dense_limit = V.integer(dense_limit, "dense_limit", minimum=0)
+    block_size = V.positive_int(block_size, "block_size")
+    n_blocks = V.positive_int(n_blocks, "n_blocks")
+    tol = V.positive_float(tol, "tol")
+    seed = V.integer(seed, "seed", minimum=0)
     aff, kind = _unpack(affinity, kind, operator)
-    aff._require_square()
+    aff.require_square()
+    if aff.n == 0:
+        raise ValueError("affinity has no nodes (N = 0): its spectrum is empty")
+    if method in ("eigh", "eig"):
+        S.check_dense_size(aff.n, f"spectrum(..., method={method!r})",
+                           "use method 'auto' (certified matrix-free extremes) or 'structured'")
     aff = _as_float64(aff)
     sym = _is_symmetric(aff, operator, kind)
     if method == "auto":
@@ -441,7 +508,7 @@ def spectrum(
         reason = f"method {method!r} requested"
     n = aff.n
     if method == "structured":
-        if not isinstance(aff, LowRankAffinity):
+        if not aff.has_exact_spectrum:
             raise ValueError(
                 f"method 'structured' needs a LowRankAffinity, got {type(aff).__name__}; "
                 "use 'auto', 'eigh'/'eig' or a matrix-free method"
@@ -466,30 +533,39 @@ def spectrum(
     idxs = _samples(aff)
     bar = tqdm(idxs, desc=f"spectrum ({method})", disable=not progress or len(idxs) < 2,
                leave=False)
+    if method == "lanczos" and not sym:
+        raise ValueError(
+            "method 'lanczos' (eigsh) needs a symmetric operator; use 'arnoldi' or "
+            "'block_krylov'"
+        )
     values: list[np.ndarray] = []
-    residuals: list[np.ndarray] = []
+    results: list[Eigs] = []
     for i, idx in enumerate(bar):
         single = aff.select(idx)
         if method in ("eigh", "eig"):
             values.append(_dense_spectrum(single, operator, kind, method, sym))
-        elif method == "lanczos":
-            if not sym:
-                raise ValueError(
-                    "method 'lanczos' (eigsh) needs a symmetric operator; use 'arnoldi' or "
-                    "'block_krylov'"
-                )
-            values.append(_lanczos(single, operator, kind, k, tol, seed + i))
-        elif method == "arnoldi":
-            values.append(_arnoldi(single, operator, kind, k, tol, seed + i))
+            continue
+        if method in ("lanczos", "arnoldi"):
+            res = _arpack(single, operator, kind, k, tol, seed + i, sym)
         else:
-            ev, res = _block_krylov(single, operator, kind, k, block_size, n_blocks, seed + i,
-                                    sym)
-            values.append(ev)
-            residuals.append(res)
+            res = _block_krylov(single, operator, kind, k, block_size, n_blocks, tol,
+                                seed + i, sym)
+        values.append(res.values)
+        results.append(res)
     bar.close()
     complete = method in ("eigh", "eig")
-    return Spectrum(values, operator, kind, method, reason, n, complete, sym,
-                    aff.batch_shape, residuals or None)
+    out = Spectrum(values, operator, kind, method, reason, n, complete, sym, aff.batch_shape,
+                   [r.residuals for r in results] or None,
+                   [r.converged for r in results] or None, tol if results else None)
+    if out.n_uncertified:
+        out.reason += (f"; {out.n_uncertified} eigenvalue(s) NOT certified (relative "
+                       f"residual up to {out.max_residual():.1e} > tol = {tol:g})")
+        warnings.warn(f"spectrum ({method}): {out.n_uncertified} eigenvalue(s) not certified "
+                      f"(relative residual up to {out.max_residual():.1e} > tol = {tol:g})",
+                      S.ConvergenceWarning, stacklevel=2)
+    elif results:
+        out.reason += f"; certified: relative residuals <= {out.max_residual():.1e}"
+    return out
 
 
 def _clean(ev: np.ndarray, sym: bool) -> np.ndarray:
@@ -502,125 +578,60 @@ def _clean(ev: np.ndarray, sym: bool) -> np.ndarray:
 
 def _dense_spectrum(single: Affinity, operator: str, kind: str, method: str, sym: bool
                     ) -> np.ndarray:
-    if single.n > DENSE_LIMIT:
-        raise ValueError(
-            f"N = {single.n} is too large for a dense eigendecomposition (limit "
-            f"graphfilters.graph.DENSE_LIMIT = {DENSE_LIMIT}); use method 'auto', 'lanczos', "
-            "'arnoldi' or 'block_krylov'"
-        )
+    S.check_dense_size(single.n, "spectrum", "use method 'auto', 'lanczos', 'arnoldi' or "
+                       "'block_krylov' (certified matrix-free extremes)")
     if operator == "laplacian":
         M = single.laplacian_dense(kind)
     else:
         M = single.normalized("none" if operator == "affinity" else kind).dense()
+    ev = _np(S.dense_eigvals(M, method == "eigh"))
     if method == "eigh":
-        ev = torch.linalg.eigvalsh(M) if isinstance(M, Tensor) else np.linalg.eigvalsh(M)
-        return np.sort(_np(ev))
-    ev = torch.linalg.eigvals(M) if isinstance(M, Tensor) else np.linalg.eigvals(M)
-    ev = _np(ev).astype(np.complex128)
+        return np.sort(ev)
+    ev = ev.astype(np.complex128)
     return ev[np.lexsort((ev.imag, ev.real))]
 
 
-def _lanczos(single: Affinity, operator: str, kind: str, k: int, tol: float, seed: int
-             ) -> np.ndarray:
-    n = single.n
-    if n <= 2 * k + 2:
-        return _dense_spectrum(single, operator, kind, "eigh", True)
-    lin = linear_operator(single, operator, kind)
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    ev = spla.eigsh(lin, k=min(2 * k, n - 1), which="BE", v0=v0, tol=tol,
-                    return_eigenvectors=False)
-    return np.sort(ev)
+#: Criteria of the extremes of a general operator: largest modulus, largest and smallest
+#: real part (the ends of the Laplacian spectrum 1 - mu).
+GENERAL_WHICH = ("LM", "LR", "SR")
 
 
-def _arnoldi(single: Affinity, operator: str, kind: str, k: int, tol: float, seed: int
-             ) -> np.ndarray:
+def _arpack(single: Affinity, operator: str, kind: str, k: int, tol: float, seed: int,
+            sym: bool) -> Eigs:
+    """ARPACK extremes: on a stored copy for operators with expensive products (when it fits
+    :data:`graphfilters.spectral.CACHE_BYTES`), matrix-free otherwise."""
     n = single.n
     if n <= 3 * k + 3:
-        return _dense_spectrum(single, operator, kind, "eig", False)
+        ev = _dense_spectrum(single, operator, kind, "eigh" if sym else "eig", sym)
+        return Eigs(ev, np.zeros(len(ev)), np.ones(len(ev), bool), tol)
+    t_single = _as_torch(single)
+    apply = _Apply(t_single, operator, kind)
+
+    def certify(X: np.ndarray) -> np.ndarray:
+        return _np(apply(torch.as_tensor(X, device=t_single.device)))
+
+    if _is_expensive(single):
+        M = S.cached_matrix(apply.rows, n)
+        if M is not None:
+            return S.cached_extremes(M, k, symmetric=sym, which=GENERAL_WHICH,
+                                     certify=certify, tol=tol, seed=seed)
+        # too large to store: block products cost one logit pass each (bench_analysis)
+        return _block_krylov(single, operator, kind, k, 16, 8, tol, seed, sym)
     lin = linear_operator(single, operator, kind)
-    v0 = np.random.default_rng(seed).standard_normal(n)
-    found = []
-    for which in ("LM", "LR", "SR"):
-        found.append(spla.eigs(lin, k=min(k, n - 2), which=which, v0=v0, tol=tol,
-                               return_eigenvectors=False))
-    return _dedupe(np.concatenate(found))
-
-
-def _dedupe(ev: np.ndarray) -> np.ndarray:
-    ev = np.asarray(ev, dtype=np.complex128)
-    scale = max(1.0, float(np.abs(ev).max(initial=0.0)))
-    keep: list[complex] = []
-    for v in ev[np.lexsort((ev.imag, ev.real))]:
-        if not keep or abs(v - keep[-1]) > 1e-9 * scale:
-            keep.append(v)
-    return np.asarray(keep, dtype=np.complex128)
-
-
-def _orth(X: Tensor) -> Tensor:
-    return torch.linalg.qr(X, mode="reduced")[0]
+    return S.arpack_extremes(lin, k, symmetric=sym, which=GENERAL_WHICH, tol=tol, seed=seed)
 
 
 def _block_krylov(
     single: Affinity, operator: str, kind: str, k: int, block_size: int, n_blocks: int,
-    seed: int, sym: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""Block Krylov Rayleigh–Ritz: extremes of one sample's operator.
-
-    Builds an orthonormal basis :math:`V` of :math:`[X, AX, \dots, A^q X]` (block
-    Gram–Schmidt, twice), keeps :math:`AV` from the same products, and returns the Ritz
-    values of :math:`H = V^T A V` that are extreme (largest modulus, real part and imaginary
-    part; both ends for symmetric operators) with their residual norms.
-    """
-    n = single.n
+    tol: float, seed: int, sym: bool,
+) -> Eigs:
+    """Restarted block Krylov extremes (:func:`graphfilters.spectral.krylov_extremes`)."""
     t_aff = _as_torch(single)
     apply = _Apply(t_aff, operator, kind)
-    if n <= block_size * (n_blocks + 1):
-        method = "eigh" if sym else "eig"
-        ev = _dense_spectrum(t_aff, operator, kind, method, sym)
-        return ev, np.zeros(len(ev))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    X = torch.randn(n, block_size, generator=gen, dtype=torch.float64)
-    X[:, 0] = 1.0            # the constant vector: the Perron vector of row-stochastic operators
-    X = X.to(t_aff.device)
-    V_blocks = [_orth(X)]
-    AV_blocks: list[Tensor] = []
-    for _ in range(n_blocks):
-        AV = apply(V_blocks[-1])
-        AV_blocks.append(AV)
-        W = AV.clone()
-        V = torch.cat(V_blocks, 1)
-        for _ in range(2):
-            W = W - V @ (V.T @ W)
-        norms = W.norm(dim=0)
-        if float(norms.max()) < 1e-10 * max(1.0, float(AV.norm())):
-            break                                          # invariant subspace found
-        V_blocks.append(_orth(W))
-    if len(AV_blocks) < len(V_blocks):
-        AV_blocks.append(apply(V_blocks[-1]))
-    V = torch.cat(V_blocks, 1)
-    AV = torch.cat(AV_blocks, 1)
-    H = V.T @ AV
-    if sym:
-        theta, Y = torch.linalg.eigh((H + H.T) / 2)
-        R = AV @ Y - (V @ Y) * theta
-        res = R.norm(dim=0)
-        theta_np, res_np = _np(theta), _np(res)
-        m = len(theta_np)
-        sel = np.unique(np.r_[np.arange(min(k, m)), np.arange(max(m - k, 0), m)])
-        return theta_np[sel], res_np[sel]
-    Hc = H.to(torch.complex128)
-    theta, Y = torch.linalg.eig(Hc)
-    R = AV.to(torch.complex128) @ Y - (V.to(torch.complex128) @ Y) * theta
-    res = _np(R.norm(dim=0))
-    th = _np(theta)
-    order = [
-        np.argsort(-np.abs(th))[:k], np.argsort(-th.real)[:k], np.argsort(th.real)[:k],
-        np.argsort(-np.abs(th.imag))[:k],
-    ]
-    sel = np.unique(np.concatenate(order))
-    th, res = th[sel], res[sel]
-    o = np.lexsort((th.imag, th.real))
-    return th[o], res[o]
+    which = ("LA", "SA") if sym else GENERAL_WHICH
+    return S.krylov_extremes(apply, single.n, k, symmetric=sym, which=which,
+                             block_size=block_size, n_blocks=n_blocks, tol=tol, seed=seed,
+                             device=t_aff.device, warn=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -663,14 +674,7 @@ class SpectralDensity:
 
 
 def _known_bounds(operator: str, kind: str, aff: Affinity) -> tuple[float, float] | None:
-    if isinstance(aff, SumAffinity):
-        nonneg = all(_known_bounds(operator, kind, t) is not None for t in aff.terms)
-    elif isinstance(aff, LowRankAffinity):
-        nonneg = bool((aff.P >= 0).all()) and bool((aff.Q >= 0).all())
-    elif isinstance(aff, DenseAffinity):
-        nonneg = bool((aff.A >= 0).all())
-    else:
-        nonneg = bool(getattr(aff, "row_stochastic", False))
+    nonneg = aff.nonnegative()
     if operator == "laplacian" and kind in ("sym", "rw") and nonneg:
         return 0.0, 2.0
     if operator == "normalized" and kind in ("sym", "rw") and nonneg:
@@ -740,7 +744,7 @@ def spectral_density(
         raise ValueError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
     _check_method(method, DENSITY_METHODS)
     aff, kind = _unpack(affinity, kind, operator)
-    aff._require_square()
+    aff.require_square()
     if not _is_symmetric(aff, operator, kind):
         raise ValueError(
             f"spectral densities need a symmetric operator; {operator}/{kind} of this "
@@ -869,45 +873,22 @@ def project_simplex(v: Tensor) -> Tensor:
 
 
 class _Tiles:
-    """Tiles ``M[I, J]`` of a raw affinity of one sample (torch float64)."""
+    """Tiles ``M[I, J]`` of a raw affinity of one sample (torch float64), asked of the
+    structure (:meth:`graphfilters.graph.Affinity.tile`)."""
 
     def __init__(self, aff: Affinity, chunk: int) -> None:
         self.aff = aff
         self.chunk = chunk
-        self._lse: Tensor | None = None
-        self.terms = [_Tiles(t, chunk) for t in aff.terms] if isinstance(aff, SumAffinity) \
-            else None
 
     @property
     def supported(self) -> bool:
-        if self.terms is not None:
-            return all(t.supported for t in self.terms)
-        return isinstance(self.aff, (DenseAffinity, SoftmaxAffinity, LowRankAffinity))
-
-    def lse(self) -> Tensor:
-        if self._lse is None:
-            a = self.aff
-            parts = []
-            for s in range(0, a.n, self.chunk):
-                logits = a.scale * (a.query[s:s + self.chunk] @ a.key.T)
-                parts.append(torch.logsumexp(logits, -1))
-            self._lse = torch.cat(parts)
-        return self._lse
+        return bool(self.aff.has_rows)
 
     def tile(self, I: slice, J: slice) -> Tensor:
-        a = self.aff
-        if self.terms is not None:
-            return sum(t.tile(I, J) for t in self.terms)
-        if isinstance(a, DenseAffinity):
-            return a.A[I, J]
-        if isinstance(a, LowRankAffinity):
-            out = a.P[I] @ a.Q[J].T
-            return (out + a.Q[I] @ a.P[J].T) / 2 if a.symmetric else out
-        logits = a.scale * (a.query[I] @ a.key[J].T)
-        return torch.exp(logits - self.lse()[I, None])
+        return self.aff.tile(I, J)
 
 
-def _lowrank_gram_stats(lr: LowRankAffinity, factor: float) -> tuple[Tensor, Tensor, Tensor]:
+def _lowrank_gram_stats(lr: Affinity, factor: float) -> tuple[Tensor, Tensor, Tensor]:
     """``(||M||_F^2, <M, M^T>, M^T 1)`` of ``factor * lr`` from Gram matrices."""
     P, Q = lr.P, lr.Q
     if lr.symmetric:
@@ -957,7 +938,7 @@ def frobenius_stats(
         aff = _as_torch(aff)
         op = aff.normalized(op.kind)
     left, right, factor = op.left, op.right, op.factor
-    if isinstance(aff, LowRankAffinity):
+    if aff.has_exact_spectrum:
         lr = aff.scaled(left, right) if (left is not None or right is not None) else aff
         fro2, inner, colsum = _lowrank_gram_stats(lr, factor)
         return {"fro2": fro2, "inner": inner, "colsum": colsum,
@@ -1116,7 +1097,7 @@ def affinity_metrics(
     (True, True)
     """
     aff, kind = _unpack(affinity, normalization, "normalized")
-    aff._require_square()
+    aff.require_square()
     spec = spectrum_result if spectrum_result is not None else spectrum(
         aff, "normalized", kind, method=method, dense_limit=dense_limit, progress=progress)
     t_aff = _as_torch(aff)

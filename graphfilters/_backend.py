@@ -43,24 +43,43 @@ def as_array(x: Array, name: str = "array") -> Array:
     )
 
 
-def check_finite(x: Array, name: str = "array") -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf."""
-    bad = (~torch.isfinite(x)).any().item() if is_torch(x) else not np.isfinite(x).all()
+def check_finite(x: Array, name: str = "array", advice: str = "") -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf (``advice`` appended when given).
+
+    Large arrays (and broadcast views) are scanned in blocks of rows, so no boolean mask of
+    the size of ``x`` is ever allocated.
+    """
+    size = x.numel() if is_torch(x) else x.size
+    if x.ndim >= 2 and x.shape[-2] > 1 and size > _SCAN_CHUNK:
+        step = max(1, _SCAN_CHUNK // max(1, size // x.shape[-2]))
+        bad = any(_has_nonfinite(x[..., i:i + step, :]) for i in range(0, x.shape[-2], step))
+    else:
+        bad = _has_nonfinite(x)
     if bad:
-        raise ValueError(
-            f"{name} contains NaN or Inf; check the computation that produced it "
-            "(e.g. an overflowing exp: use a softmax kernel, or lower the learning rate)"
-        )
+        dtype = f" ({x.dtype})" if is_torch(x) and x.dtype in (torch.float16,
+                                                                 torch.bfloat16) else ""
+        raise ValueError(f"{name}{dtype} contains NaN or Inf" + (f"; {advice}" if advice
+                                                                  else ""))
 
 
-def check_square(A: Array, name: str = "affinity") -> Array:
-    """Validate a (batched) square matrix ``(..., N, N)`` with finite entries."""
+_SCAN_CHUNK = 1 << 24
+
+
+def _has_nonfinite(x: Array) -> bool:
+    return bool((~torch.isfinite(x)).any()) if is_torch(x) else not bool(np.isfinite(x).all())
+
+
+def check_square(A: Array, name: str = "A") -> Array:
+    """Validate a (batched) square matrix ``(..., N, N)``, non-empty, with finite entries."""
     A = as_array(A, name)
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
         raise ValueError(
             f"{name} must have shape (..., N, N) (a square matrix or a batch of them), "
             f"got shape {tuple(A.shape)}"
         )
+    if any(s == 0 for s in A.shape):
+        raise ValueError(f"{name} is empty (shape {tuple(A.shape)}): a graph needs at least "
+                         "one node")
     check_finite(A, name)
     return A
 

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from . import _backend as B
+from . import _validate as V
 from ._backend import Array
 from .filters import filter_sum, get_filter
 from .graph import DENSE_LIMIT
@@ -60,10 +61,17 @@ __all__ = [
     "spectral_filter",
 ]
 
+#: Largest polynomial degree accepted (T_k of a scaled spectrum is bounded, but a degree
+#: beyond this is a mistake, not a filter: every term costs one operator product).
+MAX_ORDER = 10_000
+
+
 def _check_order(order: int) -> int:
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 0:
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not (
+            0 <= order <= MAX_ORDER):
         raise ValueError(
-            f"order must be an integer >= 0 (the polynomial degree; K + 1 terms), got {order!r}"
+            f"order must be an integer in [0, {MAX_ORDER}] (the polynomial degree; K + 1 "
+            f"terms), got {order!r}"
         )
     return int(order)
 
@@ -161,9 +169,10 @@ def chebyshev_coefficients(
     array([ 0., -1.])
     """
     order = _check_order(order)
-    if not np.isfinite(lambda_max) or lambda_max <= 0:
-        raise ValueError(f"lambda_max must be a positive finite number, got {lambda_max!r}")
-    n = order + 1 if n_points is None else int(n_points)
+    lambda_max = V.positive_float(lambda_max, "lambda_max")
+    if not callable(h):
+        raise TypeError(f"h must be a callable h(lambda), got {type(h).__name__}")
+    n = order + 1 if n_points is None else V.positive_int(n_points, "n_points")
     if n < order + 1:
         raise ValueError(f"n_points must be >= order + 1 = {order + 1}, got {n}")
     theta = np.pi * (np.arange(n) + 0.5) / n
@@ -226,6 +235,16 @@ def chebyshev_terms(
     return list(_iter_terms(apply, Z, order, basis))
 
 
+def _check_signal(Z: Array) -> Array:
+    """The signal ``Z`` ``(..., N, C)``: an array, non-empty, finite."""
+    Z = B.as_array(Z, "Z")
+    if Z.ndim < 2:
+        raise ValueError(f"Z must have shape (..., N, C), got shape {tuple(Z.shape)}")
+    V.nonempty(Z, "Z")
+    B.check_finite(Z, "Z")
+    return Z
+
+
 def _weight_list(weights: Sequence | Array) -> list:
     if B.is_torch(weights) or isinstance(weights, np.ndarray):
         if weights.ndim not in (1, 3):
@@ -271,6 +290,9 @@ def polynomial_filter(
     array([[0.5],
            [0.5]])
     """
+    if not callable(apply):
+        raise TypeError(f"apply must be a callable X -> S X, got {type(apply).__name__}")
+    Z = _check_signal(Z)
     ws = _weight_list(weights)
     return filter_sum(_iter_terms(apply, Z, len(ws) - 1, basis), ws)
 
@@ -300,14 +322,13 @@ def chebyshev_filter(
     array([[ 0.],
            [-1.]])
     """
-    if not np.isfinite(lambda_max) or lambda_max <= 0:
-        raise ValueError(f"lambda_max must be a positive finite number, got {lambda_max!r}")
+    lambda_max = V.positive_float(lambda_max, "lambda_max")
+    Z = _check_signal(Z)
     if callable(L):
         matmul = L
     else:
         L = B.check_square(L, "L")
-        Z = B.as_array(Z, "Z")
-        if Z.ndim < 2 or Z.shape[-2] != L.shape[-1]:
+        if Z.shape[-2] != L.shape[-1]:
             raise ValueError(
                 f"Z must have shape (..., N, C) with N = {L.shape[-1]}, got {tuple(Z.shape)}"
             )
@@ -333,7 +354,20 @@ def spectral_filter(L: Array, Z: Array, h: Callable[[Array], Array]) -> Array:
     array([[ 1.],
            [-1.]])
     """
+    L = B.as_array(L, "L")
+    if L.ndim >= 2 and L.shape[-1] == L.shape[-2] and L.shape[-1] > DENSE_LIMIT:
+        raise ValueError(
+            f"L: N = {L.shape[-1]} is too large for an exact eigendecomposition; use "
+            "chebyshev_filter with chebyshev_coefficients(h, order) instead"
+        )
     L = B.check_square(L, "L")
+    Z = _check_signal(Z)
+    if Z.shape[-2] != L.shape[-1]:
+        raise ValueError(
+            f"Z must have shape (..., N, C) with N = {L.shape[-1]}, got {tuple(Z.shape)}"
+        )
+    if not callable(h):
+        raise TypeError(f"h must be a callable h(lambda), got {type(h).__name__}")
     if not B.is_symmetric(L):
         raise ValueError(
             "spectral_filter needs a symmetric L (eigh); symmetrize the affinity or use "

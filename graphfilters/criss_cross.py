@@ -37,10 +37,15 @@ import numpy as np
 import torch
 
 from . import _backend as B
+from . import _validate as V
 from ._backend import Array
 from .graph import Affinity, _check_signal
 
 __all__ = ["CrissCrossAffinity", "criss_cross"]
+
+
+def _nonpositive(spatial_shape: tuple[int, ...]) -> int:
+    raise ValueError(f"spatial_shape must be positive sizes, got {tuple(spatial_shape)!r}")
 
 
 def _moveaxis(x: Array, src: int, dst: int) -> Array:
@@ -80,18 +85,26 @@ class CrissCrossAffinity(Affinity):
         self, query: Array, key: Array, spatial_shape: tuple[int, ...], scale: float = 1.0
     ) -> None:
         query, key = B.as_array(query, "query"), B.as_array(key, "key")
-        spatial = tuple(int(s) for s in spatial_shape)
-        if not spatial or any(s < 1 for s in spatial):
-            raise ValueError(f"spatial_shape must be positive sizes, got {spatial_shape!r}")
+        if isinstance(spatial_shape, (int, str)) or not hasattr(spatial_shape, "__len__"):
+            raise TypeError(f"spatial_shape must be a tuple of sizes, e.g. (H, W), got "
+                            f"{spatial_shape!r}")
+        if not 1 <= len(spatial_shape) <= 3:
+            raise ValueError(f"spatial_shape must be (L,), (H, W) or (T, H, W), got "
+                             f"{tuple(spatial_shape)!r}")
+        spatial = tuple(V.positive_int(s, "spatial_shape") if not isinstance(s, int) or s >= 1
+                        else _nonpositive(spatial_shape) for s in spatial_shape)
         n = math.prod(spatial)
         if query.ndim < 2 or query.shape != key.shape or query.shape[-2] != n:
             raise ValueError(
                 f"query and key must both have shape (..., N, d) with N = prod{spatial} = {n}, "
                 f"got {tuple(query.shape)} and {tuple(key.shape)}"
             )
+        V.nonempty(query, "query")
+        B.check_finite(query, "query")
+        B.check_finite(key, "key")
         self.query, self.key = query, key
         self.spatial_shape = spatial
-        self.scale = float(scale)
+        self.scale = V.real(scale, "scale")
 
     @property
     def symmetric(self) -> bool:

@@ -39,7 +39,10 @@ import scipy.sparse.linalg as spla
 import torch
 
 from . import _backend as B
+from . import _validate as V
+from . import spectral as S
 from ._backend import Array
+from .spectral import DENSE_LIMIT
 
 __all__ = [
     "DENSE_LIMIT",
@@ -60,17 +63,21 @@ __all__ = [
     "as_affinity",
 ]
 
-#: Largest N for which dense eigensolvers run (``O(N^3)`` time, ``N^2`` memory).
-DENSE_LIMIT = 8192
 LAPLACIAN_KINDS = ("combinatorial", "sym", "rw")
 NORMALIZATION_KINDS = ("sym", "rw", "size", "none")
 LAMBDA_MAX_METHODS = ("exact", "lanczos", "power", "bound")
 
 
 def _check_kind(kind: str, allowed: tuple[str, ...], what: str) -> str:
-    if kind not in allowed:
-        raise ValueError(f"unknown {what} {kind!r}; choose one of {list(allowed)}")
-    return kind
+    return V.choice(kind, allowed, what)
+
+
+def _structured_hint(op: Affinity) -> str:
+    """What to use instead of a dense eigen-solve of ``op``."""
+    if op.has_exact_spectrum:
+        return ("use the 'sym' or 'rw' Laplacian (exact structured spectrum of this "
+                f"{type(op).__name__}) or method='lanczos'")
+    return "use lambda_max(..., method='lanczos'), 'power' or 'bound'"
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,7 +97,8 @@ def degrees(A: Array) -> Array:
     >>> degrees([[0.0, 1.0], [1.0, 0.0]])
     array([1., 1.])
     """
-    return B.check_square(A).sum(-1)
+    A = B.check_square(A)
+    return V.downcast(V.upcast(A).sum(-1), A, "A", "degrees (row sums)")
 
 
 def symmetrize(A: Array) -> Array:
@@ -122,8 +130,9 @@ def inv_degree_power(d: Array, power: float) -> Array:
     >>> inv_degree_power([4.0, 0.0], 0.5)
     array([0.5, 0. ])
     """
-    d = B.as_array(d, "degrees")
-    B.check_finite(d, "degrees")
+    power = V.real(power, "power")
+    d = B.as_array(d, "d")
+    B.check_finite(d, "d")
     if d.ndim == 0 or d.shape[-1] == 0 or any(s == 0 for s in d.shape):
         return d
     scale = B.scalar(abs(d).max())
@@ -132,7 +141,7 @@ def inv_degree_power(d: Array, power: float) -> Array:
     if bool(low.any()):
         i = int(B.to_numpy(low).reshape(-1, d.shape[-1]).any(0).argmax())
         raise ValueError(
-            f"negative degree {B.scalar(d.min()):.3g} (node {i}): D^(-{power:g}) needs "
+            f"d has a negative degree {B.scalar(d.min()):.3g} (node {i}): D^(-{power:g}) needs "
             "non-negative affinity weights. Use a non-negative kernel (relu_dot, softmax) or "
             "the 'size'/'none' normalization."
         )
@@ -182,9 +191,10 @@ def lambda_max(
     laplacian: str = "sym",
     method: str = "exact",
     *,
-    n_iter: int = 300,
-    tol: float = 1e-10,
+    n_iter: int = 1000,
+    tol: float = 1e-6,
     seed: int = 0,
+    margin: float = 0.0,
 ) -> Array:
     r"""Largest eigenvalue modulus of the Laplacian of ``A``, the :math:`\lambda_{max}` of
     the Chebyshev rescaling :math:`\tilde L = 2L/\lambda_{max} - I`.
@@ -197,7 +207,10 @@ def lambda_max(
     ``"lanczos"``
         scipy ``eigsh`` (symmetric) or ``eigs`` (general) on a matrix-free operator.
     ``"power"``
-        Power iteration on :math:`L` (``n_iter`` steps, relative tolerance ``tol``).
+        Power iteration on :math:`L` until the relative residual
+        :math:`\|Lx - \theta x\|/|\theta|` is at most ``tol`` (default ``1e-6``); a
+        :class:`~graphfilters.spectral.ConvergenceWarning` when ``n_iter`` steps do not
+        reach it (power iteration approaches :math:`\lambda_{max}` from below).
     ``"bound"``
         No eigen-solve: 2 for ``sym`` and ``rw`` (any non-negative affinity), and for the
         combinatorial Laplacian the Gershgorin-type bound
@@ -209,6 +222,18 @@ def lambda_max(
 
         which is :math:`2 \max_i d_i` for a non-negative affinity with zero diagonal.
 
+    Parameters
+    ----------
+    margin : float
+        Safety margin: the estimate is multiplied by ``1 + margin`` (PyGSP's
+        ``estimate_lmax`` uses 0.01), so that an iterative estimate is an upper bound.
+
+    Notes
+    -----
+    Half-precision inputs are computed in float32 and the result is float32.
+    A dense request above :data:`DENSE_LIMIT` is refused before any allocation, naming
+    the structured alternative.
+
     Returns
     -------
     float array or tensor of shape ``A.shape[:-2]`` (same backend as ``A``).
@@ -219,20 +244,36 @@ def lambda_max(
     >>> float(lambda_max(A, "combinatorial")), float(lambda_max(A, "combinatorial", "bound"))
     (2.0, 2.0)
     """
+    V.choice(laplacian, LAPLACIAN_KINDS, "laplacian")
+    V.choice(method, LAMBDA_MAX_METHODS, "lambda_max method")
+    n_iter = V.positive_int(n_iter, "n_iter")
+    tol = V.positive_float(tol, "tol")
+    seed = V.integer(seed, "seed", minimum=0)
+    margin = V.real(margin, "margin", low=0.0)
+    if not isinstance(A, Affinity) and method == "exact":
+        shape = getattr(A, "shape", None) or np.shape(A)
+        if len(shape) >= 2:     # a dense request too large: refused before the NaN scan
+            S.check_dense_size(int(shape[-1]), "lambda_max(..., method='exact')",
+                               "use method='lanczos', 'power' or 'bound'")
     op = as_affinity(A)
-    _check_kind(laplacian, LAPLACIAN_KINDS, "laplacian")
-    _check_kind(method, LAMBDA_MAX_METHODS, "lambda_max method")
     op._require_square()
+    if op.n == 0:
+        raise ValueError("A has no nodes (N = 0): lambda_max is undefined")
+    if op.is_torch and op.dtype in V.HALF_DTYPES:
+        op = op._map(lambda x: x.float())
     if method == "bound":
         if laplacian in ("sym", "rw"):
             return op._full(op.batch_shape, 2.0)
         return B.amax(abs(op.degrees()) + op.abs_row_sums(), -1)
     if method == "exact":
-        lam = op.laplacian_eigvals(laplacian)
-        return B.amax(abs(lam), -1)
-    if method == "power":
-        return _power_lambda_max(op, laplacian, n_iter, tol, seed)
-    return _lanczos_lambda_max(op, laplacian, seed)
+        if not (op.has_exact_spectrum and laplacian in ("sym", "rw")):
+            S.check_dense_size(op.n, "lambda_max(..., method='exact')", _structured_hint(op))
+        out = B.amax(abs(op.laplacian_eigvals(laplacian)), -1)
+    elif method == "power":
+        out = _power_lambda_max(op, laplacian, n_iter, tol, seed)
+    else:
+        out = _lanczos_lambda_max(op, laplacian, tol, seed)
+    return out * (1 + margin) if margin else out
 
 
 def _power_lambda_max(op: Affinity, kind: str, n_iter: int, tol: float, seed: int) -> Array:
@@ -241,31 +282,29 @@ def _power_lambda_max(op: Affinity, kind: str, n_iter: int, tol: float, seed: in
     x = torch.as_tensor(x0, dtype=op.dtype, device=op.device) if op.is_torch else x0.astype(
         op.dtype
     )
-    lam_prev = None
-    lam = None
-    for _ in range(n_iter):
-        x = x / (x**2).sum(-2, keepdims=True) ** 0.5
-        y = op.laplacian_matmul(x, kind)
-        lam = ((y**2).sum((-2, -1))) ** 0.5
-        if lam_prev is not None and bool((abs(lam - lam_prev) <= tol * abs(lam)).all()):
-            break
-        lam_prev, x = lam, y
-    return lam
+    symmetric = op.operator_symmetric(kind, laplacian=True)
+    est, _, _ = S.power_extreme(lambda v: op.laplacian_matmul(v, kind), x, n_iter=n_iter,
+                                tol=tol, symmetric=symmetric)
+    return est
 
 
-def _lanczos_lambda_max(op: Affinity, kind: str, seed: int) -> Array:
+def _lanczos_lambda_max(op: Affinity, kind: str, tol: float, seed: int) -> Array:
     values = []
     for idx in np.ndindex(*op.batch_shape):
         single = op.select(idx)
-        lin = single.as_linear_operator(laplacian=kind)
         symmetric = single.operator_symmetric(kind, laplacian=True)
-        v0 = np.random.default_rng(seed).standard_normal(op.n)
         if op.n < 8:
             values.append(float(abs(single.numpy().laplacian_eigvals(kind)).max()))
-        elif symmetric:
-            values.append(float(spla.eigsh(lin, k=1, which="LA", v0=v0)[0][0]))
-        else:
-            values.append(float(abs(spla.eigs(lin, k=1, which="LM", v0=v0)[0][0])))
+            continue
+        lin = single.as_linear_operator(laplacian=kind)
+        res = S.arpack_extremes(lin, 1, symmetric=symmetric, which=("LM",),
+                                tol=min(tol, 1e-8), seed=seed)
+        if not res.certified:
+            import warnings
+
+            warnings.warn(f"lambda_max (lanczos): relative residual {res.residuals.max():.1e} "
+                          f"above tol = {tol:g}", S.ConvergenceWarning, stacklevel=3)
+        values.append(float(np.abs(res.values).max()))
     out = np.asarray(values, dtype=np.float64).reshape(op.batch_shape)
     if op.is_torch:
         return torch.as_tensor(out, dtype=op.dtype, device=op.device)
@@ -289,6 +328,32 @@ class Affinity:
     #: names of the array attributes, used by :meth:`select` and :meth:`numpy`
     _fields: tuple[str, ...] = ()
     row_stochastic: bool = False
+    #: products cost O(N^2) per call whatever the number of vectors (softmax, dense): block
+    #: solvers and a stored copy pay off (see :mod:`graphfilters.spectral`)
+    expensive_products: bool = False
+    #: an exact spectrum without the N x N matrix (:meth:`eigvals` of a low-rank structure)
+    has_exact_spectrum: bool = False
+
+    # -- operator protocol (what analysis code asks of any structure) -----------------------
+    def rows(self, start: int, stop: int) -> Array:
+        """Rows ``start:stop`` of :math:`M`, shape ``(..., stop - start, N)``; a structure
+        overrides this to avoid the whole matrix."""
+        return self.dense()[..., start:stop, :]
+
+    def tile(self, rows: slice, cols: slice) -> Array:
+        """The block ``M[rows, cols]`` (one sample)."""
+        return self.rows(rows.start or 0, min(rows.stop, self.n))[..., cols]
+
+    def nonnegative(self) -> bool:
+        """Whether every entry of :math:`M` is known to be >= 0 (row-stochastic structures,
+        non-negative factors or entries)."""
+        return bool(self.row_stochastic)
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether :meth:`rows`/:meth:`tile` avoid the whole matrix (the structure
+        implements them)."""
+        return type(self).rows is not Affinity.rows
 
     # -- to implement -------------------------------------------------------------------
     def degrees(self) -> Array:  # pragma: no cover - abstract
@@ -365,6 +430,15 @@ class Affinity:
             setattr(new, name, fn(getattr(self, name)))
         return new
 
+    def map_fields(self, fn: Callable[[Array], Array]) -> Affinity:
+        """The same structure with ``fn`` applied to every stored array (dtype or device
+        conversion, slicing the batch)."""
+        return self._map(fn)
+
+    def require_square(self) -> None:
+        """Raise ``ValueError`` unless the affinity is ``N x N`` (a graph)."""
+        self._require_square()
+
     def select(self, index: int | tuple[int, ...]) -> Affinity:
         """The affinity of one sample of the batch (itself for the empty index ``()``)."""
         if index == ():
@@ -431,6 +505,8 @@ class Affinity:
         _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
         self._require_square()
         if kind == "combinatorial":
+            S.check_dense_size(self.n, "the combinatorial Laplacian spectrum",
+                               _structured_hint(self))
             L = self.laplacian_dense(kind)
             return _dense_eigvals(L, self.symmetric)
         mu = self.eigvals(kind)
@@ -473,17 +549,10 @@ class Affinity:
 
 
 def _dense_eigvals(M: Array, symmetric: bool) -> Array:
-    n = M.shape[-1]
-    if n > DENSE_LIMIT:
-        raise ValueError(
-            f"N = {n} is too large for a dense eigendecomposition (O(N^3) time, N^2 memory; "
-            f"limit graphfilters.graph.DENSE_LIMIT = {DENSE_LIMIT}). Use LowRankAffinity "
-            "for low-rank affinities (exact structured spectrum), lambda_max(..., "
-            "method='lanczos'), or analysis.spectra's matrix-free methods."
-        )
-    if B.is_torch(M):
-        return torch.linalg.eigvalsh(M) if symmetric else torch.linalg.eigvals(M)
-    return np.linalg.eigvalsh(M) if symmetric else np.linalg.eigvals(M)
+    S.check_dense_size(M.shape[-1], "eigenvalues", "use LowRankAffinity for low-rank "
+                       "affinities (exact structured spectrum), lambda_max(..., "
+                       "method='lanczos'), or analysis.spectra's matrix-free methods")
+    return S.dense_eigvals(M, symmetric)
 
 
 def _check_signal(Z: Array, n: int, name: str = "Z") -> Array:
@@ -506,15 +575,17 @@ class DenseAffinity(Affinity):
     """
 
     _fields = ("A",)
+    expensive_products = True
 
     def __init__(self, A: Array, *, check: bool = True) -> None:
         if check:
-            A = B.as_array(A, "affinity")
+            A = B.as_array(A, "A")
             if A.ndim < 2:
                 raise ValueError(
-                    f"affinity must have shape (..., N, M), got shape {tuple(A.shape)}"
+                    f"A must have shape (..., N, M), got shape {tuple(A.shape)}"
                 )
-            B.check_finite(A, "affinity")
+            V.nonempty(A, "A")
+            B.check_finite(A, "A")
         self.A = A
         self._symmetric: bool | None = None
 
@@ -531,13 +602,19 @@ class DenseAffinity(Affinity):
         return self._symmetric
 
     def degrees(self) -> Array:
-        return self.A.sum(-1)
+        return V.downcast(V.upcast(self.A).sum(-1), self.A, "A", "degrees (row sums)")
 
     def matmul(self, Z: Array) -> Array:
         return self.A @ _check_signal(Z, self.n_cols)
 
     def dense(self) -> Array:
         return self.A
+
+    def rows(self, start: int, stop: int) -> Array:
+        return self.A[..., start:stop, :]
+
+    def nonnegative(self) -> bool:
+        return bool((self.A >= 0).all())
 
     def abs_row_sums(self) -> Array:
         return abs(self.A).sum(-1)
@@ -569,6 +646,7 @@ class LowRankAffinity(Affinity):
     """
 
     _fields = ("P", "Q")
+    has_exact_spectrum = True
 
     def __init__(self, P: Array, Q: Array, symmetric: bool = False, *, check: bool = True) -> None:
         P, Q = B.as_array(P, "P"), B.as_array(Q, "Q")
@@ -586,6 +664,8 @@ class LowRankAffinity(Affinity):
                 f"{tuple(P.shape)} and {tuple(Q.shape)}"
             )
         if check:  # check=False: factors already validated (one pass less per forward)
+            V.nonempty(P, "P")
+            V.nonempty(Q, "Q")
             B.check_finite(P, "P")
             B.check_finite(Q, "Q")
         self.P, self.Q = P, Q
@@ -628,6 +708,23 @@ class LowRankAffinity(Affinity):
         M = self.P @ B.transpose(self.Q)
         return (M + B.transpose(M)) / 2 if self._sym else M
 
+    def rows(self, start: int, stop: int) -> Array:
+        P, Q = self.P, self.Q
+        M = P[..., start:stop, :] @ B.transpose(Q)
+        if self._sym:
+            M = (M + Q[..., start:stop, :] @ B.transpose(P)) / 2
+        return M
+
+    def tile(self, rows: slice, cols: slice) -> Array:
+        P, Q = self.P, self.Q
+        M = P[..., rows, :] @ B.transpose(Q[..., cols, :])
+        if self._sym:
+            M = (M + Q[..., rows, :] @ B.transpose(P[..., cols, :])) / 2
+        return M
+
+    def nonnegative(self) -> bool:
+        return self.row_stochastic or (bool((self.P >= 0).all()) and bool((self.Q >= 0).all()))
+
     def abs_row_sums(self) -> Array:
         aP, aQ = abs(self.P), abs(self.Q)
         s = aP @ aQ.sum(-2)[..., None]
@@ -649,6 +746,11 @@ class LowRankAffinity(Affinity):
         rP = P if right is None else right[..., None] * P
         cat = torch.cat if self.is_torch else np.concatenate
         return LowRankAffinity(cat([lP, lQ], -1) / 2, cat([rQ, rP], -1))
+
+    def _structured_eigvals(self, left: Array | None, right: Array | None,
+                            nonzero: bool) -> Array:
+        r"""Exact eigenvalues of :math:`\operatorname{diag}(l) M \operatorname{diag}(r)`."""
+        return self.scaled(left, right)._eigvals(nonzero)
 
     def _eigvals(self, nonzero: bool) -> Array:
         """Exact eigenvalues of this low-rank matrix."""
@@ -710,6 +812,7 @@ class SoftmaxAffinity(Affinity):
 
     _fields = ("query", "key")
     row_stochastic = True
+    expensive_products = True
 
     def __init__(
         self, query: Array, key: Array, scale: float = 1.0, chunk_size: int = 1024
@@ -720,11 +823,13 @@ class SoftmaxAffinity(Affinity):
                 "query and key must have shapes (..., N, d) and (..., M, d), got "
                 f"{tuple(query.shape)} and {tuple(key.shape)}"
             )
+        self.scale = V.real(scale, "scale")
+        self.chunk_size = V.positive_int(chunk_size, "chunk_size")
+        V.nonempty(query, "query")
+        V.nonempty(key, "key")
         B.check_finite(query, "query")
         B.check_finite(key, "key")
         self.query, self.key = query, key
-        self.scale = float(scale)
-        self.chunk_size = int(chunk_size)
 
     @property
     def n_cols(self) -> int:
@@ -734,8 +839,28 @@ class SoftmaxAffinity(Affinity):
     def symmetric(self) -> bool:
         return False
 
-    def _logits(self, rows: slice = slice(None)) -> Array:
-        return self.scale * (self.query[..., rows, :] @ B.transpose(self.key))
+    def _logits(self, rows: slice = slice(None), cols: slice = slice(None)) -> Array:
+        # half precision: logits and softmax in float32 (fp16 logits overflow at 65504)
+        q, k = V.upcast(self.query[..., rows, :]), V.upcast(self.key[..., cols, :])
+        return self.scale * (q @ B.transpose(k))
+
+    def rows(self, start: int, stop: int) -> Array:
+        out = B.softmax(self._logits(slice(start, stop)), -1)
+        return out.to(self.query.dtype) if self.is_torch else out
+
+    def tile(self, rows: slice, cols: slice) -> Array:
+        lse = self.__dict__.get("_lse")
+        if lse is None:   # log-sum-exp of every row, once per (single-sample) affinity
+            parts = []
+            for s in range(0, self.n, self.chunk_size):
+                lg = self._logits(slice(s, s + self.chunk_size))
+                parts.append(torch.logsumexp(lg, -1) if self.is_torch else
+                             np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1))
+                             + lg.max(-1))
+            lse = torch.cat(parts, -1) if self.is_torch else np.concatenate(parts, -1)
+            self.__dict__["_lse"] = lse
+        e = self._logits(rows, cols) - lse[..., rows, None]
+        return torch.exp(e) if self.is_torch else np.exp(e)
 
     def degrees(self) -> Array:
         return self._full((*self.batch_shape, self.n), 1.0)
@@ -752,15 +877,17 @@ class SoftmaxAffinity(Affinity):
             # chunk's softmax (the whole N x M matrix) for the backward pass.
             return _fused_attention(self.query, self.key, Z, self.scale)
         out = []
+        Zc = V.upcast(Z)
         for start in range(0, self.n, self.chunk_size):
             rows = slice(start, start + self.chunk_size)
-            out.append(B.softmax(self._logits(rows), -1) @ Z)
+            out.append(B.softmax(self._logits(rows), -1) @ Zc)
         if not out:
             return Z[..., :0, :]
-        return torch.cat(out, -2) if self.is_torch else np.concatenate(out, -2)
+        res = torch.cat(out, -2) if self.is_torch else np.concatenate(out, -2)
+        return V.downcast(res, Z, "Z", "product A Z")
 
     def dense(self) -> Array:
-        return B.softmax(self._logits(), -1)
+        return self.rows(0, self.n)
 
     def abs_row_sums(self) -> Array:
         return self.degrees()
@@ -837,6 +964,23 @@ class SumAffinity(Affinity):
     def dense(self) -> Array:
         return sum(t.dense() for t in self.terms)
 
+    def rows(self, start: int, stop: int) -> Array:
+        return sum(t.rows(start, stop) for t in self.terms)
+
+    def tile(self, rows: slice, cols: slice) -> Array:
+        return sum(t.tile(rows, cols) for t in self.terms)
+
+    def nonnegative(self) -> bool:
+        return all(t.nonnegative() for t in self.terms)
+
+    @property
+    def expensive_products(self) -> bool:  # type: ignore[override]
+        return any(t.expensive_products for t in self.terms)
+
+    @property
+    def has_rows(self) -> bool:
+        return all(t.has_rows for t in self.terms)
+
     def abs_row_sums(self) -> Array:
         return sum(t.abs_row_sums() for t in self.terms)
 
@@ -907,15 +1051,25 @@ class NormalizedOperator:
     def eigvals(self, nonzero: bool = False) -> Array:
         """Exact eigenvalues (structured for low-rank affinities, dense otherwise)."""
         self.affinity._require_square()
-        if isinstance(self.affinity, LowRankAffinity):
-            lr = self.affinity.scaled(self.left, self.right)
-            ev = lr._eigvals(nonzero)
+        if self.affinity.has_exact_spectrum:
+            ev = self.affinity._structured_eigvals(self.left, self.right, nonzero)
             return ev * self.factor if self.factor != 1.0 else ev
         if nonzero:
             raise ValueError(
                 "nonzero=True needs a low-rank affinity (LowRankAffinity); use nonzero=False"
             )
+        S.check_dense_size(self.n, "eigvals", "use analysis.spectra.spectrum (matrix-free, "
+                           "certified extremes) or a LowRankAffinity")
         return _dense_eigvals(self.dense(), self.symmetric)
+
+    def rows(self, start: int, stop: int) -> Array:
+        r"""Rows ``start:stop`` of :math:`\hat A` (one block of a stored copy)."""
+        M = self.affinity.rows(start, stop)
+        if self.left is not None:
+            M = self.left[..., start:stop, None] * M
+        if self.right is not None:
+            M = M * self.right[..., None, :]
+        return M * self.factor if self.factor != 1.0 else M
 
     def as_linear_operator(self, index: int = 0) -> spla.LinearOperator:
         """A scipy ``LinearOperator`` of one sample (float64)."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from . import _backend as B
+from . import _validate as V
 from ._backend import Array
 from .criss_cross import criss_cross
 from .graph import Affinity, DenseAffinity, LowRankAffinity, SoftmaxAffinity, SumAffinity
@@ -56,13 +57,19 @@ __all__ = [
 ]
 
 
-def _pair(theta: Array, phi: Array) -> tuple[Array, Array]:
-    theta, phi = B.as_array(theta, "theta"), B.as_array(phi, "phi")
+def _pair(theta: Array, phi: Array, names: tuple[str, str] = ("theta", "phi")
+          ) -> tuple[Array, Array]:
+    a, b = names
+    theta, phi = B.as_array(theta, a), B.as_array(phi, b)
     if theta.ndim < 2 or phi.ndim != theta.ndim or theta.shape[-1] != phi.shape[-1]:
         raise ValueError(
-            "theta and phi must have shapes (..., N, C) and (..., M, C) with the same C, got "
+            f"{a} and {b} must have shapes (..., N, C) and (..., M, C) with the same C, got "
             f"{tuple(theta.shape)} and {tuple(phi.shape)}"
         )
+    V.nonempty(theta, a)
+    V.nonempty(phi, b)
+    B.check_finite(theta, a)
+    B.check_finite(phi, b)
     return theta, phi
 
 
@@ -84,7 +91,8 @@ def embedded_gaussian(theta: Array, phi: Array, scale: float | str | None = None
         s = 1.0
     elif scale == "sqrt":
         s = 1.0 / math.sqrt(theta.shape[-1])
-    elif isinstance(scale, (int, float)) and math.isfinite(scale):
+    elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(
+            scale):
         s = float(scale)
     else:
         raise ValueError(f"scale must be None, 'sqrt' or a finite float, got {scale!r}")
@@ -118,7 +126,7 @@ def relu_dot(theta: Array, phi: Array) -> LowRankAffinity:
 
 def gaussian(x: Array) -> SoftmaxAffinity:
     r"""Gaussian (NL, no embedding): :math:`A = \operatorname{softmax}_{row}(X X^T)`."""
-    x, _ = _pair(x, x)
+    x, _ = _pair(x, x, ("x", "x"))
     return SoftmaxAffinity(x, x, scale=1.0)
 
 
@@ -135,6 +143,8 @@ def concatenation(theta: Array, phi: Array, w_theta: Array, w_phi: Array) -> Den
     """
     theta, phi = _pair(theta, phi)
     w_theta, w_phi = B.as_array(w_theta, "w_theta"), B.as_array(w_phi, "w_phi")
+    B.check_finite(w_theta, "w_theta")
+    B.check_finite(w_phi, "w_phi")
     if tuple(w_theta.shape) != (theta.shape[-1],) or tuple(w_phi.shape) != (phi.shape[-1],):
         raise ValueError(
             f"w_theta and w_phi must have shape ({theta.shape[-1]},), got "
@@ -181,10 +191,15 @@ def taylor_rbf(
             "theta and phi must have the same shape (..., M) (one scalar per node), got "
             f"{tuple(theta.shape)} and {tuple(phi.shape)}"
         )
-    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-        raise ValueError(f"Taylor order must be an integer >= 0, got {order!r}")
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= MAX_TAYLOR_ORDER:
+        raise ValueError(
+            f"order (the Taylor order) must be an integer in [0, {MAX_TAYLOR_ORDER}], "
+            f"got {order!r}: theta**order overflows beyond, and the series has converged long "
+            "before for the small gamma of CGNL")
+    gamma = V.positive_float(gamma, "gamma")
+    if beta is not None:
+        beta = V.positive_float(beta, "beta")
+    V.nonempty(theta, "theta")
     B.check_finite(theta, "theta")
     B.check_finite(phi, "phi")
     alphas = [math.sqrt((2 * gamma) ** p / math.factorial(p)) for p in range(order + 1)]
@@ -196,6 +211,10 @@ def taylor_rbf(
     P = stack([a * theta**p * et for p, a in enumerate(alphas)], -1)
     Q = stack([a * phi**p * ep for p, a in enumerate(alphas)], -1)
     return LowRankAffinity(P, Q)
+
+
+#: Largest Taylor order of :func:`taylor_rbf`.
+MAX_TAYLOR_ORDER = 32
 
 
 def double_attention(gather_logits: Array, distribute_logits: Array) -> LowRankAffinity:
@@ -217,7 +236,7 @@ def double_attention(gather_logits: Array, distribute_logits: Array) -> LowRankA
     >>> np.allclose(double_attention(g, d).degrees(), 1)
     True
     """
-    g, d = _pair(gather_logits, distribute_logits)
+    g, d = _pair(gather_logits, distribute_logits, ("gather_logits", "distribute_logits"))
     if g.shape != d.shape:
         raise ValueError(
             f"gather and distribute logits must share the shape (..., N, m), got "
@@ -263,6 +282,7 @@ def disentangled(
             f"{theta.shape[-2]} and {phi.shape[-2]}"
         )
     u = B.as_array(unary_logits, "unary_logits")
+    B.check_finite(u, "unary_logits")
     if u.ndim == theta.ndim:
         u = u[..., 0]
     if tuple(u.shape) != tuple(phi.shape[:-1]):
@@ -276,7 +296,7 @@ def disentangled(
     else:
         tc = theta - theta.mean(axis=-2, keepdims=True)
         pc = phi - phi.mean(axis=-2, keepdims=True)
-    pairwise = SoftmaxAffinity(tc, pc, scale=float(scale))
+    pairwise = SoftmaxAffinity(tc, pc, scale=V.real(scale, "scale"))
     s = B.softmax(u, -1)[..., None]
     unary = LowRankAffinity(B.ones(tuple(s.shape), s), s)
     unary.row_stochastic = True

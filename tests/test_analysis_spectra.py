@@ -108,7 +108,7 @@ def test_matrix_free_extremes_match_dense(rng):
 
 def test_auto_records_method_and_reason():
     x = np.zeros((5000, 2))
-    assert choose_method(SoftmaxAffinity(x, x), "normalized", "rw")[0] == "block_krylov"
+    assert choose_method(SoftmaxAffinity(x, x), "normalized", "rw")[0] == "arnoldi"
     big = LowRankAffinity(np.ones((5000, 2)), np.ones((5000, 2)), symmetric=True)
     method, reason = choose_method(big, "laplacian", "sym")
     assert method == "structured" and "rank" in reason

@@ -180,7 +180,7 @@ def test_gradcheck_polynomial_filter():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: chebyshev_coefficients(np.exp, -1), "order must be an integer >= 0"),
+        (lambda: chebyshev_coefficients(np.exp, -1), "order must be an integer in"),
         (lambda: chebyshev_coefficients(np.exp, 3, lambda_max=0), "lambda_max"),
         (lambda: chebyshev_coefficients(np.exp, 3, n_points=2), "n_points"),
         (lambda: chebyshev_coefficients(lambda x: np.where(x > 1, 0.0, np.inf), 3), "NaN or Inf"),

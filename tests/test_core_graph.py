@@ -145,7 +145,7 @@ def test_lambda_max_methods_agree(rng, kind):
     A = random_symmetric_affinity(rng, 60)
     exact = float(lambda_max(A, kind, "exact"))
     assert float(lambda_max(A, kind, "lanczos")) == pytest.approx(exact, rel=1e-8)
-    assert float(lambda_max(A, kind, "power", n_iter=3000, tol=1e-14)) == pytest.approx(
+    assert float(lambda_max(A, kind, "power", n_iter=3000, tol=1e-10)) == pytest.approx(
         exact, rel=1e-4
     )
     assert float(lambda_max(A, kind, "bound")) >= exact - 1e-12
@@ -256,7 +256,7 @@ def test_bad_inputs(rng, monkeypatch):
         LowRankAffinity(np.ones((5, 2)), np.ones((5, 2))).matmul(np.ones((4, 1)))
     with pytest.raises(TypeError, match="numpy array or a torch tensor"):
         degrees("A")
-    monkeypatch.setattr(G, "DENSE_LIMIT", 10)
+    monkeypatch.setattr(G.S, "DENSE_LIMIT", 10)
     with pytest.raises(ValueError, match="too large for a dense eigendecomposition.*LowRank"):
         DenseAffinity(random_symmetric_affinity(rng, 11)).eigvals("sym")
     # the structured path has no such limit

@@ -49,8 +49,19 @@ def max_pool(dim: int) -> nn.Module:
     return _POOLS[dim](kernel_size=2)
 
 
-def check_input(x: Tensor, dim: int, channels: int, owner: str) -> None:
-    """Raise a clear error for a wrong input type, rank or channel count."""
+#: Scan every block input for NaN/Inf (one reduction and a device sync per forward); set to
+#: False in production loops that guard their inputs elsewhere.
+CHECK_FINITE = True
+
+
+def check_input(x: Tensor, dim: int, channels: int, owner: str,
+                module: nn.Module | None = None) -> None:
+    """Raise a clear error for a wrong input type, rank, channel count, dtype or values.
+
+    Dtype policy: a block computes in the dtype of its parameters; an input of another
+    floating dtype is refused (outside ``torch.autocast``, which casts per operation) with
+    the two ways out, instead of failing later inside ``matmul``.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner} expects a torch.Tensor, got {type(x).__name__}")
     if x.ndim != dim + 2:
@@ -67,6 +78,16 @@ def check_input(x: Tensor, dim: int, channels: int, owner: str) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"{owner} expects a floating-point input, got {x.dtype}")
+    if module is not None and not torch.is_autocast_enabled(x.device.type):
+        p = next(module.parameters(), None)
+        if p is not None and p.is_floating_point() and p.dtype != x.dtype:
+            raise TypeError(
+                f"{owner} has {p.dtype} parameters but the input x is {x.dtype}; cast the "
+                f"input (x.to({p.dtype})), the block (block.to({x.dtype})), or run under "
+                "torch.autocast"
+            )
+    if CHECK_FINITE and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{owner}: the input x contains NaN or Inf")
 
 
 def to_nodes(x: Tensor) -> Tensor:

@@ -446,7 +446,7 @@ class ChebyshevNonlocal(nn.Module):
         Returns a :class:`~graphfilters.graph.Affinity`; ``operator(affinity)`` gives
         :math:`\hat A`.
         """
-        U.check_input(x, self.dim, self.in_channels, type(self).__name__)
+        U.check_input(x, self.dim, self.in_channels, type(self).__name__, self)
         self._require_own_affinity()
         return self._affinity(x, self._project(x, ("theta", "phi", "unary")))
 
@@ -501,7 +501,7 @@ class ChebyshevNonlocal(nn.Module):
             Apply :math:`\hat A` as a dense matrix (reference path; equal to the structured
             one). Default: the constructor's ``materialize``.
         """
-        U.check_input(x, self.dim, self.in_channels, type(self).__name__)
+        U.check_input(x, self.dim, self.in_channels, type(self).__name__, self)
         spatial = tuple(x.shape[2:])
         n = U.numel(spatial)
         if affinity is None:
