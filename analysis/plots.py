@@ -24,6 +24,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .spectra import complex_share
+
 __all__ = [
     "plot_spectrum",
     "plot_response",
@@ -111,8 +113,10 @@ def plot_spectrum(
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("Re")
         ax.set_ylabel("Im")
-        share = float((np.abs(ev.imag) > imag_tol * scale).mean())
-        ax.legend(loc="upper left", fontsize="small", title=f"{share:.0%} complex")
+        cs = complex_share(ev)
+        ax.legend(loc="upper left", fontsize="small",
+                  title=f"{cs.share:.0%} complex (|Im μ| > {cs.rtol:g}|μ|, "
+                        f"{cs.n_null} below {cs.floor:g}ρ ignored)")
     else:
         ax.hist(np.real(ev), bins=bins, **kwargs)
         ax.set_xlabel("eigenvalue")
