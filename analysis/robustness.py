@@ -71,7 +71,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from graphfilters._backend import to_numpy
-from graphfilters.chebyshev import polynomial_filter
+from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
 from graphfilters.graph import Affinity
 
 from .capture import Capture, _batch_input, model_device
@@ -674,11 +674,14 @@ class FrozenMap:
 
     ``X`` of shape ``(N, C)`` (the identity only for residual modules; biases and output
     shifts do not enter a linear map). With attention heads kept (``heads="keep"``) each
-    head's affinity acts on its own slice of the value channels. The adjoint is the
-    vector-Jacobian product of this linear map (one recorded forward; the affinity is used
-    only through its matrix product and the product's transpose). Nothing of size
-    :math:`NC \times NC` is formed: one product costs :math:`O(N C C_s + K N^2 C_s)`
-    (:math:`O(N C C_s + K\,\mathrm{nnz})` for structured affinities).
+    head's affinity acts on its own slice of the value channels. Nothing of size
+    :math:`NC \times NC` is formed. For ``N <= dense_limit`` the polynomials
+    :math:`B_k(\hat A)` are formed as ``N x N`` matrices (per head) and the map and its
+    adjoint :math:`U \mapsto [U] + \sum_k B_k(\hat A)^T U S W_k^T G^T` are plain products
+    (:math:`G W_k S` precomputed when :math:`C_s > C/2`; zero terms skipped): one product
+    costs :math:`O(N C C_s + N^2 C_s)` per head and term. Beyond it the affinity is used only
+    through its structured matrix product, and the adjoint is that product's
+    vector-Jacobian product (one recorded forward).
 
     Parameters
     ----------
@@ -688,6 +691,8 @@ class FrozenMap:
     include_output_scale : bool
     dtype : torch.dtype
         Working precision (float64 by default).
+    dense_limit : int
+        Largest ``N`` whose :math:`B_k(\hat A)` are formed densely.
 
     Shapes
     ------
@@ -706,7 +711,7 @@ class FrozenMap:
     """
 
     def __init__(self, capture: Capture, index: int = 0, include_output_scale: bool = True,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, dense_limit: int = 2048) -> None:
         if capture.affinity is None or capture.weights is None:
             raise ValueError(f"{capture.path}: the frozen map needs the affinity and weights")
         if capture.info.get("node_layout") == "channel_position":
@@ -736,6 +741,21 @@ class FrozenMap:
         if self.residual and self.c_out != self.c:
             raise ValueError(f"{capture.path}: a residual block needs C_out = C")
         self._adj: Callable[[Tensor], Tensor] | None = None
+        self.dense = self.n <= dense_limit
+        if self.dense:
+            # B_k(A_hat) as N x N matrices (per head): products both ways are plain matmuls
+            D = self.op.dense()
+            eye = torch.eye(self.n, dtype=dtype, device=dev).expand_as(D).contiguous()
+            terms = chebyshev_terms(lambda X: D @ X, eye, len(ws) - 1, self.basis)
+            keep_k = [k for k, w in enumerate(ws) if np.abs(w).max(initial=0.0) > 0]
+            self.terms = [terms[k] for k in keep_k]
+            cs = self.G.shape[1]
+            # G W_k S precomputed when it is cheaper than the factors (C_s > C / 2)
+            self.fused = not self.heads and 2 * cs > self.c
+            if self.fused:
+                self.maps = [(self.G @ self.weights[k]) * self.scale for k in keep_k]
+            else:
+                self.maps = [self.weights[k] * self.scale for k in keep_k]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -749,13 +769,38 @@ class FrozenMap:
             return self.op(zh).transpose(0, 1).reshape(z.shape)
         return self.op(z)
 
+    def _heads_apply(self, P: Tensor, z: Tensor) -> Tensor:
+        if self.heads:
+            zh = z.reshape(z.shape[0], self.heads, -1).transpose(0, 1)     # (H, N, d)
+            return (P @ zh).transpose(0, 1).reshape(z.shape)
+        return P @ z
+
     def __call__(self, X: Tensor) -> Tensor:
-        z = X @ self.G
-        f = polynomial_filter(self._apply_op, z, self.weights, self.basis) * self.scale
+        if self.dense:
+            if not self.terms:
+                f = torch.zeros(X.shape[0], self.c_out, dtype=X.dtype, device=X.device)
+            elif self.fused:
+                f = sum(P @ (X @ Wc) for P, Wc in zip(self.terms, self.maps))
+            else:
+                z = X @ self.G
+                f = sum(self._heads_apply(P, z) @ W for P, W in zip(self.terms, self.maps))
+        else:
+            z = X @ self.G
+            f = polynomial_filter(self._apply_op, z, self.weights, self.basis) * self.scale
         return X + f if self.residual else f
 
     def adjoint(self, U: Tensor) -> Tensor:
-        r""":math:`\mathcal M^T U` (the vector-Jacobian product of the linear map)."""
+        r""":math:`\mathcal M^T U` (explicit with the dense :math:`B_k(\hat A)^T`; otherwise the
+        vector-Jacobian product of the linear map)."""
+        if self.dense:
+            if not self.terms:
+                f = torch.zeros(U.shape[0], self.c, dtype=U.dtype, device=U.device)
+            elif self.fused:
+                f = sum(P.mT @ (U @ Wc.T) for P, Wc in zip(self.terms, self.maps))
+            else:
+                f = sum(self._heads_apply(P.mT, U @ W.T) for P, W in zip(self.terms, self.maps)
+                        ) @ self.G.T
+            return U + f if self.residual else f
         if self._adj is None:
             with torch.enable_grad():
                 x0 = torch.zeros(self.shape, dtype=self.G.dtype, device=self.G.device,
@@ -819,6 +864,7 @@ def frozen_norms(
     max_iter: int = 200,
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
+    dense_limit: int = 2048,
 ) -> FrozenNorms:
     r"""Exact spectral norms :math:`\|\mathcal M^n\|_2`, ``n = 1 .. n_max``, of the block
     map with the affinity frozen (:class:`FrozenMap`), for any affinity (symmetric or not).
@@ -848,7 +894,7 @@ def frozen_norms(
     resid = np.zeros(n_max)
     with torch.no_grad():
         for i in range(ns):
-            M = FrozenMap(capture, i, include_output_scale, dtype)
+            M = FrozenMap(capture, i, include_output_scale, dtype, dense_limit)
             like = torch.zeros(M.shape, dtype=dtype, device=M.G.device)
             v0 = None
             for n in range(1, n_max + 1):
