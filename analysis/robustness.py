@@ -86,6 +86,7 @@ __all__ = [
     "Stability",
     "linear_maps",
     "linearized_stability",
+    "per_frequency_stability",
     "SingularValues",
     "top_singular_values",
     "FrozenMap",
@@ -361,6 +362,43 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return v[np.sort(idx)]
 
 
+def per_frequency_stability(
+    capture: Capture, lam: Any, n_max: int = 10, include_output_scale: bool = True,
+    chunk: int = 1024,
+) -> tuple[float, complex, np.ndarray]:
+    r"""``(radius, argmax_lambda, growth_lower_bound)`` from the per-frequency maps
+    :math:`M(\lambda)` (:func:`linear_maps`): :math:`\max_\lambda \rho(M(\lambda))` and
+    :math:`\max_\lambda \|M(\lambda)^n\|_2`, ``n = 1 .. n_max``. The latter is the exact
+    growth for a symmetric :math:`\hat A` and a lower bound (Schur diagonal blocks)
+    otherwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cap = Capture("b", "block", "toy", None, weights=[torch.zeros(1, 1),
+    ...               -0.5 * torch.ones(1, 1)], value_weight=torch.ones(1, 1))
+    >>> r, lam, g = per_frequency_stability(cap, [2.0, 0.0], n_max=2)   # M = 1.5, 0.5
+    >>> r, lam, g.tolist()
+    (1.5, (2+0j), [1.5, 2.25])
+    """
+    lam = np.asarray(lam)
+    radius, arg = -1.0, 0j
+    bound = np.zeros(n_max)
+    for s0 in range(0, len(lam), chunk):
+        M = linear_maps(capture, lam[s0:s0 + chunk], include_output_scale)
+        ev = np.abs(np.linalg.eigvals(M)).max(-1)
+        i = int(ev.argmax())
+        if ev[i] > radius:
+            radius, arg = float(ev[i]), complex(lam[s0 + i])
+        P = M
+        for n in range(n_max):
+            if n > 0:
+                P = P @ M
+            g = float(np.linalg.norm(P, ord=2, axis=(-2, -1)).max())
+            bound[n] = max(bound[n], g)
+    return radius, arg, bound
+
+
 def linearized_stability(
     capture: Capture,
     spectrum_result: Spectrum | None = None,
@@ -434,20 +472,8 @@ def linearized_stability(
         dense_limit=dense_limit, progress=False)
     mus = _distinct(np.concatenate([np.asarray(e) for e in spec.eigenvalues]))
     lam = 1 - mus
-    radius, arg = -1.0, 0j
-    bound = np.zeros(n_max)
-    for s0 in range(0, len(lam), chunk):
-        M = linear_maps(capture, lam[s0:s0 + chunk], include_output_scale)
-        ev = np.abs(np.linalg.eigvals(M)).max(-1)
-        i = int(ev.argmax())
-        if ev[i] > radius:
-            radius, arg = float(ev[i]), complex(lam[s0 + i])
-        P = M
-        for n in range(n_max):
-            if n > 0:
-                P = P @ M
-            g = float(np.linalg.norm(P, ord=2, axis=(-2, -1)).max())
-            bound[n] = max(bound[n], g)
+    radius, arg, bound = per_frequency_stability(capture, lam, n_max, include_output_scale,
+                                                 chunk)
     complete = spec.complete or spec.method == "structured"
     heads_kept = capture.source == "attention" and capture.heads == "keep"
     eig_exact = spec.symmetric and complete and not heads_kept
