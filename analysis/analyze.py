@@ -423,29 +423,29 @@ def _analyze_one(
     else:
         failed.append("response/stability: no filter weights captured")
     if jacobian and cap.module is not None and cap.input is not None:
-        def jac() -> float:
-            full = []
-            for i in range(min(jacobian_samples, cap.n_samples)):
-                fn, x = block_function(cap, i)
-                sv = jacobian_singular_values(fn, x, jacobian_k if i == 0 else 1, tol=tol,
-                                              max_iter=60)
-                full.append(sv.norm)
-                if i == 0:
-                    row.jacobian_full_top = tuple(float(v) for v in sv.values)
-            row.jacobian_full = row.jacobian_norm = max(full)
-            row.notes["jacobian"] = (f"Krylov power iteration on J^T J (tol {tol:g}), max over "
-                                     f"{len(full)} sample(s)")
-            return row.jacobian_full
-        attempt("jacobian", jac)
-
-        def jac_frozen() -> None:
+        def jac() -> None:
             fn, x = block_function(cap, 0)
-            rep = jacobians(fn, x, jacobian_k, residual=cap.residual, tol=tol, max_iter=60)
-            row.jacobian_frozen = rep.frozen.norm
-            row.jacobian_frozen_top = tuple(float(v) for v in rep.frozen.values)
-            row.affinity_share = rep.affinity_share
-        if math.isfinite(row.jacobian_full):
-            attempt("jacobian_frozen", jac_frozen)
+            try:
+                rep = jacobians(fn, x, jacobian_k, residual=cap.residual, tol=tol, max_iter=60)
+            except ValueError as exc:          # no frozen form of this module: full only
+                failed.append(f"jacobian_frozen: {exc}")
+                full = jacobian_singular_values(fn, x, jacobian_k, tol=tol, max_iter=60)
+            else:
+                full = rep.full
+                row.jacobian_frozen = rep.frozen.norm
+                row.jacobian_frozen_top = tuple(float(v) for v in rep.frozen.values)
+                row.affinity_share = rep.affinity_share
+            row.jacobian_full_top = tuple(float(v) for v in full.values)
+            norms = [full.norm]
+            for i in range(1, min(jacobian_samples, cap.n_samples)):
+                fn, x = block_function(cap, i)
+                norms.append(jacobian_singular_values(fn, x, 1, tol=tol, max_iter=60).norm)
+            row.jacobian_full = row.jacobian_norm = max(norms)
+            row.notes["jacobian"] = (
+                f"Krylov power iteration on J^T J (tol {tol:g}, residual "
+                f"{full.residual:.1e}{'' if full.converged else ', NOT converged'}); "
+                f"full: max over {len(norms)} sample(s); frozen and affinity share: sample 0")
+        attempt("jacobian", jac)
 
         def noise() -> float:
             fn, x = block_function(cap, 0)

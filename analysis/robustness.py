@@ -782,6 +782,9 @@ class FrozenMap:
                 self.maps = [(self.G @ self.weights[k]) * self.scale for k in keep_k]
             else:
                 self.maps = [self.weights[k] * self.scale for k in keep_k]
+        #: one Kronecker term (X -> P X W): the norms of the powers factorize
+        self.kronecker = (self.dense and not self.residual and not self.heads
+                          and len(self.terms) == 1 and self.c_out == self.c)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -852,6 +855,35 @@ class FrozenMap:
         return mv, rmv
 
 
+def _kronecker_norms(M: FrozenMap, n_max: int, tol: float, max_iter: int, seed: int,
+                    growth: np.ndarray, iters: np.ndarray, resid: np.ndarray) -> None:
+    """``M^n = P^n (.) W^n`` (one term, no residual, one affinity): the norm of a Kronecker
+    product is the product of the factors' norms."""
+    P, W = M.terms[0], M.maps[0]
+    if not M.fused:
+        W = M.G @ W
+    vp = vw = None
+    for n in range(1, n_max + 1):
+        def pw(A: Tensor, n: int = n) -> tuple[Callable[[Tensor], Tensor],
+                                               Callable[[Tensor], Tensor]]:
+            def mv(v: Tensor) -> Tensor:
+                for _ in range(n):
+                    v = A @ v
+                return v
+
+            def rmv(u: Tensor) -> Tensor:
+                for _ in range(n):
+                    u = A.mT @ u
+                return u
+            return mv, rmv
+        sp = top_singular_values(*pw(P), P[:, 0], 1, tol / 2, max_iter, v0=vp, seed=seed)
+        sw = top_singular_values(*pw(W), W[:, 0], 1, tol / 2, max_iter, v0=vw, seed=seed)
+        vp, vw = sp.vector, sw.vector
+        growth[n - 1] = max(growth[n - 1], sp.norm * sw.norm)
+        iters[n - 1] = max(iters[n - 1], sp.iterations + sw.iterations)
+        resid[n - 1] = max(resid[n - 1], sp.residual + sw.residual)
+
+
 @dataclass
 class FrozenNorms:
     r"""Exact :math:`\|\mathcal M^n\|_2`, ``n = 1 .. n_max`` (:func:`frozen_norms`).
@@ -898,8 +930,10 @@ def frozen_norms(
     For every ``n``: :func:`top_singular_values` on :math:`\mathcal M^n` and its adjoint
     :math:`(\mathcal M^T)^n`, warm-started from the top right singular vector of
     :math:`\mathcal M^{n-1}`; at most ``max_iter`` products with :math:`\mathcal M^n`, to
-    a relative residual ``tol``. The maximum over the first ``samples`` samples (all by
-    default) is reported.
+    a relative residual ``tol``. A map with one term and no residual (attention with the
+    head-averaged affinity) is a Kronecker product, :math:`\mathcal M^n(X) = P^n X W^n`, whose
+    norm is :math:`\|P^n\|_2 \|W^n\|_2` (each factor by the same iteration). The maximum over
+    the first ``samples`` samples (all by default) is reported.
 
     Examples
     --------
@@ -922,6 +956,9 @@ def frozen_norms(
         for i in range(ns):
             M = FrozenMap(capture, i, include_output_scale, dtype, dense_limit)
             like = torch.zeros(M.shape, dtype=dtype, device=M.G.device)
+            if M.kronecker:
+                _kronecker_norms(M, n_max, tol, max_iter, seed, growth, iters, resid)
+                continue
             v0 = None
             for n in range(1, n_max + 1):
                 mv, rmv = M.power(n)

@@ -140,6 +140,10 @@ def test_multihead_attention_frozen_and_full_match_dense(heads):
         assert _rel(fz.growth, _power_norms(J_fix, 3)) < RTOL
     else:                                               # head-averaged affinity: a model
         assert 0 < _rel(fz.growth, _power_norms(J_fix, 3)) < 0.5
+        # one term, no residual: the Kronecker shortcut equals the generic iteration
+        assert FrozenMap(cap).kronecker
+        generic = frozen_norms(cap, 3, tol=TOL, dense_limit=0)
+        assert _rel(fz.growth, generic.growth) < RTOL
 
 
 def test_top_singular_values_certify_their_residual():
