@@ -364,13 +364,16 @@ def _distinct(values: np.ndarray) -> np.ndarray:
 
 def per_frequency_stability(
     capture: Capture, lam: Any, n_max: int = 10, include_output_scale: bool = True,
-    chunk: int = 1024,
+    chunk: int = 1024, max_work: float = 2e10,
 ) -> tuple[float, complex, np.ndarray]:
     r"""``(radius, argmax_lambda, growth_lower_bound)`` from the per-frequency maps
     :math:`M(\lambda)` (:func:`linear_maps`): :math:`\max_\lambda \rho(M(\lambda))` and
     :math:`\max_\lambda \|M(\lambda)^n\|_2`, ``n = 1 .. n_max``. The latter is the exact
     growth for a symmetric :math:`\hat A` and a lower bound (Schur diagonal blocks)
-    otherwise.
+    otherwise. A filter with one nonzero term needs one eigen-solve of :math:`G W_k S`
+    (and, without residual, one norm per ``n``). Otherwise one ``C x C`` eigen-solve per
+    frequency: when ``frequencies * C**3`` exceeds ``max_work`` the values are NaN (too
+    costly; the exact norms do not need them).
 
     Examples
     --------
@@ -384,6 +387,37 @@ def per_frequency_stability(
     lam = np.asarray(lam)
     radius, arg = -1.0, 0j
     bound = np.zeros(n_max)
+    ws = _weights_np(capture.weights) if capture.weights is not None else []
+    nonzero = [k for k, w in enumerate(ws) if np.abs(w).max(initial=0.0) > 0]
+    if len(nonzero) == 1 and lam.size:
+        # one term: M(lambda) = [I +] b(mu) K, K = G W_k S. Eigenvalues [1 +] b(mu) nu(K):
+        # one eigen-solve; without residual ||M^n|| = |b|^n ||K^n|| (one norm per n)
+        k = nonzero[0]
+        unit = [np.zeros((1, 1))] * len(ws)
+        unit[k] = np.ones((1, 1))
+        b = frequency_response(unit, lam, basis=capture.basis)[:, 0, 0]
+        K = effective_channel_map(capture, k, include_output_scale)
+        nu = np.linalg.eigvals(K) if K.shape[0] == K.shape[1] else np.zeros(1)
+        ev = np.abs((1.0 if capture.residual else 0.0) + b[:, None] * nu[None, :]).max(1)
+        i = int(ev.argmax())
+        radius, arg = float(ev[i]), complex(lam[i])
+        if not capture.residual:
+            if K.shape[0] != K.shape[1]:
+                bound[:] = np.nan
+                return radius, arg, bound
+            P, bmax = K, float(np.abs(b).max())
+            for n in range(n_max):
+                if n > 0:
+                    P = P @ K
+                bound[n] = bmax ** (n + 1) * float(np.linalg.norm(P, 2))
+            return radius, arg, bound
+        if len(lam) * K.shape[0] ** 3 > max_work:
+            bound[:] = np.nan
+            return radius, arg, bound
+    elif ws and len(lam) * ws[0].shape[1] ** 3 > max_work:
+        return float("nan"), complex("nan"), np.full(n_max, np.nan)
+    if ws:
+        chunk = max(1, min(chunk, 2 ** 22 // max(ws[0].shape[0] * ws[0].shape[1], 1)))
     for s0 in range(0, len(lam), chunk):
         M = linear_maps(capture, lam[s0:s0 + chunk], include_output_scale)
         ev = np.abs(np.linalg.eigvals(M)).max(-1)
@@ -476,7 +510,7 @@ def linearized_stability(
                                                  chunk)
     complete = spec.complete or spec.method == "structured"
     heads_kept = capture.source == "attention" and capture.heads == "keep"
-    eig_exact = spec.symmetric and complete and not heads_kept
+    eig_exact = spec.symmetric and complete and not heads_kept and bool(np.isfinite(bound).all())
     if exact == "eigenbasis" and not eig_exact:
         raise ValueError(f"{capture.path}: the eigenbasis is exact only for a symmetric "
                          "operator with its complete spectrum; use exact='matrix-free'")
@@ -501,6 +535,9 @@ def linearized_stability(
     if heads_kept:
         bound[:] = np.nan
         notes["lower_bound"] = "per-head affinities: no per-frequency bound"
+    elif np.isnan(bound).any():
+        notes["lower_bound"] = ("per-frequency values not computed: one C x C eigen-solve per "
+                                "frequency is too costly here")
     if not complete:
         how += f"; radius over the computed extremes only ({spec.method})"
     if capture.relu_after_norm:
@@ -983,7 +1020,7 @@ class Damping:
     Attributes
     ----------
     frequencies : numpy array ``(n,)``
-        Distinct Laplacian frequencies :math:`\lambda`.
+        The distinct Laplacian frequencies :math:`\lambda` whose eigenvalues were computed.
     negative_mass, positive_mass : numpy arrays ``(n,)``
         :math:`\sum_{\mu<0}|\mu|` and :math:`\sum_{\mu>0}\mu` of
         :math:`\operatorname{her}(K(\lambda))` per frequency.
@@ -1034,6 +1071,8 @@ def damping(
     method: str = "auto",
     dense_limit: int = AUTO_DENSE_LIMIT,
     chunk: int = 1024,
+    max_frequencies: int | None = None,
+    max_work: float = 2e10,
 ) -> Damping:
     r"""Sign-correct damping: on the graph frequency :math:`\lambda` a residual step adds
     :math:`x \mapsto x K(\lambda)`, :math:`K(\lambda) = G H(\lambda) S`, and
@@ -1045,7 +1084,11 @@ def damping(
 
     ``K`` has rank :math:`r \le C_s`: the nonzero eigenvalues come from a
     :math:`2C_s \times 2C_s` problem per frequency (batched). Complex frequencies of a
-    non-symmetric :math:`\hat A` use the Hermitian part (the Schur-diagonal view).
+    non-symmetric :math:`\hat A` use the Hermitian part (the Schur-diagonal view). The share
+    (sign of :math:`\operatorname{tr}\operatorname{her}K(\lambda)`) is exact for every
+    frequency; the eigenvalues (mass, definite share, ``frequencies`` of the arrays) are
+    computed on at most ``max_frequencies`` evenly spaced frequencies, and on fewer when
+    ``frequencies * min(C, 2 C_s)**3`` would exceed ``max_work`` (``how`` says so).
 
     Examples
     --------
@@ -1072,9 +1115,18 @@ def damping(
     if G.shape[0] != ws[0].shape[1]:
         raise ValueError(f"{capture.path}: the step K is {G.shape[0]} x {ws[0].shape[1]}, "
                          "not square")
+    # the trace of her(K(lambda)) = Re sum_k b_k(mu) tr(G W_k S): exact for every frequency
+    traces = [np.ones((1, 1)) * float(np.trace(G @ w * s[None, :])) for w in ws]
+    trace = np.real(frequency_response(traces, lam, basis=capture.basis)[:, 0, 0])
+    dim = min(G.shape[0], 2 * G.shape[1])
+    n_eig = len(lam) if max_frequencies is None else int(max_frequencies)
+    n_eig = max(1, min(len(lam), n_eig, int(max_work // max(dim ** 3, 1))))
+    pick = np.unique(np.linspace(0, len(lam) - 1, n_eig).round().astype(int))
+    chunk = max(1, min(chunk, 2 ** 22 // max(G.shape[1] * G.shape[0], 1)))
     neg, pos, lo, hi = [], [], [], []
-    for s0 in range(0, len(lam), chunk):
-        a = frequency_response(ws, lam[s0:s0 + chunk], basis=capture.basis) * s[None, None, :]
+    for s0 in range(0, len(pick), chunk):
+        sel = lam[pick[s0:s0 + chunk]]
+        a = frequency_response(ws, sel, basis=capture.basis) * s[None, None, :]
         ev = _hermitian_eigs_low_rank(G, a)
         neg.append(np.where(ev < 0, -ev, 0).sum(1))
         pos.append(np.where(ev > 0, ev, 0).sum(1))
@@ -1084,14 +1136,21 @@ def damping(
     lo_a, hi_a = np.concatenate(lo), np.concatenate(hi)
     scale = max(float(np.abs(np.concatenate([lo_a, hi_a])).max(initial=0.0)), 1e-300)
     tol = 1e-9 * scale
+    t_scale = max(float(np.abs(trace).max(initial=0.0)), 1e-300)
+    active_all = np.abs(trace) > 1e-9 * t_scale
     active = (neg_m + pos_m) > tol
-    share = float((neg_m - pos_m > tol).sum() / max(active.sum(), 1)) if active.any() else 0.0
+    share = float((trace < -1e-9 * t_scale).sum() / active_all.sum()) if active_all.any() \
+        else 0.0
     definite = float(((hi_a <= tol) & active).sum() / max(active.sum(), 1)) \
         if active.any() else 0.0
     total = float((neg_m + pos_m).sum())
     mass = float(neg_m.sum() / total) if total > 0 else 0.0
-    how += ("; over frequencies where K(lambda) is not zero"
-            f" ({int(active.sum())} of {len(lam)})")
+    how += ("; share: sign of tr her K(lambda) over the frequencies where it is not zero "
+            f"({int(active_all.sum())} of {len(lam)})")
+    if len(pick) < len(lam):
+        how += (f"; eigenvalues (mass, definite share) on {len(pick)} evenly spaced of the "
+                f"{len(lam)} frequencies (cost: {dim}^3 per frequency)")
+    lam = lam[pick]
     return Damping(np.real_if_close(lam), neg_m, pos_m, lo_a, hi_a, share, definite, mass, how)
 
 
