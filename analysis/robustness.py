@@ -364,7 +364,7 @@ def _distinct(values: np.ndarray) -> np.ndarray:
 
 def per_frequency_stability(
     capture: Capture, lam: Any, n_max: int = 10, include_output_scale: bool = True,
-    chunk: int = 1024, max_work: float = 2e10,
+    chunk: int = 1024, max_work: float = 5e9,
 ) -> tuple[float, complex, np.ndarray]:
     r"""``(radius, argmax_lambda, growth_lower_bound)`` from the per-frequency maps
     :math:`M(\lambda)` (:func:`linear_maps`): :math:`\max_\lambda \rho(M(\lambda))` and
@@ -1052,7 +1052,7 @@ def _hermitian_eigs_low_rank(G: np.ndarray, a: np.ndarray) -> np.ndarray:
     :math:`J = \tfrac12\begin{pmatrix}0 & I\\ I & 0\end{pmatrix}` (rank ``<= 2 C_s``)."""
     n, cs, c = a.shape
     if 2 * cs >= c:
-        K = np.einsum("ci,nio->nco", G, a)
+        K = G.astype(a.dtype)[None] @ a
         return np.linalg.eigvalsh((K + np.conj(np.swapaxes(K, 1, 2))) / 2)
     F = np.concatenate([np.broadcast_to(G.astype(a.dtype), (n, c, cs)),
                         np.conj(np.swapaxes(a, 1, 2))], 2)            # (n, C, 2 C_s)
@@ -1072,7 +1072,7 @@ def damping(
     dense_limit: int = AUTO_DENSE_LIMIT,
     chunk: int = 1024,
     max_frequencies: int | None = None,
-    max_work: float = 2e10,
+    max_work: float = 2e9,
 ) -> Damping:
     r"""Sign-correct damping: on the graph frequency :math:`\lambda` a residual step adds
     :math:`x \mapsto x K(\lambda)`, :math:`K(\lambda) = G H(\lambda) S`, and

@@ -229,3 +229,23 @@ def test_frozen_map_checks_its_sample_index():
     cap = _ns_capture(1.0)
     with pytest.raises(ValueError, match="sample index"):
         FrozenMap(cap, index=3)
+
+
+def test_report_claims_are_computed_from_the_numbers():
+    from analysis.analyze import AnalysisTable, BlockReport
+    from analysis.report import claims
+
+    def table(block, growth, jac, share, damp, backbone):
+        row = BlockReport(path="b", block=block, source="block", lambda_max=1.5,
+                          stack_growth=(1.0, growth), jacobian_full=jac, affinity_share=share,
+                          damping_share=damp)
+        return AnalysisTable([row], backbone=[{"jacobian_full": backbone}])
+
+    verdicts = dict((c, v) for c, v, _ in claims({
+        "snl": table("snl", 2.0, 1.2, 0.5, float("nan"), 1.1),
+        "nl": table("nl", 5.0, 1.1, 3.0, 0.4, 1.3)}))
+    got = list(verdicts.values())
+    assert got[:5] == ["held", "held", "did not hold", "held", "did not hold"]
+    assert got[5] == "not tested"                       # no accuracy curves
+    assert got[6:] == ["did not hold", "held"]          # SNL 1.2 > its backbone's 1.1
+    assert all(v == "not tested" for _, v, _ in claims({})[:5])
