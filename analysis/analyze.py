@@ -49,10 +49,14 @@ from .response import block_response
 from .robustness import (
     accuracy_under_noise,
     affinity_sensitivity,
+    backbone_jacobians,
     block_function,
-    jacobian_spectral_norm,
+    damping,
+    jacobian_singular_values,
+    jacobians,
     linearized_stability,
     noise_sensitivity,
+    stage_jacobians,
     tao_spectrum,
 )
 from .spectra import AUTO_DENSE_LIMIT, affinity_metrics, spectrum
@@ -93,14 +97,39 @@ class BlockReport:
         :math:`\lambda < 2/3` (graph Fourier transform, see :mod:`analysis.response`).
     tao_negative_share, tao_negative_mass, tao_min, tao_max : float
         Tao et al. spectrum of :math:`\operatorname{sym}(G W_1 S)` (see
-        :class:`analysis.robustness.TaoSpectrum`: with a ``C_s = C/2`` bottleneck the share
-        is 1/2 by Sylvester's law of inertia; the mass is informative).
-    stability_radius, stability_norm : float
-        :math:`\max_\lambda \rho(M(\lambda))` and :math:`\max_\lambda \|M(\lambda)\|_2`.
+        :class:`analysis.robustness.TaoSpectrum`).
+    tao_forced : bool or None
+        The share is forced by the bottleneck (rank :math:`r \le C/2` with exactly ``r``
+        negative eigenvalues, Sylvester's law): it then carries no information.
+    damping_share, damping_definite_share, damping_mass : float
+        Sign-correct damping (:func:`analysis.robustness.damping`): share of graph
+        frequencies whose step :math:`\operatorname{her}(G H(\lambda) S)` damps on balance,
+        share where every direction damps, and the negative eigen-mass share.
+    stability_radius : float
+        :math:`\max_\lambda \rho(M(\lambda))` (exact) of the frozen-affinity map.
+    stability_norm : float
+        :math:`\|\mathcal M\|_2` of the frozen-affinity map (exact).
     stack_growth : tuple of float
-        :math:`\max_\lambda \|M(\lambda)^n\|_2` for ``n = 1 .. n_max``.
+        :math:`\|\mathcal M^n\|_2` for ``n = 1 .. n_max`` (exact; shown as ``growth@n``).
+    stability_norm_lower_bound, stack_growth_lower_bound : float, tuple of float
+        The per-frequency (Schur diagonal block) values: a lower bound for a non-symmetric
+        :math:`\hat A`, equal to the exact ones for a symmetric one.
+    stability_residual : float
+        Largest relative residual of the matrix-free norms (0 for the eigenbasis).
+    stability_converged : bool or None
+    jacobian_full, jacobian_frozen : float
+        Spectral norm of the Jacobian with the affinity recomputed from the input (what
+        training sees) and with it frozen; for a ``stage`` row, of the whole stage (its
+        units sharing the affinity of the stage input). Max over the samples used.
+    jacobian_full_top, jacobian_frozen_top : tuple of float
+        Their top singular values (sample 0).
+    affinity_share : float
+        :math:`\|J_{full} - J_{fix}\|_2 / \|J_{fix} - I\|_2` (attention without residual:
+        :math:`/\|J_{fix}\|_2`).
     jacobian_norm : float
-        Spectral norm of the block's input-output Jacobian (max over the samples used).
+        Same as ``jacobian_full`` (kept for existing readers).
+    n_units : int
+        Units of a ``stage`` row (0 for unit rows).
     noise_gain : float
         Relative output change per relative input noise.
     affinity_gain : float
@@ -141,10 +170,24 @@ class BlockReport:
     tao_negative_mass: float = _NAN
     tao_min: float = _NAN
     tao_max: float = _NAN
+    tao_forced: bool | None = None
+    damping_share: float = _NAN
+    damping_definite_share: float = _NAN
+    damping_mass: float = _NAN
     stability_radius: float = _NAN
     stability_norm: float = _NAN
     stack_growth: tuple[float, ...] = ()
+    stability_norm_lower_bound: float = _NAN
+    stack_growth_lower_bound: tuple[float, ...] = ()
+    stability_residual: float = _NAN
+    stability_converged: bool | None = None
+    jacobian_full: float = _NAN
+    jacobian_frozen: float = _NAN
+    jacobian_full_top: tuple[float, ...] = ()
+    jacobian_frozen_top: tuple[float, ...] = ()
+    affinity_share: float = _NAN
     jacobian_norm: float = _NAN
+    n_units: int = 0
     noise_gain: float = _NAN
     affinity_gain: float = _NAN
     notes: dict[str, str] = field(default_factory=dict)
@@ -157,12 +200,28 @@ _SUMMARY_COLUMNS = (
     ("gap", "spectral_gap", ".3f"), ("cplx", "complex_share", ".2f"),
     ("asym", "asymmetry", ".3f"), ("erank", "effective_rank", ".1f"),
     ("collapse", "rank_collapse", ".3f"), ("response", "response_class", "s"),
-    ("tao_mass", "tao_negative_mass", ".2f"), ("radius", "stability_radius", ".3f"),
-    ("growth@n", "stack_growth", ".3g"), ("|J|", "jacobian_norm", ".3f"),
+    ("tao_share", "tao_negative_share", "tao"), ("damp", "damping_share", ".2f"),
+    ("radius", "stability_radius", ".3f"), ("|M|", "stability_norm", ".3f"),
+    ("growth@n", "stack_growth", ".3g"), ("growth_lower_bound@n", "stack_growth_lower_bound",
+                                           ".3g"),
+    ("|J|full", "jacobian_full", ".3f"), ("|J|frozen", "jacobian_frozen", ".3f"),
+    ("aff_share", "affinity_share", ".2f"),
 )
 
 
-def _fmt(value: Any, spec: str) -> str:
+def _header(head: str, rows: Sequence[BlockReport]) -> str:
+    """``growth@n`` headers name the depth ``n`` of the value shown."""
+    if head.endswith("@n"):
+        n = max((len(r.stack_growth) for r in rows), default=0)
+        return head[:-1] + (str(n) if n else "n")
+    return head
+
+
+def _fmt(value: Any, spec: str, row: BlockReport | None = None) -> str:
+    if spec == "tao":
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        return f"{value:.2f}" + (" (forced)" if row is not None and row.tao_forced else "")
     if isinstance(value, tuple):
         value = value[-1] if value else _NAN
     if spec == "s":
@@ -183,23 +242,30 @@ class AnalysisTable(list):
         ``{noise level: accuracy}`` when ``accuracy_levels`` were given.
     captures : Captures or None
         The captures the rows were computed from (on the CPU), if kept.
+    backbone : list of dict
+        Full Jacobian norms of the backbone's own residual units
+        (:func:`analysis.robustness.backbone_jacobians`): the reference a block's value is
+        read against.
     """
 
     def __init__(self, rows: Iterable[BlockReport] = (), reason: str = "",
                  accuracy: dict[float, float] | None = None,
-                 captures: Captures | None = None) -> None:
+                 captures: Captures | None = None,
+                 backbone: list[dict[str, Any]] | None = None) -> None:
         super().__init__(rows)
         self.reason = reason
         self.accuracy = accuracy
         self.captures = captures
+        self.backbone = list(backbone or [])
 
     def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per row (JSON-friendly: tuples become lists, notes included)."""
         out = []
         for r in self:
             d = asdict(r)
-            d["spatial_shape"] = list(d["spatial_shape"])
-            d["stack_growth"] = list(d["stack_growth"])
+            for k in ("spatial_shape", "stack_growth", "stack_growth_lower_bound",
+                      "jacobian_full_top", "jacobian_frozen_top"):
+                d[k] = list(d[k])
             out.append(d)
         return out
 
@@ -225,9 +291,9 @@ class AnalysisTable(list):
         """A readable fixed-width text table, with the reasons of partial/skipped rows."""
         if not self:
             return f"no nonlocal blocks analysed: {self.reason}"
-        cells = [[h for h, _, _ in _SUMMARY_COLUMNS]]
+        cells = [[_header(h, self) for h, _, _ in _SUMMARY_COLUMNS]]
         for row in self:
-            cells.append([_fmt(getattr(row, a), f) for _, a, f in _SUMMARY_COLUMNS])
+            cells.append([_fmt(getattr(row, a), f, row) for _, a, f in _SUMMARY_COLUMNS])
         widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
         lines = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w)
                            for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
@@ -235,6 +301,13 @@ class AnalysisTable(list):
         for row in self:
             if row.reason:
                 lines.append(f"{row.path}: {row.status}: {row.reason}")
+        lines.append("growth@n: exact |M^n| of n copies sharing the frozen affinity; "
+                     "growth_lower_bound@n: per-frequency (Schur diagonal) value, a lower bound "
+                     "for a non-symmetric affinity; tao_share (forced): fixed by the bottleneck")
+        if self.backbone:
+            vals = np.array([b["jacobian_full"] for b in self.backbone])
+            lines.append(f"backbone residual units ({len(vals)}): |J|full median "
+                         f"{np.median(vals):.3f}, range {vals.min():.3f}-{vals.max():.3f}")
         if self.accuracy:
             acc = ", ".join(f"sigma={s:g}: {a:.3f}" for s, a in self.accuracy.items())
             lines.append(f"accuracy under Gaussian input noise: {acc}")
@@ -269,6 +342,9 @@ def _analyze_one(
     jacobian_samples: int,
     noise_level: float,
     affinity_noise: float,
+    stability_samples: int = 1,
+    tol: float = 1e-4,
+    jacobian_k: int = 3,
 ) -> BlockReport:
     row = _row_base(cap)
     failed: list[str] = []
@@ -326,13 +402,23 @@ def _analyze_one(
             row.tao_negative_share = tao.negative_share
             row.tao_negative_mass = tao.negative_mass
             row.tao_min, row.tao_max = float(tao.eigenvalues[0]), float(tao.eigenvalues[-1])
+            row.tao_forced = tao.forced
             row.notes["tao"] = tao.how
         if spec is not None:
+            dm = attempt("damping", lambda: damping(cap, spectrum_result=spec))
+            if dm is not None:
+                row.damping_share, row.damping_mass = dm.share, dm.mass
+                row.damping_definite_share = dm.definite_share
+                row.notes["damping"] = dm.how
             st = attempt("stability", lambda: linearized_stability(
-                cap, spectrum_result=spec, n_max=n_max))
+                cap, spectrum_result=spec, n_max=n_max, samples=stability_samples, tol=tol))
             if st is not None:
                 row.stability_radius, row.stability_norm = st.radius, st.norm
                 row.stack_growth = tuple(float(g) for g in st.growth)
+                row.stability_norm_lower_bound = st.norm_lower_bound
+                row.stack_growth_lower_bound = tuple(float(g) for g in st.growth_lower_bound)
+                row.stability_residual = float(np.max(st.residual, initial=0.0))
+                row.stability_converged = st.converged
                 row.notes["stability"] = st.how
                 row.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
         gain = attempt("affinity_sensitivity", lambda: affinity_sensitivity(
@@ -341,14 +427,29 @@ def _analyze_one(
     else:
         failed.append("response/stability: no filter weights captured")
     if jacobian and cap.module is not None and cap.input is not None:
-        def jac() -> float:
-            vals = []
-            for i in range(min(jacobian_samples, cap.n_samples)):
+        def jac() -> None:
+            fn, x = block_function(cap, 0)
+            try:
+                rep = jacobians(fn, x, jacobian_k, residual=cap.residual, tol=tol, max_iter=60)
+            except ValueError as exc:          # no frozen form of this module: full only
+                failed.append(f"jacobian_frozen: {exc}")
+                full = jacobian_singular_values(fn, x, jacobian_k, tol=tol, max_iter=60)
+            else:
+                full = rep.full
+                row.jacobian_frozen = rep.frozen.norm
+                row.jacobian_frozen_top = tuple(float(v) for v in rep.frozen.values)
+                row.affinity_share = rep.affinity_share
+            row.jacobian_full_top = tuple(float(v) for v in full.values)
+            norms = [full.norm]
+            for i in range(1, min(jacobian_samples, cap.n_samples)):
                 fn, x = block_function(cap, i)
-                vals.append(jacobian_spectral_norm(fn, x, n_iter=30, tol=1e-4))
-            return max(vals)
-        jn = attempt("jacobian", jac)
-        row.jacobian_norm = _NAN if jn is None else float(jn)
+                norms.append(jacobian_singular_values(fn, x, 1, tol=tol, max_iter=60).norm)
+            row.jacobian_full = row.jacobian_norm = max(norms)
+            row.notes["jacobian"] = (
+                f"Krylov power iteration on J^T J (tol {tol:g}, residual "
+                f"{full.residual:.1e}{'' if full.converged else ', NOT converged'}); "
+                f"full: max over {len(norms)} sample(s); frozen and affinity share: sample 0")
+        attempt("jacobian", jac)
 
         def noise() -> float:
             fn, x = block_function(cap, 0)
@@ -363,6 +464,54 @@ def _analyze_one(
     return row
 
 
+def _stage_rows(model: nn.Module, caps: Captures, tol: float, k: int) -> list[BlockReport]:
+    """One row per shared-affinity stage (``{path}.units.0`` captured): the whole stage's
+    full and frozen Jacobians at the stage input."""
+    rows = []
+    for path, cap in caps.items():
+        if not path.endswith(".units.0") or cap.input is None:
+            continue
+        spath = path[: -len(".units.0")]
+        try:
+            stage = model.get_submodule(spath)
+        except AttributeError:
+            continue
+        if not hasattr(stage, "compute_affinity") or not hasattr(stage, "units"):
+            continue
+        row = BlockReport(path=spath, block=cap.spec.name if cap.spec else type(stage).__name__,
+                          source="stage", affinity=type(cap.affinity).__name__,
+                          normalization=cap.normalization, n_nodes=cap.n,
+                          spatial_shape=tuple(cap.spatial_shape), n_samples=cap.n_samples,
+                          order=cap.order if cap.order is not None else -1,
+                          n_units=len(stage.units))
+        try:
+            fn, x = block_function(cap, 0)
+            rep = stage_jacobians(stage, x, k, tol=tol, max_iter=60)
+        except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+            row.status, row.reason = "skipped", f"stage jacobian: {exc}"
+        else:
+            row.jacobian_full = row.jacobian_norm = rep.full.norm
+            row.jacobian_frozen = rep.frozen.norm
+            row.jacobian_full_top = tuple(float(v) for v in rep.full.values)
+            row.jacobian_frozen_top = tuple(float(v) for v in rep.frozen.values)
+            row.affinity_share = rep.affinity_share
+            row.notes["jacobian"] = (f"the whole stage ({len(stage.units)} units sharing the "
+                                     "affinity of the stage input), sample 0")
+        rows.append(row)
+    return rows
+
+
+def _first_input(data: Any) -> Tensor | None:
+    if isinstance(data, Tensor):
+        return data[:1]
+    try:
+        batch = next(iter(data))
+    except (TypeError, StopIteration):
+        return None
+    x = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return x[:1] if isinstance(x, Tensor) else None
+
+
 def analyze(
     model: nn.Module,
     data: Tensor | Iterable[Any],
@@ -375,6 +524,11 @@ def analyze(
     n_max: int = 10,
     jacobian: bool = True,
     jacobian_samples: int = 1,
+    jacobian_k: int = 3,
+    stability_samples: int = 1,
+    tol: float = 1e-3,
+    stages: bool = True,
+    backbone: bool = True,
     noise_level: float = 0.1,
     affinity_noise: float = 0.1,
     labels: Tensor | None = None,
@@ -407,7 +561,21 @@ def analyze(
     jacobian : bool
         Compute the Jacobian norm and the noise gain (re-runs each block with autograd).
     jacobian_samples : int
-        Samples used for the Jacobian norm (the max is reported).
+        Samples used for the full Jacobian norm (the max is reported).
+    jacobian_k : int
+        Top singular values kept (``jacobian_full_top``, ``jacobian_frozen_top``).
+    stability_samples : int
+        Samples over which the exact frozen norms are maximized.
+    tol : float
+        Relative residual of the matrix-free norms (stability and Jacobians): each value is
+        certified within ``tol`` times the largest one (the precision of the tables; the
+        Ritz values are usually far more accurate). Rows record the residual reached and
+        whether it converged.
+    stages : bool
+        Add one ``source="stage"`` row per shared-affinity stage (the whole stage's full and
+        frozen Jacobians).
+    backbone : bool
+        Measure the backbone's own residual units (``table.backbone``), the reference.
     noise_level, affinity_noise : float
         Relative sizes of the input noise and of the affinity perturbation.
     labels : Tensor, optional
@@ -453,13 +621,25 @@ def analyze(
             rows.append(_analyze_one(
                 cap, method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
                 jacobian_samples=jacobian_samples, noise_level=noise_level,
-                affinity_noise=affinity_noise))
+                affinity_noise=affinity_noise, stability_samples=stability_samples, tol=tol,
+                jacobian_k=jacobian_k))
         bar.close()
+        if jacobian and stages:
+            rows += _stage_rows(model, caps, tol, jacobian_k)
         kept = None
         if keep_captures:
             kept = Captures({p: c.to("cpu") for p, c in caps.items()},
                             n_samples=caps.n_samples)
-        table = AnalysisTable(rows, captures=kept)
+        ref: list[dict[str, Any]] = []
+        if jacobian and backbone:
+            first = next(iter(caps.values()))
+            x0 = _first_input(data)
+            if x0 is not None and first is not None:
+                try:
+                    ref = backbone_jacobians(model, x0, tol=tol, progress=progress)
+                except (ValueError, TypeError, RuntimeError, NotImplementedError):
+                    ref = []
+        table = AnalysisTable(rows, captures=kept, backbone=ref)
     if isinstance(data, Tensor) and labels is not None:
         if labels.shape[0] != data.shape[0]:
             raise ValueError(

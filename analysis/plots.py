@@ -24,6 +24,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .spectra import complex_share
+
 __all__ = [
     "plot_spectrum",
     "plot_response",
@@ -155,8 +157,10 @@ def plot_spectrum(
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("Re")
         ax.set_ylabel("Im")
-        share = float((np.abs(ev.imag) > imag_tol * scale).mean())
-        ax.legend(loc="upper left", fontsize="small", title=f"{share:.0%} complex")
+        cs = complex_share(ev)
+        ax.legend(loc="upper left", fontsize="small",
+                  title=f"{cs.share:.0%} complex (|Im μ| > {cs.rtol:g}|μ|, "
+                        f"{cs.n_null} below {cs.floor:g}ρ ignored)")
     else:
         ax.hist(np.real(ev), bins=bins, **kwargs)
         ax.set_xlabel("eigenvalue")
@@ -346,14 +350,21 @@ def plot_growth(
     *,
     label: str | None = None,
     show_radius: bool = True,
+    show_lower_bound: bool = False,
 ) -> tuple[Figure, Axes]:
-    r"""Growth :math:`\max_\lambda\|M(\lambda)^n\|_2` of a stack of ``n`` blocks (log scale).
+    r"""Exact growth :math:`\|\mathcal M^n\|_2` of ``n`` stacked copies of a block sharing its
+    frozen affinity (log scale).
 
     Parameters
     ----------
     stability : Stability, BlockReport or array ``(n_max,)``
-        A :class:`~analysis.robustness.Stability`, a row of :func:`analysis.analyze`
-        (``stack_growth``) or the growth values.
+        A :class:`~analysis.robustness.Stability` (``growth``), a row of
+        :func:`analysis.analyze` (``stack_growth``) or the growth values.
+    show_radius : bool
+        Also draw :math:`\rho^n` (a Stability only).
+    show_lower_bound : bool
+        Also draw the per-frequency lower bound (dotted, labelled "lower bound") where it
+        differs from the exact value.
 
     Examples
     --------
@@ -362,11 +373,14 @@ def plot_growth(
     'log'
     """
     radius = None
+    bound = None
     if hasattr(stability, "growth"):
         growth = np.asarray(stability.growth, dtype=float)
         radius = np.asarray(stability.radius_growth, dtype=float)
+        bound = np.asarray(getattr(stability, "growth_lower_bound", ()), dtype=float)
     elif hasattr(stability, "stack_growth"):
         growth = np.asarray(stability.stack_growth, dtype=float)
+        bound = np.asarray(getattr(stability, "stack_growth_lower_bound", ()), dtype=float)
         label = label or getattr(stability, "path", None)
     else:
         growth = np.asarray(stability, dtype=float).ravel()
@@ -374,16 +388,21 @@ def plot_growth(
         raise ValueError("no growth values to plot")
     fig, ax = _fig_ax(ax)
     n = np.arange(1, growth.size + 1)
-    line = ax.plot(n, growth, marker="o", label=label or r"$\max_\lambda \|M^n\|_2$")[0]
+    line = ax.plot(n, growth, marker="o",
+                   label=(label + " (exact)") if label else r"$\|M^n\|_2$ (exact)")[0]
     if show_radius and radius is not None:
         ax.plot(n, radius, ls="--", color=line.get_color(), alpha=0.6, label=r"$\rho^n$")
+    if show_lower_bound and bound is not None and bound.size == growth.size \
+            and np.isfinite(bound).all() and not np.allclose(bound, growth, rtol=1e-6):
+        ax.plot(n, bound, ls=":", color=line.get_color(), alpha=0.8,
+                label=(label + ": " if label else "") + "lower bound (per frequency)")
     ax.axhline(1.0, color="0.6", lw=0.8)
     ax.set_yscale("log")
     plain_log_ticks(ax, "y")
     ax.set_xlabel("number of stacked blocks n")
-    ax.set_ylabel("growth")
+    ax.set_ylabel(r"$\|M^n\|_2$, frozen affinity")
     ax.legend(fontsize="small")
-    ax.set_title("linearized stack growth")
+    ax.set_title("stack growth (exact)")
     return fig, ax
 
 

@@ -52,10 +52,12 @@ All on the operator :math:`\hat A` the filter uses, with "Laplacian" eigenvalues
   :math:`= \operatorname{Re}\lambda_{(2)} - \operatorname{Re}\lambda_{(1)}` with the
   eigenvalues sorted by real part (the algebraic connectivity for a symmetric Laplacian).
   From the full spectrum, or from the computed extremes for matrix-free methods.
-- ``complex_share``: the share of eigenvalues with :math:`|\operatorname{Im}\mu| >`
-  ``imag_tol`` :math:`\cdot \max(1, \rho)`, and ``max_imag`` the largest
-  :math:`|\operatorname{Im}\mu|`. Needs the full spectrum (dense or structured); with a
-  matrix-free method it is the share among the computed extremes.
+- ``complex_share``: :func:`complex_share` (the one rule used in every table and figure):
+  among the eigenvalues above the numerical null space
+  (:math:`|\mu| > \text{floor}\cdot\rho`), the share with
+  :math:`|\operatorname{Im}\mu| > \max(\text{rtol}\,|\mu|, \text{atol}\,\rho)`; and
+  ``max_imag`` the largest :math:`|\operatorname{Im}\mu|`. Needs the full spectrum (dense or
+  structured); with a matrix-free method it is the share among the computed extremes.
 - ``asymmetry`` :math:`= \|\hat A - \hat A^T\|_F / \|\hat A\|_F`.
 - ``row_sum_deviation`` :math:`= \max_i |(\hat A \mathbf 1)_i - 1|` (one matrix-free product).
 - ``effective_rank`` :math:`= \exp(-\sum_i p_i \log p_i)`, :math:`p_i = |\mu_i| /
@@ -136,6 +138,8 @@ __all__ = [
     "frobenius_stats",
     "project_simplex",
     "effective_rank",
+    "ComplexShare",
+    "complex_share",
 ]
 
 OPERATORS = ("affinity", "normalized", "laplacian")
@@ -1057,7 +1061,7 @@ def affinity_metrics(
     *,
     spectrum_result: Spectrum | None = None,
     method: str = "auto",
-    imag_tol: float = 1e-9,
+    imag_tol: float = 1e-3,
     tile: int = 2048,
     dense_limit: int = AUTO_DENSE_LIMIT,
     estimate_effective_rank: bool = True,
@@ -1077,7 +1081,7 @@ def affinity_metrics(
     method : str
         Spectrum method (see :func:`spectrum`).
     imag_tol : float
-        Relative threshold of a non-real eigenvalue.
+        ``rtol`` of :func:`complex_share` (relative threshold of a non-real eigenvalue).
     tile : int
         Tile size of the Frobenius accumulations.
     estimate_effective_rank : bool
@@ -1127,8 +1131,8 @@ def affinity_metrics(
         notes["effective_rank"] = f"exact ({spec.method})"
     else:
         notes["effective_rank"] = "unavailable: needs the full spectrum (N <= dense limit)"
-    notes["complex_share"] = ("over all eigenvalues" if full
-                              else "among the computed extremes only")
+    notes["complex_share"] = complex_share(np.zeros(0), rtol=imag_tol).rule + (
+        "; over all eigenvalues" if full else "; among the computed extremes only")
     how_fro = ""
     bar = tqdm(list(enumerate(idxs)), desc="metrics", disable=not progress or len(idxs) < 2,
                leave=False)
@@ -1138,10 +1142,9 @@ def affinity_metrics(
         vals["lambda_max"].append(float(np.abs(lam).max()) if lam.size else float("nan"))
         lr = np.sort(lam.real) if lam.size else lam.real
         vals["spectral_gap"].append(float(lr[1] - lr[0]) if lr.size > 1 else float("nan"))
-        rho = max(1.0, float(np.abs(mu).max(initial=0.0)))
         im = np.abs(mu.imag) if np.iscomplexobj(mu) else np.zeros(mu.shape)
-        vals["complex_share"].append(float((im > imag_tol * rho).mean()) if mu.size
-                                     else float("nan"))
+        cs = complex_share(mu, rtol=imag_tol)
+        vals["complex_share"].append(cs.share)
         vals["max_imag"].append(float(im.max(initial=0.0)))
         if full:
             vals["effective_rank"].append(effective_rank(mu))
@@ -1183,3 +1186,97 @@ def affinity_metrics(
     if not np.isfinite(arrays["lambda_max"]).all():
         warnings.warn("some spectra were empty: lambda_max is NaN there", stacklevel=2)
     return AffinityMetrics(**arrays, normalization=kind, spectrum=spec, notes=notes)
+
+
+# ------------------------------------------------------------------------------------------
+# The complex-share rule
+# ------------------------------------------------------------------------------------------
+
+#: Default thresholds of :func:`complex_share`.
+COMPLEX_RTOL, COMPLEX_ATOL, COMPLEX_FLOOR = 1e-3, 1e-9, 1e-6
+
+
+@dataclass
+class ComplexShare:
+    r"""Result of :func:`complex_share`.
+
+    Attributes
+    ----------
+    share : float
+        Complex eigenvalues / counted eigenvalues (NaN when none is counted).
+    n_complex, n_counted, n_null : int
+        Complex ones, counted ones, and those ignored as numerical null space.
+    rtol, atol, floor : float
+        The thresholds (relative to :math:`|\mu|`, to :math:`\rho`, and the floor relative
+        to :math:`\rho`).
+    radius : float
+        :math:`\rho = \max|\mu|`.
+    """
+
+    share: float
+    n_complex: int
+    n_counted: int
+    n_null: int
+    rtol: float
+    atol: float
+    floor: float
+    radius: float
+
+    @property
+    def rule(self) -> str:
+        """The rule in words (for table notes and legends)."""
+        return (f"complex: |Im mu| > max({self.rtol:g} |mu|, {self.atol:g} rho), over "
+                f"|mu| > {self.floor:g} rho (numerical null space ignored)")
+
+
+def complex_share(
+    eigs: Any, rtol: float = COMPLEX_RTOL, floor: float = COMPLEX_FLOOR,
+    atol: float = COMPLEX_ATOL,
+) -> ComplexShare:
+    r"""Share of non-real eigenvalues, ignoring the numerical null space.
+
+    With :math:`\rho = \max_i |\mu_i|`, an eigenvalue is *counted* when
+    :math:`|\mu| > \text{floor}\cdot\rho` and *complex* when
+    :math:`|\operatorname{Im}\mu| > \max(\text{rtol}\,|\mu|,\ \text{atol}\,\rho)`.
+    Round-off eigenvalues of a rank-deficient matrix (a low-rank or strongly contracting
+    affinity has a large numerical null space whose eigenvalues scatter in the complex plane
+    at :math:`10^{-8}`) are not counted. This is the rule of every table, legend and figure
+    of the toolkit.
+
+    Parameters
+    ----------
+    eigs : array-like
+        Eigenvalues (real or complex; NaNs are dropped).
+    rtol : float
+        Imaginary part relative to :math:`|\mu|`.
+    floor : float
+        Null-space floor relative to :math:`\rho`.
+    atol : float
+        Imaginary part relative to :math:`\rho` (round-off of the large eigenvalues).
+
+    Returns
+    -------
+    ComplexShare
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mu = np.array([1.0, 0.5 + 0.5j, 0.5 - 0.5j, 1e-9 + 1e-9j, 1e-10j, 0.2 + 1e-7j])
+    >>> cs = complex_share(mu)
+    >>> cs.share, cs.n_complex, cs.n_counted, cs.n_null
+    (0.5, 2, 4, 2)
+    """
+    for name, v in (("rtol", rtol), ("floor", floor), ("atol", atol)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    mu = np.asarray(eigs).reshape(-1)
+    mu = mu[np.isfinite(mu)]
+    mag = np.abs(mu)
+    rho = float(mag.max(initial=0.0))
+    im = np.abs(mu.imag) if np.iscomplexobj(mu) else np.zeros(mu.shape)
+    counted = mag > floor * rho if rho > 0 else np.zeros(mu.shape, bool)
+    cplx = counted & (im > np.maximum(rtol * mag, atol * rho))
+    n_counted = int(counted.sum())
+    share = float(cplx.sum() / n_counted) if n_counted else float("nan")
+    return ComplexShare(share, int(cplx.sum()), n_counted, int(mu.size - n_counted),
+                        float(rtol), float(atol), float(floor), rho)

@@ -14,6 +14,13 @@ case's alone; the baseline after importing torch is printed too):
 - the dense references (``eigh`` for SNL, ``eig`` for NL) and the structured/matrix-free
   paths at N = 4096, with the ratio of times and memory and the largest eigenvalue error.
 
+- ``stab_schur`` / ``stab_exact``: the stability of an NL block (softmax, non-symmetric,
+  N = 1024 nodes, C = 64, C_s = 32, random weights, n_max = 10): the previous path (dense
+  eigenvalues, then the per-frequency Schur diagonal-block norms, a *lower bound*) against
+  the exact frozen-affinity norms ||M^n||_2 (matrix-free Krylov power
+  iteration, tol 1e-6); time ratio, peak memory, and how far below the exact growth the
+  bound is. ``--stability-only`` runs just these two.
+
 ``--quick`` divides the sizes by 4 (by 2 for the dense references).
 
 ``--spectra [--n N]`` (:func:`certified_spectra`): the top-4 eigenvalues of the NL softmax
@@ -47,6 +54,8 @@ def run_case(case: str, n: int, threads: int) -> dict:
     from graphfilters.graph import DenseAffinity, LowRankAffinity, SoftmaxAffinity
 
     torch.set_num_threads(threads)
+    if case.startswith("stab_"):
+        return _stability_case(case, n)
     base = _rss_mib()
     g = torch.Generator().manual_seed(0)
     d = 32
@@ -91,6 +100,61 @@ def run_case(case: str, n: int, threads: int) -> dict:
     return out
 
 
+def _stability_case(case: str, n: int, c: int = 64, n_max: int = 10) -> dict:
+    """Stability of a random NL block with ``n`` nodes: Schur bound or exact norms."""
+    import numpy as np
+    import torch
+
+    from analysis.capture import capture
+    from analysis.robustness import frozen_norms, per_frequency_stability
+    from analysis.spectra import spectrum
+    from graphfilters.blocks import make_block
+
+    side = int(round(n ** 0.5))
+    block = make_block("nl", c)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in block.parameters():
+            fan = max(1, p[0].numel()) if p.ndim > 1 else 1
+            p.copy_(torch.randn(p.shape, generator=g) * 0.6 / fan ** 0.5)
+    x = torch.randn(1, c, side, side, generator=g)
+    cap = capture(block.eval(), x, progress=False)["(root)"]
+    base = _rss_mib()
+    out: dict = {"case": case, "n": side * side, "baseline_mib": base, "method": case[5:]}
+    t0 = time.perf_counter()
+    if case == "stab_schur":
+        spec = spectrum(cap, "normalized", method="auto", progress=False)
+        lam = 1 - np.concatenate([np.asarray(e) for e in spec.eigenvalues])
+        _, _, growth = per_frequency_stability(cap, lam, n_max)
+        out["spectrum_s"] = time.perf_counter() - t0
+    else:
+        fz = frozen_norms(cap, n_max, tol=1e-6)
+        growth = fz.growth
+        out["spectrum_s"] = time.perf_counter() - t0
+        out["products"] = int(fz.iterations.sum())
+        out["residual"] = float(fz.residual.max())
+    out["metrics_s"] = 0.0
+    out["growth"] = [float(v) for v in growth]
+    out["peak_mib"] = _rss_mib()
+    return out
+
+
+def stability_comparison(n: int, threads: int) -> None:
+    """Print the exact-vs-Schur comparison (``stab_*`` cases, each in its own process)."""
+    a, b = _spawn("stab_exact", n, threads), _spawn("stab_schur", n, threads)
+    print(f"\nstability of an NL block, N = {a['n']}, C = 64, n = 1..10 (times in s, "
+          "memory = peak RSS above the baseline, MiB)")
+    for r, what in ((b, "previous: eig + Schur diagonal blocks (lower bound)"),
+                    (a, f"exact: matrix-free ({a['products']} products, residual "
+                        f"<= {a['residual']:.1e})")):
+        print(f"  {what}: {r['spectrum_s']:.2f} s, "
+              f"{r['peak_mib'] - r['baseline_mib']:.0f} MiB")
+    ratio = a["spectrum_s"] / max(b["spectrum_s"], 1e-9)
+    gap = max(x / y for x, y in zip(a["growth"], b["growth"]))
+    print(f"  time exact / previous: x{ratio:.2f}; exact growth@10 {a['growth'][-1]:.4g}, "
+          f"lower bound {b['growth'][-1]:.4g} (largest exact / bound over n: {gap:.2f})")
+
+
 def _spawn(case: str, n: int, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
@@ -114,6 +178,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch/BLAS threads per case (default 1, for stable timings)")
+    parser.add_argument("--stability-only", action="store_true",
+                        help="only the exact-vs-Schur stability comparison (N = 1024, C = 64)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,6 +187,9 @@ def main() -> None:
         print(json.dumps(run_case(args.case, args.n, args.threads)))
         return
     div, ddiv = (4, 2) if args.quick else (1, 1)
+    if args.stability_only:
+        stability_comparison(1024 // ddiv, args.threads)
+        return
     n_snl, n_nl, n_ref = 65536 // div, 16384 // div, 4096 // ddiv
     print(f"{os.cpu_count()} CPU cores, {args.threads} thread(s) per case; C_s = d = 32; "
           "times in seconds, memory = peak RSS in MiB (baseline: after imports)")
@@ -146,6 +215,7 @@ def main() -> None:
         print(f"N = {n_ref}: {slow} / {fast} ({a['method']}): time x{t_ratio:.0f}, "
               f"memory above baseline {extra_b:.0f} / {max(extra_a, 1):.0f} MiB, "
               f"largest |top-4 eigenvalue difference| {err:.1e}")
+    stability_comparison(1024 // ddiv, args.threads)
 
 
 def certified_spectra(n: int = 4096, threads: int = 1) -> None:

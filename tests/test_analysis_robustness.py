@@ -74,12 +74,12 @@ def test_tao_share_is_fixed_by_a_bottleneck_but_the_mass_is_not():
         cap = Capture("b", "block", "toy", None, weights=[torch.zeros(4, 8), torch.tensor(W)],
                       value_weight=torch.tensor(G))
         tao = tao_spectrum(cap)
-        assert tao.negative_share == 0.5
+        assert tao.negative_share == 0.5 and tao.forced and tao.rank == 4
         masses.add(round(tao.negative_mass, 3))
     assert len(masses) == 3 and max(masses) < 0.5
 
 
-def test_nonsymmetric_stability_uses_schur_and_says_so():
+def test_nonsymmetric_stability_is_exact_and_names_the_schur_bound():
     torch.manual_seed(0)
     block = make_block("nl", 4)
     with torch.no_grad():
@@ -87,8 +87,12 @@ def test_nonsymmetric_stability_uses_schur_and_says_so():
             p.normal_(0, 0.5)
     cap = capture(block, torch.randn(1, 4, 3, 3), progress=False)["(root)"]
     st = linearized_stability(cap, n_max=3)
-    assert "Schur" in st.how and "lower bound" in st.how
-    assert st.radius > 0 and len(st.growth) == 3
+    assert "matrix-free" in st.how and st.converged
+    assert "lower bound" in st.notes["lower_bound"]
+    assert st.radius > 0 and len(st.growth) == 3 and len(st.growth_lower_bound) == 3
+    assert np.all(st.growth_lower_bound <= st.growth * (1 + 1e-9))
+    with pytest.raises(ValueError, match="eigenbasis"):
+        linearized_stability(cap, n_max=3, exact="eigenbasis")
 
 
 def _random_snl():
