@@ -372,9 +372,13 @@ def test_analyze_rows_on_a_loaded_model():
     model = _load(ref.state_dict(), "20", "snl").float()
     table = analyze(model, _images(size=32).float(), max_samples=1, progress=False,
                     n_max=3)
-    assert [r.path for r in table] == ["layer3.2.units.0", "layer3.2.units.1"]
+    # one row per unit and one for the stage (its two units sharing one affinity)
+    assert [r.path for r in table] == ["layer3.2.units.0", "layer3.2.units.1", "layer3.2"]
+    assert [getattr(r, "source", None) for r in table][-1] == "stage"
     assert all(r.status == "ok" for r in table)
     assert all(r.n_nodes == 64 for r in table)
+    stage = table[-1]
+    assert stage.n_units == 2 and stage.jacobian_full > 0 and stage.jacobian_frozen > 0
 
 
 @pytest.mark.cuda
