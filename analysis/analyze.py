@@ -36,7 +36,8 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -107,6 +108,9 @@ class BlockReport:
         Relative filter-output change per relative change of :math:`\hat A Z`.
     notes : dict
         How each quantity was computed.
+    timings : dict
+        Seconds spent on each measure (``spectrum``, ``response``, ``stability``,
+        ``jacobian``...), to see what dominates.
     """
 
     path: str
@@ -148,6 +152,7 @@ class BlockReport:
     noise_gain: float = _NAN
     affinity_gain: float = _NAN
     notes: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 #: Columns of :meth:`AnalysisTable.summary`: (header, attribute, format).
@@ -215,8 +220,8 @@ class AnalysisTable(list):
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
             raise ImportError("to_frame() needs pandas: pip install pandas") from exc
-        cols = [f.name for f in fields(BlockReport) if f.name != "notes"]
-        data = [{k: v for k, v in asdict(r).items() if k != "notes"} for r in self]
+        cols = [f.name for f in fields(BlockReport) if f.name not in ("notes", "timings")]
+        data = [{k: v for k, v in asdict(r).items() if k in cols} for r in self]
         frame = pd.DataFrame(data, columns=cols)
         frame.attrs["reason"] = self.reason
         return frame
@@ -274,6 +279,7 @@ def _analyze_one(
     failed: list[str] = []
 
     def attempt(name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
         try:
             return fn()
         except (ValueError, TypeError, RuntimeError, NotImplementedError,
@@ -281,6 +287,8 @@ def _analyze_one(
             failed.append(f"{name}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one block's failure must not stop the rest
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
+        finally:
+            row.timings[name] = row.timings.get(name, 0.0) + time.perf_counter() - t0
         return None
 
     if cap.affinity is None:
@@ -377,6 +385,8 @@ def analyze(
     accuracy_levels: Sequence[float] | None = None,
     accuracy_batches: int = 8,
     keep_captures: bool = True,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> AnalysisTable:
     r"""Analyse every nonlocal block of ``model`` on ``data``: one :class:`BlockReport` each.
@@ -385,8 +395,9 @@ def analyze(
     ----------
     model : torch.nn.Module
         Any model; its nonlocal modules are found by :func:`analysis.capture.capture`.
-    data : Tensor or iterable
-        One input batch or batches (``DataLoader``, list of ``(input, target)``); use a
+    data : Tensor, dict or iterable
+        One input batch or batches (``DataLoader``, list of ``(input, target)``, dicts of
+        keyword inputs such as a Hugging Face ``BatchEncoding``: ``model(**batch)``); use a
         re-iterable object when ``accuracy_levels`` is given (it is read twice).
     blocks : sequence of str or type, optional
         Restrict to these module paths or types.
@@ -416,6 +427,10 @@ def analyze(
         Batches used per noise level.
     keep_captures : bool
         Keep the captures (on the CPU) in ``table.captures`` for plots.
+    forward : callable, optional
+        ``forward(model, batch)`` for models that are not called as ``model(input)``.
+    model_kwargs : dict, optional
+        Keyword inputs added to every model call (e.g. ``{"src_key_padding_mask": mask}``).
     progress : bool
         tqdm bars.
 
@@ -438,7 +453,7 @@ def analyze(
     1.0
     """
     caps = capture(model, data, blocks, max_samples, heads=heads, device=None,
-                   progress=progress)
+                   forward=forward, model_kwargs=model_kwargs, progress=progress)
     if not caps:
         table = AnalysisTable(reason=caps.reason, captures=caps if keep_captures else None)
     else:
@@ -462,7 +477,7 @@ def analyze(
                 f"labels has {labels.shape[0]} entries but data {data.shape[0]} samples"
             )
         batches: Any = [(data[i:i + 64], labels[i:i + 64]) for i in range(0, len(data), 64)]
-    elif isinstance(data, Tensor):
+    elif isinstance(data, (Tensor, Mapping)) or forward is not None or model_kwargs:
         batches = None
     else:
         batches = data
