@@ -51,7 +51,6 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -328,7 +327,8 @@ def find_nonlocal_modules(
     """The nonlocal modules of ``model`` as ``(path, module, kind)``, outermost first.
 
     ``kind`` is ``"adapter"``, ``"block"`` or ``"attention"`` (a module read by a
-    :class:`Recognizer`). Modules inside a found module are not listed again. ``blocks`` restricts the result to those module paths or types.
+    :class:`Recognizer`). Modules inside a found module are not listed again. ``blocks``
+    restricts the result to those module paths or types.
 
     Examples
     --------
@@ -994,10 +994,11 @@ def capture(
         raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
     found = find_nonlocal_modules(model, blocks)
     if not found:
+        families = ", ".join(r.name for r in _RECOGNIZERS)
         return Captures(reason=(
             "no nonlocal module found (no graphfilters block, no module of a registered "
-            "recognizer family: " + ", ".join(r.name for r in _RECOGNIZERS)
-            + ", and no registered adapter)" if blocks is None else f"no module matches blocks={blocks!r}"
+            f"recognizer family: {families}, and no registered adapter)"
+            if blocks is None else f"no module matches blocks={blocks!r}"
         ))
     out_device = None if device is None else torch.device(device)
     pieces: dict[str, list[Capture]] = {}
