@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -387,6 +388,7 @@ def analyze(
     keep_captures: bool = True,
     forward: Callable[[nn.Module, Any], Any] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    blas_threads: int | None = 1,
     progress: bool = True,
 ) -> AnalysisTable:
     r"""Analyse every nonlocal block of ``model`` on ``data``: one :class:`BlockReport` each.
@@ -431,6 +433,10 @@ def analyze(
         ``forward(model, batch)`` for models that are not called as ``model(input)``.
     model_kwargs : dict, optional
         Keyword inputs added to every model call (e.g. ``{"src_key_padding_mask": mask}``).
+    blas_threads : int or None
+        numpy's BLAS threads during the analysis (threadpoolctl, if installed; ``None``
+        leaves them alone). 1 by default: the per-frequency problems are small, and BLAS
+        threads competing with torch's oversubscribe the cores (more than 10x slower on 2).
     progress : bool
         tqdm bars.
 
@@ -452,6 +458,34 @@ def analyze(
     >>> row.stability_radius                 # BN scale 0 at initialization: the identity
     1.0
     """
+    with _blas_threads(blas_threads):
+        return _analyze(model, data, blocks=blocks, max_samples=max_samples, method=method,
+                        heads=heads, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
+                        jacobian_samples=jacobian_samples, noise_level=noise_level,
+                        affinity_noise=affinity_noise, labels=labels,
+                        accuracy_levels=accuracy_levels, accuracy_batches=accuracy_batches,
+                        keep_captures=keep_captures, forward=forward,
+                        model_kwargs=model_kwargs, progress=progress)
+
+
+def _blas_threads(n: int | None) -> Any:
+    """Cap numpy's BLAS threads (threadpoolctl, when installed) while torch keeps its own:
+    the many small eigen-problems otherwise oversubscribe the cores."""
+    if n is None:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is an optional dependency
+        return nullcontext()
+    return threadpool_limits(limits=int(n), user_api="blas")
+
+
+def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, method: str,
+             heads: str, dense_limit: int, n_max: int, jacobian: bool, jacobian_samples: int,
+             noise_level: float, affinity_noise: float, labels: Tensor | None,
+             accuracy_levels: Sequence[float] | None, accuracy_batches: int,
+             keep_captures: bool, forward: Any, model_kwargs: Any, progress: bool
+             ) -> AnalysisTable:
     caps = capture(model, data, blocks, max_samples, heads=heads, device=None,
                    forward=forward, model_kwargs=model_kwargs, progress=progress)
     if not caps:

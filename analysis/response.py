@@ -399,9 +399,12 @@ def layer_gains(capture: Any, lam: Any, include_output_scale: bool = True) -> np
     a = torch.from_numpy(np.stack(a_list))                      # (H, 2d, d)
     b = torch.from_numpy(np.stack(b_list))
     k = a @ b.transpose(-1, -2)                                 # (H, 2d, 2d)
-    m = torch.as_tensor(mu)[None, :, None, None] * k[:, None]
-    m = m + torch.eye(k.shape[-1], dtype=k.dtype)
-    top = torch.linalg.matrix_norm(m, ord=2).numpy()            # (H, n)
+    # sigma_1^2 = lambda_max((I + mu k)^T (I + mu k)) = lambda_max(I + mu s1 + mu^2 s2)
+    s1 = k + k.transpose(-1, -2)
+    s2 = k.transpose(-1, -2) @ k
+    mu_t = torch.as_tensor(mu)[None, :, None, None]
+    gram = mu_t * s1[:, None] + mu_t ** 2 * s2[:, None] + torch.eye(k.shape[-1], dtype=k.dtype)
+    top = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0).sqrt().numpy()   # (H, n)
     if k.shape[-1] < C:
         top = np.maximum(top, 1.0)
     return top
@@ -700,6 +703,7 @@ def block_response(
     method: str = "auto",
     dense_limit: int = AUTO_DENSE_LIMIT,
     ratio: float = 1.5,
+    n_grid_layer: int = 41,
 ) -> BlockResponse:
     r"""Response :math:`H(\lambda)` of a captured block on a grid and at its eigenvalues,
     its class, and the graph-frequency energy of :math:`Z` and of the filter output.
@@ -716,6 +720,10 @@ def block_response(
     energies : bool
         Compute the graph-frequency energies (needs eigenvectors; see
         :func:`graph_frequency_energy`).
+    n_grid_layer : int
+        Grid points of the per-head layer curves (``form="layer"``; one ``2d x 2d``
+        eigenvalue problem per head and point; the curves are convex in
+        :math:`\mu = 1 - \lambda`, so a coarser grid suffices). ``lam`` is this grid then.
 
     Examples
     --------
@@ -801,6 +809,9 @@ def block_response(
     form, head_labels, filter_label, filter_gains = "filter", [], label, None
     if (capture.source == "attention" and capture.residual and len(ws) == 2 and 0 not in nz
             and capture.value_weight is not None):
+        lam = np.linspace(0.0, lam_max, int(min(n_grid, n_grid_layer)))
+        gains = pencil_gains(ws, lam, basis=basis)
+        filter_label = classify_response(lam, gains[:, 0], lam_max, ratio)[0]
         hg = layer_gains(capture, lam, include_output_scale=True)        # (H, G)
         mean = hg.mean(0)
         head_labels = [classify_response(lam, g, lam_max, ratio)[0] for g in hg]

@@ -400,7 +400,7 @@ def test_layer_gains_equal_dense_per_head_maps_and_classes():
         ref = [np.linalg.norm(np.eye(C) + (1 - t) * K, 2) for t in lam]
         assert np.allclose(got[h], ref, atol=1e-10)
     resp = block_response(cap)
-    assert resp.form == "layer" and resp.gains.shape == (201, H + 1) and not resp.forced
+    assert resp.form == "layer" and resp.gains.shape == (41, H + 1) and not resp.forced
     assert len(resp.head_labels) == H and resp.filter_label == "band-stop"
     # a head that adds its smooth component: low-pass; one that subtracts it: high-pass
     with torch.no_grad():
