@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m analysis demo --out out
 
 test: $(STAMP)
-	$(PY) -m ruff check graphfilters analysis tests benchmarks
+	$(PY) -m ruff check graphfilters analysis tests benchmarks notebooks
 	$(PY) -m pytest -n 2 --timeout=600
 
 docs: $(STAMP)
