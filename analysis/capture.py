@@ -20,16 +20,21 @@ Three kinds of modules are recognized (the first match wins, outermost module fi
    and ``filter_weights()``; ``block.record`` is switched on during the run and the
    ``FilterRecord`` of every forward is read. A stage of units sharing one affinity
    (``last_records``) gives one capture per unit, ``{path}.units.{u}``;
-3. :class:`torch.nn.MultiheadAttention`: the attention is *recomputed* from the module's
-   inputs and its ``in_proj`` weights (fused kernels never form it), with the module's masks.
-   ``heads="mean"`` averages the heads (what the module returns with
-   ``average_attn_weights=True``, a dense ``(B, L, S)`` affinity); ``heads="keep"`` keeps one
-   row-stochastic affinity per head (batch shape ``(B, H)``, a
-   :class:`~graphfilters.graph.SoftmaxAffinity` when no mask is given).
+3. modules of a **recognizer** family (:class:`Recognizer`, :func:`register_recognizer`;
+   built in, see :mod:`analysis.recognizers`: :class:`torch.nn.MultiheadAttention` and
+   ``nn.TransformerEncoderLayer``, Hugging Face ``transformers`` self-attention, timm
+   ``Attention``, mmcv ``NonLocal2d``): the attention is *recomputed* from the module's call
+   arguments and weights (fused kernels never form it), with the call's masks.
+   ``heads="mean"`` averages the heads (what ``average_attn_weights=True`` returns, a dense
+   ``(B, L, S)`` affinity); ``heads="keep"`` keeps one row-stochastic affinity per head
+   (batch shape ``(B, H)``, a :class:`~graphfilters.graph.SoftmaxAffinity` without mask).
+   Inside a transformer layer the capture is the layer's residual branch (``residual=True``,
+   ``info["layer"]``, ``info["layernorm"]``).
 
-Everything is computed where the model lives; the results are moved to ``device`` (the CPU by
-default). Hooks are removed and the ``record`` flags and train/eval modes of every module are
-restored afterwards, also when the forward raises.
+PyTorch's native MHA fast path (nested tensors for padding masks) is switched off during the
+run and restored. Everything is computed where the model lives; the results are moved to
+``device`` (the CPU by default). Hooks are removed and the ``record`` flags and train/eval
+modes of every module are restored afterwards, also when the forward raises.
 
 Examples
 --------
