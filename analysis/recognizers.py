@@ -395,8 +395,9 @@ def _hf_build(ctx: CallContext) -> Capture | None:
         else:
             call = _tokens_call(attend, m)
     else:
-        out_mod = getattr(parent, "output", None) if getattr(parent, "self", None) is m \
-            else None
+        # BERT: parent.self / parent.output; transformers 4.x ViT: parent.attention / .output
+        owns = getattr(parent, "self", None) is m or getattr(parent, "attention", None) is m
+        out_mod = getattr(parent, "output", None) if owns else None
         out_proj = getattr(out_mod, "dense", None)
         if not isinstance(out_proj, nn.Linear):
             raise ValueError(f"{type(m).__name__}: no output projection (parent .output.dense)")
