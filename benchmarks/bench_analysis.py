@@ -147,7 +147,9 @@ def run_vit_case(layers: int, threads: int, skip: tuple[str, ...] = ()) -> dict:
     fast_l = layer_gains(cap, grid)
     out["structured_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    slow_f = response_gains(frequency_response(cap.weights, lam))[:, 0]
+    # as block_response did before: one dense H(lambda) and its SVD per eigenvalue, by sample
+    slow_f = np.concatenate([response_gains(frequency_response(cap.weights, 1 - np.asarray(m)))
+                             [:, 0] for m in spec.eigenvalues])
     slow_l = np.array([[np.linalg.norm(np.eye(d) + (1 - g) * (u @ v.T), 2) for g in grid]
                        for u, v in head_factors(cap)])
     out["dense_s"] = time.perf_counter() - t0
