@@ -772,9 +772,16 @@ def block_response(
         notes["lambda_max"] = (f"normalization {norm!r}: lambda = 1 - mu is not a normalized "
                                f"Laplacian; grid over [0, max|lambda|] = [0, {lam_max:.3g}]")
     lam = np.linspace(0.0, lam_max, int(n_grid))
-    gains = pencil_gains(ws, lam, basis=basis)
+    layer_form = (capture.source == "attention" and capture.residual and len(ws) == 2
+                  and not np.any(ws[0] != 0) and capture.value_weight is not None)
+    layer_lam = np.linspace(0.0, lam_max, int(min(n_grid, n_grid_layer)))
+    # one call (one factorization of the weights) for the grids and every eigenvalue
+    parts = [lam, layer_lam] + [e for e in eigs]
+    allg = pencil_gains(ws, np.concatenate(parts), basis=basis)
+    splits = np.split(allg, np.cumsum([len(p) for p in parts])[:-1])
+    gains, layer_filter_gains = splits[0], splits[1]
     label, stats = classify_response(lam, gains[:, 0], lam_max, ratio)
-    at = [pencil_gains(ws, e, basis=basis)[:, 0] if e.size else e for e in eigs]
+    at = [g[:, 0] if e.size else e for g, e in zip(splits[2:], eigs)]
     nz = [k for k, w in enumerate(ws) if np.any(w != 0)]
     forced = ""
     if len(nz) == 1:
@@ -807,10 +814,8 @@ def block_response(
     if capture.source == "attention":
         notes["attention"] = capture.info.get("note", "")
     form, head_labels, filter_label, filter_gains = "filter", [], label, None
-    if (capture.source == "attention" and capture.residual and len(ws) == 2 and 0 not in nz
-            and capture.value_weight is not None):
-        lam = np.linspace(0.0, lam_max, int(min(n_grid, n_grid_layer)))
-        gains = pencil_gains(ws, lam, basis=basis)
+    if layer_form:
+        lam, gains = layer_lam, layer_filter_gains
         filter_label = classify_response(lam, gains[:, 0], lam_max, ratio)[0]
         hg = layer_gains(capture, lam, include_output_scale=True)        # (H, G)
         mean = hg.mean(0)
