@@ -75,6 +75,7 @@ def _hf_models(impl: str):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
 def test_hf_maps_equal_output_attentions(impl):
     for name, model, batch, layernorm in _hf_models(impl):
@@ -113,6 +114,7 @@ def test_hf_layer_call_is_the_residual_branch():
             assert torch.allclose(fn(x).transpose(1, 2), ref, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_hf_analyze_rows_ok_and_jacobians():
     for name, model, batch, _ in _hf_models("sdpa"):
         table = analyze(model, batch, max_samples=3, progress=False)
