@@ -36,7 +36,9 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -136,6 +138,9 @@ class BlockReport:
         Relative filter-output change per relative change of :math:`\hat A Z`.
     notes : dict
         How each quantity was computed.
+    timings : dict
+        Seconds spent on each measure (``spectrum``, ``response``, ``stability``,
+        ``jacobian``...), to see what dominates.
     """
 
     path: str
@@ -191,6 +196,7 @@ class BlockReport:
     noise_gain: float = _NAN
     affinity_gain: float = _NAN
     notes: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 #: Columns of :meth:`AnalysisTable.summary`: (header, attribute, format).
@@ -281,8 +287,8 @@ class AnalysisTable(list):
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
             raise ImportError("to_frame() needs pandas: pip install pandas") from exc
-        cols = [f.name for f in fields(BlockReport) if f.name != "notes"]
-        data = [{k: v for k, v in asdict(r).items() if k != "notes"} for r in self]
+        cols = [f.name for f in fields(BlockReport) if f.name not in ("notes", "timings")]
+        data = [{k: v for k, v in asdict(r).items() if k in cols} for r in self]
         frame = pd.DataFrame(data, columns=cols)
         frame.attrs["reason"] = self.reason
         return frame
@@ -350,6 +356,7 @@ def _analyze_one(
     failed: list[str] = []
 
     def attempt(name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
         try:
             return fn()
         except (ValueError, TypeError, RuntimeError, NotImplementedError,
@@ -357,6 +364,8 @@ def _analyze_one(
             failed.append(f"{name}: {exc}")
         except Exception as exc:  # noqa: BLE001 - one block's failure must not stop the rest
             failed.append(f"{name}: {type(exc).__name__}: {exc}")
+        finally:
+            row.timings[name] = row.timings.get(name, 0.0) + time.perf_counter() - t0
         return None
 
     if cap.affinity is None:
@@ -535,6 +544,9 @@ def analyze(
     accuracy_levels: Sequence[float] | None = None,
     accuracy_batches: int = 8,
     keep_captures: bool = True,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    blas_threads: int | None = 1,
     progress: bool = True,
 ) -> AnalysisTable:
     r"""Analyse every nonlocal block of ``model`` on ``data``: one :class:`BlockReport` each.
@@ -543,8 +555,9 @@ def analyze(
     ----------
     model : torch.nn.Module
         Any model; its nonlocal modules are found by :func:`analysis.capture.capture`.
-    data : Tensor or iterable
-        One input batch or batches (``DataLoader``, list of ``(input, target)``); use a
+    data : Tensor, dict or iterable
+        One input batch or batches (``DataLoader``, list of ``(input, target)``, dicts of
+        keyword inputs such as a Hugging Face ``BatchEncoding``: ``model(**batch)``); use a
         re-iterable object when ``accuracy_levels`` is given (it is read twice).
     blocks : sequence of str or type, optional
         Restrict to these module paths or types.
@@ -588,6 +601,14 @@ def analyze(
         Batches used per noise level.
     keep_captures : bool
         Keep the captures (on the CPU) in ``table.captures`` for plots.
+    forward : callable, optional
+        ``forward(model, batch)`` for models that are not called as ``model(input)``.
+    model_kwargs : dict, optional
+        Keyword inputs added to every model call (e.g. ``{"src_key_padding_mask": mask}``).
+    blas_threads : int or None
+        numpy's BLAS threads during the analysis (threadpoolctl, if installed; ``None``
+        leaves them alone). 1 by default: the per-frequency problems are small, and BLAS
+        threads competing with torch's oversubscribe the cores (more than 10x slower on 2).
     progress : bool
         tqdm bars.
 
@@ -609,8 +630,36 @@ def analyze(
     >>> row.stability_radius                 # BN scale 0 at initialization: the identity
     1.0
     """
+    with _blas_threads(blas_threads):
+        return _analyze(model, data, blocks=blocks, max_samples=max_samples, method=method,
+                        heads=heads, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
+                        jacobian_samples=jacobian_samples, noise_level=noise_level,
+                        affinity_noise=affinity_noise, labels=labels,
+                        accuracy_levels=accuracy_levels, accuracy_batches=accuracy_batches,
+                        keep_captures=keep_captures, forward=forward,
+                        model_kwargs=model_kwargs, progress=progress)
+
+
+def _blas_threads(n: int | None) -> Any:
+    """Cap numpy's BLAS threads (threadpoolctl, when installed) while torch keeps its own:
+    the many small eigen-problems otherwise oversubscribe the cores."""
+    if n is None:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is an optional dependency
+        return nullcontext()
+    return threadpool_limits(limits=int(n), user_api="blas")
+
+
+def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, method: str,
+             heads: str, dense_limit: int, n_max: int, jacobian: bool, jacobian_samples: int,
+             noise_level: float, affinity_noise: float, labels: Tensor | None,
+             accuracy_levels: Sequence[float] | None, accuracy_batches: int,
+             keep_captures: bool, forward: Any, model_kwargs: Any, progress: bool
+             ) -> AnalysisTable:
     caps = capture(model, data, blocks, max_samples, heads=heads, device=None,
-                   progress=progress)
+                   forward=forward, model_kwargs=model_kwargs, progress=progress)
     if not caps:
         table = AnalysisTable(reason=caps.reason, captures=caps if keep_captures else None)
     else:
@@ -646,7 +695,7 @@ def analyze(
                 f"labels has {labels.shape[0]} entries but data {data.shape[0]} samples"
             )
         batches: Any = [(data[i:i + 64], labels[i:i + 64]) for i in range(0, len(data), 64)]
-    elif isinstance(data, Tensor):
+    elif isinstance(data, (Tensor, Mapping)) or forward is not None or model_kwargs:
         batches = None
     else:
         batches = data

@@ -20,16 +20,21 @@ Three kinds of modules are recognized (the first match wins, outermost module fi
    and ``filter_weights()``; ``block.record`` is switched on during the run and the
    ``FilterRecord`` of every forward is read. A stage of units sharing one affinity
    (``last_records``) gives one capture per unit, ``{path}.units.{u}``;
-3. :class:`torch.nn.MultiheadAttention`: the attention is *recomputed* from the module's
-   inputs and its ``in_proj`` weights (fused kernels never form it), with the module's masks.
-   ``heads="mean"`` averages the heads (what the module returns with
-   ``average_attn_weights=True``, a dense ``(B, L, S)`` affinity); ``heads="keep"`` keeps one
-   row-stochastic affinity per head (batch shape ``(B, H)``, a
-   :class:`~graphfilters.graph.SoftmaxAffinity` when no mask is given).
+3. modules of a **recognizer** family (:class:`Recognizer`, :func:`register_recognizer`;
+   built in, see :mod:`analysis.recognizers`: :class:`torch.nn.MultiheadAttention` and
+   ``nn.TransformerEncoderLayer``, Hugging Face ``transformers`` self-attention, timm
+   ``Attention``, mmcv ``NonLocal2d``): the attention is *recomputed* from the module's call
+   arguments and weights (fused kernels never form it), with the call's masks.
+   ``heads="mean"`` averages the heads (what ``average_attn_weights=True`` returns, a dense
+   ``(B, L, S)`` affinity); ``heads="keep"`` keeps one row-stochastic affinity per head
+   (batch shape ``(B, H)``, a :class:`~graphfilters.graph.SoftmaxAffinity` without mask).
+   Inside a transformer layer the capture is the layer's residual branch (``residual=True``,
+   ``info["layer"]``, ``info["layernorm"]``).
 
-Everything is computed where the model lives; the results are moved to ``device`` (the CPU by
-default). Hooks are removed and the ``record`` flags and train/eval modes of every module are
-restored afterwards, also when the forward raises.
+PyTorch's native MHA fast path (nested tensors for padding masks) is switched off during the
+run and restored. Everything is computed where the model lives; the results are moved to
+``device`` (the CPU by default). Hooks are removed and the ``record`` flags and train/eval
+modes of every module are restored afterwards, also when the forward raises.
 
 Examples
 --------
@@ -51,9 +56,8 @@ Examples
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -79,6 +83,12 @@ __all__ = [
     "capture",
     "register_adapter",
     "unregister_adapter",
+    "Recognizer",
+    "CallContext",
+    "register_recognizer",
+    "unregister_recognizer",
+    "recognizers",
+    "run_batch",
     "find_nonlocal_modules",
     "MHA_SPEC",
     "ROOT",
@@ -157,6 +167,149 @@ def _adapter_for(module: nn.Module) -> Callable[..., Any] | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------
+# Recognizers: one per family of attention modules
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallContext:
+    r"""One forward call of a recognized module, as a recognizer's ``build`` sees it.
+
+    Attributes
+    ----------
+    path : str
+        Module path.
+    module : nn.Module
+    args, kwargs : tuple, dict
+        The call's positional and keyword arguments.
+    output : Any
+        What the module returned (tuples included).
+    heads : str
+        ``"mean"`` or ``"keep"`` (see :func:`capture`).
+    parent : nn.Module or None
+        The module that contains it (e.g. the transformer layer), to find the residual
+        path, the LayerNorm and the output projection.
+    parent_args, parent_kwargs : tuple and dict, or None
+        The arguments of the parent's current call (the layer input), when it has one.
+    """
+
+    path: str
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    output: Any
+    heads: str
+    parent: nn.Module | None = None
+    parent_args: tuple | None = None
+    parent_kwargs: dict | None = None
+
+    def argument(self, name: str, position: int, default: Any = None) -> Any:
+        """The call argument ``name`` (keyword) or at ``position`` (positional)."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        return self.args[position] if len(self.args) > position else default
+
+
+@dataclass(frozen=True)
+class Recognizer:
+    r"""How :func:`capture` reads one family of modules without an adapter.
+
+    Attributes
+    ----------
+    name : str
+        The family (``"torch.nn.MultiheadAttention"``, ``"transformers"``, ``"timm"``,
+        ``"mmcv"``, ...); stored in ``Capture.info["family"]``.
+    matches : callable
+        ``matches(module) -> bool``: whether a module belongs to the family (duck typing
+        on attributes, so that the library need not be imported).
+    build : callable
+        ``build(ctx: CallContext) -> Capture | None``, called in a forward hook after each
+        call of a matching module (in eval mode, under ``no_grad``). It recomputes the
+        affinity from the call's inputs and the module's weights (fused kernels never form
+        it) and fills the :class:`Capture`: ``affinity``, ``normalization``, ``z``,
+        ``weights``, ``input`` in ``(S, C, *spatial)`` layout, ``call``/``call_kwargs``
+        (how to re-run it, see :class:`Capture`), ``residual`` and the value projection.
+        ``path``, ``source``, ``module_type``, ``module`` and ``info["family"]`` are filled
+        in by :func:`capture`. ``None`` skips the call (e.g. cross-attention).
+    source : str
+        ``Capture.source`` of its captures (``"attention"`` or ``"nonlocal"``).
+    targets : str
+        The library versions the recognizer was written against (documentation).
+    """
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    build: Callable[[CallContext], Capture | None]
+    source: str = "attention"
+    targets: str = ""
+
+
+_RECOGNIZERS: list[Recognizer] = []
+
+
+def register_recognizer(recognizer: Recognizer, *, first: bool = True) -> None:
+    r"""Add a family of modules that :func:`capture` reads without an adapter.
+
+    A recognizer with the same ``name`` is replaced. ``first=True`` (default) puts it
+    before the others, so a new recognizer can take over modules a built-in one matches.
+    Adapters (:func:`register_adapter`) and graphfilters blocks are checked before any
+    recognizer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import DenseAffinity
+    >>> class Mean(torch.nn.Module):           # mixes the L tokens of (B, L, C) equally
+    ...     def forward(self, x):
+    ...         return x.mean(1, keepdim=True).expand_as(x)
+    >>> def build(ctx):
+    ...     x = ctx.args[0]
+    ...     B, L, C = x.shape
+    ...     return Capture("", "", "", DenseAffinity(torch.full((B, L, L), 1 / L)), "none",
+    ...                    spatial_shape=(L,), input=x.transpose(1, 2), residual=False,
+    ...                    call=lambda t: ctx.module(t.transpose(1, 2)).transpose(1, 2))
+    >>> register_recognizer(Recognizer("mean-mixer", lambda m: isinstance(m, Mean), build))
+    >>> caps = capture(torch.nn.Sequential(Mean()), torch.randn(2, 3, 4), progress=False)
+    >>> caps["0"].info["family"], caps["0"].affinity.shape
+    ('mean-mixer', (2, 3, 3))
+    >>> unregister_recognizer("mean-mixer")
+    """
+    if not isinstance(recognizer, Recognizer):
+        raise TypeError(f"recognizer must be a Recognizer, got {type(recognizer).__name__}")
+    unregister_recognizer(recognizer.name)
+    if first:
+        _RECOGNIZERS.insert(0, recognizer)
+    else:
+        _RECOGNIZERS.append(recognizer)
+
+
+def unregister_recognizer(name: str) -> None:
+    """Remove the recognizer called ``name`` (no error if there is none)."""
+    _RECOGNIZERS[:] = [r for r in _RECOGNIZERS if r.name != name]
+
+
+def recognizers() -> list[Recognizer]:
+    """The registered recognizers, in the order they are tried.
+
+    Examples
+    --------
+    >>> [r.name for r in recognizers()][-4:]
+    ['mmcv', 'timm', 'transformers', 'torch.nn.MultiheadAttention']
+    """
+    return list(_RECOGNIZERS)
+
+
+def _recognizer_for(module: nn.Module) -> Recognizer | None:
+    for rec in _RECOGNIZERS:
+        try:
+            if rec.matches(module):
+                return rec
+        except Exception:  # noqa: BLE001 - a faulty matcher must not stop the search
+            continue
+    return None
+
+
 def _is_block(module: nn.Module) -> bool:
     return isinstance(getattr(module, "spec", None), BlockSpec) and callable(
         getattr(module, "filter_weights", None)
@@ -168,7 +321,7 @@ def _kind(module: nn.Module) -> str | None:
         return "adapter"
     if _is_block(module):
         return "block"
-    if isinstance(module, nn.MultiheadAttention):
+    if _recognizer_for(module) is not None:
         return "attention"
     return None
 
@@ -178,8 +331,9 @@ def find_nonlocal_modules(
 ) -> list[tuple[str, nn.Module, str]]:
     """The nonlocal modules of ``model`` as ``(path, module, kind)``, outermost first.
 
-    ``kind`` is ``"adapter"``, ``"block"`` or ``"attention"``. Modules inside a found module
-    are not listed again. ``blocks`` restricts the result to those module paths or types.
+    ``kind`` is ``"adapter"``, ``"block"`` or ``"attention"`` (a module read by a
+    :class:`Recognizer`). Modules inside a found module are not listed again. ``blocks``
+    restricts the result to those module paths or types.
 
     Examples
     --------
@@ -249,16 +403,25 @@ class Capture:
     spatial_shape : tuple of int
         ``(L,)``, ``(H, W)`` or ``(T, H, W)`` of the queries.
     input : Tensor ``(S, C, *spatial_shape)`` or None
-        The module input (attention: the query, moved to this layout).
+        The input of the captured map, always in this layout (token sequences ``(S, L, C)``
+        are transposed): the module input, or the layer input ``x`` when the capture is the
+        residual branch of a transformer layer (``info["layer"]``).
     output_scale, output_shift : Tensor ``(C_out,)`` or None
         Effective per-channel affine of the output normalization (BN in eval mode, or CC's
         :math:`\gamma`); ``None`` means scale 1, shift 0.
     value_weight, value_bias : Tensor or None
         The value projection :math:`Z = X G + b` with ``G`` of shape ``(C, C_s)``, when the
         module exposes it (``g`` convolution, attention ``in_proj``); with sub-sampled keys
-        (``info["sub_sampled"]``) ``Z`` is max-pooled after the projection.
+        (``info["sub_sampled"]``) ``Z`` is max-pooled after the projection. For a pre-LN
+        transformer layer ``G`` is the linearization of ``LN`` then the projection at the
+        captured statistics, :math:`G = \bar s\, P \operatorname{diag}(\gamma) G_v` with
+        :math:`P = I - \mathbf 1\mathbf 1^T/C` and :math:`\bar s` the mean of the tokens'
+        :math:`1/\sigma_i` (``info["layernorm"]``).
     residual : bool
-        Whether the module adds its input (``Y = X + ...``); ``False`` for attention.
+        Whether the captured map adds its input (``Y = X + ...``): true for graphfilters
+        blocks, for ``NonLocal2d`` and for attention inside a transformer layer that the
+        recognizer identified (the residual branch, ``info["layer"]`` says which form and
+        ``info["layernorm"]`` how the LayerNorm is treated); false for a bare attention module.
     relu_after_norm : bool
         A ReLU follows the output normalization (official SNL classification code).
     heads : str or None
@@ -271,6 +434,16 @@ class Capture:
         The module itself (not moved; used by the empirical robustness measures).
     n_samples : int
         Number of captured samples ``S``.
+    call : callable or None
+        How the measures re-run what was captured: ``call(x, **kw)`` takes ``x`` in the
+        layout of ``input``, ``(b, C, *spatial_shape)``, with ``kw`` the ``call_kwargs`` of
+        the same ``b`` samples, and returns one tensor in that layout (the module's own
+        layout, tuple outputs and keyword arguments are handled inside). When ``residual`` is
+        true it computes the whole residual branch (e.g. ``x + Attn(LN(x))`` for a pre-LN
+        transformer layer). ``None``: ``module(x)`` (graphfilters blocks, modules taking
+        ``(B, C, *spatial)``). An adapter may supply its own; it is kept.
+    call_kwargs : dict of str to Tensor
+        Per-sample keyword tensors for ``call`` (batch first: padding masks, ...).
 
     Shapes
     ------
@@ -297,6 +470,8 @@ class Capture:
     info: dict[str, Any] = field(default_factory=dict)
     module: nn.Module | None = field(default=None, repr=False)
     n_samples: int = 0
+    call: Callable[..., Tensor] | None = field(default=None, repr=False)
+    call_kwargs: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     # -- derived facts -------------------------------------------------------------------
     @property
@@ -345,6 +520,7 @@ class Capture:
             value_weight=mv(self.value_weight),
             value_bias=mv(self.value_bias),
             info=dict(self.info),
+            call_kwargs={k: mv(v) for k, v in self.call_kwargs.items()},
         )
 
     def affinity_row(self, query: int | Sequence[int], index: int = 0) -> np.ndarray:
@@ -545,7 +721,9 @@ def _from_adapter_result(path: str, module: nn.Module, res: Any) -> Capture | No
     if res is None:
         return None
     if isinstance(res, Capture):
-        cap = replace(res, path=path, source="adapter", module=module,
+        # a module or call supplied by the adapter (e.g. a wrapper) is kept
+        cap = replace(res, path=path, source="adapter",
+                      module=res.module if res.module is not None else module,
                       module_type=type(module).__name__)
         if isinstance(cap.affinity, Tensor):
             cap.affinity = DenseAffinity(cap.affinity.detach())
@@ -560,109 +738,13 @@ def _from_adapter_result(path: str, module: nn.Module, res: Any) -> Capture | No
         if getattr(res, "normalization", None) is None:
             cap.normalization = "none"
         cap.residual = bool(getattr(res, "residual", False))
+        if callable(getattr(res, "call", None)):
+            cap.call = res.call
+            cap.call_kwargs = dict(getattr(res, "call_kwargs", None) or {})
         return cap
     raise TypeError(
         f"the adapter for {type(module).__name__} returned {type(res).__name__}; return an "
         "Affinity, a (B, N, N) tensor, a Capture, a record with an 'affinity' attribute, or None"
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# MultiheadAttention
-# ------------------------------------------------------------------------------------------
-
-
-def _mha_capture(
-    path: str, module: nn.MultiheadAttention, args: tuple, kwargs: dict, heads: str
-) -> Capture:
-    r"""Recompute the attention of ``module`` from its call arguments (eval mode)."""
-    bound = inspect.signature(module.forward).bind(*args, **kwargs)
-    bound.apply_defaults()
-    a = bound.arguments
-    query, key, value = a["query"], a["key"], a["value"]
-    unbatched = query.dim() == 2
-    if unbatched:
-        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-    elif module.batch_first:
-        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-    # now (L, B, E)
-    L, Bsz, E = query.shape
-    H = module.num_heads
-    d = E // H
-    if module._qkv_same_embed_dim:
-        w_q, w_k, w_v = module.in_proj_weight.chunk(3)
-    else:
-        w_q, w_k, w_v = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
-    if module.in_proj_bias is not None:
-        b_q, b_k, b_v = module.in_proj_bias.chunk(3)
-    else:
-        b_q = b_k = b_v = None
-    q = nn.functional.linear(query, w_q, b_q)
-    k = nn.functional.linear(key, w_k, b_k)
-    v = nn.functional.linear(value, w_v, b_v)
-    attn_mask = a.get("attn_mask")
-    kpm = a.get("key_padding_mask")
-    if module.bias_k is not None:
-        k = torch.cat([k, module.bias_k.expand(1, Bsz, E)])
-        v = torch.cat([v, module.bias_v.expand(1, Bsz, E)])
-        attn_mask = None if attn_mask is None else nn.functional.pad(attn_mask, (0, 1))
-        kpm = None if kpm is None else nn.functional.pad(kpm, (0, 1))
-    # (B, H, L, d)
-    qh = q.reshape(L, Bsz, H, d).permute(1, 2, 0, 3)
-    kh = k.reshape(k.shape[0], Bsz, H, d).permute(1, 2, 0, 3)
-    if module.add_zero_attn:
-        kh = torch.cat([kh, kh.new_zeros(Bsz, H, 1, d)], 2)
-        v = torch.cat([v, v.new_zeros(1, Bsz, E)])
-        attn_mask = None if attn_mask is None else nn.functional.pad(attn_mask, (0, 1))
-        kpm = None if kpm is None else nn.functional.pad(kpm, (0, 1))
-    n_keys = kh.shape[2]
-    scale = 1.0 / math.sqrt(d)
-    if bool(a.get("is_causal")) and attn_mask is None:
-        attn_mask = torch.ones(L, n_keys, dtype=torch.bool, device=q.device).triu(1)
-    masked = attn_mask is not None or kpm is not None
-    if masked:
-        logits = scale * (qh @ kh.transpose(-1, -2))           # (B, H, L, S)
-        if attn_mask is not None:
-            m = attn_mask if attn_mask.dim() == 2 else attn_mask.reshape(Bsz, H, L, n_keys)
-            logits = logits.masked_fill(m, float("-inf")) if m.dtype == torch.bool \
-                else logits + m
-        if kpm is not None:
-            km = kpm.reshape(Bsz, 1, 1, n_keys)
-            logits = logits.masked_fill(km, float("-inf")) if km.dtype == torch.bool \
-                else logits + km
-        probs = torch.softmax(logits, -1)
-        aff: Affinity = DenseAffinity(probs.mean(1) if heads == "mean" else probs)
-    elif heads == "mean":
-        aff = DenseAffinity(torch.softmax(scale * (qh @ kh.transpose(-1, -2)), -1).mean(1))
-    else:
-        aff = SoftmaxAffinity(qh, kh, scale=scale)
-    z = v.transpose(0, 1)                                       # (B, S, E)
-    W_o = module.out_proj.weight.detach()
-    weights = [torch.zeros_like(W_o), W_o.T.clone()]
-    b_o = module.out_proj.bias
-    inp = query.permute(1, 2, 0)                                # (B, E, L)
-    return Capture(
-        path=path,
-        source="attention",
-        module_type=type(module).__name__,
-        affinity=aff.detach(),
-        normalization="rw",
-        spec=MHA_SPEC,
-        z=z.detach(),
-        weights=weights,
-        spatial_shape=(L,),
-        input=inp.detach(),
-        output_scale=None,
-        output_shift=None if b_o is None else b_o.detach().clone(),
-        value_weight=w_v.detach().T.clone(),
-        value_bias=None if b_v is None else b_v.detach().clone(),
-        residual=False,
-        heads=heads,
-        info={"num_heads": H, "head_dim": d, "n_keys": n_keys, "masked": masked,
-              "note": "per-head filter: F = [A_1 Z_1, ..., A_H Z_H] W_o; "
-                      + ("the affinity is the head average" if heads == "mean"
-                         else "one affinity per head")},
-        module=module,
     )
 
 
@@ -706,7 +788,10 @@ def _merge(pieces: list[Capture], device: torch.device | None) -> Capture:
         return torch.cat(vals, 0)
 
     n = sum(p.n_samples for p in pieces)
-    cap = replace(first, affinity=aff, z=cat("z"), input=cat("input"), n_samples=n)
+    kw = {k: torch.cat([p.call_kwargs[k] for p in pieces], 0) for k in first.call_kwargs
+          if all(k in p.call_kwargs for p in pieces)}
+    cap = replace(first, affinity=aff, z=cat("z"), input=cat("input"), n_samples=n,
+                  call_kwargs=kw)
     return cap.to(device) if device is not None else cap
 
 
@@ -715,21 +800,30 @@ def _batch_input(batch: Any) -> Any:
         return batch
     if isinstance(batch, (list, tuple)) and batch:
         return batch[0]
-    if isinstance(batch, dict):
-        for key in ("input", "inputs", "x", "image", "images"):
+    if isinstance(batch, Mapping):
+        for key in _INPUT_KEYS:
             if key in batch:
                 return batch[key]
     raise TypeError(
         f"cannot find the model input in a batch of type {type(batch).__name__}: pass a "
-        "tensor, an iterable of tensors or of (input, target) pairs, or forward=fn(model, batch)"
+        "tensor, an iterable of tensors or of (input, target) pairs, a dict of keyword "
+        "inputs, or forward=fn(model, batch)"
     )
 
 
+#: Keys of a dict batch read as the one positional input; other dicts are keyword inputs.
+_INPUT_KEYS = ("input", "inputs", "x", "image", "images")
+
+
 def _batch_size(x: Any) -> int:
+    """The leading size of the first tensor in ``x`` (tensor, sequence or mapping)."""
     if isinstance(x, Tensor):
         return int(x.shape[0]) if x.dim() > 0 else 1
-    if isinstance(x, (list, tuple)) and x and isinstance(x[0], Tensor):
-        return int(x[0].shape[0])
+    values = list(x.values()) if isinstance(x, Mapping) else (
+        list(x) if isinstance(x, (list, tuple)) else [])
+    for v in values:
+        if isinstance(v, Tensor) and v.dim() > 0:
+            return int(v.shape[0])
     raise TypeError(f"cannot infer the batch size of a {type(x).__name__} input")
 
 
@@ -738,7 +832,69 @@ def _to_device(x: Any, device: torch.device) -> Any:
         return x.to(device)
     if isinstance(x, (list, tuple)):
         return type(x)(_to_device(v, device) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device) for k, v in x.items()}
     return x
+
+
+def _as_batches(data: Any) -> Any:
+    """One batch (tensor or dict of keyword inputs) as a list; an iterable as it is."""
+    return [data] if isinstance(data, (Tensor, Mapping)) else data
+
+
+def run_batch(
+    model: nn.Module,
+    batch: Any,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[Any, int]:
+    r"""Call ``model`` on one batch the way :func:`capture` and :func:`~analysis.analyze`
+    do, and return ``(output, batch size)``.
+
+    ``forward(model, batch)`` when given; a dict without an input key (``"input"``,
+    ``"x"``, ``"image"``...) as keyword inputs, ``model(**batch, **model_kwargs)``
+    (Hugging Face style: ``input_ids``, ``attention_mask``, ``pixel_values``); otherwise the
+    batch's input tensor, ``model(x, **model_kwargs)``. Tensors go to the model's device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lin = torch.nn.Linear(3, 2)
+    >>> run_batch(lin, {"input": torch.randn(4, 3)})[1]
+    4
+    """
+    dev = model_device(model)
+    kw = _to_device(dict(model_kwargs or {}), dev)
+    if forward is not None:
+        b = _to_device(batch, dev)
+        return forward(model, b), _batch_size(b)
+    if isinstance(batch, Mapping) and not any(k in batch for k in _INPUT_KEYS):
+        b = _to_device(batch, dev)
+        return model(**b, **kw), _batch_size(b)
+    x = _to_device(_batch_input(batch), dev)
+    return model(x, **kw), _batch_size(x)
+
+
+def _parents(model: nn.Module) -> dict[str, nn.Module]:
+    """``{path: parent module}`` for every submodule path (the root has none)."""
+    mods = dict(model.named_modules())
+    out = {}
+    for path in mods:
+        if path:
+            head = path.rsplit(".", 1)[0] if "." in path else ""
+            out[path] = mods[head]
+    return out
+
+
+def _mha_fastpath(enabled: bool) -> bool:
+    """Switch PyTorch's native MHA / ``TransformerEncoder`` fast path (nested tensors for
+    padding masks, which hooks cannot read) and return the previous setting."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        return True
+    old = bool(mha.get_fastpath_enabled())
+    mha.set_fastpath_enabled(enabled)
+    return old
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -766,6 +922,7 @@ def _slice_capture(cap: Capture, k: int) -> Capture:
         z=None if cap.z is None else cap.z[:k],
         input=None if cap.input is None else cap.input[:k],
         n_samples=k,
+        call_kwargs={name: v[:k] for name, v in cap.call_kwargs.items()},
     )
 
 
@@ -784,6 +941,7 @@ def capture(
     heads: str = "mean",
     device: torch.device | str | None = "cpu",
     forward: Callable[[nn.Module, Any], Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Captures:
     r"""Run ``model`` and capture what its nonlocal modules compute.
@@ -792,10 +950,11 @@ def capture(
     ----------
     model : torch.nn.Module
         Run in eval mode under :func:`torch.no_grad`; its train/eval modes are restored.
-    inputs_or_loader : Tensor or iterable
+    inputs_or_loader : Tensor, dict or iterable
         One input batch, or an iterable of batches (tensors, ``(input, target, ...)``
-        tuples or dicts with an ``"input"`` key), e.g. a ``DataLoader``. Inputs are moved to
-        the model's device.
+        tuples, dicts with an ``"input"`` key, or dicts of keyword inputs such as a Hugging
+        Face ``BatchEncoding``: ``model(**batch)``), e.g. a ``DataLoader``. Inputs are moved
+        to the model's device (see :func:`run_batch`).
     blocks : sequence of str or type, optional
         Module paths or module types to capture (default: every nonlocal module found).
     max_samples : int
@@ -807,6 +966,8 @@ def capture(
         Where the results are put (default the CPU; ``None``: stay on the model's device).
     forward : callable, optional
         ``forward(model, batch)`` for models that do not take ``model(input)``.
+    model_kwargs : dict, optional
+        Keyword inputs added to every call, e.g. ``{"src_key_padding_mask": mask}``.
     progress : bool
         Show a tqdm bar over batches.
 
@@ -834,13 +995,16 @@ def capture(
         raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
     if heads not in ("mean", "keep"):
         raise ValueError(f"heads must be 'mean' or 'keep', got {heads!r}")
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
     found = find_nonlocal_modules(model, blocks)
     if not found:
+        families = ", ".join(r.name for r in _RECOGNIZERS)
         return Captures(reason=(
-            "no nonlocal module found (no graphfilters block, nn.MultiheadAttention or "
-            "registered adapter)" if blocks is None else f"no module matches blocks={blocks!r}"
+            "no nonlocal module found (no graphfilters block, no module of a registered "
+            f"recognizer family: {families}, and no registered adapter)"
+            if blocks is None else f"no module matches blocks={blocks!r}"
         ))
-    dev = model_device(model)
     out_device = None if device is None else torch.device(device)
     pieces: dict[str, list[Capture]] = {}
     order: list[str] = []
@@ -848,6 +1012,8 @@ def capture(
     modes = {m: m.training for m in model.modules()}
     records: dict[nn.Module, Any] = {}
     handles: list[Any] = []
+    parent_calls: dict[int, tuple[tuple, dict]] = {}
+    parents = _parents(model)
 
     def add(cap: Capture | None) -> None:
         if cap is None:
@@ -889,12 +1055,26 @@ def capture(
             add(_from_adapter_result(path, module, fn(module, inputs, output)))
         return hook
 
-    def mha_hook(path: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            add(_mha_capture(path, module, args, kwargs, heads))
+    def parent_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        parent_calls[id(module)] = (args, kwargs)
+
+    def recognizer_hook(path: str, rec: Recognizer) -> Callable[..., None]:
+        parent = parents.get(path)
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            pargs, pkw = parent_calls.get(id(parent), (None, None)) if parent is not None \
+                else (None, None)
+            ctx = CallContext(path, module, args, kwargs, output, heads, parent, pargs, pkw)
+            cap = rec.build(ctx)
+            if cap is not None:
+                cap.path, cap.source = path, rec.source
+                cap.module_type, cap.module = type(module).__name__, module
+                cap.info.setdefault("family", rec.name)
+            add(cap)
         return hook
 
     seen = 0
+    fastpath = _mha_fastpath(False)
     try:
         model.eval()
         for path, module, kind in found:
@@ -906,8 +1086,13 @@ def capture(
                 module.record = True
                 handles.append(module.register_forward_hook(block_hook(path)))
             else:
-                handles.append(module.register_forward_pre_hook(mha_hook(path), with_kwargs=True))
-        batches = [inputs_or_loader] if isinstance(inputs_or_loader, Tensor) else inputs_or_loader
+                parent = parents.get(path)
+                if parent is not None:
+                    handles.append(parent.register_forward_pre_hook(parent_hook,
+                                                                    with_kwargs=True))
+                handles.append(module.register_forward_hook(
+                    recognizer_hook(path, _recognizer_for(module)), with_kwargs=True))
+        batches = _as_batches(inputs_or_loader)
         try:
             total = len(batches)  # type: ignore[arg-type]
         except TypeError:
@@ -915,20 +1100,18 @@ def capture(
         bar = tqdm(batches, desc="capture", total=total, disable=not progress, leave=False)
         with torch.no_grad():
             for batch in bar:
-                x = batch if forward is not None else _batch_input(batch)
-                x = _to_device(x, dev)
-                bs = _batch_size(x) if forward is None else _batch_size(_batch_input(batch))
-                state["take"] = min(bs, max_samples - seen)
+                b = batch if forward is not None else (
+                    batch if isinstance(batch, Mapping) else _batch_input(batch))
+                state["take"] = min(_batch_size(b), max_samples - seen)
                 state["paths"] = set()
-                if forward is not None:
-                    forward(model, x)
-                else:
-                    model(x)
+                parent_calls.clear()
+                run_batch(model, batch, forward, model_kwargs)
                 seen += state["take"]
                 if seen >= max_samples:
                     break
         bar.close()
     finally:
+        _mha_fastpath(fastpath)
         for h in handles:
             h.remove()
         for module, flag in records.items():
@@ -944,3 +1127,7 @@ def capture(
             + ", ".join(p for p, _, _ in found)
         )
     return result
+
+
+# The built-in recognizers (MultiheadAttention, transformers, timm, mmcv) register themselves.
+from . import recognizers as _recognizers  # noqa: E402,F401

@@ -92,6 +92,9 @@ __all__ = [
     "BlockResponse",
     "block_response",
     "filter_output",
+    "pencil_gains",
+    "head_factors",
+    "layer_gains",
 ]
 
 RESPONSE_CLASSES = ("zero", "all-pass", "band-pass", "band-stop", "low-pass", "high-pass")
@@ -278,6 +281,137 @@ def classify_response(
     if high >= ratio * low:
         return "high-pass", stats
     return "all-pass", stats
+
+
+def pencil_gains(weights: Sequence[Any], lam: Any, *, basis: str = "chebyshev") -> np.ndarray:
+    r"""Singular values of :math:`H(\lambda) = \sum_k B_k(1 - \lambda) W_k` at many
+    :math:`\lambda`, using that :math:`H` is a pencil in the basis values.
+
+    Equal to ``response_gains(frequency_response(weights, lam, basis=basis))`` without one
+    ``C_s x C_out`` SVD per frequency where the structure allows: with one nonzero term
+    (:math:`W_0 = 0`: NL, attention) :math:`\sigma(H(\lambda)) = |B_k(1-\lambda)|\,
+    \sigma(W_k)` (one SVD in all); otherwise every :math:`W_k` is restricted to the joint row
+    space of the terms (dimension :math:`\le \min(C_{out}, (K+1) C_s)`), which keeps the
+    singular values, and the small problems are solved in one batched call.
+
+    Shapes
+    ------
+    ``lam``: ``(n,)`` → ``(n, min(C_s, C_out))``, descending.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> W = [np.zeros((3, 8)), rng.standard_normal((3, 8))]
+    >>> lam = np.array([0.0, 0.5, 1.7])
+    >>> np.allclose(pencil_gains(W, lam), response_gains(frequency_response(W, lam)))
+    True
+    """
+    ws = _weights_np(weights)
+    lam = np.atleast_1d(np.asarray(lam))
+    vals = basis_values(len(ws) - 1, 1 - lam, basis)              # (n, K+1)
+    c_s, c_out = ws[0].shape
+    r = min(c_s, c_out)
+    nz = [k for k, w in enumerate(ws) if np.any(w != 0)]
+    if not nz:
+        return np.zeros((lam.shape[0], r))
+    if len(nz) == 1:
+        sv = np.linalg.svd(ws[nz[0]], compute_uv=False)
+        return np.abs(vals[:, nz[0]])[:, None] * sv[None, :]
+    stack = np.concatenate([ws[k] for k in nz], 0)               # (m C_s, C_out)
+    if stack.shape[0] < c_out:                                  # restrict to the row space
+        q, _ = np.linalg.qr(stack.T)                             # (C_out, m C_s)
+        small = [ws[k] @ q for k in nz]
+    else:
+        small = [ws[k] for k in nz]
+    Hs = np.einsum("nk,kio->nio", vals[:, nz], np.stack(small))
+    t = torch.from_numpy(np.ascontiguousarray(Hs))
+    return torch.linalg.svdvals(t).numpy()[:, :r]
+
+
+def head_factors(capture: Any, include_output_scale: bool = True
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    r"""Per-head factors of an attention capture's channel map: :math:`K_h = U_h V_h^T` with
+    :math:`U_h = G_h` (``C x d``, the head's value projection columns) and
+    :math:`V_h^T = W_{1,h} S` (``d x C_out``, the head's rows of :math:`W_o^T` times the
+    output scale), so that the frozen layer is
+    :math:`X \mapsto [X] + \sum_h A_h X K_h` (the identity when ``capture.residual``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from analysis.capture import Capture
+    >>> cap = Capture("a", "attention", "toy", None, weights=[torch.zeros(4, 4), torch.eye(4)],
+    ...               value_weight=torch.eye(4), info={"num_heads": 2, "head_dim": 2})
+    >>> [u.shape for u, v in head_factors(cap)]
+    [(4, 2), (4, 2)]
+    """
+    if capture.weights is None or capture.value_weight is None:
+        raise ValueError(f"{capture.path}: needs the filter weights and the value projection")
+    H = int(capture.info.get("num_heads", 1))
+    ws = _weights_np(capture.weights)
+    if len(ws) != 2 or np.any(ws[0] != 0):
+        raise ValueError(f"{capture.path}: per-head maps need an attention filter F = A Z W_1")
+    G = to_numpy(capture.value_weight, np.float64)
+    W = ws[1]
+    if include_output_scale and capture.output_scale is not None:
+        W = W * to_numpy(capture.output_scale, np.float64).reshape(1, -1)
+    d = W.shape[0] // H
+    return [(G[:, h * d:(h + 1) * d], W[h * d:(h + 1) * d].T) for h in range(H)]
+
+
+def layer_gains(capture: Any, lam: Any, include_output_scale: bool = True) -> np.ndarray:
+    r"""Largest singular value of each head's layer map
+    :math:`M_h(\lambda) = [I] + (1 - \lambda) K_h` (:func:`head_factors`; the identity when
+    the capture includes the residual), for every :math:`\lambda`.
+
+    The non-trivial part of :math:`M_h` has rank :math:`\le d` (the head width): with an
+    orthonormal basis :math:`Q` of :math:`[U_h, V_h]` (``C x 2d``),
+    :math:`I + \mu U_h V_h^T = (I - QQ^T) + Q (I_{2d} + \mu\, Q^TU_h\,V_h^TQ) Q^T`, so
+    :math:`\sigma_1(M_h) = \max(1, \sigma_1(I_{2d} + \mu\, a b^T))` (1 only when
+    :math:`2d < C`): a ``2d x 2d`` problem per frequency instead of ``C x C``, batched over
+    heads and frequencies. Without the residual :math:`\sigma_1 = |\mu|\,\sigma_1(K_h)`.
+
+    Shapes
+    ------
+    ``lam``: ``(n,)`` real → ``(H, n)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from analysis.capture import Capture
+    >>> cap = Capture("a", "attention", "toy", None, weights=[torch.zeros(4, 4), torch.eye(4)],
+    ...               value_weight=0.5 * torch.eye(4), residual=True,
+    ...               info={"num_heads": 2, "head_dim": 2})
+    >>> layer_gains(cap, [0.0, 1.0, 2.0])          # I + 0.5 mu P_h: 1.5, 1, 1
+    array([[1.5, 1. , 1. ],
+           [1.5, 1. , 1. ]])
+    """
+    mu = 1 - np.asarray(lam, dtype=float).ravel()
+    factors = head_factors(capture, include_output_scale)
+    C, c_out = factors[0][0].shape[0], factors[0][1].shape[0]
+    if not capture.residual:
+        top = np.array([np.linalg.norm(u @ v.T, 2) for u, v in factors])
+        return top[:, None] * np.abs(mu)[None, :]
+    if C != c_out:
+        raise ValueError(f"{capture.path}: a residual layer needs C_out = C, got {C}, {c_out}")
+    a_list, b_list = [], []
+    for u, v in factors:
+        q, _ = np.linalg.qr(np.concatenate([u, v], 1))          # (C, 2d)
+        a_list.append(q.T @ u)
+        b_list.append(q.T @ v)
+    a = torch.from_numpy(np.stack(a_list))                      # (H, 2d, d)
+    b = torch.from_numpy(np.stack(b_list))
+    k = a @ b.transpose(-1, -2)                                 # (H, 2d, 2d)
+    # sigma_1^2 = lambda_max((I + mu k)^T (I + mu k)) = lambda_max(I + mu s1 + mu^2 s2)
+    s1 = k + k.transpose(-1, -2)
+    s2 = k.transpose(-1, -2) @ k
+    mu_t = torch.as_tensor(mu)[None, :, None, None]
+    gram = mu_t * s1[:, None] + mu_t ** 2 * s2[:, None] + torch.eye(k.shape[-1], dtype=k.dtype)
+    top = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0).sqrt().numpy()   # (H, n)
+    if k.shape[-1] < C:
+        top = np.maximum(top, 1.0)
+    return top
 
 
 # ------------------------------------------------------------------------------------------
@@ -477,7 +611,28 @@ def filter_output(capture: Any) -> Tensor:
     if capture.weights is None or capture.z is None:
         raise ValueError(f"{capture.path}: the capture has no filter weights or signal")
     op = capture.operator()
+    if _per_head(capture):
+        zh = _head_signal(capture)                                # (S, H, N, d)
+        S, H, N, d = zh.shape
+        az = op(zh.to(capture.z.dtype)).permute(0, 2, 1, 3).reshape(S, N, H * d)
+        return az @ capture.weights[1].to(az.dtype)
     return polynomial_filter(op, capture.z, list(capture.weights), capture.basis)
+
+
+def _per_head(capture: Any) -> bool:
+    """An attention capture with one affinity per head (``heads="keep"``)."""
+    aff = capture.affinity
+    return (capture.heads == "keep" and aff is not None and len(aff.batch_shape) == 2
+            and capture.z is not None and capture.weights is not None
+            and len(capture.weights) == 2)
+
+
+def _head_signal(capture: Any) -> Tensor:
+    """The values split by head, ``(S, N, H d)`` → ``(S, H, N, d)``."""
+    z = capture.z
+    H = int(capture.info.get("num_heads", capture.affinity.batch_shape[1]))
+    S, N, E = z.shape
+    return z.reshape(S, N, H, E // H).permute(0, 2, 1, 3)
 
 
 @dataclass
@@ -504,6 +659,22 @@ class BlockResponse:
     energy_z, energy_out : FrequencyEnergy or None
         Graph-frequency energy of :math:`Z` and of the filter output :math:`F`.
     notes : dict
+    form : str
+        ``"filter"``: ``gains`` are the singular values of :math:`H(\lambda)` (blocks, bare
+        attention). ``"layer"``: a transformer layer whose capture includes the residual;
+        ``gains[:, 0]`` is the head average of :math:`\sigma_1(M_h(\lambda))`,
+        :math:`M_h = I + (1 - \lambda) K_h` (:func:`layer_gains`), columns ``1..H`` the
+        heads, and ``label`` classifies column 0.
+    head_labels : list of str
+        The class of each head's curve (``"layer"`` form).
+    filter_label : str
+        The class of :math:`\sigma_1(H(\lambda))` (``filter_gains``).
+    filter_gains : numpy array ``(G, r)`` or None
+        The filter's singular values when ``form == "layer"``.
+    forced : str
+        Non-empty when the class is fixed by the construction, not by the weights (e.g.
+        :math:`W_0 = 0`: :math:`\sigma(H) = |1 - \lambda|\,\sigma(W_1)` is a notch at 1
+        for any :math:`W_1`).
     """
 
     lam: np.ndarray
@@ -518,6 +689,11 @@ class BlockResponse:
     energy_z: FrequencyEnergy | None = None
     energy_out: FrequencyEnergy | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    form: str = "filter"
+    head_labels: list[str] = field(default_factory=list)
+    filter_label: str = ""
+    filter_gains: np.ndarray | None = None
+    forced: str = ""
 
 
 def block_response(
@@ -531,6 +707,7 @@ def block_response(
     method: str = "auto",
     dense_limit: int = AUTO_DENSE_LIMIT,
     ratio: float = 1.5,
+    n_grid_layer: int = 41,
 ) -> BlockResponse:
     r"""Response :math:`H(\lambda)` of a captured block on a grid and at its eigenvalues,
     its class, and the graph-frequency energy of :math:`Z` and of the filter output.
@@ -547,6 +724,10 @@ def block_response(
     energies : bool
         Compute the graph-frequency energies (needs eigenvectors; see
         :func:`graph_frequency_energy`).
+    n_grid_layer : int
+        Grid points of the per-head layer curves (``form="layer"``; one ``2d x 2d``
+        eigenvalue problem per head and point; the curves are convex in
+        :math:`\mu = 1 - \lambda`, so a coarser grid suffices). ``lam`` is this grid then.
 
     Examples
     --------
@@ -595,17 +776,40 @@ def block_response(
         notes["lambda_max"] = (f"normalization {norm!r}: lambda = 1 - mu is not a normalized "
                                f"Laplacian; grid over [0, max|lambda|] = [0, {lam_max:.3g}]")
     lam = np.linspace(0.0, lam_max, int(n_grid))
-    gains = response_gains(frequency_response(ws, lam, basis=basis))
+    layer_form = (capture.source == "attention" and capture.residual and len(ws) == 2
+                  and not np.any(ws[0] != 0) and capture.value_weight is not None)
+    layer_lam = np.linspace(0.0, lam_max, int(min(n_grid, n_grid_layer)))
+    # one call (one factorization of the weights) for the grids and every eigenvalue
+    parts = [lam, layer_lam] + [e for e in eigs]
+    allg = pencil_gains(ws, np.concatenate(parts), basis=basis)
+    splits = np.split(allg, np.cumsum([len(p) for p in parts])[:-1])
+    gains, layer_filter_gains = splits[0], splits[1]
     label, stats = classify_response(lam, gains[:, 0], lam_max, ratio)
-    at = [response_gains(frequency_response(ws, e, basis=basis))[:, 0] if e.size else e
-          for e in eigs]
+    at = [g[:, 0] if e.size else e for g, e in zip(splits[2:], eigs)]
+    nz = [k for k, w in enumerate(ws) if np.any(w != 0)]
+    forced = ""
+    if len(nz) == 1:
+        forced = (f"one nonzero term W_{nz[0]}: sigma(H) = |B_{nz[0]}(1 - lambda)| sigma(W), "
+                  "so the shape (and the class) is fixed by the construction")
     lw = laplacian_weights(ws) if basis == "chebyshev" else None
     e_z = e_out = None
     if energies and graph_ok and capture.z is not None and capture.affinity is not None:
         try:
-            e_z = graph_frequency_energy(capture.affinity, capture.z, norm,
-                                         nonsymmetric=nonsymmetric)
+            per_head = _per_head(capture)
+            if per_head:        # each head's values in its own affinity's basis
+                zh = _head_signal(capture)
+                zs = zh.reshape(-1, *zh.shape[2:])
+                e_z = graph_frequency_energy(capture.affinity, zs, norm,
+                                             nonsymmetric=nonsymmetric)
+                notes["energy_heads"] = "per head (values Z_h in the basis of A_h), averaged"
+            else:
+                e_z = graph_frequency_energy(capture.affinity, capture.z, norm,
+                                             nonsymmetric=nonsymmetric)
             f = filter_output(capture)
+            if per_head:
+                S, N, _ = f.shape
+                H = capture.affinity.batch_shape[1]
+                f = f[:, None].expand(S, H, N, f.shape[-1]).reshape(S * H, N, -1)
             e_out = graph_frequency_energy(capture.affinity, f, norm, nonsymmetric=nonsymmetric)
         except ValueError as exc:
             notes["energy"] = f"skipped: {exc}"
@@ -613,5 +817,23 @@ def block_response(
         notes["energy"] = "skipped: no square position graph (CGNL or sub-sampled keys)"
     if capture.source == "attention":
         notes["attention"] = capture.info.get("note", "")
+    form, head_labels, filter_label, filter_gains = "filter", [], label, None
+    if layer_form:
+        lam, gains = layer_lam, layer_filter_gains
+        filter_label = classify_response(lam, gains[:, 0], lam_max, ratio)[0]
+        hg = layer_gains(capture, lam, include_output_scale=True)        # (H, G)
+        mean = hg.mean(0)
+        head_labels = [classify_response(lam, g, lam_max, ratio)[0] for g in hg]
+        filter_gains = gains
+        gains = np.column_stack([mean, hg.T])
+        label, stats = classify_response(lam, mean, lam_max, ratio)
+        form, forced = "layer", ""
+        notes["layer"] = (
+            f"{capture.info.get('layer', 'residual layer')}: class of the head average of "
+            "sigma_1(I + (1 - lambda) K_h), K_h = G_h W_h S per head (output scale and, for "
+            f"pre-LN, the LayerNorm at its captured statistics included; "
+            f"layernorm={capture.info.get('layernorm', 'none')})")
+    if forced:
+        notes["forced"] = forced
     return BlockResponse(lam, gains, label, stats, lam_max, eigs, at, lw, basis, e_z, e_out,
-                         notes)
+                         notes, form, head_labels, filter_label, filter_gains, forced)

@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,7 @@ from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
 from graphfilters.graph import Affinity
 
 from .capture import Capture, _batch_input, model_device
-from .response import _weights_np, frequency_response
+from .response import _head_signal, _per_head, _weights_np, filter_output, frequency_response
 from .spectra import AUTO_DENSE_LIMIT, Spectrum, spectrum
 
 __all__ = [
@@ -1174,10 +1174,21 @@ class _Bound(nn.Module):
         self._call = call
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._call(self.inner, x)
+        out = self._call(self.inner, x)
+        return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _attention_call(batch_first: bool) -> Callable[[nn.Module, Tensor], Tensor]:
+def _attention_call(capture: Capture, index: int, device: torch.device
+                    ) -> Callable[[nn.Module, Tensor], Tensor]:
+    """How sample ``index`` of ``capture`` is re-run: its ``call`` with that sample's
+    ``call_kwargs`` (masks...), or, for older captures of ``nn.MultiheadAttention`` without a
+    ``call``, self-attention on the query in the ``(1, E, L)`` layout."""
+    if capture.call is not None:
+        fn = capture.call
+        kw = {k: v[index:index + 1].to(device) for k, v in capture.call_kwargs.items()}
+        return lambda module, t: fn(t, **kw)
+    batch_first = getattr(capture.module, "batch_first", False)
+
     def call(module: nn.Module, t: Tensor) -> Tensor:
         q = t.permute(0, 2, 1) if batch_first else t.permute(2, 0, 1)
         out = module(q, q, q, need_weights=False)[0]
@@ -1186,13 +1197,15 @@ def _attention_call(batch_first: bool) -> Callable[[nn.Module, Tensor], Tensor]:
 
 
 def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]:
-    r"""``(f, x)``: the captured module as a function of its input (an ``nn.Module``, so
+    r"""``(f, x)``: the captured map as a function of its input (an ``nn.Module``, so
     :func:`jacobian_spectral_norm` runs it in eval mode), and sample ``index``'s input
     ``(1, C, *spatial)`` on the module's device.
 
-    Units of a stage that share the stage's affinity are called with the captured affinity
-    (held fixed). Attention modules are called as self-attention on the captured query, with
-    the input and output in the ``(1, E, L)`` layout.
+    The map is ``capture.call`` when the capture has one (attention of other libraries:
+    tuple outputs, keyword inputs such as masks, and the module's own layout are handled
+    there; for a transformer layer it is the residual branch, e.g. ``x + Attn(LN(x))``),
+    with sample ``index``'s ``call_kwargs``. Units of a stage that share the stage's affinity
+    are called with the captured affinity (held fixed). Otherwise the module itself.
 
     Examples
     --------
@@ -1211,13 +1224,15 @@ def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]
         raise ValueError(f"sample index {index} out of range [0, {capture.n_samples})")
     dtype, dev = _module_dtype_device(module)
     x = capture.input[index:index + 1].to(device=dev, dtype=dtype)
-    if capture.source == "attention":
-        return _Bound(module, _attention_call(getattr(module, "batch_first", False))), x
+    if capture.call is not None or isinstance(module, nn.MultiheadAttention):
+        owner = module if not isinstance(capture.call, nn.Module) else nn.ModuleList(
+            [module, capture.call])                       # eval mode reaches the layer too
+        return _Bound(owner, _attention_call(capture, index, dev)), x
     if getattr(module, "shared_affinity", False) and getattr(module, "theta", 1) is None \
             and capture.affinity is not None:
         aff = capture.affinity._map(lambda t: t[index:index + 1].to(dev))
         return _Bound(module, lambda m, t: m(t, aff)), x
-    return module, x
+    return _Bound(module, lambda m, t: m(t)), x
 
 
 class _EvalMode:
@@ -1728,6 +1743,9 @@ def affinity_sensitivity(
 
     def run(a: Affinity) -> tuple[Tensor, Tensor]:
         op = a.normalized(capture.normalization)
+        if _per_head(capture):              # one affinity per head acts on its own values
+            c = replace(capture, affinity=a)
+            return op(_head_signal(c)), filter_output(c)
         return op(z), polynomial_filter(op, z, ws, capture.basis)
 
     with torch.no_grad():

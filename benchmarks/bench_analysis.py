@@ -26,6 +26,15 @@ case's alone; the baseline after importing torch is printed too):
 ``--spectra [--n N]`` (:func:`certified_spectra`): the top-4 eigenvalues of the NL softmax
 affinity by each method with time, certified residual, status and the error against dense
 ``eig`` (N = 4096 by default).
+
+``--vit`` runs the transformer case instead (:func:`run_vit_case`): ``analyze()`` with its
+defaults on a ViT-B/16-geometry encoder (``nn.TransformerEncoder``, pre-LN, 12 layers,
+d = 768, 12 heads, N = 197 tokens, 4 inputs), its time, peak memory and the seconds per
+measure summed over the layers, and on one layer the frequency responses by the structured
+path (pencil gains, per-head ``2d x 2d`` layer maps) against the per-eigenvalue dense path
+(one ``C_s x C_out`` SVD per captured eigenvalue, one ``C x C`` SVD per head and frequency),
+with their largest difference. ``--vit-layers`` and ``--vit-skip`` (measures to leave out,
+e.g. ``stability`` while it is dense) adjust it.
 """
 
 from __future__ import annotations
@@ -155,6 +164,91 @@ def stability_comparison(n: int, threads: int) -> None:
           f"lower bound {b['growth'][-1]:.4g} (largest exact / bound over n: {gap:.2f})")
 
 
+def run_vit_case(layers: int, threads: int, skip: tuple[str, ...] = ()) -> dict:
+    """ViT-B/16 geometry: ``analyze()`` with defaults, and structured vs dense responses."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from analysis import analyze
+    from analysis.capture import capture
+    from analysis.response import (
+        frequency_response,
+        head_factors,
+        layer_gains,
+        pencil_gains,
+        response_gains,
+    )
+    from analysis.spectra import spectrum
+
+    torch.set_num_threads(threads)
+    base = _rss_mib()
+    torch.manual_seed(0)
+    d, heads, n_tok, n_in = 768, 12, 197, 4
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(d, heads, 4 * d, batch_first=True, norm_first=True,
+                                   activation="gelu"), layers, enable_nested_tensor=False).eval()
+    x = torch.randn(n_in, n_tok, d)
+    analyze_module = sys.modules["analysis.analyze"]    # (analysis.analyze is the function)
+    for name in skip:                 # leave a measure out (reported as skipped)
+        def _skipped(*a, _name=name, **k):
+            raise NotImplementedError(f"{_name} left out by --vit-skip")
+        setattr(analyze_module, {"stability": "linearized_stability", "tao": "tao_spectrum",
+                                 "response": "block_response"}[name], _skipped)
+    t0 = time.perf_counter()
+    table = analyze(enc, x, progress=False)
+    total = time.perf_counter() - t0
+    per: dict = {}
+    for row in table:
+        for k, v in row.timings.items():
+            per[k] = per.get(k, 0.0) + v
+    out = {"case": "vit", "layers": layers, "analyze_s": total, "baseline_mib": base,
+           "peak_mib": _rss_mib(), "per_measure_s": per,
+           "status": sorted({r.status for r in table}),
+           "classes": sorted({r.response_class for r in table})}
+    # one layer: structured vs per-eigenvalue dense responses
+    cap = capture(enc, x, blocks=["layers.0.self_attn"], progress=False)["layers.0.self_attn"]
+    spec = spectrum(cap.affinity, "normalized", "rw", progress=False)
+    lam = 1 - np.asarray(spec.eigenvalues[0])           # sample 0: 197 eigenvalues
+    grid = np.linspace(0, 2, 11)
+    t0 = time.perf_counter()
+    fast_f = pencil_gains(cap.weights, lam)[:, 0]
+    fast_l = layer_gains(cap, grid)
+    out["structured_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # as block_response did before: one dense H(lambda) and its SVD per eigenvalue
+    slow_f = response_gains(frequency_response(cap.weights, lam))[:, 0]
+    slow_l = np.array([[np.linalg.norm(np.eye(d) + (1 - g) * (u @ v.T), 2) for g in grid]
+                       for u, v in head_factors(cap)])
+    out["dense_s"] = time.perf_counter() - t0
+    out["n_eigenvalues"] = int(lam.size)
+    out["max_diff"] = float(max(np.abs(fast_f - slow_f).max(), np.abs(fast_l - slow_l).max()))
+    return out
+
+
+def _vit_main(layers: int, threads: int, skip: tuple[str, ...]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
+    cmd = [sys.executable, os.path.abspath(__file__), "--case", "vit", "--n", str(layers),
+           "--threads", str(threads)] + (["--vit-skip", ",".join(skip)] if skip else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vit case failed:\n{proc.stderr[-2000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"ViT-B/16 geometry ({r['layers']} layers, d = 768, 12 heads, N = 197, 4 inputs), "
+          f"{threads} torch thread(s), {os.cpu_count()} CPU cores"
+          + (f"; left out: {', '.join(skip)}" if skip else ""))
+    print(f"analyze(): {r['analyze_s']:.1f} s, peak RSS {r['peak_mib']:.0f} MiB "
+          f"(baseline {r['baseline_mib']:.0f}); rows {r['status']}, classes {r['classes']}")
+    per = sorted(r["per_measure_s"].items(), key=lambda kv: -kv[1])
+    print("seconds per measure (all layers): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in per))
+    print(f"one layer, {r['n_eigenvalues']} eigenvalues of one sample + 12 heads x 11 "
+          "frequencies: "
+          f"structured {r['structured_s']:.3f} s, per-eigenvalue dense {r['dense_s']:.1f} s "
+          f"(x{r['dense_s'] / max(r['structured_s'], 1e-9):.0f}), "
+          f"largest gain difference {r['max_diff']:.1e}")
+
+
 def _spawn(case: str, n: int, threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
@@ -180,11 +274,24 @@ def main() -> None:
                         help="torch/BLAS threads per case (default 1, for stable timings)")
     parser.add_argument("--stability-only", action="store_true",
                         help="only the exact-vs-Schur stability comparison (N = 1024, C = 64)")
+    parser.add_argument("--vit", action="store_true",
+                        help="the ViT-B/16-geometry transformer case (analyze() with defaults)")
+    parser.add_argument("--vit-layers", type=int, default=12, help="encoder layers (12)")
+    parser.add_argument("--vit-skip", default="",
+                        help="measures to leave out of the ViT case, comma-separated "
+                             "(stability, tao, response)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    skip = tuple(s for s in args.vit_skip.split(",") if s)
+    if args.case == "vit":
+        print(json.dumps(run_vit_case(args.n, args.threads, skip)))
+        return
     if args.case:
         print(json.dumps(run_case(args.case, args.n, args.threads)))
+        return
+    if args.vit:
+        _vit_main(args.vit_layers, args.threads, skip)
         return
     div, ddiv = (4, 2) if args.quick else (1, 1)
     if args.stability_only:
