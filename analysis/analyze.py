@@ -633,7 +633,9 @@ def analyze(
     with _blas_threads(blas_threads):
         return _analyze(model, data, blocks=blocks, max_samples=max_samples, method=method,
                         heads=heads, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
-                        jacobian_samples=jacobian_samples, noise_level=noise_level,
+                        jacobian_samples=jacobian_samples, jacobian_k=jacobian_k,
+                        stability_samples=stability_samples, tol=tol, stages=stages,
+                        backbone=backbone, noise_level=noise_level,
                         affinity_noise=affinity_noise, labels=labels,
                         accuracy_levels=accuracy_levels, accuracy_batches=accuracy_batches,
                         keep_captures=keep_captures, forward=forward,
@@ -654,6 +656,7 @@ def _blas_threads(n: int | None) -> Any:
 
 def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, method: str,
              heads: str, dense_limit: int, n_max: int, jacobian: bool, jacobian_samples: int,
+             jacobian_k: int, stability_samples: int, tol: float, stages: bool, backbone: bool,
              noise_level: float, affinity_noise: float, labels: Tensor | None,
              accuracy_levels: Sequence[float] | None, accuracy_batches: int,
              keep_captures: bool, forward: Any, model_kwargs: Any, progress: bool
