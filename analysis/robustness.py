@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -1394,7 +1394,13 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
     if isinstance(fn, _Bound):
         if getattr(inner, "shared_affinity", False):
             return fn                                     # called with a fixed affinity
-        raise ValueError(f"affinity='frozen' is not available for {type(inner).__name__}")
+        if hasattr(inner, "compute_affinity"):             # a graphfilters block, called plainly
+            return frozen_function(inner, x)
+
+        def held(t: Tensor) -> Tensor:                    # attention of another library
+            with attention_held_fixed():
+                return fn(t)
+        return held
     if isinstance(fn, NonlocalStage):
         with torch.no_grad():
             aff = fn.compute_affinity(x).detach()
@@ -1413,6 +1419,72 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
         f"affinity='frozen' needs a graphfilters block or stage or nn.MultiheadAttention, got "
         f"{type(fn).__name__}"
     )
+
+
+@contextmanager
+def attention_held_fixed() -> Iterable[None]:
+    r"""Within this context, attention probabilities are constants for autograd.
+
+    Every way the supported libraries form attention probabilities is wrapped so that its
+    result is detached: ``torch.softmax``, ``torch.nn.functional.softmax`` and
+    ``Tensor.softmax`` (eager attention: Hugging Face ``eager``, ``nn.MultiheadAttention`` with
+    weights, mmcv ``NonLocal2d``), and ``torch.nn.functional.scaled_dot_product_attention``
+    (Hugging Face ``sdpa``, timm, ``nn.MultiheadAttention`` without weights), replaced by
+    :math:`\operatorname{sg}(\operatorname{softmax}(QK^T s + M))\,V`. A module run inside it
+    computes its usual output, and its derivative at the input is the frozen-affinity
+    Jacobian :math:`J_{fix}` (the affinity's dependence on the input dropped); used by
+    :func:`frozen_function` for captures re-run through ``Capture.call``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = torch.randn(1, 1, 3, 2, requires_grad=True)
+    >>> with attention_held_fixed():
+    ...     out = torch.nn.functional.scaled_dot_product_attention(q, q.detach(), q.detach())
+    >>> out.requires_grad                 # only through the values
+    False
+    """
+    import torch.nn.functional as F
+
+    originals = (torch.softmax, F.softmax, torch.Tensor.softmax,
+                 F.scaled_dot_product_attention)
+
+    def softmax(*args: Any, **kwargs: Any) -> Tensor:
+        return originals[0](*args, **kwargs).detach()
+
+    def f_softmax(*args: Any, **kwargs: Any) -> Tensor:
+        return originals[1](*args, **kwargs).detach()
+
+    def t_softmax(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return originals[2](self, *args, **kwargs).detach()
+
+    def sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+             dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+             enable_gqa: bool = False) -> Tensor:
+        if dropout_p:
+            raise ValueError("attention_held_fixed: dropout in attention (run in eval mode)")
+        L, S = query.shape[-2], key.shape[-2]
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            rep = query.shape[-3] // key.shape[-3]
+            key = key.repeat_interleave(rep, -3)
+            value = value.repeat_interleave(rep, -3)
+        s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        logits = (query @ key.transpose(-2, -1)) * s
+        if is_causal:
+            causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+            logits = logits.masked_fill(~causal, float("-inf"))
+        if attn_mask is not None:
+            logits = (logits.masked_fill(~attn_mask, float("-inf"))
+                      if attn_mask.dtype == torch.bool else logits + attn_mask)
+        return originals[0](logits, -1).detach() @ value
+
+    torch.softmax, F.softmax, torch.Tensor.softmax = softmax, f_softmax, t_softmax
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        (torch.softmax, F.softmax, torch.Tensor.softmax,
+         F.scaled_dot_product_attention) = originals
 
 
 class StackFunction(nn.Module):

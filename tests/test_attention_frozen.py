@@ -1,0 +1,75 @@
+"""The frozen-affinity Jacobian of attention run through ``Capture.call`` (layers of other
+libraries): equal to a dense Jacobian of an independent implementation in which the attention
+probabilities of the input are constants."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from analysis.capture import capture
+from analysis.robustness import attention_held_fixed, block_function, frozen_function, jacobians
+
+
+def _reference(layer: nn.TransformerEncoderLayer, x0: torch.Tensor):
+    """``t (1, C, N) -> `` the layer's attention residual branch with the softmax of ``x0``."""
+    mha = layer.self_attn
+    E, H = mha.embed_dim, mha.num_heads
+    d = E // H
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+
+    def heads(t):
+        return t.reshape(t.shape[0], t.shape[1], H, d).transpose(1, 2)
+
+    def attn_in(t):                                     # (1, N, C) -> what attention reads
+        return layer.norm1(t) if layer.norm_first else t
+
+    with torch.no_grad():
+        h0 = attn_in(x0.transpose(1, 2))
+        q, k = heads(h0 @ w_q.T + b_q), heads(h0 @ w_k.T + b_k)
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), -1)
+
+    def f(t):
+        xs = t.transpose(1, 2)
+        v = heads(attn_in(xs) @ w_v.T + b_v)
+        o = (probs @ v).transpose(1, 2).reshape(1, xs.shape[1], E)
+        y = xs + mha.out_proj(o)
+        y = y if layer.norm_first else layer.norm1(y)
+        return y.transpose(1, 2)
+    return f
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_frozen_jacobian_of_a_transformer_layer_equals_dense_reference(norm_first):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                       norm_first=norm_first).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    cap = next(iter(capture(layer, x, progress=False).values()))
+    fn, x0 = block_function(cap, 0)
+    frozen = frozen_function(fn, x0)
+    jac = torch.autograd.functional.jacobian
+    got = jac(frozen, x0).reshape(x0.numel(), x0.numel())
+    ref = jac(_reference(layer, x0), x0).reshape(x0.numel(), x0.numel())
+    assert torch.allclose(got, ref, atol=1e-12, rtol=0)
+    full = jac(fn, x0).reshape(x0.numel(), x0.numel())
+    assert (full - ref).abs().max() > 1e-3                # the affinity's part is not zero
+    rep = jacobians(fn, x0, 1, residual=cap.residual, tol=1e-10, max_iter=200)
+    norm = torch.linalg.matrix_norm(ref, 2).item()
+    assert abs(rep.frozen.norm - norm) <= 1e-6 * norm
+    assert abs(rep.full.norm - torch.linalg.matrix_norm(full, 2).item()) <= 1e-6 * norm
+
+
+def test_attention_held_fixed_restores_the_functions():
+    import torch.nn.functional as F
+
+    before = (torch.softmax, F.softmax, torch.Tensor.softmax, F.scaled_dot_product_attention)
+    with attention_held_fixed():
+        q = torch.randn(1, 2, 4, 3, requires_grad=True)
+        assert not torch.softmax(q, -1).requires_grad
+        assert not q.softmax(-1).requires_grad
+    assert (torch.softmax, F.softmax, torch.Tensor.softmax,
+            F.scaled_dot_product_attention) == before
+    assert torch.softmax(q, -1).requires_grad
