@@ -350,7 +350,7 @@ def _analyze_one(
     affinity_noise: float,
     stability_samples: int = 1,
     tol: float = 1e-4,
-    jacobian_k: int = 3,
+    jacobian_k: int = 1,
 ) -> BlockReport:
     row = _row_base(cap)
     failed: list[str] = []
@@ -533,7 +533,7 @@ def analyze(
     n_max: int = 10,
     jacobian: bool = True,
     jacobian_samples: int = 1,
-    jacobian_k: int = 3,
+    jacobian_k: int = 1,
     stability_samples: int = 1,
     tol: float = 1e-3,
     stages: bool = True,
@@ -576,7 +576,9 @@ def analyze(
     jacobian_samples : int
         Samples used for the full Jacobian norm (the max is reported).
     jacobian_k : int
-        Top singular values kept (``jacobian_full_top``, ``jacobian_frozen_top``).
+        Top singular values kept (``jacobian_full_top``, ``jacobian_frozen_top``). Default 1:
+        the spectral norm converges in fewer products than a block of several values (on a
+        ViT-B layer, k = 3 at ``tol=1e-3`` stopped at residual 4e-2 after 60 products).
     stability_samples : int
         Samples over which the exact frozen norms are maximized.
     tol : float
