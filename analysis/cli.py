@@ -298,9 +298,9 @@ def _position(args: argparse.Namespace) -> int:
     return max(1, min(2, (args.depth - 2) // 6))
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from graphfilters.training import TrainConfig, train
-
+def _data_spec(args: argparse.Namespace) -> dict:
+    """The data set of ``train`` and ``sweep`` from ``--dataset``, ``--image-size`` and
+    ``--data-dir``."""
     data: dict = {"name": args.dataset}
     if args.dataset in ("digits", "long_range"):
         data["size"] = args.image_size
@@ -309,6 +309,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          "python-pickle files; nothing is downloaded)")
     if args.data_dir is not None:
         data["root"] = args.data_dir
+    return data
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from graphfilters.training import TrainConfig, train
+
+    data = _data_spec(args)
     position = _position(args)
     model = {"depth": args.depth, "width": args.width,
              "block": None if args.block == "none" else args.block,
@@ -355,14 +362,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
-    data: dict = {"name": args.dataset}
-    if args.dataset in ("digits", "long_range"):
-        data["size"] = args.image_size
-    elif args.data_dir is None:
-        raise ValueError(f"--dataset {args.dataset} needs --data-dir (the directory of the "
-                         "python-pickle files; nothing is downloaded)")
-    if args.data_dir is not None:
-        data["root"] = args.data_dir
+    data = _data_spec(args)
     slurm: dict = {"timeout_min": args.slurm_time}
     if args.slurm_partition is not None:
         slurm["slurm_partition"] = args.slurm_partition
