@@ -999,9 +999,10 @@ def effective_rank(eigenvalues: np.ndarray) -> float:
     """
     a = np.abs(np.asarray(eigenvalues))
     s = a.sum()
-    if s <= 0:
+    if not 0 < s < np.inf:
         return float("nan")
-    p = a[a > 0] / s
+    p = a / s
+    p = p[p > 0]                           # after the division: tiny |mu| underflow to 0
     return float(np.exp(-(p * np.log(p)).sum()))
 
 

@@ -182,3 +182,14 @@ def test_spectral_density_matches_exact_histogram(rng, method):
         assert abs(np.interp(at, d.grid, cdf) - (exact <= at).mean()) < 0.06
     with pytest.raises(ValueError, match="symmetric"):
         spectral_density(DenseAffinity(np.triu(A)), "normalized", "rw")
+
+
+def test_effective_rank_with_underflowing_shares_is_finite():
+    import warnings
+
+    from analysis.spectra import effective_rank
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # no log(0) on a diverged model's spectrum
+        assert effective_rank([1e300, 1e-30, 1.0]) == 1.0
+    assert np.isnan(effective_rank([np.inf, 1.0]))
