@@ -70,9 +70,7 @@ from graphfilters._backend import to_numpy
 from graphfilters.graph import (
     Affinity,
     DenseAffinity,
-    LowRankAffinity,
     NormalizedOperator,
-    SoftmaxAffinity,
     SumAffinity,
 )
 from graphfilters.specs import BlockSpec, get_spec
@@ -508,7 +506,7 @@ class Capture:
 
         aff = None
         if self.affinity is not None:
-            aff = self.affinity._map(mv) if self.affinity.is_torch else self.affinity
+            aff = self.affinity.map_fields(mv) if self.affinity.is_torch else self.affinity
         return replace(
             self,
             affinity=aff,
@@ -606,24 +604,9 @@ def _to_np(x: Any) -> np.ndarray:
 
 
 def _raw_rows(aff: Affinity, idx: list[int]) -> np.ndarray:
-    """Rows ``idx`` of the raw affinity ``M`` of one sample, ``(*extra, R, N_keys)``."""
-    if isinstance(aff, DenseAffinity):
-        return _to_np(aff.A[..., idx, :])
-    if isinstance(aff, LowRankAffinity):
-        P, Q = _to_np(aff.P), _to_np(aff.Q)
-        out = P[..., idx, :] @ np.swapaxes(Q, -1, -2)
-        if aff.symmetric:
-            out = (out + Q[..., idx, :] @ np.swapaxes(P, -1, -2)) / 2
-        return out
-    if isinstance(aff, SoftmaxAffinity):
-        q, k = _to_np(aff.query), _to_np(aff.key)
-        logits = aff.scale * (q[..., idx, :] @ np.swapaxes(k, -1, -2))
-        logits -= logits.max(-1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(-1, keepdims=True)
-    if isinstance(aff, SumAffinity):
-        return sum(_raw_rows(t, idx) for t in aff.terms)
-    return _to_np(aff.dense()[..., idx, :])
+    """Rows ``idx`` of the raw affinity ``M`` of one sample, ``(*extra, R, N_keys)``, by the
+    affinity's own :meth:`~graphfilters.graph.Affinity.rows` (no N x N matrix)."""
+    return np.concatenate([_to_np(aff.rows(i, i + 1)) for i in idx], -2)
 
 
 class Captures(dict):
@@ -774,7 +757,7 @@ def _cat_affinities(parts: list[Affinity]) -> Affinity:
 
 
 def _take(aff: Affinity, k: int) -> Affinity:
-    return aff._map(lambda t: t[:k])
+    return aff.map_fields(lambda t: t[:k])
 
 
 def _merge(pieces: list[Capture], device: torch.device | None) -> Capture:

@@ -519,7 +519,7 @@ def graph_frequency_energy(
     if nonsymmetric not in ("symmetrize", "schur"):
         raise ValueError(f"nonsymmetric must be 'symmetrize' or 'schur', got {nonsymmetric!r}")
     aff = as_affinity(affinity)
-    aff._require_square()
+    aff.require_square()
     kind = normalization or ("sym" if aff.symmetric else "rw")
     t_aff = _as_torch(aff)
     idxs = _samples(t_aff)
@@ -531,7 +531,7 @@ def graph_frequency_energy(
         single = t_aff.select(idx)
         op = single.normalized(kind)
         zi = z[i]
-        if isinstance(single, LowRankAffinity) and (sym or nonsymmetric == "symmetrize"):
+        if single.has_exact_spectrum and (sym or nonsymmetric == "symmetrize"):
             lr = single.scaled(op.left, op.right) if (op.left is not None or
                                                       op.right is not None) else single
             if not lr.symmetric:

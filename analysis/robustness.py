@@ -796,7 +796,7 @@ class FrozenMap:
         self.basis = capture.basis
         aff = capture.affinity
         keep = len(aff.batch_shape) >= 2 and capture.source == "attention"
-        one = aff.select(index)._map(lambda t: torch.as_tensor(t).to(device=dev, dtype=dtype))
+        one = aff.select(index).map_fields(lambda t: torch.as_tensor(t).to(device=dev, dtype=dtype))
         self.op = one.normalized(capture.normalization)
         self.heads = int(one.batch_shape[0]) if keep else 0
         self.n, self.c = capture.affinity.n, self.G.shape[0]
@@ -1230,7 +1230,7 @@ def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]
         return _Bound(owner, _attention_call(capture, index, dev)), x
     if getattr(module, "shared_affinity", False) and getattr(module, "theta", 1) is None \
             and capture.affinity is not None:
-        aff = capture.affinity._map(lambda t: t[index:index + 1].to(dev))
+        aff = capture.affinity.map_fields(lambda t: t[index:index + 1].to(dev))
         return _Bound(module, lambda m, t: m(t, aff)), x
     return _Bound(module, lambda m, t: m(t)), x
 
@@ -1776,7 +1776,7 @@ def _perturb(aff: Affinity, level: float, gen: torch.Generator) -> Affinity:
     def noisy(t: Tensor) -> Tensor:
         eps = torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)
         return t * torch.exp(level * eps)
-    return aff._map(noisy)
+    return aff.map_fields(noisy)
 
 
 def affinity_sensitivity(
