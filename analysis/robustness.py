@@ -456,7 +456,9 @@ def linearized_stability(
       for a symmetric :math:`\hat A` with its complete spectrum;
     - ``exact="matrix-free"``: :func:`frozen_norms` (Krylov power iteration on the map and
       its adjoint, any :math:`\hat A`; tolerance ``tol``, at most ``max_iter`` products per
-      power, the max over ``samples`` samples, all by default);
+      power, the max over ``samples`` samples, all by default; float32 products when
+      ``tol >= 1e-4``, whose rounding is far below the certified residual, and float64 when
+      they overflow or the tolerance is tighter);
     - ``"auto"``: the eigenbasis when it is exact, matrix-free otherwise.
 
     The per-frequency block maxima are always returned as ``norm_lower_bound`` and
@@ -516,12 +518,23 @@ def linearized_stability(
                          "operator with its complete spectrum; use exact='matrix-free'")
     notes = {}
     if exact == "matrix-free" or (exact == "auto" and not eig_exact):
-        fz = frozen_norms(capture, n_max, samples=samples,
-                          include_output_scale=include_output_scale, tol=tol,
-                          max_iter=max_iter)
+        # float32 products certify a relative residual >= 1e-4 with room to spare (its
+        # rounding is ~1e-7); tighter tolerances run in float64
+        dtype = torch.float32 if tol >= 1e-4 else torch.float64
+        while True:
+            try:
+                fz = frozen_norms(capture, n_max, samples=samples,
+                                  include_output_scale=include_output_scale, tol=tol,
+                                  max_iter=max_iter, dtype=dtype)
+                break
+            except FloatingPointError:            # float32 overflow: the float64 products
+                if dtype == torch.float64:
+                    raise
+                dtype = torch.float64
         growth, iters, resid, conv = fz.growth, fz.iterations, fz.residual, fz.converged
         how = (f"matrix-free: Krylov power iteration on the frozen map and its adjoint "
-               f"(tol {tol:g}, <= {max_iter} products per power, max residual "
+               f"({'float32' if dtype == torch.float32 else 'float64'} products, "
+               f"tol {tol:g}, <= {max_iter} products per power, max residual "
                f"{float(resid.max()):.1e}, {'converged' if conv else 'NOT converged'}; "
                f"max over {fz.samples} sample(s))")
         if not conv:
