@@ -36,6 +36,7 @@ __all__ = [
     "plot_history",
     "plain_log_ticks",
     "plot_filter_families",
+    "plot_block_responses",
 ]
 
 
@@ -520,6 +521,92 @@ def plot_history(
     twin.legend(handles=handles, fontsize="small", loc="center right")
     ax.set_title(title or "training")
     return fig, ax
+
+
+#: Parameter choices drawn by :func:`plot_block_responses` for blocks whose response has free
+#: symbols (learned weights, CGNL's unnormalized :math:`\lambda_{\max}`, Cayley's zoom, ARMA's
+#: pole); a block with none is drawn once, for unit weight.
+BLOCK_RESPONSE_EXAMPLES: dict[str, list[dict[str, float]]] = {
+    "snl": [dict(w_0=1.0, w_1=1.0), dict(w_0=1.0, w_1=-1.0), dict(w_0=0.5, w_1=0.0)],
+    "gsnl": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
+    "gsnl_stable": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
+    "cgnl": [dict(lambda_max=2.0)],
+    "cayley": [dict(h=1.0, w_0=0.0, w_1=1.0, w_2=0.0), dict(h=2.0, w_0=0.0, w_1=1.0, w_2=0.0),
+               dict(h=1.0, w_0=0.5, w_1=0.0, w_2=0.5)],
+    "arma": [dict(psi_1=0.5, w_0=0.0, w_1=0.5), dict(psi_1=-0.5, w_0=0.0, w_1=1.5)],
+}
+
+
+def plot_block_responses(
+    names: Sequence[str] | None = None,
+    examples: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+    *,
+    n: int = 201,
+    ncols: int = 3,
+    axes: np.ndarray | None = None,
+) -> tuple[Figure, np.ndarray]:
+    r"""The frequency response :math:`h(\lambda)`, :math:`\lambda \in [0, 2]`, of every block
+    of the table, one panel each, read off its symbolic derivation
+    (:func:`graphfilters.symbolic.response_function`), titled with its closed form.
+
+    Parameters
+    ----------
+    names : sequence of str, optional
+        Blocks (default: every row of :data:`graphfilters.specs.BLOCK_NAMES`).
+    examples : mapping, optional
+        Parameter choices per block (default :data:`BLOCK_RESPONSE_EXAMPLES`).
+    n : int
+        Grid points.
+    ncols : int
+        Panels per row when ``axes`` is not given.
+    axes : array of Axes, optional
+        At least ``len(names)`` axes to draw into.
+
+    Returns
+    -------
+    fig, axes
+
+    Examples
+    --------
+    >>> fig, axes = plot_block_responses(["snl", "arma"], ncols=2)
+    >>> [len(ax.get_lines()) for ax in axes.flat]      # the curves and the zero line
+    [4, 3]
+    """
+    import matplotlib.pyplot as plt
+
+    from graphfilters.specs import BLOCK_NAMES
+    from graphfilters.symbolic import latex, response, response_function
+
+    names = list(BLOCK_NAMES if names is None else names)
+    examples = BLOCK_RESPONSE_EXAMPLES if examples is None else examples
+    if axes is None:
+        nrows = -(-len(names) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.1 * nrows),
+                                 sharex=True, squeeze=False)
+    else:
+        axes = np.asarray(axes)
+        fig = axes.flat[0].figure
+    if axes.size < len(names):
+        raise ValueError(f"axes has {axes.size} panels for {len(names)} blocks")
+    lam = np.linspace(0.0, 2.0, int(n))
+    for ax, name in zip(axes.flat, names):
+        for params in examples.get(name, [{}]):
+            label = ", ".join(f"{k}={v:g}" for k, v in params.items()) or "unit weight"
+            ax.plot(lam, np.broadcast_to(response_function(name, **params)(lam), lam.shape),
+                    label=label)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.set_title(f"{name}:  $h = {latex(response(name))}$", fontsize=8)
+        ax.legend(fontsize=7)
+    used = list(axes.flat)[:len(names)]
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    for col in range(axes.shape[-1] if axes.ndim > 1 else 1):   # the lowest panel per column
+        column = [ax for i, ax in enumerate(used) if axes.ndim == 1 or i % axes.shape[-1] == col]
+        if column:
+            column[-1].set_xlabel(r"Laplacian eigenvalue $\lambda$")
+            column[-1].xaxis.set_tick_params(labelbottom=True)
+    fig.tight_layout()
+    return fig, axes
 
 
 #: Default curves of :func:`plot_filter_families`: (label, basis, order, weights, params).

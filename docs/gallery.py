@@ -29,10 +29,9 @@ import torch.nn.functional as F
 from sklearn.datasets import load_sample_images
 
 from analysis.capture import Capture
-from analysis.plots import plot_affinity_rows, plot_spectrum
+from analysis.plots import plot_affinity_rows, plot_block_responses, plot_spectrum
 from graphfilters import kernels
-from graphfilters.specs import BLOCK_NAMES, BLOCKS
-from graphfilters.symbolic import latex, response, response_function
+from graphfilters.specs import BLOCKS
 
 H, W = 30, 40  # the feature map: N = 1200 nodes
 N = H * W
@@ -123,31 +122,15 @@ print(f"NL : max |Im mu| = {np.abs(mu_nl.imag).max():.3f}   "
 # %% [markdown]
 # ## The frequency response of every block
 #
-# Each block is a polynomial filter in the Laplacian; its frequency response $h(\lambda)$ over
-# $\lambda \in [0, 2]$ is read off its derivation (`graphfilters.symbolic.response`). Blocks
-# with one weight (NL, NS, A², CGNL, CC, DNL) have one fixed shape times a learned scale, drawn
-# for unit weight; SNL and gSNL have a free weight per term, so one block can be low-pass,
-# high-pass or band-pass (a few weight choices drawn).
+# Each block is a filter in the Laplacian, polynomial or (Cayley, ARMA) rational; its frequency
+# response $h(\lambda)$ over $\lambda \in [0, 2]$ is read off its derivation
+# (`graphfilters.symbolic.response`). Blocks with one weight (NL, NS, A², CGNL, CC, DNL) have one
+# fixed shape times a learned scale, drawn for unit weight; SNL, gSNL, Cayley and ARMA have a
+# free weight per term (and a zoom or pole), so one block can be low-pass, high-pass or
+# band-pass (a few choices drawn).
 
 # %%
-lam = np.linspace(0, 2, 201)
-weights = {
-    "snl": [dict(w_0=1.0, w_1=1.0), dict(w_0=1.0, w_1=-1.0), dict(w_0=0.5, w_1=0.0)],
-    "gsnl": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
-    "gsnl_stable": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
-    "cgnl": [dict(lambda_max=2.0)],
-}
-fig, axes = plt.subplots(3, 3, figsize=(13, 9.5), sharex=True)
-for ax, name in zip(axes.flat, BLOCK_NAMES):
-    for params in weights.get(name, [{}]):
-        label = ", ".join(f"{k}={v:g}" for k, v in params.items()) or "unit weight"
-        ax.plot(lam, response_function(name, **params)(lam), label=label)
-    ax.axhline(0, color="0.7", lw=0.8)
-    ax.set_title(f"{name}:  $h = {latex(response(name))}$", fontsize=9)
-    ax.legend(fontsize=7)
-for ax in axes[-1]:
-    ax.set_xlabel(r"Laplacian eigenvalue $\lambda$")
-plt.tight_layout()
+fig, axes = plot_block_responses()            # every row of the block table
 plt.show()
 
 # %% [markdown]

@@ -46,11 +46,15 @@ import torch
 
 from analysis import analyze
 from analysis.capture import capture
-from analysis.plots import plot_affinity_rows, plot_energy, plot_response, plot_spectrum
+from analysis.plots import (
+    plot_affinity_rows,
+    plot_block_responses,
+    plot_energy,
+    plot_response,
+    plot_spectrum,
+)
 from analysis.response import block_response
 from graphfilters.data import get_dataset
-from graphfilters.specs import BLOCK_NAMES
-from graphfilters.symbolic import latex, response, response_function
 from graphfilters.training import TrainConfig, load_model, train
 
 torch.manual_seed(0)
@@ -64,23 +68,7 @@ lam = np.linspace(0, 2, 201)
 # so its $\lambda_{max}$ is not fixed (here 2 for the picture).
 
 # %%
-examples = {
-    "snl": [dict(w_0=1.0, w_1=1.0), dict(w_0=1.0, w_1=-1.0), dict(w_0=0.5, w_1=0.0)],
-    "gsnl": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
-    "gsnl_stable": [dict(w_0=0.5, w_1=0.0, w_2=-0.5), dict(w_0=0.0, w_1=1.0, w_2=0.5)],
-    "cgnl": [dict(lambda_max=2.0)],
-}
-fig, axes = plt.subplots(3, 3, figsize=(12, 9), sharex=True)
-for ax, name in zip(axes.flat, BLOCK_NAMES):
-    for params in examples.get(name, [{}]):
-        label = ", ".join(f"{k}={v:g}" for k, v in params.items()) or "unit weight"
-        ax.plot(lam, response_function(name, **params)(lam), label=label)
-    ax.axhline(0, color="0.7", lw=0.8)
-    ax.set_title(f"{name}:  $h = {latex(response(name))}$", fontsize=9)
-    ax.legend(fontsize=7)
-for ax in axes[-1]:
-    ax.set_xlabel(r"$\lambda$")
-plt.tight_layout()
+fig, axes = plot_block_responses()            # every row of the block table
 plt.show()
 
 # %% [markdown]
