@@ -176,43 +176,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/sweep", help="output directory")
     p.add_argument("--blocks", nargs="+", default=["nl", "snl"], choices=BLOCK_NAMES,
                    help="block types")
-    p.add_argument("--units", type=int, nargs="+", default=[1, 3, 5, 10],
+    p.add_argument("--units", type=positive_int, nargs="+", default=[1, 3, 5, 10],
                    help="stacked blocks k")
     p.add_argument("--placements", nargs="+", default=["stage", "spread"],
                    choices=("stage", "spread"), help="stacking layouts")
-    p.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.6, 3.6],
+    p.add_argument("--lrs", type=positive_float, nargs="+", default=[0.1, 0.6, 3.6],
                    help="learning-rate ladder")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1], help="seeds")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not train the plain backbone at each learning rate")
-    p.add_argument("--depth", type=int, default=8, help="ResNet depth 6n+2")
-    p.add_argument("--width", type=int, default=8, help="channels of the first stage")
+    p.add_argument("--depth", type=positive_int, default=8, help="ResNet depth 6n+2")
+    p.add_argument("--width", type=positive_int, default=8, help="channels of the first stage")
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
-    p.add_argument("--image-size", type=int, default=16,
+    p.add_argument("--image-size", type=positive_int, default=16,
                    help="side of the digits / long-range images")
     p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs per run")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size")
-    p.add_argument("--warmup-epochs", type=float, default=0.0,
+    p.add_argument("--epochs", type=positive_int, default=3, help="training epochs per run")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size")
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0,
                    help="linear warm-up epochs (default 0: off)")
     p.add_argument("--zero-init", action="store_true",
                    help="zero-initialized output scale of the blocks (default: off, scale 1)")
-    p.add_argument("--max-loss-factor", type=float, default=10.0,
+    p.add_argument("--max-loss-factor", type=positive_float, default=10.0,
                    help="divergence: loss above this many times the first loss")
-    p.add_argument("--max-steps", type=int, default=None, help="stop each run after N steps")
+    p.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop each run after N steps")
     p.add_argument("--augment", action="store_true",
                    help="random crops and flips during training (CIFAR)")
-    p.add_argument("--analysis-samples", type=int, default=8,
+    p.add_argument("--analysis-samples", type=nonnegative_int, default=8,
                    help="test images for the Jacobian norms (0: skip)")
     p.add_argument("--executor", default="local",
                    choices=("local", "serial", "submitit", "submitit-local", "submitit-debug"),
                    help="local process pool, this process, SLURM through submitit, or "
                         "submitit's local/debug executors")
-    p.add_argument("--workers", type=int, default=2, help="processes of the local pool")
-    p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per run")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes of the local pool")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch/BLAS threads per run")
     p.add_argument("--slurm-partition", default=None, help="SLURM partition (submitit)")
-    p.add_argument("--slurm-time", type=int, default=60, help="minutes per job (submitit)")
-    p.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per job (submitit)")
+    p.add_argument("--slurm-time", type=positive_int, default=60, help="minutes per job (submitit)")
+    p.add_argument("--gpus-per-node", type=positive_int, default=None,
+                   help="GPUs per job (submitit)")
     p.add_argument("--no-figure", action="store_true", help="do not write sweep.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)

@@ -58,7 +58,6 @@ from graphfilters.data import get_dataset
 from graphfilters.training import TrainConfig, load_model, train
 
 torch.manual_seed(0)
-lam = np.linspace(0, 2, 201)
 
 # %% [markdown]
 # ## 1. What each block type can express

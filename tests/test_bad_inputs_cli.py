@@ -53,6 +53,29 @@ def test_train_option_refused_before_training(name, capsys, tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
+SWEEP_BAD = {
+    "units-0": (["--units", "1", "0"], "--units"),
+    "lrs-nan": (["--lrs", "0.1", "nan"], "--lrs"),
+    "lrs-neg": (["--lrs", "-1"], "--lrs"),
+    "seeds-neg": (["--seeds", "-1"], "--seeds"),
+    "epochs-0": (["--epochs", "0"], "--epochs"),
+    "workers-0": (["--workers", "0"], "--workers"),
+    "threads-0": (["--threads", "0"], "--threads"),
+    "max-loss-factor-0": (["--max-loss-factor", "0"], "--max-loss-factor"),
+    "analysis-samples-neg": (["--analysis-samples", "-1"], "--analysis-samples"),
+    "placement-unknown": (["--placements", "everywhere"], "--placements"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP_BAD))
+def test_sweep_option_refused_before_any_run(name, capsys, tmp_path):
+    argv, option = SWEEP_BAD[name]
+    code, err = _run(["sweep", "--out", str(tmp_path / "sweep"), "--quiet", *argv], capsys)
+    assert code == 2
+    assert option in err and "Traceback" not in err
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_out_of_range_milestones_refused(capsys, tmp_path):
     code, err = _run(["train", "--epochs", "4", "--milestones", "2", "9", "--out",
                       str(tmp_path / "m.pt")], capsys)
