@@ -520,17 +520,16 @@ def linearized_stability(
     if exact == "matrix-free" or (exact == "auto" and not eig_exact):
         # float32 products certify a relative residual >= 1e-4 with room to spare (its
         # rounding is ~1e-7); tighter tolerances run in float64
-        dtype = torch.float32 if tol >= 1e-4 else torch.float64
-        while True:
+        dtypes = (torch.float32, torch.float64) if tol >= 1e-4 else (torch.float64,)
+        for dtype in dtypes:
             try:
                 fz = frozen_norms(capture, n_max, samples=samples,
                                   include_output_scale=include_output_scale, tol=tol,
                                   max_iter=max_iter, dtype=dtype)
                 break
             except FloatingPointError:            # float32 overflow: the float64 products
-                if dtype == torch.float64:
+                if dtype == dtypes[-1]:
                     raise
-                dtype = torch.float64
         growth, iters, resid, conv = fz.growth, fz.iterations, fz.residual, fz.converged
         how = (f"matrix-free: Krylov power iteration on the frozen map and its adjoint "
                f"({'float32' if dtype == torch.float32 else 'float64'} products, "

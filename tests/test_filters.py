@@ -17,21 +17,13 @@ from graphfilters.graph import LowRankAffinity, SoftmaxAffinity
 from graphfilters.specs import BASES
 from graphfilters.symbolic import derive, response_function
 from graphfilters.symbolic import symbols as S
+from tests.test_blocks import randomize  # noqa: E402  (one helper for both suites)
 
 C = 4
 SHAPES = {1: (2, C, 7), 2: (2, C, 3, 4), 3: (2, C, 2, 3, 2)}
 F64 = torch.float64
 
 
-def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in module.named_parameters():
-            p.copy_(torch.rand(p.shape, generator=gen, dtype=p.dtype) * 1.2 - 0.6)
-        for name, b in module.named_buffers():
-            if name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen, dtype=b.dtype))
-    return module
 
 
 # ----------------------------------------------------------------------------------------
