@@ -17,7 +17,7 @@ from graphfilters.graph import LowRankAffinity, SoftmaxAffinity
 from graphfilters.specs import BASES
 from graphfilters.symbolic import derive, response_function
 from graphfilters.symbolic import symbols as S
-from tests.test_blocks import randomize  # noqa: E402  (one helper for both suites)
+from tests.test_blocks import randomize
 
 C = 4
 SHAPES = {1: (2, C, 7), 2: (2, C, 3, 4), 3: (2, C, 2, 3, 2)}
