@@ -29,6 +29,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_rngs():
+    """Every test starts from the same global torch RNG state, so its random inputs do not
+    depend on which pytest-xdist worker ran it or what ran before."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

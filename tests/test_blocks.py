@@ -165,7 +165,9 @@ def test_structured_path_equals_materialized(name, options):
     torch.testing.assert_close(y0, y1, **TOL)
     torch.testing.assert_close(gx0, gx1, **TOL)
     for a, b in zip(gp0, gp1):
-        torch.testing.assert_close(a, b, **TOL)
+        # CGNL's Taylor-kernel parameter gradients reach ~1e3-1e4: compare at their scale.
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, atol=TOL["atol"] * scale, rtol=0.0)
 
 
 RECORD_CASES = [
