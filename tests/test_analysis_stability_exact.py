@@ -161,6 +161,17 @@ def test_top_singular_values_certify_their_residual():
         top_singular_values(lambda v: v, lambda u: u, torch.zeros(3), k=0)
 
 
+def test_top_singular_values_go_on_past_an_invariant_subspace():
+    # identity (every start vector spans an invariant subspace) and a start vector that is
+    # a singular vector: the k values come from the complement, not zeros
+    eye = top_singular_values(lambda v: v, lambda u: u, torch.zeros(6, dtype=torch.float64), k=3)
+    assert eye.converged and np.allclose(eye.values, 1.0, atol=1e-14)
+    D = torch.diag(torch.tensor([3.0, 2.0, 1.0, 1.0, 0.5], dtype=torch.float64))
+    e1 = torch.eye(5, dtype=torch.float64)[0]
+    sv = top_singular_values(lambda v: D @ v, lambda u: D @ u, e1, k=3, v0=e1, tol=1e-12)
+    assert sv.converged and np.allclose(sv.values, [3.0, 2.0, 1.0], atol=1e-12)
+
+
 def test_jacobian_affinity_argument_is_checked():
     with pytest.raises(ValueError, match="affinity must be one of"):
         jacobian_singular_values(nn.Identity(), torch.zeros(2), affinity="fixed")
