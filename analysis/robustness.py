@@ -75,7 +75,14 @@ from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
 from graphfilters.graph import Affinity
 
 from .capture import Capture, _batch_input, model_device
-from .response import _head_signal, _per_head, _weights_np, filter_output, frequency_response
+from .response import (
+    _head_signal,
+    _per_head,
+    _weights_np,
+    basis_values,
+    filter_output,
+    frequency_response,
+)
 from .spectra import AUTO_DENSE_LIMIT, Spectrum, spectrum
 
 __all__ = [
@@ -1071,13 +1078,10 @@ class Damping:
 
 
 def _hermitian_eigs_low_rank(G: np.ndarray, a: np.ndarray) -> np.ndarray:
-    r"""Eigenvalues of :math:`\operatorname{her}(G a_i)` for a batch ``a`` ``(n, C_s, C)``:
-    the nonzero ones from :math:`R J R^H`, :math:`[G, a_i^H] = Q R`,
+    r"""Eigenvalues of :math:`\operatorname{her}(G a_i)` for a batch ``a`` ``(n, C_s, C)``,
+    ``2 C_s < C``: the nonzero ones from :math:`R J R^H`, :math:`[G, a_i^H] = Q R`,
     :math:`J = \tfrac12\begin{pmatrix}0 & I\\ I & 0\end{pmatrix}` (rank ``<= 2 C_s``)."""
     n, cs, c = a.shape
-    if 2 * cs >= c:
-        K = G.astype(a.dtype)[None] @ a
-        return np.linalg.eigvalsh((K + np.conj(np.swapaxes(K, 1, 2))) / 2)
     F = np.concatenate([np.broadcast_to(G.astype(a.dtype), (n, c, cs)),
                         np.conj(np.swapaxes(a, 1, 2))], 2)            # (n, C, 2 C_s)
     R = np.linalg.qr(F, mode="r")                                    # (n, 2 C_s, 2 C_s)
@@ -1139,8 +1143,13 @@ def damping(
     if G.shape[0] != ws[0].shape[1]:
         raise ValueError(f"{capture.path}: the step K is {G.shape[0]} x {ws[0].shape[1]}, "
                          "not square")
-    # the trace of her(K(lambda)) = Re sum_k b_k(mu) tr(G W_k S): exact for every frequency
-    traces = [np.ones((1, 1)) * float(np.trace(G @ w * s[None, :])) for w in ws]
+    # K(lambda) = sum_k b_k(mu) M_k, M_k = G W_k S: a pencil in the basis values. Its trace
+    # tr her K = Re sum_k b_k(mu) tr(M_k) is exact for every frequency; for 2 C_s >= C the
+    # C x C matrices M_k are formed once (n_terms C^2 work per frequency, not C^2 C_s)
+    low_rank = 2 * G.shape[1] < G.shape[0]
+    nz = [k for k, w in enumerate(ws) if np.abs(w).max(initial=0.0) > 0]
+    maps = None if low_rank else np.stack([G @ ws[k] * s[None, :] for k in nz])
+    traces = [np.ones((1, 1)) * float(np.sum(G * (w * s[None, :]).T)) for w in ws]
     trace = np.real(frequency_response(traces, lam, basis=capture.basis)[:, 0, 0])
     dim = min(G.shape[0], 2 * G.shape[1])
     n_eig = len(lam) if max_frequencies is None else int(max_frequencies)
@@ -1150,8 +1159,13 @@ def damping(
     neg, pos, lo, hi = [], [], [], []
     for s0 in range(0, len(pick), chunk):
         sel = lam[pick[s0:s0 + chunk]]
-        a = frequency_response(ws, sel, basis=capture.basis) * s[None, None, :]
-        ev = _hermitian_eigs_low_rank(G, a)
+        if low_rank:
+            a = frequency_response(ws, sel, basis=capture.basis) * s[None, None, :]
+            ev = _hermitian_eigs_low_rank(G, a)
+        else:
+            b = basis_values(len(ws) - 1, 1 - sel, capture.basis)[:, nz]       # (n, terms)
+            K = (b @ maps.reshape(len(nz), -1).astype(b.dtype)).reshape(-1, *maps.shape[1:])
+            ev = np.linalg.eigvalsh(K + np.conj(np.swapaxes(K, 1, 2)), UPLO="L") / 2
         neg.append(np.where(ev < 0, -ev, 0).sum(1))
         pos.append(np.where(ev > 0, ev, 0).sum(1))
         lo.append(ev.min(1))

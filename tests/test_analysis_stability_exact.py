@@ -200,11 +200,13 @@ def test_damping_sign_on_hand_built_ns_block():
     assert amplified.share == 0.0 and amplified.mass == 0.0
 
 
-def test_damping_low_rank_path_matches_dense_eigenvalues():
+@pytest.mark.parametrize("Cs", [2, 5])          # low-rank QR path; pencil of C x C maps
+def test_damping_paths_match_dense_eigenvalues(Cs):
     rng = np.random.default_rng(0)
-    C, Cs = 8, 2
+    C = 8
     G = torch.tensor(rng.standard_normal((C, Cs)))
     ws = [torch.tensor(rng.standard_normal((Cs, C))) for _ in range(3)]
+    ws[1] = torch.zeros_like(ws[1])                  # a zero term is skipped, not mis-indexed
     A = torch.rand(1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     cap = Capture("b", "block", "toy", DenseAffinity(A), "rw", weights=ws, value_weight=G,
                   n_samples=1)
