@@ -262,3 +262,9 @@ def test_report_claims_are_computed_from_the_numbers():
     assert got[5] == "not tested"                       # no accuracy curves
     assert got[6:] == ["did not hold", "held"]          # SNL 1.2 > its backbone's 1.1
     assert all(v == "not tested" for _, v, _ in claims({})[:5])
+    # equal within the certified precision, and a bare majority of damping frequencies
+    close = [v for _, v, _ in claims({"snl": table("snl", 2.0, 1.2, 0.5, float("nan"), 1.1),
+                                      "nl": table("nl", 2.001, 1.1, 3.0, 0.55, 1.3)})]
+    assert close[1] == "inconclusive" and close[4] == "inconclusive"
+    clear = [v for _, v, _ in claims({"nl": table("nl", 2.0, 1.1, 3.0, 0.8, 1.3)})]
+    assert clear[4] == "held"
