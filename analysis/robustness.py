@@ -59,6 +59,7 @@ Examples
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -1472,6 +1473,56 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
     )
 
 
+_HELD = threading.local()            # per thread: how deep inside attention_held_fixed()
+_PATCH_LOCK = threading.Lock()
+_PATCH_USERS = 0
+_ORIGINALS: tuple[Any, ...] = ()
+
+
+def _held() -> bool:
+    return getattr(_HELD, "depth", 0) > 0
+
+
+def _held_softmax(*args: Any, **kwargs: Any) -> Tensor:
+    out = _ORIGINALS[0](*args, **kwargs)
+    return out.detach() if _held() else out
+
+
+def _held_f_softmax(*args: Any, **kwargs: Any) -> Tensor:
+    out = _ORIGINALS[1](*args, **kwargs)
+    return out.detach() if _held() else out
+
+
+def _held_t_softmax(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    out = _ORIGINALS[2](self, *args, **kwargs)
+    return out.detach() if _held() else out
+
+
+def _held_sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               enable_gqa: bool = False) -> Tensor:
+    if not _held():                  # (enable_gqa passed only when set: torch < 2.5 lacks it)
+        extra = {"enable_gqa": True} if enable_gqa else {}
+        return _ORIGINALS[3](query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                             is_causal=is_causal, scale=scale, **extra)
+    if dropout_p:
+        raise ValueError("attention_held_fixed: dropout in attention (run in eval mode)")
+    L, S = query.shape[-2], key.shape[-2]
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        key = key.repeat_interleave(rep, -3)
+        value = value.repeat_interleave(rep, -3)
+    s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    logits = (query @ key.transpose(-2, -1)) * s
+    if is_causal:
+        causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        logits = (logits.masked_fill(~attn_mask, float("-inf"))
+                  if attn_mask.dtype == torch.bool else logits + attn_mask)
+    return _ORIGINALS[0](logits, -1).detach() @ value
+
+
 @contextmanager
 def attention_held_fixed() -> Iterable[None]:
     r"""Within this context, attention probabilities are constants for autograd.
@@ -1486,6 +1537,10 @@ def attention_held_fixed() -> Iterable[None]:
     Jacobian :math:`J_{fix}` (the affinity's dependence on the input dropped); used by
     :func:`frozen_function` for captures re-run through ``Capture.call``.
 
+    Only the thread that entered the context is affected: the wrappers are installed while
+    any thread is inside one, and detach only for a thread that is (other threads, e.g. a
+    training loop, keep their gradients). Contexts nest.
+
     Examples
     --------
     >>> import torch
@@ -1497,45 +1552,25 @@ def attention_held_fixed() -> Iterable[None]:
     """
     import torch.nn.functional as F
 
-    originals = (torch.softmax, F.softmax, torch.Tensor.softmax,
-                 F.scaled_dot_product_attention)
-
-    def softmax(*args: Any, **kwargs: Any) -> Tensor:
-        return originals[0](*args, **kwargs).detach()
-
-    def f_softmax(*args: Any, **kwargs: Any) -> Tensor:
-        return originals[1](*args, **kwargs).detach()
-
-    def t_softmax(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return originals[2](self, *args, **kwargs).detach()
-
-    def sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
-             dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-             enable_gqa: bool = False) -> Tensor:
-        if dropout_p:
-            raise ValueError("attention_held_fixed: dropout in attention (run in eval mode)")
-        L, S = query.shape[-2], key.shape[-2]
-        if enable_gqa and key.shape[-3] != query.shape[-3]:
-            rep = query.shape[-3] // key.shape[-3]
-            key = key.repeat_interleave(rep, -3)
-            value = value.repeat_interleave(rep, -3)
-        s = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-        logits = (query @ key.transpose(-2, -1)) * s
-        if is_causal:
-            causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
-            logits = logits.masked_fill(~causal, float("-inf"))
-        if attn_mask is not None:
-            logits = (logits.masked_fill(~attn_mask, float("-inf"))
-                      if attn_mask.dtype == torch.bool else logits + attn_mask)
-        return originals[0](logits, -1).detach() @ value
-
-    torch.softmax, F.softmax, torch.Tensor.softmax = softmax, f_softmax, t_softmax
-    F.scaled_dot_product_attention = sdpa
+    global _PATCH_USERS, _ORIGINALS
+    with _PATCH_LOCK:
+        if _PATCH_USERS == 0:
+            _ORIGINALS = (torch.softmax, F.softmax, torch.Tensor.softmax,
+                          F.scaled_dot_product_attention)
+            torch.softmax, F.softmax, torch.Tensor.softmax = (
+                _held_softmax, _held_f_softmax, _held_t_softmax)
+            F.scaled_dot_product_attention = _held_sdpa
+        _PATCH_USERS += 1
+    _HELD.depth = getattr(_HELD, "depth", 0) + 1
     try:
         yield
     finally:
-        (torch.softmax, F.softmax, torch.Tensor.softmax,
-         F.scaled_dot_product_attention) = originals
+        _HELD.depth -= 1
+        with _PATCH_LOCK:
+            _PATCH_USERS -= 1
+            if _PATCH_USERS == 0:
+                (torch.softmax, F.softmax, torch.Tensor.softmax,
+                 F.scaled_dot_product_attention) = _ORIGINALS
 
 
 class StackFunction(nn.Module):

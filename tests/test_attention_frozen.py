@@ -73,3 +73,31 @@ def test_attention_held_fixed_restores_the_functions():
     assert (torch.softmax, F.softmax, torch.Tensor.softmax,
             F.scaled_dot_product_attention) == before
     assert torch.softmax(q, -1).requires_grad
+
+
+def test_attention_held_fixed_affects_only_its_thread_and_nests():
+    import threading
+
+    inside, done = threading.Event(), threading.Event()
+    seen = {}
+
+    def other() -> None:                     # runs while the main thread is inside
+        inside.wait(10)
+        q = torch.randn(3, requires_grad=True)
+        seen["softmax"] = torch.softmax(q, -1).requires_grad
+        qq = torch.randn(1, 1, 3, 2, requires_grad=True)
+        seen["sdpa"] = torch.nn.functional.scaled_dot_product_attention(qq, qq, qq).requires_grad
+        done.set()
+
+    t = threading.Thread(target=other)
+    t.start()
+    q = torch.randn(3, requires_grad=True)
+    with attention_held_fixed():
+        with attention_held_fixed():
+            assert not torch.softmax(q, -1).requires_grad
+        assert not torch.softmax(q, -1).requires_grad      # still inside the outer one
+        inside.set()
+        assert done.wait(10)
+    t.join()
+    assert seen == {"softmax": True, "sdpa": True}
+    assert torch.softmax(q, -1).requires_grad
