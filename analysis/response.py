@@ -14,9 +14,13 @@ eigenvector of :math:`\hat A` with eigenvalue :math:`\mu`, i.e. of the Laplacian
 the second (Laplacian) form holding for the Chebyshev basis because
 :math:`T_k(-x) = (-1)^k T_k(x)`. For ``basis="stable"`` (gSNL 2019) the block's own basis
 :math:`B_k` is used (:math:`B_2(\mu) = 2\mu - 1`, ...), evaluated by
-:func:`graphfilters.chebyshev.chebyshev_terms`. For the ``size``/``none`` normalizations
-:math:`\lambda = 1 - \mu` is not the spectrum of a normalized Laplacian; the response is then
-drawn over :math:`[0, \max|\lambda|]` of the captured spectrum.
+:func:`graphfilters.chebyshev.chebyshev_terms`. The rational bases (``cayley``, ``arma``) are
+evaluated with the block's learned parameters (``Capture.basis_params``: the zoom :math:`h`,
+the poles :math:`\psi_k`), their values from :meth:`graphfilters.filters.FilterFamily.values`
+and their signals from the family's shifted solves (:func:`basis_terms`). For the
+``size``/``none`` normalizations :math:`\lambda = 1 - \mu` is not the spectrum of a normalized
+Laplacian; the response is then drawn over :math:`[0, \max|\lambda|]` of the captured
+spectrum.
 
 Classification rule (:func:`classify_response`)
 -----------------------------------------------

@@ -781,13 +781,16 @@ class FrozenMap:
     ``X`` of shape ``(N, C)`` (the identity only for residual modules; biases and output
     shifts do not enter a linear map). With attention heads kept (``heads="keep"``) each
     head's affinity acts on its own slice of the value channels. Nothing of size
-    :math:`NC \times NC` is formed. For ``N <= dense_limit`` the polynomials
-    :math:`B_k(\hat A)` are formed as ``N x N`` matrices (per head) and the map and its
+    :math:`NC \times NC` is formed. For ``N <= dense_limit`` the basis matrices
+    :math:`B_k(\hat A)` (polynomials; for the rational Cayley and ARMA bases the family's
+    terms with the capture's ``basis_params``, by dense shifted solves) are formed as
+    ``N x N`` matrices (per head) and the map and its
     adjoint :math:`U \mapsto [U] + \sum_k B_k(\hat A)^T U S W_k^T G^T` are plain products
     (:math:`G W_k S` precomputed when :math:`C_s > C/2`; zero terms skipped): one product
     costs :math:`O(N C C_s + N^2 C_s)` per head and term. Beyond it the affinity is used only
-    through its structured matrix product, and the adjoint is that product's
-    vector-Jacobian product (one recorded forward).
+    through its structured matrix product (and, for rational bases, the block's shifted
+    solves: Woodbury for low-rank affinities, the fixed-point recursion otherwise), and the
+    adjoint is that product's vector-Jacobian product (one recorded forward).
 
     Parameters
     ----------
