@@ -678,6 +678,17 @@ def apply_filter(
     Shapes
     ------
     ``Z``: ``(..., N, C_s)`` → ``(..., N, C_out)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.filters import GraphOperator
+    >>> A = torch.tensor([[0.0, 0.5], [0.5, 0.0]], dtype=torch.float64)
+    >>> op = GraphOperator(lambda v: A @ v, dense=A)
+    >>> F = apply_filter(op, torch.tensor([[1.0], [0.0]], dtype=torch.float64), [0.0, 1.0],
+    ...                  "arma", {"poles": torch.tensor([0.5])})     # (I - A/2)^{-1} e_1
+    >>> [round(v, 4) for v in F[:, 0].tolist()]
+    [1.0667, 0.2667]
     """
     if get_filter(basis).kind == "polynomial":
         return polynomial_filter(op, Z, weights, basis)
