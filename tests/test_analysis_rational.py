@@ -5,6 +5,8 @@ Jacobians, damping from dense her(K(lambda)); and a saved-and-reloaded model."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -202,6 +204,7 @@ def test_rational_capture_without_params_says_what_is_missing():
 
 
 def test_saved_and_reloaded_cayley_model_analyses_ok(tmp_path):
+    from analysis.cli import main
     from analysis.report import analyse_loaded, load_for_analysis
     from graphfilters.blocks import ChebyshevNonlocal
     from graphfilters.data import get_dataset
@@ -223,3 +226,9 @@ def test_saved_and_reloaded_cayley_model_analyses_ok(tmp_path):
     assert rows and all(r.status == "ok" for r in rows), [r.reason for r in rows]
     cap = table.captures[rows[0].path]
     assert torch.equal(cap.basis_params["zoom"], zoom) and zoom != 1.0
+    # the command line's analyze on the same file
+    out = tmp_path / "t.json"
+    assert main(["analyze", str(path), "--samples", "4", "--device", "cpu", "--spectrum-samples",
+                 "2", "--json", str(out)]) == 0
+    recs = [r for r in json.loads(out.read_text()) if r["block"] == "cayley"]
+    assert recs and all(r["status"] == "ok" for r in recs), recs
