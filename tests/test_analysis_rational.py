@@ -232,3 +232,21 @@ def test_saved_and_reloaded_cayley_model_analyses_ok(tmp_path):
                  "2", "--json", str(out)]) == 0
     recs = [r for r in json.loads(out.read_text()) if r["block"] == "cayley"]
     assert recs and all(r["status"] == "ok" for r in recs), recs
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name,affinity", CASES)
+def test_analyze_rational_block_on_a_gpu(name, affinity):
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), _block(name, affinity)).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    ref = analyze(model, x, progress=False)[0]
+    table = analyze(model.cuda(), x.cuda(), progress=False)
+    row = table[0]
+    assert row.status == "ok", row.reason
+    assert table.captures[row.path].basis_params is not None
+    assert all(v.device.type == "cpu" for v in table.captures[row.path].basis_params.values())
+    for field in ("response_high", "damping_mass"):              # closed forms
+        assert getattr(row, field) == pytest.approx(getattr(ref, field), rel=1e-6), field
+    # matrix-free for softmax affinities: certified to analyze's tol (1e-3)
+    assert row.stability_norm == pytest.approx(ref.stability_norm, rel=2e-3)
