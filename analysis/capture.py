@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from graphfilters._backend import to_numpy
+from graphfilters.filters import get_filter
 from graphfilters.graph import (
     Affinity,
     DenseAffinity,
@@ -442,6 +443,12 @@ class Capture:
         ``(B, C, *spatial)``). An adapter may supply its own; it is kept.
     call_kwargs : dict of str to Tensor
         Per-sample keyword tensors for ``call`` (batch first: padding masks, ...).
+    basis_params : dict of str to Tensor or None
+        The constrained parameters of a rational basis (the Cayley zoom ``{"zoom": h}``, the
+        ARMA poles ``{"poles": psi}``), detached: the record's ``params`` or the block's
+        ``filter_parameters()``; ``None`` for polynomial bases (and foreign modules). Every
+        measure that evaluates the filter passes them on
+        (:meth:`graphfilters.filters.FilterFamily.values`, ``terms``).
 
     Shapes
     ------
@@ -470,6 +477,7 @@ class Capture:
     n_samples: int = 0
     call: Callable[..., Tensor] | None = field(default=None, repr=False)
     call_kwargs: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    basis_params: dict[str, Tensor] | None = None
 
     # -- derived facts -------------------------------------------------------------------
     @property
@@ -479,12 +487,17 @@ class Capture:
 
     @property
     def order(self) -> int | None:
-        """Polynomial degree ``K`` of the filter (``None`` without weights)."""
-        return None if self.weights is None else len(self.weights) - 1
+        """Order of the filter (``None`` without weights): the polynomial degree ``K =
+        len(weights) - 1`` for polynomial bases, the Cayley order ``r`` (``2r + 1`` weights)
+        or the number of ARMA poles (:meth:`graphfilters.filters.FilterFamily.order_of`)."""
+        if self.weights is None:
+            return None
+        return get_filter(self.basis).order_of(len(self.weights))
 
     @property
     def basis(self) -> str:
-        """``"chebyshev"`` or ``"stable"`` (from the spec)."""
+        """Name of the filter family in :data:`graphfilters.filters.FILTERS` (from the spec;
+        ``"chebyshev"`` without one)."""
         return self.spec.basis if self.spec is not None else "chebyshev"
 
     @property
@@ -512,6 +525,8 @@ class Capture:
             affinity=aff,
             z=mv(self.z),
             weights=None if self.weights is None else [mv(w) for w in self.weights],
+            basis_params=None if self.basis_params is None else {
+                k: mv(v) for k, v in self.basis_params.items()},
             input=mv(self.input),
             output_scale=mv(self.output_scale),
             output_shift=mv(self.output_shift),
@@ -683,6 +698,7 @@ def _from_record(path: str, module: nn.Module, rec: Any, unit: nn.Module | None 
         spec=spec,
         z=_detach(getattr(rec, "z", None)),
         weights=None if weights is None else [_detach(w) for w in weights],
+        basis_params=_basis_params(rec, owner),
         spatial_shape=tuple(getattr(rec, "spatial_shape", ()) or ()),
         input=_detach(getattr(rec, "input", None)),
         output_scale=_detach(scale),
@@ -698,6 +714,20 @@ def _from_record(path: str, module: nn.Module, rec: Any, unit: nn.Module | None 
 
 def _detach(t: Any) -> Any:
     return t.detach() if isinstance(t, Tensor) else t
+
+
+def _basis_params(rec: Any, owner: nn.Module) -> dict[str, Tensor] | None:
+    """The rational basis parameters of a record (``params``), else of its block
+    (``filter_parameters()``), detached copies; ``None`` when there are none."""
+    params = getattr(rec, "params", None)
+    if not params:
+        fp = getattr(owner, "filter_parameters", None)
+        if callable(fp):
+            with torch.no_grad():
+                params = fp()
+    if not params:
+        return None
+    return {str(k): torch.as_tensor(v).detach().clone() for k, v in dict(params).items()}
 
 
 def _from_adapter_result(path: str, module: nn.Module, res: Any) -> Capture | None:

@@ -14,9 +14,13 @@ eigenvector of :math:`\hat A` with eigenvalue :math:`\mu`, i.e. of the Laplacian
 the second (Laplacian) form holding for the Chebyshev basis because
 :math:`T_k(-x) = (-1)^k T_k(x)`. For ``basis="stable"`` (gSNL 2019) the block's own basis
 :math:`B_k` is used (:math:`B_2(\mu) = 2\mu - 1`, ...), evaluated by
-:func:`graphfilters.chebyshev.chebyshev_terms`. For the ``size``/``none`` normalizations
-:math:`\lambda = 1 - \mu` is not the spectrum of a normalized Laplacian; the response is then
-drawn over :math:`[0, \max|\lambda|]` of the captured spectrum.
+:func:`graphfilters.chebyshev.chebyshev_terms`. The rational bases (``cayley``, ``arma``) are
+evaluated with the block's learned parameters (``Capture.basis_params``: the zoom :math:`h`,
+the poles :math:`\psi_k`), their values from :meth:`graphfilters.filters.FilterFamily.values`
+and their signals from the family's shifted solves (:func:`basis_terms`). For the
+``size``/``none`` normalizations :math:`\lambda = 1 - \mu` is not the spectrum of a normalized
+Laplacian; the response is then drawn over :math:`[0, \max|\lambda|]` of the captured
+spectrum.
 
 Classification rule (:func:`classify_response`)
 -----------------------------------------------
@@ -74,9 +78,9 @@ import torch
 from torch import Tensor
 
 from graphfilters._backend import to_numpy
-from graphfilters.chebyshev import polynomial_filter
-from graphfilters.filters import get_filter
-from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, as_affinity
+from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
+from graphfilters.filters import GraphOperator, filter_sum, get_filter
+from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, NormalizedOperator, as_affinity
 
 from .spectra import AUTO_DENSE_LIMIT, Spectrum, _as_torch, _samples, spectrum
 
@@ -92,6 +96,8 @@ __all__ = [
     "BlockResponse",
     "block_response",
     "filter_output",
+    "basis_terms",
+    "apply_filter",
     "pencil_gains",
     "head_factors",
     "layer_gains",
@@ -159,7 +165,7 @@ def frequency_response(
     lambda_max: float = 2.0,
     params: Any = None,
 ) -> np.ndarray:
-    r"""The matrix response :math:`H(\lambda)` of a polynomial filter.
+    r"""The matrix response :math:`H(\lambda)` of a filter (polynomial or rational).
 
     Parameters
     ----------
@@ -170,8 +176,8 @@ def frequency_response(
         ``"affinity"``: ``weights`` act on :math:`B_k(\hat A)` (what blocks record),
         :math:`H(\lambda) = \sum_k B_k(1 - \lambda) W_k`. ``"laplacian"``: ``weights`` act on
         :math:`T_k(\tilde L)`, :math:`H(\lambda) = \sum_k T_k(2\lambda/\lambda_{max} - 1) W_k`.
-    basis : {"chebyshev", "stable"}
-        Basis of the affinity form.
+    basis : str
+        Basis of the affinity form (a name of :data:`graphfilters.filters.FILTERS`).
     lambda_max : float
         Rescaling of the Laplacian form.
     params : mapping, optional
@@ -283,7 +289,8 @@ def classify_response(
     return "all-pass", stats
 
 
-def pencil_gains(weights: Sequence[Any], lam: Any, *, basis: str = "chebyshev") -> np.ndarray:
+def pencil_gains(weights: Sequence[Any], lam: Any, *, basis: str = "chebyshev",
+                 params: Any = None) -> np.ndarray:
     r"""Singular values of :math:`H(\lambda) = \sum_k B_k(1 - \lambda) W_k` at many
     :math:`\lambda`, using that :math:`H` is a pencil in the basis values.
 
@@ -292,7 +299,8 @@ def pencil_gains(weights: Sequence[Any], lam: Any, *, basis: str = "chebyshev") 
     (:math:`W_0 = 0`: NL, attention) :math:`\sigma(H(\lambda)) = |B_k(1-\lambda)|\,
     \sigma(W_k)` (one SVD in all); otherwise every :math:`W_k` is restricted to the joint row
     space of the terms (dimension :math:`\le \min(C_{out}, (K+1) C_s)`), which keeps the
-    singular values, and the small problems are solved in one batched call.
+    singular values, and the small problems are solved in one batched call. ``params``:
+    the parameters of a rational basis (see :func:`basis_values`).
 
     Shapes
     ------
@@ -309,7 +317,7 @@ def pencil_gains(weights: Sequence[Any], lam: Any, *, basis: str = "chebyshev") 
     """
     ws = _weights_np(weights)
     lam = np.atleast_1d(np.asarray(lam))
-    vals = basis_values(len(ws) - 1, 1 - lam, basis)              # (n, K+1)
+    vals = basis_values(get_filter(basis).order_of(len(ws)), 1 - lam, basis, params)
     c_s, c_out = ws[0].shape
     r = min(c_s, c_out)
     nz = [k for k, w in enumerate(ws) if np.any(w != 0)]
@@ -579,9 +587,119 @@ def graph_frequency_energy(
 # ------------------------------------------------------------------------------------------
 
 
+def _graph_operator(op: Any, dense: Tensor | None, module: Any) -> GraphOperator:
+    """The :class:`~graphfilters.filters.GraphOperator` a rational filter solves with: the
+    block's own (``module.graph_operator``: its solver tolerance and iteration cap) when the
+    capture has the block, else the same construction with the defaults."""
+    if isinstance(op, GraphOperator):
+        return op
+    make = getattr(module, "graph_operator", None)
+    if callable(make) and (dense is not None or isinstance(op, NormalizedOperator)):
+        return make(op, dense)
+    if dense is not None:
+        return GraphOperator(lambda v: dense @ v, dense=dense)
+    if isinstance(op, NormalizedOperator):
+        return GraphOperator.from_normalized(op)
+    raise TypeError(
+        "a rational filter needs the normalized operator (a NormalizedOperator or a "
+        f"GraphOperator) for its shifted solves, got {type(op).__name__}"
+    )
+
+
+def _params_like(params: Any, Z: Tensor) -> dict[str, Tensor] | None:
+    """Basis parameters as tensors in ``Z``'s real dtype and device (float64 analyses use
+    float64 zooms and poles)."""
+    if params is None:
+        return None
+    dtype = Z.real.dtype if Z.is_complex() else Z.dtype
+    return {k: torch.as_tensor(v).to(dtype=dtype, device=Z.device) for k, v in params.items()}
+
+
+def basis_terms(
+    op: Any, Z: Tensor, n_terms: int, basis: str = "chebyshev", params: Any = None, *,
+    dense: Tensor | None = None, module: Any = None,
+) -> list[Tensor]:
+    r"""The terms :math:`B_k(\hat A) Z`, ``k = 0 .. n_terms - 1``, of the block's basis.
+
+    Polynomial bases: :func:`graphfilters.chebyshev.chebyshev_terms` on ``op`` (or on
+    ``dense @``). Rational bases (Cayley, ARMA): the family's own
+    :meth:`~graphfilters.filters.FilterFamily.terms` with ``params`` on a
+    :class:`~graphfilters.filters.GraphOperator` built as the block builds it
+    (``module.graph_operator`` when the block is given; Woodbury solves for low-rank
+    affinities, direct ones for ``dense``, the fixed-point recursion otherwise): the code
+    the block runs, not a second implementation.
+
+    Parameters
+    ----------
+    op : callable, NormalizedOperator or GraphOperator
+        :math:`X \mapsto \hat A X` (rational bases need a ``NormalizedOperator`` or a
+        ``GraphOperator``, or ``dense``).
+    Z : Tensor ``(..., N, C)``
+    n_terms : int
+        Number of weights of the filter (``K + 1`` for polynomials, ``2r + 1`` for Cayley).
+    basis : str
+        A name of :data:`graphfilters.filters.FILTERS`.
+    params : mapping, optional
+        The rational basis' parameters (``Capture.basis_params``).
+    dense : Tensor ``(..., N, N)``, optional
+        :math:`\hat A` as a matrix (then every product and solve is dense).
+    module : nn.Module, optional
+        The captured block (its solver settings).
+
+    Shapes
+    ------
+    ``Z``: ``(..., N, C)`` → ``n_terms`` tensors ``(..., N, C)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = torch.tensor([[0.0, 0.5], [0.5, 0.0]], dtype=torch.float64)
+    >>> t = basis_terms(None, torch.eye(2, dtype=torch.float64), 2, "arma",
+    ...                 {"poles": torch.tensor([0.5])}, dense=A)
+    >>> torch.allclose(t[1], torch.linalg.inv(torch.eye(2, dtype=torch.float64) - 0.5 * A))
+    True
+    """
+    family = get_filter(basis)
+    order = family.order_of(int(n_terms))
+    if family.kind == "polynomial":
+        apply = (lambda X: dense @ X) if dense is not None else op
+        return chebyshev_terms(apply, Z, order, basis)
+    return family.terms(_graph_operator(op, dense, module), Z, order, _params_like(params, Z))
+
+
+def apply_filter(
+    op: Any, Z: Tensor, weights: Sequence[Any], basis: str = "chebyshev", params: Any = None,
+    *, module: Any = None,
+) -> Tensor:
+    r""":math:`F = \sum_k B_k(\hat A) Z W_k`: :func:`graphfilters.chebyshev.polynomial_filter`
+    for polynomial bases, the terms of :func:`basis_terms` summed by
+    :func:`graphfilters.filters.filter_sum` for rational ones.
+
+    Shapes
+    ------
+    ``Z``: ``(..., N, C_s)`` → ``(..., N, C_out)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.filters import GraphOperator
+    >>> A = torch.tensor([[0.0, 0.5], [0.5, 0.0]], dtype=torch.float64)
+    >>> op = GraphOperator(lambda v: A @ v, dense=A)
+    >>> F = apply_filter(op, torch.tensor([[1.0], [0.0]], dtype=torch.float64), [0.0, 1.0],
+    ...                  "arma", {"poles": torch.tensor([0.5])})     # (I - A/2)^{-1} e_1
+    >>> [round(v, 4) for v in F[:, 0].tolist()]
+    [1.0667, 0.2667]
+    """
+    if get_filter(basis).kind == "polynomial":
+        return polynomial_filter(op, Z, weights, basis)
+    ws = list(weights)
+    return filter_sum(basis_terms(op, Z, len(ws), basis, params, module=module), ws)
+
+
 def filter_output(capture: Any) -> Tensor:
     r"""The filter output :math:`F = \sum_k B_k(\hat A) Z W_k` of a capture, ``(S, N, C_out)``,
-    computed with :func:`graphfilters.chebyshev.polynomial_filter` (structured products).
+    computed with structured products (:func:`apply_filter`; rational bases with the
+    capture's ``basis_params`` and the block's shifted solves).
 
     Shapes
     ------
@@ -616,7 +734,8 @@ def filter_output(capture: Any) -> Tensor:
         S, H, N, d = zh.shape
         az = op(zh.to(capture.z.dtype)).permute(0, 2, 1, 3).reshape(S, N, H * d)
         return az @ capture.weights[1].to(az.dtype)
-    return polynomial_filter(op, capture.z, list(capture.weights), capture.basis)
+    return apply_filter(op, capture.z, list(capture.weights), capture.basis,
+                        capture.basis_params, module=capture.module)
 
 
 def _per_head(capture: Any) -> bool:
@@ -655,7 +774,7 @@ class BlockResponse:
     gains_at_eigenvalues : list of numpy arrays
         :math:`\sigma_1(H(\lambda_i))` at those eigenvalues.
     laplacian_weights : list of numpy arrays
-        :math:`W^L_k` (Chebyshev basis) or ``None`` for the stable basis.
+        :math:`W^L_k` (Chebyshev basis) or ``None`` for the other bases.
     energy_z, energy_out : FrequencyEnergy or None
         Graph-frequency energy of :math:`Z` and of the filter output :math:`F`.
     notes : dict
@@ -781,7 +900,7 @@ def block_response(
     layer_lam = np.linspace(0.0, lam_max, int(min(n_grid, n_grid_layer)))
     # one call (one factorization of the weights) for the grids and every eigenvalue
     parts = [lam, layer_lam] + [e for e in eigs]
-    allg = pencil_gains(ws, np.concatenate(parts), basis=basis)
+    allg = pencil_gains(ws, np.concatenate(parts), basis=basis, params=capture.basis_params)
     splits = np.split(allg, np.cumsum([len(p) for p in parts])[:-1])
     gains, layer_filter_gains = splits[0], splits[1]
     label, stats = classify_response(lam, gains[:, 0], lam_max, ratio)

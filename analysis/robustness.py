@@ -72,7 +72,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from graphfilters._backend import to_numpy
-from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
+from graphfilters.filters import get_filter
 from graphfilters.graph import Affinity
 
 from .capture import Capture, _batch_input, model_device
@@ -80,6 +80,8 @@ from .response import (
     _head_signal,
     _per_head,
     _weights_np,
+    apply_filter,
+    basis_terms,
     basis_values,
     filter_output,
     frequency_response,
@@ -303,7 +305,8 @@ def linear_maps(
         raise ValueError(f"{capture.path}: no filter weights captured")
     G, _ = value_projection(capture)
     ws = _weights_np(capture.weights)
-    H = frequency_response(ws, lam, basis=capture.basis)          # (n, C_s, C_out)
+    H = frequency_response(ws, lam, basis=capture.basis,
+                           params=capture.basis_params)          # (n, C_s, C_out)
     s = _scale(capture, include_output_scale, ws[0].shape[1])
     M = np.einsum("ci,nio->nco", G, H) * s[None, None, :]
     if capture.residual:
@@ -403,7 +406,8 @@ def per_frequency_stability(
         k = nonzero[0]
         unit = [np.zeros((1, 1))] * len(ws)
         unit[k] = np.ones((1, 1))
-        b = frequency_response(unit, lam, basis=capture.basis)[:, 0, 0]
+        b = frequency_response(unit, lam, basis=capture.basis,
+                               params=capture.basis_params)[:, 0, 0]
         K = effective_channel_map(capture, k, include_output_scale)
         nu = np.linalg.eigvals(K) if K.shape[0] == K.shape[1] else np.zeros(1)
         ev = np.abs((1.0 if capture.residual else 0.0) + b[:, None] * nu[None, :]).max(1)
@@ -778,13 +782,16 @@ class FrozenMap:
     ``X`` of shape ``(N, C)`` (the identity only for residual modules; biases and output
     shifts do not enter a linear map). With attention heads kept (``heads="keep"``) each
     head's affinity acts on its own slice of the value channels. Nothing of size
-    :math:`NC \times NC` is formed. For ``N <= dense_limit`` the polynomials
-    :math:`B_k(\hat A)` are formed as ``N x N`` matrices (per head) and the map and its
+    :math:`NC \times NC` is formed. For ``N <= dense_limit`` the basis matrices
+    :math:`B_k(\hat A)` (polynomials; for the rational Cayley and ARMA bases the family's
+    terms with the capture's ``basis_params``, by dense shifted solves) are formed as
+    ``N x N`` matrices (per head) and the map and its
     adjoint :math:`U \mapsto [U] + \sum_k B_k(\hat A)^T U S W_k^T G^T` are plain products
     (:math:`G W_k S` precomputed when :math:`C_s > C/2`; zero terms skipped): one product
     costs :math:`O(N C C_s + N^2 C_s)` per head and term. Beyond it the affinity is used only
-    through its structured matrix product, and the adjoint is that product's
-    vector-Jacobian product (one recorded forward).
+    through its structured matrix product (and, for rational bases, the block's shifted
+    solves: Woodbury for low-rank affinities, the fixed-point recursion otherwise), and the
+    adjoint is that product's vector-Jacobian product (one recorded forward).
 
     Parameters
     ----------
@@ -834,6 +841,8 @@ class FrozenMap:
         self.scale = torch.as_tensor(_scale(capture, include_output_scale, ws[0].shape[1]),
                                      dtype=dtype, device=dev)
         self.basis = capture.basis
+        self.params = capture.basis_params
+        self.module = capture.module
         aff = capture.affinity
         keep = len(aff.batch_shape) >= 2 and capture.source == "attention"
         one = aff.select(index).map_fields(lambda t: torch.as_tensor(t).to(device=dev, dtype=dtype))
@@ -849,7 +858,8 @@ class FrozenMap:
             # B_k(A_hat) as N x N matrices (per head): products both ways are plain matmuls
             D = self.op.dense()
             eye = torch.eye(self.n, dtype=dtype, device=dev).expand_as(D).contiguous()
-            terms = chebyshev_terms(lambda X: D @ X, eye, len(ws) - 1, self.basis)
+            terms = basis_terms(self.op, eye, len(ws), self.basis, self.params, dense=D,
+                                module=self.module)
             keep_k = [k for k, w in enumerate(ws) if np.abs(w).max(initial=0.0) > 0]
             self.terms = [terms[k] for k in keep_k]
             cs = self.G.shape[1]
@@ -892,7 +902,9 @@ class FrozenMap:
                 f = sum(self._heads_apply(P, z) @ W for P, W in zip(self.terms, self.maps))
         else:
             z = X @ self.G
-            f = polynomial_filter(self._apply_op, z, self.weights, self.basis) * self.scale
+            op = self._apply_op if self.heads else self.op
+            f = apply_filter(op, z, self.weights, self.basis, self.params,
+                             module=self.module) * self.scale
         return X + f if self.residual else f
 
     def adjoint(self, U: Tensor) -> Tensor:
@@ -1162,7 +1174,9 @@ def damping(
         sym_maps = (maps + np.swapaxes(maps, 1, 2)) / 2
         skew_maps = (maps - np.swapaxes(maps, 1, 2)) / 2
     traces = [np.ones((1, 1)) * float(np.sum(G * (w * s[None, :]).T)) for w in ws]
-    trace = np.real(frequency_response(traces, lam, basis=capture.basis)[:, 0, 0])
+    params = capture.basis_params
+    trace = np.real(frequency_response(traces, lam, basis=capture.basis,
+                                       params=params)[:, 0, 0])
     dim = min(G.shape[0], 2 * G.shape[1])
     n_eig = len(lam) if max_frequencies is None else int(max_frequencies)
     n_eig = max(1, min(len(lam), n_eig, int(max_work // max(dim ** 3, 1))))
@@ -1172,10 +1186,12 @@ def damping(
     for s0 in range(0, len(pick), chunk):
         sel = lam[pick[s0:s0 + chunk]]
         if low_rank:
-            a = frequency_response(ws, sel, basis=capture.basis) * s[None, None, :]
+            a = frequency_response(ws, sel, basis=capture.basis,
+                                   params=params) * s[None, None, :]
             ev = _hermitian_eigs_low_rank(G, a)
         else:
-            b = basis_values(len(ws) - 1, 1 - sel, capture.basis)[:, nz]       # (n, terms)
+            order = get_filter(capture.basis).order_of(len(ws))
+            b = basis_values(order, 1 - sel, capture.basis, params)[:, nz]       # (n, terms)
             her = np.einsum("nt,tij->nij", b.real, sym_maps, optimize=True)
             if np.iscomplexobj(b) and np.any(b.imag != 0):
                 her = her + 1j * np.einsum("nt,tij->nij", b.imag, skew_maps, optimize=True)
@@ -1906,7 +1922,8 @@ def affinity_sensitivity(
         if _per_head(capture):              # one affinity per head acts on its own values
             c = replace(capture, affinity=a)
             return op(_head_signal(c)), filter_output(c)
-        return op(z), polynomial_filter(op, z, ws, capture.basis)
+        return op(z), apply_filter(op, z, ws, capture.basis, capture.basis_params,
+                                   module=capture.module)
 
     with torch.no_grad():
         az, f = run(aff)
