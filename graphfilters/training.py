@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import json
 import logging
 import math
@@ -682,6 +683,10 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
                                             extra={"step_log": step_log})
     if ctx.active:
         torch.distributed.barrier()
+        # the DDP reducer (and any reference cycle holding it) goes before fit() destroys the
+        # process group: a reducer outliving its group can abort the process at exit
+        del net
+        gc.collect()
     return result
 
 
