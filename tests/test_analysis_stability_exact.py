@@ -172,6 +172,17 @@ def test_top_singular_values_go_on_past_an_invariant_subspace():
     assert sv.converged and np.allclose(sv.values, [3.0, 2.0, 1.0], atol=1e-12)
 
 
+def test_a_warm_start_orthogonal_to_the_top_vector_still_finds_it():
+    # v0 = e_2 spans an invariant subspace of D: alone it certifies sigma = 2 with zero
+    # residual; the random part of the start (v0_mix) finds sigma_1 = 3
+    D = torch.diag(torch.tensor([2.0, 3.0, 1.0, 0.5, 0.25], dtype=torch.float64))
+    e1 = torch.eye(5, dtype=torch.float64)[0]
+    blind = top_singular_values(lambda v: D @ v, lambda u: D @ u, e1, v0=e1, v0_mix=0.0)
+    assert blind.norm == pytest.approx(2.0)                 # what a bare warm start gives
+    sv = top_singular_values(lambda v: D @ v, lambda u: D @ u, e1, v0=e1, tol=1e-12)
+    assert sv.converged and sv.norm == pytest.approx(3.0, rel=1e-12)
+
+
 def test_jacobian_affinity_argument_is_checked():
     with pytest.raises(ValueError, match="affinity must be one of"):
         jacobian_singular_values(nn.Identity(), torch.zeros(2), affinity="fixed")
