@@ -403,20 +403,17 @@ def layer_gains(capture: Any, lam: Any, include_output_scale: bool = True) -> np
         return top[:, None] * np.abs(mu)[None, :]
     if C != c_out:
         raise ValueError(f"{capture.path}: a residual layer needs C_out = C, got {C}, {c_out}")
-    a_list, b_list = [], []
-    for u, v in factors:
-        q, _ = np.linalg.qr(np.concatenate([u, v], 1))          # (C, 2d)
-        a_list.append(q.T @ u)
-        b_list.append(q.T @ v)
-    a = torch.from_numpy(np.stack(a_list))                      # (H, 2d, d)
-    b = torch.from_numpy(np.stack(b_list))
-    k = a @ b.transpose(-1, -2)                                 # (H, 2d, 2d)
+    F = np.stack([np.concatenate([u, v], 1) for u, v in factors])       # (H, C, 2d)
+    q, _ = np.linalg.qr(F)                                               # (H, C, 2d)
+    d = factors[0][0].shape[1]
+    qt = np.swapaxes(q, 1, 2)
+    k = (qt @ F[..., :d]) @ np.swapaxes(qt @ F[..., d:], 1, 2)           # (H, 2d, 2d)
     # sigma_1^2 = lambda_max((I + mu k)^T (I + mu k)) = lambda_max(I + mu s1 + mu^2 s2)
-    s1 = k + k.transpose(-1, -2)
-    s2 = k.transpose(-1, -2) @ k
-    mu_t = torch.as_tensor(mu)[None, :, None, None]
-    gram = mu_t * s1[:, None] + mu_t ** 2 * s2[:, None] + torch.eye(k.shape[-1], dtype=k.dtype)
-    top = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0).sqrt().numpy()   # (H, n)
+    s1 = k + np.swapaxes(k, 1, 2)
+    s2 = np.swapaxes(k, 1, 2) @ k
+    m = mu[None, :, None, None]
+    gram = m * s1[:, None] + m ** 2 * s2[:, None] + np.eye(k.shape[-1])
+    top = np.sqrt(np.clip(np.linalg.eigvalsh(gram)[..., -1], 0.0, None))   # (H, n)
     if k.shape[-1] < C:
         top = np.maximum(top, 1.0)
     return top
