@@ -72,7 +72,6 @@ from graphfilters.graph import (
     Affinity,
     DenseAffinity,
     NormalizedOperator,
-    SumAffinity,
 )
 from graphfilters.specs import BlockSpec, get_spec
 
@@ -767,23 +766,7 @@ def _from_adapter_result(path: str, module: nn.Module, res: Any) -> Capture | No
 
 
 def _cat_affinities(parts: list[Affinity]) -> Affinity:
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    if isinstance(first, SumAffinity) and all(isinstance(p, SumAffinity) for p in parts):
-        return SumAffinity([
-            _cat_affinities([p.terms[i] for p in parts]) for i in range(len(first.terms))
-        ])
-    fields = getattr(first, "_fields", ())
-    if fields and all(type(p) is type(first) for p in parts) and first.is_torch:
-        new = object.__new__(type(first))
-        new.__dict__.update(first.__dict__)
-        for name in fields:
-            setattr(new, name, torch.cat([getattr(p, name) for p in parts], 0))
-        if "_symmetric" in new.__dict__:            # DenseAffinity caches its symmetry
-            new._symmetric = None
-        return new
-    return DenseAffinity(torch.cat([torch.as_tensor(p.dense()) for p in parts], 0))
+    return parts[0] if len(parts) == 1 else parts[0].concat(parts[1:])
 
 
 def _take(aff: Affinity, k: int) -> Affinity:

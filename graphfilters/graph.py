@@ -32,7 +32,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -327,6 +328,8 @@ class Affinity:
 
     #: names of the array attributes, used by :meth:`select` and :meth:`numpy`
     _fields: tuple[str, ...] = ()
+    #: attributes that cache facts about the arrays (reset by :meth:`concat`)
+    _caches: tuple[str, ...] = ()
     row_stochastic: bool = False
     #: products cost O(N^2) per call whatever the number of vectors (softmax, dense): block
     #: solvers and a stored copy pay off (see :mod:`graphfilters.spectral`)
@@ -434,6 +437,41 @@ class Affinity:
         """The same structure with ``fn`` applied to every stored array (dtype or device
         conversion, slicing the batch)."""
         return self._map(fn)
+
+    def concat(self, others: Sequence[Affinity]) -> Affinity:
+        """This affinity and ``others`` stacked along the first batch axis.
+
+        Affinities of the same type and settings keep their structure (the stored arrays
+        are concatenated, cached facts recomputed); otherwise the dense matrices are stacked
+        into a :class:`DenseAffinity`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> a = LowRankAffinity(torch.rand(1, 5, 2), torch.rand(1, 5, 2))
+        >>> b = a.concat([a, a])
+        >>> type(b).__name__, b.batch_shape
+        ('LowRankAffinity', (3,))
+        """
+        parts = [self, *others]
+        settings = self._settings()
+        if self._fields and all(type(p) is type(self) and p._settings() == settings
+                                for p in parts):
+            new = self._map(lambda x: x)
+            for name in self._fields:
+                arrays = [getattr(p, name) for p in parts]
+                setattr(new, name, torch.cat(arrays, 0) if self.is_torch
+                        else np.concatenate(arrays, 0))
+            for name in self._caches:
+                setattr(new, name, None)
+            return new
+        dense = [p.dense() for p in parts]
+        return DenseAffinity(torch.cat([torch.as_tensor(d) for d in dense], 0) if self.is_torch
+                             else np.concatenate([B.to_numpy(d) for d in dense], 0))
+
+    def _settings(self) -> dict[str, Any]:
+        skip = set(self._fields) | set(self._caches)
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def require_square(self) -> None:
         """Raise ``ValueError`` unless the affinity is ``N x N`` (a graph)."""
@@ -575,6 +613,7 @@ class DenseAffinity(Affinity):
     """
 
     _fields = ("A",)
+    _caches = ("_symmetric",)
     expensive_products = True
 
     def __init__(self, A: Array, *, check: bool = True) -> None:
@@ -954,6 +993,14 @@ class SumAffinity(Affinity):
 
     def _map(self, fn: Callable[[Array], Array]) -> Affinity:
         return SumAffinity([t._map(fn) for t in self.terms])
+
+    def concat(self, others: Sequence[Affinity]) -> Affinity:
+        """Term by term when every part is a sum of as many terms; dense otherwise."""
+        parts = [self, *others]
+        if all(isinstance(p, SumAffinity) and len(p.terms) == len(self.terms) for p in parts):
+            return SumAffinity([t.concat([p.terms[i] for p in parts[1:]])  # type: ignore[union-attr]
+                                for i, t in enumerate(self.terms)])
+        return super().concat(others)
 
     def degrees(self) -> Array:
         return sum(t.degrees() for t in self.terms)

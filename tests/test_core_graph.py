@@ -271,3 +271,32 @@ def test_cuda_matches_cpu(rng):
     out = LowRankAffinity(P, Q, symmetric=True).normalized("sym")(Z)
     assert out.device.type == "cuda"
     assert np.allclose(out.cpu().numpy(), op.normalized("sym")(Z.cpu().numpy()), atol=1e-12)
+
+
+def test_concat_keeps_structure_and_equals_stacked_dense():
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    sym = DenseAffinity(torch.eye(4, dtype=torch.float64)[None])
+    assert sym.symmetric                                   # caches True
+    cases = [
+        (sym, [DenseAffinity(r(2, 4, 4))]),                # the cached symmetry is reset
+        (LowRankAffinity(r(1, 4, 2), r(1, 4, 2)), [LowRankAffinity(r(2, 4, 2), r(2, 4, 2))]),
+        (SoftmaxAffinity(r(1, 4, 3), r(1, 4, 3)), [SoftmaxAffinity(r(1, 4, 3), r(1, 4, 3))]),
+        (SumAffinity([LowRankAffinity(r(1, 4, 2), r(1, 4, 2)), DenseAffinity(r(1, 4, 4))]),
+         [SumAffinity([LowRankAffinity(r(1, 4, 2), r(1, 4, 2)), DenseAffinity(r(1, 4, 4))])]),
+    ]
+    for first, rest in cases:
+        cat = first.concat(rest)
+        assert type(cat) is type(first)
+        ref = torch.cat([torch.as_tensor(p.dense()) for p in [first, *rest]], 0)
+        torch.testing.assert_close(torch.as_tensor(cat.dense()), ref, rtol=0, atol=1e-15)
+    assert not cases[0][0].concat(cases[0][1]).symmetric
+    # other settings (a symmetric and a plain low-rank product): stacked densely
+    a = LowRankAffinity(r(1, 4, 2), r(1, 4, 2), symmetric=True)
+    b = LowRankAffinity(r(1, 4, 2), r(1, 4, 2))
+    mixed = a.concat([b])
+    assert type(mixed) is DenseAffinity and mixed.batch_shape == (2,)
+    torch.testing.assert_close(torch.as_tensor(mixed.dense())[1], torch.as_tensor(b.dense())[0])
