@@ -404,15 +404,15 @@ def layer_gains(capture: Any, lam: Any, include_output_scale: bool = True) -> np
     if C != c_out:
         raise ValueError(f"{capture.path}: a residual layer needs C_out = C, got {C}, {c_out}")
     F = np.stack([np.concatenate([u, v], 1) for u, v in factors])       # (H, C, 2d)
-    q, _ = np.linalg.qr(F)                                               # (H, C, 2d)
+    R = np.linalg.qr(F, mode="r")                   # Q^T [U, V] = R: Q itself is not needed
     d = factors[0][0].shape[1]
-    qt = np.swapaxes(q, 1, 2)
-    k = (qt @ F[..., :d]) @ np.swapaxes(qt @ F[..., d:], 1, 2)           # (H, 2d, 2d)
+    k = R[..., :d] @ np.swapaxes(R[..., d:], 1, 2)                       # (H, 2d, 2d)
     # sigma_1^2 = lambda_max((I + mu k)^T (I + mu k)) = lambda_max(I + mu s1 + mu^2 s2)
     s1 = k + np.swapaxes(k, 1, 2)
     s2 = np.swapaxes(k, 1, 2) @ k
-    m = mu[None, :, None, None]
-    gram = m * s1[:, None] + m ** 2 * s2[:, None] + np.eye(k.shape[-1])
+    gram = np.multiply.outer(mu ** 2, s2).swapaxes(0, 1)                 # (H, n, 2d, 2d)
+    gram += np.multiply.outer(mu, s1).swapaxes(0, 1)
+    gram[..., np.arange(k.shape[-1]), np.arange(k.shape[-1])] += 1.0
     top = np.sqrt(np.clip(np.linalg.eigvalsh(gram)[..., -1], 0.0, None))   # (H, n)
     if k.shape[-1] < C:
         top = np.maximum(top, 1.0)
