@@ -685,7 +685,7 @@ def top_singular_values(
         raise ValueError(f"tol must be > 0, got {tol!r}")
     shape, dtype, dev = like.shape, like.dtype, like.device
     dim = like.numel()
-    krylov = min(krylov, dim)
+    krylov = min(krylov, dim, max(max_iter, k + 1))        # rows that can be used
     k = min(k, dim)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if v0 is None:
