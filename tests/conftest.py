@@ -32,8 +32,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seeded_global_rngs():
     """Every test starts from the same global torch RNG state, so its random inputs do not
-    depend on which pytest-xdist worker ran it or what ran before."""
-    torch.manual_seed(0)
+    depend on which pytest-xdist worker ran it or what ran before. ``GF_TEST_SEED=k`` runs
+    the suite on other inputs (to find tolerances that hold only by luck; 1-3 pass)."""
+    torch.manual_seed(int(os.environ.get("GF_TEST_SEED", "0")))
 
 
 @pytest.fixture
