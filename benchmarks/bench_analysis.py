@@ -34,7 +34,7 @@ measure summed over the layers, and on one layer the frequency responses by the 
 path (pencil gains, per-head ``2d x 2d`` layer maps) against the per-eigenvalue dense path
 (one ``C_s x C_out`` SVD per captured eigenvalue, one ``C x C`` SVD per head and frequency),
 with their largest difference. ``--vit-layers`` and ``--vit-skip`` (measures to leave out,
-e.g. ``stability`` while it is dense) adjust it.
+e.g. ``stability``, to time the rest) adjust it.
 """
 
 from __future__ import annotations
