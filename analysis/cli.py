@@ -97,6 +97,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
 
 
+def _add_training_data(p: argparse.ArgumentParser) -> None:
+    """The data set options of ``train`` and ``sweep``."""
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
+    p.add_argument("--image-size", type=positive_int, default=16,
+                   help="side of the digits / long-range images")
+    p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="directory of the CIFAR python-pickle files (cifar10/cifar100 only; "
@@ -141,10 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-zero-init", action="store_true",
                    help="start the blocks' output scale (BN gamma) at 1 instead of 0, so the "
                         "blocks are not the identity at initialization")
-    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
-    p.add_argument("--image-size", type=positive_int, default=16,
-                   help="side of the digits / long-range images")
-    p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
+    _add_training_data(p)
     p.add_argument("--epochs", type=positive_int, default=8, help="training epochs")
     p.add_argument("--batch-size", type=positive_int, default=64, help="batch size")
     p.add_argument("--lr", type=positive_float, default=0.1,
@@ -187,10 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not train the plain backbone at each learning rate")
     p.add_argument("--depth", type=positive_int, default=8, help="ResNet depth 6n+2")
     p.add_argument("--width", type=positive_int, default=8, help="channels of the first stage")
-    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
-    p.add_argument("--image-size", type=positive_int, default=16,
-                   help="side of the digits / long-range images")
-    p.add_argument("--data-dir", default=None, help="CIFAR directory (python-pickle files)")
+    _add_training_data(p)
     p.add_argument("--epochs", type=positive_int, default=3, help="training epochs per run")
     p.add_argument("--batch-size", type=positive_int, default=64, help="batch size")
     p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0,

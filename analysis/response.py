@@ -590,13 +590,10 @@ def _graph_operator(op: Any, dense: Tensor | None, module: Any) -> GraphOperator
     capture has the block, else the same construction with the defaults."""
     if isinstance(op, GraphOperator):
         return op
-    make = getattr(module, "graph_operator", None)
-    if callable(make) and (dense is not None or isinstance(op, NormalizedOperator)):
-        return make(op, dense)
-    if dense is not None:
-        return GraphOperator(lambda v: dense @ v, dense=dense)
-    if isinstance(op, NormalizedOperator):
-        return GraphOperator.from_normalized(op)
+    if dense is not None or isinstance(op, NormalizedOperator):
+        make = getattr(module, "graph_operator", None)
+        return make(op, dense) if callable(make) else GraphOperator.from_normalized(
+            op, dense=dense)
     raise TypeError(
         "a rational filter needs the normalized operator (a NormalizedOperator or a "
         f"GraphOperator) for its shifted solves, got {type(op).__name__}"

@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 from .filters import FILTER_NAMES, get_filter
 from .kernels import BLOCK_KERNELS
@@ -241,6 +242,16 @@ def validate_spec(spec: BlockSpec) -> None:
         )
 
 
+#: The SNL affinity (Zhu et al., ICCV 2021): the fields shared by the rows built on it.
+_SNL_AFFINITY: dict[str, Any] = {
+    "kernel": "relu_dot", "normalization": "sym", "symmetrize": True, "laplacian": "sym",
+    "low_rank": True,
+}
+_SNL_AFFINITY_LATEX = (
+    r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ "
+    r"M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^{T}"
+)
+
 _ROWS = (
     BlockSpec(
         name="nl",
@@ -358,17 +369,10 @@ _ROWS = (
             "Zhu, She, Li, Lu, Kang, Hu, Wang. Unifying Nonlocal Blocks for Neural Networks. "
             "ICCV 2021."
         ),
-        kernel="relu_dot",
-        normalization="sym",
-        symmetrize=True,
-        laplacian="sym",
+        **_SNL_AFFINITY,
         order=1,
         weight_constraint="free",
-        low_rank=True,
-        affinity_latex=(
-            r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ "
-            r"M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^{T}"
-        ),
+        affinity_latex=_SNL_AFFINITY_LATEX,
         filter_latex=r"F = Z W_0 + \hat A Z W_1",
     ),
     BlockSpec(
@@ -378,17 +382,10 @@ _ROWS = (
             "Zhu, She, Li, Lu, Kang, Hu, Wang. Unifying Nonlocal Blocks for Neural Networks. "
             "ICCV 2021."
         ),
-        kernel="relu_dot",
-        normalization="sym",
-        symmetrize=True,
-        laplacian="sym",
+        **_SNL_AFFINITY,
         order=2,
         weight_constraint="free",
-        low_rank=True,
-        affinity_latex=(
-            r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ "
-            r"M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^{T}"
-        ),
+        affinity_latex=_SNL_AFFINITY_LATEX,
         filter_latex=r"F = Z W_0 + \hat A Z W_1 + (2\hat A^{2} - I) Z W_2",
     ),
     BlockSpec(
@@ -398,14 +395,10 @@ _ROWS = (
             "Zhu, She, Li, Lu, Kang, Hu, Wang. A Spectral Nonlocal Block for Neural Networks. "
             "arXiv 1911.01059 (2019)."
         ),
-        kernel="relu_dot",
-        normalization="sym",
-        symmetrize=True,
-        laplacian="sym",
+        **_SNL_AFFINITY,
         order=2,
         weight_constraint="free",
         basis="stable",
-        low_rank=True,
         affinity_latex=(
             r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ \hat A^{2} \approx \hat A"
         ),
@@ -418,18 +411,11 @@ _ROWS = (
             "Levie, Monti, Bresson, Bronstein. CayleyNets: Graph Convolutional Neural Networks "
             "with Complex Rational Spectral Filters. IEEE TSP 2018 (filter); SNL affinity."
         ),
-        kernel="relu_dot",
-        normalization="sym",
-        symmetrize=True,
-        laplacian="sym",
+        **_SNL_AFFINITY,
         order=1,
         weight_constraint="free",
         basis="cayley",
-        low_rank=True,
-        affinity_latex=(
-            r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ "
-            r"M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^{T}"
-        ),
+        affinity_latex=_SNL_AFFINITY_LATEX,
         filter_latex=(
             r"F = Z W_0 + \operatorname{Re}(C) Z W_1 + \operatorname{Im}(C) Z W_2,\ "
             r"C = (hL - iI)(hL + iI)^{-1}"
@@ -442,18 +428,11 @@ _ROWS = (
             "Isufi, Loukas, Simonetto, Leus. Autoregressive Moving Average Graph Filtering. "
             "IEEE TSP 2017; Bianchi et al. IEEE TPAMI 2021 (filter); SNL affinity."
         ),
-        kernel="relu_dot",
-        normalization="sym",
-        symmetrize=True,
-        laplacian="sym",
+        **_SNL_AFFINITY,
         order=1,
         weight_constraint="free",
         basis="arma",
-        low_rank=True,
-        affinity_latex=(
-            r"\hat A = D^{-1/2} \operatorname{sym}(M) D^{-1/2},\ "
-            r"M = \operatorname{ReLU}(\Theta)\operatorname{ReLU}(\Phi)^{T}"
-        ),
+        affinity_latex=_SNL_AFFINITY_LATEX,
         filter_latex=r"F = Z W_0 + (I - \psi_1 \hat A)^{-1} Z W_1",
     ),
 )

@@ -140,12 +140,7 @@ class FilterRecord:
 
     def terms(self, materialize: bool = False) -> list[Tensor]:
         r"""The basis terms :math:`B_k(\hat A) Z`, each ``(B, N, C_s)``."""
-        op = self.operator()
-        if materialize:
-            dense = op.dense()
-            apply = GraphOperator(lambda v: dense @ v, dense=dense)
-        else:
-            apply = GraphOperator.from_normalized(op)
+        apply = GraphOperator.from_normalized(self.operator(), materialize=materialize)
         zg = self._to_graph(self.z)
         if self.order >= 1 and self.info.get("sub_sampled"):
             n = math.prod(self.spatial_shape)

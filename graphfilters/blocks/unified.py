@@ -402,10 +402,7 @@ class ChebyshevNonlocal(nn.Module):
     def graph_operator(self, op: NormalizedOperator, dense: Tensor | None = None) -> GraphOperator:
         """The operator the filter acts on: dense if ``dense`` is given, Woodbury for low-rank
         affinities, iterative shifted solves otherwise."""
-        if dense is not None:
-            return GraphOperator(lambda v: dense @ v, dense=dense, tol=self.solver_tol,
-                                 max_iter=self.solver_max_iter)
-        return GraphOperator.from_normalized(op, tol=self.solver_tol,
+        return GraphOperator.from_normalized(op, dense=dense, tol=self.solver_tol,
                                              max_iter=self.solver_max_iter)
 
     # ------------------------------------------------------------------------------------

@@ -75,12 +75,7 @@ class ARMA(FilterFamily):
         order = check_order(order, self.min_order)
         poles = self.check_parameters(order, params)["poles"]
         yield Z
-        solve = getattr(op, "solve_shifted", None)
-        if solve is None:
-            raise TypeError(
-                "the ARMA filter needs an operator with solve_shifted (a "
-                "graphfilters.filters.GraphOperator), got a plain callable"
-            )
+        solve = self.shifted_solver(op)
         for k in range(order):
             yield solve(poles[k], Z)
 

@@ -118,6 +118,17 @@ class FilterFamily:
                 )
         return params
 
+    def shifted_solver(self, op: Any) -> Callable[[Any, Array], Array]:
+        r"""``op.solve_shifted`` (:math:`(c, Z) \mapsto (I - cS)^{-1} Z`), which rational
+        families need; a clear error for a plain callable."""
+        solve = getattr(op, "solve_shifted", None)
+        if solve is None:
+            raise TypeError(
+                f"the {self.name} filter needs an operator with solve_shifted (a "
+                "graphfilters.filters.GraphOperator), got a plain callable"
+            )
+        return solve
+
     # -- numerics --------------------------------------------------------------------------
     def iter_terms(
         self, op: Callable[[Array], Array], Z: Array, order: int,

@@ -90,12 +90,7 @@ class Cayley(FilterFamily):
         order = check_order(order, self.min_order)
         h = self.check_parameters(order, params)["zoom"]
         yield Z
-        solve = getattr(op, "solve_shifted", None)
-        if solve is None:
-            raise TypeError(
-                "the Cayley filter needs an operator with solve_shifted (a "
-                "graphfilters.filters.GraphOperator), got a plain callable"
-            )
+        solve = self.shifted_solver(op)
         if not isinstance(h, torch.Tensor):
             h = torch.tensor(float(h), dtype=Z.dtype, device=Z.device)
         c = h / (h + 1j)

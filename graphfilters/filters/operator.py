@@ -127,13 +127,15 @@ class GraphOperator:
 
     @classmethod
     def from_normalized(
-        cls, op: NormalizedOperator, *, materialize: bool = False, tol: float | None = None,
-        max_iter: int = 2000,
+        cls, op: NormalizedOperator | None, *, materialize: bool = False,
+        dense: Tensor | None = None, tol: float | None = None, max_iter: int = 2000,
     ) -> GraphOperator:
-        """Wrap a :class:`~graphfilters.graph.NormalizedOperator`: Woodbury for low-rank
-        affinities, a dense matrix if ``materialize``, the fixed-point recursion otherwise."""
-        if materialize:
+        """Wrap a :class:`~graphfilters.graph.NormalizedOperator`: its matrix ``dense`` when
+        given (or formed, if ``materialize``: direct solves), Woodbury for low-rank affinities,
+        the fixed-point recursion otherwise. The one place a filter's operator is built."""
+        if dense is None and materialize:
             dense = op.dense()
+        if dense is not None:
             return cls(lambda X: dense @ X, dense=dense, tol=tol, max_iter=max_iter)
         aff = op.affinity
         if isinstance(aff, LowRankAffinity) and aff.n == aff.n_cols:
