@@ -76,6 +76,7 @@ from graphfilters.filters import get_filter
 from graphfilters.graph import Affinity
 
 from .capture import Capture, _batch_input, model_device
+from .recognizers import additive_mask
 from .response import (
     _head_signal,
     _per_head,
@@ -1546,10 +1547,9 @@ def _held_sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | No
     logits = (query @ key.transpose(-2, -1)) * s
     if is_causal:
         causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
-        logits = logits.masked_fill(~causal, float("-inf"))
-    if attn_mask is not None:
-        logits = (logits.masked_fill(~attn_mask, float("-inf"))
-                  if attn_mask.dtype == torch.bool else logits + attn_mask)
+        logits = logits + additive_mask(causal, "attend", logits.dtype)
+    if attn_mask is not None:            # SDPA's boolean masks: True = attend
+        logits = logits + additive_mask(attn_mask, "attend", logits.dtype)
     return _ORIGINALS[0](logits, -1).detach() @ value
 
 

@@ -101,3 +101,29 @@ def test_attention_held_fixed_affects_only_its_thread_and_nests():
     t.join()
     assert seen == {"softmax": True, "sdpa": True}
     assert torch.softmax(q, -1).requires_grad
+
+
+@pytest.mark.parametrize("case", ["bool_mask", "float_mask", "causal", "gqa"])
+def test_held_sdpa_computes_what_sdpa_computes(case):
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    kv_heads = 2 if case == "gqa" else 4
+    k = torch.randn(2, kv_heads, 5, 3, generator=g, dtype=torch.float64)
+    v = torch.randn(2, kv_heads, 5, 3, generator=g, dtype=torch.float64)
+    kw: dict = {}
+    if case == "bool_mask":
+        kw["attn_mask"] = torch.rand(5, 5, generator=g) > 0.3
+        kw["attn_mask"][:, 0] = True                      # every query attends somewhere
+    elif case == "float_mask":
+        kw["attn_mask"] = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    elif case == "causal":
+        kw["is_causal"] = True
+    else:
+        kw["enable_gqa"] = True
+    ref = F.scaled_dot_product_attention(q, k, v, **kw)
+    with attention_held_fixed():
+        got = F.scaled_dot_product_attention(q, k, v, **kw)
+    torch.testing.assert_close(got, ref.detach(), rtol=1e-12, atol=1e-12)
+    assert not got.requires_grad                          # q enters only through the map
