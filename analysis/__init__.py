@@ -14,6 +14,8 @@ graph Fourier energies), :mod:`analysis.robustness` (weight spectra, linearized 
 Jacobians, noise), :mod:`analysis.plots` (figures, ``(fig, ax)``).
 """
 
+# the built-in recognizers (MultiheadAttention, transformers, timm, mmcv...) register themselves
+from . import recognizers as _recognizers  # noqa: F401
 from .analyze import AnalysisTable, BlockReport, analyze
 from .capture import (
     MHA_SPEC,

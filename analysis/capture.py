@@ -75,6 +75,18 @@ from graphfilters.graph import (
 )
 from graphfilters.specs import BlockSpec, get_spec
 
+from .registry import (
+    CallContext,
+    Recognizer,
+    adapter_for,
+    recognizer_for,
+    recognizers,
+    register_adapter,
+    register_recognizer,
+    unregister_adapter,
+    unregister_recognizer,
+)
+
 __all__ = [
     "Capture",
     "Captures",
@@ -107,205 +119,8 @@ MHA_SPEC: BlockSpec = replace(
     filter_latex=r"F = [A_1 Z_1, \dots, A_H Z_H]\, W_o",
 )
 
-_ADAPTERS: dict[type, Callable[..., Any]] = {}
 #: The path given to the model itself when it is the nonlocal module.
 ROOT = "(root)"
-
-
-def register_adapter(module_type: type, fn: Callable[[nn.Module, tuple, Any], Any]) -> None:
-    r"""Teach :func:`capture` a new kind of attention module.
-
-    Parameters
-    ----------
-    module_type : type
-        A subclass of :class:`torch.nn.Module`; instances (and instances of subclasses) are
-        captured with ``fn``. Registered adapters take precedence over the built-in handling.
-    fn : callable
-        ``fn(module, inputs, output)`` called in a forward hook (``inputs`` is the tuple of
-        positional arguments). It returns one of
-
-        - an :class:`~graphfilters.graph.Affinity` or a tensor ``(B, N, N)`` (the affinity
-          *as used*, i.e. already normalized: the capture's normalization is ``"none"``);
-        - a :class:`Capture` (fields left at their defaults are fine);
-        - any object with an ``affinity`` attribute and optionally ``normalization``, ``z``,
-          ``weights``, ``spatial_shape``, ``spec``, ``input``, ``output_scale`` (a
-          ``FilterRecord``-like record);
-        - ``None`` to skip this call.
-
-    Examples
-    --------
-    >>> import torch
-    >>> class Mix(torch.nn.Module):          # a toy "attention": a fixed averaging graph
-    ...     def forward(self, x):
-    ...         return x.mean(1, keepdim=True).expand_as(x)
-    >>> register_adapter(Mix, lambda m, inp, out: torch.full((inp[0].shape[0], 4, 4), 0.25))
-    >>> caps = capture(torch.nn.Sequential(Mix()), torch.randn(2, 4, 3), progress=False)
-    >>> caps["0"].affinity.shape
-    (2, 4, 4)
-    >>> unregister_adapter(Mix)
-    """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(
-            f"module_type must be a torch.nn.Module subclass, got {module_type!r}"
-        )
-    if not callable(fn):
-        raise TypeError("fn must be callable as fn(module, inputs, output)")
-    _ADAPTERS[module_type] = fn
-
-
-def unregister_adapter(module_type: type) -> None:
-    """Remove the adapter of ``module_type`` (no error if none is registered)."""
-    _ADAPTERS.pop(module_type, None)
-
-
-def _adapter_for(module: nn.Module) -> Callable[..., Any] | None:
-    for cls in type(module).__mro__:
-        if cls in _ADAPTERS:
-            return _ADAPTERS[cls]
-    return None
-
-
-# ------------------------------------------------------------------------------------------
-# Recognizers: one per family of attention modules
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CallContext:
-    r"""One forward call of a recognized module, as a recognizer's ``build`` sees it.
-
-    Attributes
-    ----------
-    path : str
-        Module path.
-    module : nn.Module
-    args, kwargs : tuple, dict
-        The call's positional and keyword arguments.
-    output : Any
-        What the module returned (tuples included).
-    heads : str
-        ``"mean"`` or ``"keep"`` (see :func:`capture`).
-    parent : nn.Module or None
-        The module that contains it (e.g. the transformer layer), to find the residual
-        path, the LayerNorm and the output projection.
-    parent_args, parent_kwargs : tuple and dict, or None
-        The arguments of the parent's current call (the layer input), when it has one.
-    """
-
-    path: str
-    module: nn.Module
-    args: tuple
-    kwargs: dict
-    output: Any
-    heads: str
-    parent: nn.Module | None = None
-    parent_args: tuple | None = None
-    parent_kwargs: dict | None = None
-
-    def argument(self, name: str, position: int, default: Any = None) -> Any:
-        """The call argument ``name`` (keyword) or at ``position`` (positional)."""
-        if name in self.kwargs:
-            return self.kwargs[name]
-        return self.args[position] if len(self.args) > position else default
-
-
-@dataclass(frozen=True)
-class Recognizer:
-    r"""How :func:`capture` reads one family of modules without an adapter.
-
-    Attributes
-    ----------
-    name : str
-        The family (``"torch.nn.MultiheadAttention"``, ``"transformers"``, ``"timm"``,
-        ``"mmcv"``, ...); stored in ``Capture.info["family"]``.
-    matches : callable
-        ``matches(module) -> bool``: whether a module belongs to the family (duck typing
-        on attributes, so that the library need not be imported).
-    build : callable
-        ``build(ctx: CallContext) -> Capture | None``, called in a forward hook after each
-        call of a matching module (in eval mode, under ``no_grad``). It recomputes the
-        affinity from the call's inputs and the module's weights (fused kernels never form
-        it) and fills the :class:`Capture`: ``affinity``, ``normalization``, ``z``,
-        ``weights``, ``input`` in ``(S, C, *spatial)`` layout, ``call``/``call_kwargs``
-        (how to re-run it, see :class:`Capture`), ``residual`` and the value projection.
-        ``path``, ``source``, ``module_type``, ``module`` and ``info["family"]`` are filled
-        in by :func:`capture`. ``None`` skips the call (e.g. cross-attention).
-    source : str
-        ``Capture.source`` of its captures (``"attention"`` or ``"nonlocal"``).
-    targets : str
-        The library versions the recognizer was written against (documentation).
-    """
-
-    name: str
-    matches: Callable[[nn.Module], bool]
-    build: Callable[[CallContext], Capture | None]
-    source: str = "attention"
-    targets: str = ""
-
-
-_RECOGNIZERS: list[Recognizer] = []
-
-
-def register_recognizer(recognizer: Recognizer, *, first: bool = True) -> None:
-    r"""Add a family of modules that :func:`capture` reads without an adapter.
-
-    A recognizer with the same ``name`` is replaced. ``first=True`` (default) puts it
-    before the others, so a new recognizer can take over modules a built-in one matches.
-    Adapters (:func:`register_adapter`) and graphfilters blocks are checked before any
-    recognizer.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from graphfilters.graph import DenseAffinity
-    >>> class Mean(torch.nn.Module):           # mixes the L tokens of (B, L, C) equally
-    ...     def forward(self, x):
-    ...         return x.mean(1, keepdim=True).expand_as(x)
-    >>> def build(ctx):
-    ...     x = ctx.args[0]
-    ...     B, L, C = x.shape
-    ...     return Capture("", "", "", DenseAffinity(torch.full((B, L, L), 1 / L)), "none",
-    ...                    spatial_shape=(L,), input=x.transpose(1, 2), residual=False,
-    ...                    call=lambda t: ctx.module(t.transpose(1, 2)).transpose(1, 2))
-    >>> register_recognizer(Recognizer("mean-mixer", lambda m: isinstance(m, Mean), build))
-    >>> caps = capture(torch.nn.Sequential(Mean()), torch.randn(2, 3, 4), progress=False)
-    >>> caps["0"].info["family"], caps["0"].affinity.shape
-    ('mean-mixer', (2, 3, 3))
-    >>> unregister_recognizer("mean-mixer")
-    """
-    if not isinstance(recognizer, Recognizer):
-        raise TypeError(f"recognizer must be a Recognizer, got {type(recognizer).__name__}")
-    unregister_recognizer(recognizer.name)
-    if first:
-        _RECOGNIZERS.insert(0, recognizer)
-    else:
-        _RECOGNIZERS.append(recognizer)
-
-
-def unregister_recognizer(name: str) -> None:
-    """Remove the recognizer called ``name`` (no error if there is none)."""
-    _RECOGNIZERS[:] = [r for r in _RECOGNIZERS if r.name != name]
-
-
-def recognizers() -> list[Recognizer]:
-    """The registered recognizers, in the order they are tried.
-
-    Examples
-    --------
-    >>> [r.name for r in recognizers()][-4:]
-    ['mmcv', 'timm', 'transformers', 'torch.nn.MultiheadAttention']
-    """
-    return list(_RECOGNIZERS)
-
-
-def _recognizer_for(module: nn.Module) -> Recognizer | None:
-    for rec in _RECOGNIZERS:
-        try:
-            if rec.matches(module):
-                return rec
-        except Exception:  # noqa: BLE001 - a faulty matcher must not stop the search
-            continue
-    return None
 
 
 def _is_block(module: nn.Module) -> bool:
@@ -315,11 +130,11 @@ def _is_block(module: nn.Module) -> bool:
 
 
 def _kind(module: nn.Module) -> str | None:
-    if _adapter_for(module) is not None:
+    if adapter_for(module) is not None:
         return "adapter"
     if _is_block(module):
         return "block"
-    if _recognizer_for(module) is not None:
+    if recognizer_for(module) is not None:
         return "attention"
     return None
 
@@ -995,7 +810,7 @@ def capture(
         raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
     found = find_nonlocal_modules(model, blocks)
     if not found:
-        families = ", ".join(r.name for r in _RECOGNIZERS)
+        families = ", ".join(r.name for r in recognizers())
         return Captures(reason=(
             "no nonlocal module found (no graphfilters block, no module of a registered "
             f"recognizer family: {families}, and no registered adapter)"
@@ -1076,7 +891,7 @@ def capture(
         for path, module, kind in found:
             if kind == "adapter":
                 handles.append(module.register_forward_hook(
-                    adapter_hook(path, _adapter_for(module))))
+                    adapter_hook(path, adapter_for(module))))
             elif kind == "block":
                 records[module] = module.record
                 module.record = True
@@ -1087,7 +902,7 @@ def capture(
                     handles.append(parent.register_forward_pre_hook(parent_hook,
                                                                     with_kwargs=True))
                 handles.append(module.register_forward_hook(
-                    recognizer_hook(path, _recognizer_for(module)), with_kwargs=True))
+                    recognizer_hook(path, recognizer_for(module)), with_kwargs=True))
         batches = _as_batches(inputs_or_loader)
         try:
             total = len(batches)  # type: ignore[arg-type]
@@ -1124,6 +939,3 @@ def capture(
         )
     return result
 
-
-# The built-in recognizers (MultiheadAttention, transformers, timm, mmcv) register themselves.
-from . import recognizers as _recognizers  # noqa: E402,F401

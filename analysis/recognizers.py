@@ -61,7 +61,8 @@ from torch import Tensor, nn
 from graphfilters.graph import Affinity, DenseAffinity, SoftmaxAffinity
 from graphfilters.specs import get_spec
 
-from .capture import MHA_SPEC, CallContext, Capture, Recognizer, register_recognizer
+from .capture import MHA_SPEC, Capture
+from .registry import CallContext, Recognizer, register_recognizer
 
 __all__ = ["attention_affinity", "fold_layernorm", "additive_mask", "TokenCall"]
 

@@ -1,0 +1,502 @@
+r"""Find affinities by watching the computation: where a model forms an affinity over
+positions and applies it to values, whatever its code is called.
+
+:class:`AffinityWatcher` is a :class:`torch.overrides.TorchFunctionMode`: while it is active,
+every torch function a model calls passes through it. It follows the tensors that can be an
+affinity and records each place where one is *applied*:
+
+- **softmax** over the last axis (``torch.softmax``, ``F.softmax``, ``Tensor.softmax``), the
+  form of eager attention, non-local blocks and most others;
+- **scaled dot-product attention** (``F.scaled_dot_product_attention``): fused kernels never
+  form the map, so it is recomputed from the call's own ``query``, ``key``, ``attn_mask``,
+  ``is_causal``, ``scale`` and ``enable_gqa``, i.e. after rotary embeddings, with relative
+  position biases and masks as they were passed;
+- **normalized products**: a product of two activations (``Θ Φᵀ``) or a broadcast grid
+  (``repeat``), followed by elementwise work (division by ``N``, ReLU, a 1×1 convolution of a
+  concatenation);
+- **gather–distribute** factorizations :math:`A = Q_s K_s^T` never formed as a matrix
+  (efficient attention, double attention): a softmax over positions contracted with the
+  values, then distributed by a second factor.
+
+Each follow-up op that keeps the last two axes (masking, dtype casts, dropout, division,
+views, convolutions, concatenation along other axes) carries the mark. An affinity is
+*applied* when it is the left factor of ``matmul``/``bmm``/``@`` contracted over its last
+(key) axis with a tensor that is not a parameter, and its row count is a number of positions
+of the module that formed it (its input's spatial size or token count), or 1 (a global
+context, as in GCNet). The application is attributed to the innermost module running at that
+moment.
+
+The same mode, with ``hold=True``, holds every affinity it sees fixed for autograd: the
+factor is detached where it is applied (SDPA becomes :math:`\operatorname{sg}(P) V`), so a
+function run inside has the frozen-affinity Jacobian. It counts what it held
+(:attr:`AffinityWatcher.held`): a frozen map whose watcher held nothing is not frozen, and
+the callers say so instead of reporting the full Jacobian under the frozen name. Modes are
+per thread: other threads are not affected.
+
+Examples
+--------
+>>> import torch
+>>> class Attn(torch.nn.Module):            # someone else's attention, with its own names
+...     def forward(self, x):
+...         w = torch.softmax(x @ x.transpose(1, 2) / 2.0, -1)
+...         return w @ x
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), Attn())
+>>> obs = observe(net, torch.randn(2, 5, 4))
+>>> [(o.owner, o.kind, tuple(o.affinity.shape)) for o in obs]
+[('1', 'softmax', (2, 5, 5))]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["Observation", "AffinityWatcher", "observe", "positions_of", "module_stack_hooks"]
+
+_SOFTMAX = {torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax}
+_SDPA = {F.scaled_dot_product_attention}
+_MATMUL = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm}
+_REPEAT = {Tensor.repeat, Tensor.expand, Tensor.expand_as, torch.tile, Tensor.repeat_interleave}
+#: ops whose output swaps the last two axes of their input (a transposed mark)
+_TRANSPOSE = {Tensor.transpose, torch.transpose, Tensor.permute, torch.permute, Tensor.mT,
+              Tensor.t, torch.t}
+
+
+@dataclass
+class Observation:
+    r"""One affinity applied to values, as the model computed it.
+
+    Attributes
+    ----------
+    owner : str
+        Path of the innermost module running when it was applied (``""`` for the model).
+    kind : str
+        ``"softmax"``, ``"sdpa"``, ``"product"`` (a normalized product), ``"global"`` (one row
+        shared by all positions) or ``"factorized"`` (gather–distribute, never formed).
+    affinity : Tensor ``(*lead, n, m)``
+        The affinity as applied (detached): ``lead`` holds the batch, heads and windows as the
+        model laid them out.
+    values : Tensor ``(*lead, m, c)``
+        What it was applied to.
+    output : Tensor ``(*lead, n, c)``
+        The product the model computed.
+    error : float
+        :math:`\|P V - O\| / \|O\|`: the recorded affinity times the recorded values against
+        the model's own product (0 up to rounding when the affinity is the model's tensor; for
+        SDPA a check of the recomputed mask, causal flag, scale and key repetition).
+    how : str
+        What was read (``"softmax over keys"``, ``"sdpa: is_causal, float mask, scale 0.5"``...).
+    call : int
+        Which call of ``owner`` in this forward (modules called more than once).
+    """
+
+    owner: str
+    kind: str
+    affinity: Tensor
+    values: Tensor
+    output: Tensor
+    error: float
+    how: str
+    call: int = 0
+    owner_module: nn.Module | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Mark:
+    kind: str
+    owner: str
+    how: str
+    transposed: bool = False
+    factor: Tensor | None = None          # gather: the positions-softmax factor K_s (d, M)
+    keys: int = 0
+    values: Tensor | None = None          # gather: the values V (M, c) it gathered
+
+
+def positions_of(t: Any) -> set[int]:
+    """The numbers of positions a module input can have: the spatial size of ``(B, C, *S)``
+    (3+ spatial dims), every axis of a 3-D input (tokens ``(B, L, C)``, ``(L, B, E)`` or
+    ``(B, C, L)``), the rows of a 2-D one.
+
+    Examples
+    --------
+    >>> sorted(positions_of(torch.zeros(2, 8, 4, 4)))
+    [16]
+    """
+    if not isinstance(t, Tensor):
+        return set()
+    if t.dim() >= 4:
+        return {math.prod(t.shape[2:])}
+    if t.dim() == 3:
+        return {int(s) for s in t.shape}
+    if t.dim() == 2:
+        return {int(t.shape[0])}
+    return set()
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
+    for v in list(args) + list(kwargs.values()):
+        if isinstance(v, Tensor):
+            return v
+    return None
+
+
+def _is_param(t: Any) -> bool:
+    return isinstance(t, nn.Parameter)
+
+
+class AffinityWatcher(TorchFunctionMode):
+    r"""Record (or hold fixed) every affinity a computation forms and applies.
+
+    Parameters
+    ----------
+    hold : bool
+        Detach each applied affinity (frozen-affinity Jacobians). Default ``False``.
+    record : bool
+        Keep an :class:`Observation` per application (``observations``).
+    positions : set of int, optional
+        Accepted row counts when no module stack is tracked (``hold`` on a bare function);
+        with :func:`module_stack_hooks` the running module's input decides.
+
+    Attributes
+    ----------
+    observations : list of Observation
+    held : int
+        Number of affinity applications held fixed.
+    stack : list
+        ``(path, module, positions)`` of the modules running (maintained by
+        :func:`module_stack_hooks`).
+    """
+
+    def __init__(self, *, hold: bool = False, record: bool = True,
+                 positions: set[int] | None = None) -> None:
+        super().__init__()
+        self.hold = hold
+        self.record = record
+        self.fixed_positions = set(positions or ())
+        self.observations: list[Observation] = []
+        self.held = 0
+        self.stack: list[tuple[str, nn.Module | None, set[int]]] = []
+        self.calls: dict[str, int] = {}
+        self._marks: dict[int, tuple[Tensor, _Mark]] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _owner(self) -> tuple[str, nn.Module | None, set[int]]:
+        if self.stack:
+            return self.stack[-1]
+        return ("", None, self.fixed_positions)
+
+    def _positions(self) -> set[int]:
+        return self._owner()[2] | self.fixed_positions
+
+    def _mark(self, t: Any, mark: _Mark) -> None:
+        if isinstance(t, Tensor):
+            self._marks[id(t)] = (t, mark)
+
+    def _get(self, t: Any) -> _Mark | None:
+        if not isinstance(t, Tensor):
+            return None
+        hit = self._marks.get(id(t))
+        return hit[1] if hit is not None and hit[0] is t else None
+
+    def reset(self) -> None:
+        """Forget the marks of the last forward (the observations stay)."""
+        self._marks.clear()
+
+    # -- the mode ------------------------------------------------------------------------
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _SDPA:
+            return self._sdpa(func, args, kwargs)
+        if func in _MATMUL and self._marks and len(args) >= 2:
+            done, out = self._application(func, args, kwargs)
+            if done:
+                return out
+        out = func(*args, **kwargs)
+        try:
+            self._follow(func, args, kwargs, out)
+        except Exception:  # noqa: BLE001 - watching must never change what the model computes
+            pass
+        return out
+
+    def _follow(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        if not isinstance(out, Tensor) or out.dim() < 2:
+            return
+        path = self._owner()[0]
+        if func in _SOFTMAX:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is not None and int(dim) % out.dim() == out.dim() - 1:
+                src = self._get(args[0])
+                how = "softmax over the last axis" + (
+                    f" of a {src.how}" if src is not None and src.kind == "product" else "")
+                self._mark(out, _Mark("softmax", path, how))
+            return
+        if func in _MATMUL and len(args) >= 2:
+            a, b = args[0], args[1]
+            if (isinstance(a, Tensor) and isinstance(b, Tensor) and not _is_param(a)
+                    and not _is_param(b) and a.dim() >= 2 and b.dim() >= 2
+                    and out.shape[-2] in self._positions() and out.shape[-1] > 1):
+                self._mark(out, _Mark("product", path, "product of two activations"))
+            return
+        if func in _REPEAT:
+            if out.shape[-2] in self._positions() and out.shape[-1] in self._positions() \
+                    and self._get(args[0]) is None:
+                self._mark(out, _Mark("product", path, "broadcast pairwise grid"))
+            return
+        # carry a mark through ops that keep (or swap) the last two axes
+        for t in tree_leaves((args, kwargs)):
+            m = self._get(t)
+            if m is None:
+                continue
+            if tuple(out.shape[-2:]) == tuple(t.shape[-2:]) and not (
+                    func in _TRANSPOSE and t.shape[-1] == t.shape[-2] and _swaps(func, args)):
+                self._mark(out, m)
+                return
+            if (tuple(out.shape[-2:]) == tuple(t.shape[-2:])[::-1]
+                    and (func in _TRANSPOSE or t.shape[-2] == 1 or t.shape[-1] == 1)):
+                self._mark(out, _Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
+                                      m.keys, m.values))
+                return
+            if func in (Tensor.unsqueeze, torch.unsqueeze) and out.shape[-1] == 1 \
+                    and out.shape[-2] == t.shape[-1] and t.shape[-2] == 1:
+                self._mark(out, _Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
+                                      m.keys, m.values))
+                return
+
+    def _application(self, func: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        a, b = args[0], args[1]
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or a.dim() < 2 or b.dim() < 2:
+            return False, None
+        ma, mb = self._get(a), self._get(b)
+        pos = self._positions()
+        # P @ V: an affinity (n, m) applied to values (m, c)
+        if ma is not None and not ma.transposed and ma.kind != "gather" and not _is_param(b):
+            n, m = a.shape[-2], a.shape[-1]
+            if n in pos or n == 1:
+                return True, self._apply(func, a, b, ma, args, kwargs, transposed=False)
+            if ma.kind == "softmax" and m in pos:        # gather: K_s (d, M) @ V (M, c)
+                out = func(*args, **kwargs)
+                self._mark(out, _Mark("gather", ma.owner, "positions softmax gathered",
+                                      factor=a.detach(), keys=m, values=b.detach()))
+                return True, out
+        # X @ P^T: values (c, m) times a transposed affinity (m, n)
+        if mb is not None and mb.transposed and mb.kind != "gather" and not _is_param(a):
+            n = b.shape[-1]
+            if n in pos or n == 1:
+                return True, self._apply(func, b, a, mb, args, kwargs, transposed=True)
+        # distribute: G^T (c, d) @ Q (d, N)  or  Q^T (N, d) @ G (d, c)
+        if ma is not None and ma.kind == "gather" and ma.transposed and not _is_param(b) \
+                and b.shape[-1] in pos:
+            return True, self._distribute(func, args, kwargs, g=a, q=b, mark=ma, left=True)
+        if mb is not None and mb.kind == "gather" and not mb.transposed and not _is_param(a) \
+                and a.shape[-2] in pos:
+            return True, self._distribute(func, args, kwargs, g=b, q=a, mark=mb, left=False)
+        return False, None
+
+    def _call_index(self, path: str) -> int:
+        return self.calls.get(path, 0)
+
+    def _apply(self, func: Callable, P: Tensor, V: Tensor, mark: _Mark, args: tuple,
+               kwargs: dict, *, transposed: bool) -> Tensor:
+        if self.hold:
+            self.held += 1
+            held = P.detach()
+            args = (args[0], held) if transposed else (held, args[1])
+        out = func(*args, **kwargs)
+        if self.record:
+            path, module, _ = self._owner()
+            aff = P.detach() if not transposed else P.detach().transpose(-1, -2)
+            vals = V.detach() if not transposed else V.detach().transpose(-1, -2)
+            prod = out.detach() if not transposed else out.detach().transpose(-1, -2)
+            if aff.shape[-2] == 1 and prod.shape[-2] == 1:
+                kind, how = "global", mark.how + "; one row shared by every position"
+            else:
+                kind, how = mark.kind, mark.how
+            self._record(path, module, kind, aff, vals, prod, how)
+        return out
+
+    def _distribute(self, func: Callable, args: tuple, kwargs: dict, *, g: Tensor, q: Tensor,
+                    mark: _Mark, left: bool) -> Tensor:
+        if self.hold:
+            self.held += 1
+            qd = q.detach()
+            args = (args[0], qd) if left else (qd, args[1])
+        out = func(*args, **kwargs)
+        if self.record and mark.factor is not None:
+            path, module, _ = self._owner()
+            K = mark.factor                                        # (..., d, M)
+            Q = q.detach().transpose(-1, -2) if left else q.detach()  # (..., N, d)
+            aff = Q @ K.to(Q.dtype)                                # (..., N, M)
+            prod = out.detach().transpose(-1, -2) if left else out.detach()   # (..., N, c)
+            vals = mark.values                                     # (..., M, c)
+            self._record(path, module, "factorized", aff, vals, prod,
+                         "gather-distribute factorization A = Q_s K_s^T (never formed)")
+        return out
+
+    def _record(self, path: str, module: nn.Module | None, kind: str, aff: Tensor,
+                vals: Tensor, prod: Tensor, how: str) -> None:
+        with torch.no_grad():
+            ref = aff.to(torch.float64) @ vals.to(torch.float64)
+            err = float((ref - prod.double()).norm() / prod.double().norm().clamp_min(1e-300))
+        self.observations.append(Observation(path, kind, aff, vals, prod, err, how,
+                                             self._call_index(path), module))
+
+    def _sdpa(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+                 "enable_gqa")
+        a = dict(zip(names, args))
+        a.update(kwargs)
+        q, k, v = a["query"], a["key"], a["value"]
+        mask, causal, scale = a.get("attn_mask"), bool(a.get("is_causal", False)), a.get("scale")
+        gqa = bool(a.get("enable_gqa", False))
+        if self.hold and float(a.get("dropout_p", 0.0) or 0.0) > 0:
+            raise ValueError("attention held fixed: dropout in attention (run in eval mode)")
+        with torch.no_grad():
+            P, how = sdpa_affinity(q, k, mask, causal, scale, gqa)
+        kk, vv = _repeat_kv(q, k, v, gqa)
+        if self.hold:
+            self.held += 1
+            out = P.to(vv.dtype).detach() @ vv
+        else:
+            out = func(*args, **kwargs)
+        if self.record:
+            path, module, _ = self._owner()
+            self._record(path, module, "sdpa", P.to(q.dtype), vv.detach(), out.detach(),
+                         how)
+        return out
+
+
+def _swaps(func: Callable, args: tuple) -> bool:
+    """Whether a transpose/permute call swaps the last two axes."""
+    if func in (Tensor.t, torch.t, Tensor.mT):
+        return True
+    try:
+        if func in (Tensor.permute, torch.permute):
+            dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else ())
+            dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) \
+                else tuple(dims)
+            nd = len(dims)
+            return nd >= 2 and dims[-1] % nd == nd - 2 and dims[-2] % nd == nd - 1
+        d0, d1 = int(args[1]), int(args[2])
+        nd = args[0].dim()
+        return {d0 % nd, d1 % nd} == {nd - 1, nd - 2}
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _repeat_kv(q: Tensor, k: Tensor, v: Tensor, gqa: bool) -> tuple[Tensor, Tensor]:
+    if gqa and k.dim() >= 3 and k.shape[-3] != q.shape[-3]:
+        rep = q.shape[-3] // k.shape[-3]
+        return k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
+    return k, v
+
+
+def sdpa_affinity(q: Tensor, k: Tensor, attn_mask: Tensor | None = None,
+                  is_causal: bool = False, scale: float | None = None,
+                  enable_gqa: bool = False) -> tuple[Tensor, str]:
+    r"""The attention map that :func:`torch.nn.functional.scaled_dot_product_attention`
+    applies, :math:`\operatorname{softmax}(s\,QK^T + M)`, and a description of what was read.
+
+    Boolean masks: ``True`` attends; float masks are added; ``is_causal`` keeps the lower
+    triangle (top-left aligned, as SDPA); ``enable_gqa`` repeats the key heads. Rows with no
+    key left are 0 (SDPA's math path gives NaN there).
+
+    Shapes
+    ------
+    ``q`` ``(..., L, E)``, ``k`` ``(..., S, E)`` → ``(..., L, S)`` in at least float32.
+
+    Examples
+    --------
+    >>> q = torch.randn(1, 2, 3, 4)
+    >>> P, how = sdpa_affinity(q, q, is_causal=True)
+    >>> bool(P[0, 0, 0, 1] == 0), how
+    (True, 'sdpa: is_causal, scale 0.5')
+    """
+    dt = torch.promote_types(q.dtype, torch.float32)
+    kk, _ = _repeat_kv(q, k, k, enable_gqa)
+    L, S = q.shape[-2], kk.shape[-2]
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    logits = (q.to(dt) @ kk.to(dt).transpose(-2, -1)) * s
+    parts = []
+    if is_causal:
+        keep = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~keep, float("-inf"))
+        parts.append("is_causal")
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+            parts.append("boolean mask")
+        else:
+            logits = logits + attn_mask.to(dt)
+            parts.append("float mask")
+    if enable_gqa and kk.shape[-3] != k.shape[-3]:
+        parts.append(f"keys repeated {kk.shape[-3] // k.shape[-3]}x (GQA)")
+    P = torch.softmax(logits, -1).nan_to_num(0.0)
+    return P, "sdpa: " + ", ".join(parts + [f"scale {s:.4g}"])
+
+
+def module_stack_hooks(model: nn.Module, watcher: AffinityWatcher,
+                       paths: dict[nn.Module, str] | None = None) -> list[Any]:
+    """Hooks that keep ``watcher.stack`` equal to the modules running (innermost last);
+    returns the handles (remove them when done)."""
+    names = paths if paths is not None else {m: p for p, m in model.named_modules()}
+    handles = []
+
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        path = names.get(module, "")
+        watcher.calls[path] = watcher.calls.get(path, -1) + 1
+        watcher.stack.append((path, module, positions_of(_first_tensor(args, kwargs))))
+
+    def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if watcher.stack and watcher.stack[-1][1] is module:
+            watcher.stack.pop()
+
+    for module in names:
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
+    return handles
+
+
+def observe(model: nn.Module, *args: Any, **kwargs: Any) -> list[Observation]:
+    """Run ``model(*args, **kwargs)`` once (eval mode, no grad; modes restored) and return
+    every affinity application it made (see the module docstring)."""
+    watcher = AffinityWatcher()
+    handles = module_stack_hooks(model, watcher)
+    modes = {m: m.training for m in model.modules()}
+    fastpath = mha_fastpath(False)
+    try:
+        model.eval()
+        with torch.no_grad(), watcher:
+            model(*args, **kwargs)
+    finally:
+        mha_fastpath(fastpath)
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return watcher.observations
+
+
+def mha_fastpath(enabled: bool) -> bool:
+    """Switch PyTorch's native MHA / ``TransformerEncoder`` fast path (fused kernels and
+    nested tensors that neither hooks nor torch-function modes can read) and return the
+    previous setting."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        return True
+    old = bool(mha.get_fastpath_enabled())
+    mha.set_fastpath_enabled(enabled)
+    return old
+
+
+def hold_affinities(positions: Sequence[int] = ()) -> AffinityWatcher:
+    """A watcher that holds every applied affinity fixed (use as a context manager)."""
+    return AffinityWatcher(hold=True, record=False, positions=set(positions))
