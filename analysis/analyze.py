@@ -138,6 +138,10 @@ class BlockReport:
         Relative filter-output change per relative change of :math:`\hat A Z`.
     notes : dict
         How each quantity was computed.
+    self_check_error : float
+        How well the capture reproduces what the module computed
+        (:attr:`analysis.capture.Capture.self_check_error`, what was compared in
+        ``notes["self_check"]``); ``nan`` where not checked.
     timings : dict
         Seconds spent on each measure (``spectrum``, ``response``, ``stability``,
         ``jacobian``...), to see what dominates.
@@ -195,6 +199,7 @@ class BlockReport:
     n_units: int = 0
     noise_gain: float = _NAN
     affinity_gain: float = _NAN
+    self_check_error: float = _NAN
     notes: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -368,6 +373,11 @@ def _analyze_one(
             row.timings[name] = row.timings.get(name, 0.0) + time.perf_counter() - t0
         return None
 
+    row.self_check_error = float(cap.self_check_error)
+    if cap.self_check:
+        row.notes["self_check"] = cap.self_check
+    if "recognizer" in cap.info:
+        row.notes["recognizer"] = cap.info["recognizer"] + "; read as observed attention"
     if cap.affinity is None:
         row.status, row.reason = "skipped", "no affinity captured"
         return row
@@ -433,6 +443,10 @@ def _analyze_one(
         gain = attempt("affinity_sensitivity", lambda: affinity_sensitivity(
             cap, affinity_noise)["gain"])
         row.affinity_gain = _NAN if gain is None else float(gain)
+    elif cap.source == "observed":
+        row.notes["n/a"] = ("response, Tao spectrum, damping, linearized stability and "
+                            "affinity sensitivity: observed attention (the owner's weights are "
+                            "not read; its Jacobians are measured as a black box)")
     else:
         failed.append("response/stability: no filter weights captured")
     if jacobian and cap.module is not None and cap.input is not None:
@@ -471,6 +485,16 @@ def _analyze_one(
         row.status = "partial" if measured else "skipped"
         row.reason = "; ".join(failed)
     return row
+
+
+def _isolated(cap: Capture, run: Callable[[], BlockReport]) -> BlockReport:
+    """One block's analysis; an exception in it is that block's ``skipped`` row."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - one block's failure must not stop the rest
+        row = _row_base(cap)
+        row.status, row.reason = "skipped", f"analysis failed: {type(exc).__name__}: {exc}"
+        return row
 
 
 def _stage_rows(model: nn.Module, caps: Captures, tol: float, k: int) -> list[BlockReport]:
@@ -672,12 +696,15 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
         bar = tqdm(list(caps.values()), desc="analyze", disable=not progress, leave=False)
         for cap in bar:
             bar.set_postfix_str(cap.path)
-            rows.append(_analyze_one(
+            rows.append(_isolated(cap, lambda cap=cap: _analyze_one(
                 cap, method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
                 jacobian_samples=jacobian_samples, noise_level=noise_level,
                 affinity_noise=affinity_noise, stability_samples=stability_samples, tol=tol,
-                jacobian_k=jacobian_k))
+                jacobian_k=jacobian_k)))
         bar.close()
+        for path, why in getattr(caps, "failures", {}).items():
+            rows.append(BlockReport(path=path, block="", source="unread", status="skipped",
+                                    reason=why))
         if jacobian and stages:
             rows += _stage_rows(model, caps, tol, jacobian_k)
         kept = None

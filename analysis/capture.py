@@ -75,6 +75,8 @@ from graphfilters.graph import (
 )
 from graphfilters.specs import BlockSpec, get_spec
 
+from .observe import AffinityWatcher, Observation, mha_fastpath, module_stack_hooks
+from .observed import observed_capture
 from .registry import (
     CallContext,
     Recognizer,
@@ -121,6 +123,9 @@ MHA_SPEC: BlockSpec = replace(
 
 #: The path given to the model itself when it is the nonlocal module.
 ROOT = "(root)"
+#: Largest self-check error (relative) of a capture that is used (float32 rounding of
+#: softmax maps is ~1e-7; a missed bias or mask is orders of magnitude above).
+SELF_CHECK_TOL = 1e-4
 
 
 def _is_block(module: nn.Module) -> bool:
@@ -263,6 +268,14 @@ class Capture:
         ``filter_parameters()``; ``None`` for polynomial bases (and foreign modules). Every
         measure that evaluates the filter passes them on
         (:meth:`graphfilters.filters.FilterFamily.values`, ``terms``).
+    self_check_error, self_check : float and str
+        How well the capture reproduces what the module computed, and what was compared:
+        for a recognizer's capture the largest difference between its affinity and the
+        affinity the model applied (watched, :mod:`analysis.observe`), relative to the
+        largest entry; for an observed capture the recorded affinity times the recorded
+        values against the module's own product. ``nan``: not checked (graphfilters blocks,
+        adapters, or no affinity observed). Above :data:`SELF_CHECK_TOL` the capture is not
+        used: an observed one replaces it, or the row says the check failed.
 
     Shapes
     ------
@@ -292,6 +305,8 @@ class Capture:
     call: Callable[..., Tensor] | None = field(default=None, repr=False)
     call_kwargs: dict[str, Tensor] = field(default_factory=dict, repr=False)
     basis_params: dict[str, Tensor] | None = None
+    self_check_error: float = float("nan")
+    self_check: str = ""
 
     # -- derived facts -------------------------------------------------------------------
     @property
@@ -317,6 +332,23 @@ class Capture:
     @property
     def device(self) -> torch.device | None:
         return None if self.affinity is None else self.affinity.device
+
+    def dense_affinity(self, heads: str | None = None) -> Tensor:
+        r"""The affinity the module applied, as a dense tensor ``(S, N, M)``.
+
+        ``heads="mean"`` averages per-head affinities (what ``average_attn_weights=True``
+        returns), ``"keep"`` keeps them ``(S, H, N, M)``; default: as captured. This is
+        :math:`\hat A` (the capture's normalization applied), the map to compare with a
+        library's own attention weights. CGNL's channel-position graphs have their own
+        nodes (``(S, groups, n, n)``).
+        """
+        A = self.operator().dense()
+        A = torch.as_tensor(A)
+        per_head = (self.heads == "keep" and A.dim() == 4
+                    and self.info.get("node_layout") != "channel_position")
+        if (heads or self.heads) == "mean" and per_head:
+            A = A.mean(1)
+        return A
 
     def operator(self) -> NormalizedOperator:
         r"""The normalized operator :math:`\hat A` (applied without forming it)."""
@@ -447,12 +479,17 @@ class Captures(dict):
         Why nothing was captured (empty string otherwise).
     n_samples : int
         Samples seen.
+    failures : dict of str to str
+        Modules that could not be read at all, with the reason (a recognizer that raised
+        and no observed affinity to fall back on): :func:`~analysis.analyze` gives each a
+        ``skipped`` row.
     """
 
     def __init__(self, *args: Any, reason: str = "", n_samples: int = 0, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.reason = reason
         self.n_samples = n_samples
+        self.failures: dict[str, str] = {}
 
     def __repr__(self) -> str:
         if not self:
@@ -697,17 +734,6 @@ def _parents(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _mha_fastpath(enabled: bool) -> bool:
-    """Switch PyTorch's native MHA / ``TransformerEncoder`` fast path (nested tensors for
-    padding masks, which hooks cannot read) and return the previous setting."""
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
-        return True
-    old = bool(mha.get_fastpath_enabled())
-    mha.set_fastpath_enabled(enabled)
-    return old
-
-
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (the CPU if it has none).
 
@@ -808,23 +834,29 @@ def capture(
         raise ValueError(f"heads must be 'mean' or 'keep', got {heads!r}")
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
         raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
-    found = find_nonlocal_modules(model, blocks)
-    if not found:
-        families = ", ".join(r.name for r in recognizers())
-        return Captures(reason=(
-            "no nonlocal module found (no graphfilters block, no module of a registered "
-            f"recognizer family: {families}, and no registered adapter)"
-            if blocks is None else f"no module matches blocks={blocks!r}"
-        ))
+    missing_error: ValueError | None = None
+    try:
+        found = find_nonlocal_modules(model, blocks)
+    except ValueError as exc:                 # a wanted path may still be observed
+        missing_error = exc
+        found = [f for f in find_nonlocal_modules(model)
+                 if f[0] in {b for b in blocks if isinstance(b, str)}]  # type: ignore[union-attr]
     out_device = None if device is None else torch.device(device)
     pieces: dict[str, list[Capture]] = {}
     order: list[str] = []
-    state: dict[str, Any] = {"take": 0, "paths": set()}
+    state: dict[str, Any] = {"take": 0, "paths": set(), "batch": 0}
     modes = {m: m.training for m in model.modules()}
     records: dict[nn.Module, Any] = {}
     handles: list[Any] = []
     parent_calls: dict[int, tuple[tuple, dict]] = {}
     parents = _parents(model)
+    names = {m: (p or ROOT) for p, m in model.named_modules()}
+    watcher = AffinityWatcher()
+    failures: dict[str, str] = {}          # path -> why its recognizer's capture was not used
+    covered = {p for p, _, _ in found}     # paths whose observations a capture accounts for
+
+    def under(owner: str, path: str) -> bool:
+        return path == ROOT or owner == path or owner.startswith(path + ".")
 
     def add(cap: Capture | None) -> None:
         if cap is None:
@@ -859,12 +891,21 @@ def capture(
             if unit is not None:
                 cap.module = module
             add(cap)
-        return hook
+        return paused(hook)
 
     def adapter_hook(path: str, fn: Callable[..., Any]) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
             add(_from_adapter_result(path, module, fn(module, inputs, output)))
-        return hook
+        return paused(hook)
+
+    def paused(hook: Callable[..., None]) -> Callable[..., None]:
+        def run(*a: Any, **k: Any) -> None:
+            watcher.paused += 1
+            try:
+                hook(*a, **k)
+            finally:
+                watcher.paused -= 1
+        return run
 
     def parent_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         parent_calls[id(module)] = (args, kwargs)
@@ -873,21 +914,65 @@ def capture(
         parent = parents.get(path)
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if path in state["paths"] or path in failures:
+                return add(_Repeat(path)) if path in state["paths"] else None
             pargs, pkw = parent_calls.get(id(parent), (None, None)) if parent is not None \
                 else (None, None)
             ctx = CallContext(path, module, args, kwargs, output, heads, parent, pargs, pkw)
-            cap = rec.build(ctx)
-            if cap is not None:
-                cap.path, cap.source = path, rec.source
-                cap.module_type, cap.module = type(module).__name__, module
-                cap.info.setdefault("family", rec.name)
+            try:
+                cap = rec.build(ctx)
+            except Exception as exc:  # noqa: BLE001 - one module's failure is its own row
+                failures[path] = f"recognizer {rec.name!r} failed: {type(exc).__name__}: {exc}"
+                return
+            if cap is None:
+                return
+            cap.path, cap.source = path, rec.source
+            cap.module_type, cap.module = type(module).__name__, module
+            cap.info.setdefault("family", rec.name)
+            seen_here = [o for o in watcher.observations if under(o.owner or ROOT, path)
+                         and o.call == watcher.calls.get(o.owner, 0)]
+            if seen_here:
+                try:
+                    err, how = _cross_check(cap, seen_here, names, state["batch"])
+                except Exception as exc:  # noqa: BLE001
+                    err, how = float("inf"), f"could not compare: {type(exc).__name__}: {exc}"
+                cap.self_check_error, cap.self_check = err, how
+                if not err <= SELF_CHECK_TOL:
+                    failures[path] = (f"recognizer {rec.name!r} does not reproduce the module: "
+                                      f"{how}")
+                    return
             add(cap)
-        return hook
+        return paused(hook)
+
+    def add_observed() -> None:
+        groups: dict[str, list[Observation]] = {}
+        for o in watcher.observations:
+            owner = o.owner or ROOT
+            if o.call != 0:
+                continue
+            if any(under(owner, p) for p in covered if p not in failures):
+                continue
+            groups.setdefault(owner, []).append(o)
+        for owner, obs in groups.items():
+            module = obs[0].owner_module
+            try:
+                fields = observed_capture(owner, module, obs, watcher.call_args.get(
+                    "" if owner == ROOT else owner), state["batch"], heads)
+            except Exception as exc:  # noqa: BLE001
+                failures.setdefault(owner, f"observed attention not read: {exc}")
+                continue
+            why = next((r for p, r in failures.items() if under(owner, p)), None)
+            cap = Capture(**fields)
+            if why is not None:
+                cap.info["recognizer"] = why
+            add(cap)
 
     seen = 0
-    fastpath = _mha_fastpath(False)
+    fastpath = mha_fastpath(False)
     try:
         model.eval()
+        handles += module_stack_hooks(model, watcher, {m: ("" if p == ROOT else p)
+                                                       for m, p in names.items()})
         for path, module, kind in found:
             if kind == "adapter":
                 handles.append(module.register_forward_hook(
@@ -913,29 +998,98 @@ def capture(
             for batch in bar:
                 b = batch if forward is not None else (
                     batch if isinstance(batch, Mapping) else _batch_input(batch))
-                state["take"] = min(_batch_size(b), max_samples - seen)
+                state["batch"] = _batch_size(b)
+                state["take"] = min(state["batch"], max_samples - seen)
                 state["paths"] = set()
                 parent_calls.clear()
-                run_batch(model, batch, forward, model_kwargs)
+                watcher.reset()
+                with watcher:
+                    run_batch(model, batch, forward, model_kwargs)
+                watcher.paused += 1
+                try:
+                    add_observed()
+                finally:
+                    watcher.paused -= 1
                 seen += state["take"]
                 if seen >= max_samples:
                     break
         bar.close()
     finally:
-        _mha_fastpath(fastpath)
+        mha_fastpath(fastpath)
         for h in handles:
             h.remove()
         for module, flag in records.items():
             module.record = flag
         for m, mode in modes.items():
             m.training = mode
+        watcher.reset()
     result = Captures(n_samples=seen)
     for path in order:
+        if blocks is not None and not _wanted(path, pieces[path][0], blocks):
+            continue
         result[path] = _merge(pieces[path], out_device)
+    if missing_error is not None and not result:
+        raise missing_error
+    result.failures = {p: r for p, r in failures.items() if not any(
+        under(q, p) for q in result)}
     if not result:
-        result.reason = (
-            "nonlocal modules were found but none ran on these inputs: "
-            + ", ".join(p for p, _, _ in found)
-        )
+        result.reason = _nothing_found(model, found, failures, blocks)
     return result
+
+
+class _Repeat:
+    """Marks a repeated call of a recognized module (its first call is kept)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _wanted(path: str, cap: Capture, blocks: Sequence[str | type]) -> bool:
+    return any((isinstance(b, str) and b == path)
+               or (isinstance(b, type) and isinstance(cap.module, b)) for b in blocks)
+
+
+#: where the how-to for models the toolkit does not read is documented
+HOWTO = "docs/howto-analyse-your-model.md (adapters and recognizers)"
+_ATTENTION_WORDS = ("attn", "attention", "nonlocal", "non_local", "selfattn", "context",
+                    "crisscross")
+
+
+def _nothing_found(model: nn.Module, found: list, failures: dict[str, str],
+                   blocks: Any) -> str:
+    """Why nothing was captured: the modules that looked like attention and why each was not
+    read, and where the how-to is."""
+    if blocks is not None:
+        return f"no module matches blocks={blocks!r}"
+    if found:
+        return ("nonlocal modules were found but none ran on these inputs: "
+                + ", ".join(p for p, _, _ in found))
+    lines = [f"{p}: {r}" for p, r in failures.items()]
+    for path, m in model.named_modules():
+        name = type(m).__name__.lower()
+        if path and any(w in name for w in _ATTENTION_WORDS) and not any(
+                path == p or path.startswith(p + ".") for p in failures):
+            lines.append(f"{path} ({type(m).__name__}): no affinity over positions was applied "
+                         "in its forward (watched: softmax, scaled_dot_product_attention, "
+                         "normalized products)")
+    head = ("no nonlocal module found (no graphfilters block, no recognized or adapted module, "
+            "and no affinity over positions applied to values was seen in the forward pass)")
+    listing = ("; looked like attention: " + "; ".join(lines[:12])) if lines else ""
+    return f"{head}{listing}; see {HOWTO}"
+
+
+def _cross_check(cap: Capture, obs: list[Observation], names: dict, batch: int
+                 ) -> tuple[float, str]:
+    """A recognizer's affinity against the one the model applied (head averages), as the
+    largest entry difference relative to the largest entry."""
+    fields = observed_capture(obs[0].owner or ROOT, obs[0].owner_module, obs, None, batch,
+                              "mean")
+    A_obs = fields["affinity"].dense().double()
+    A_rec = cap.dense_affinity(heads="mean").double()
+    if tuple(A_obs.shape) != tuple(A_rec.shape):
+        return float("inf"), (f"the recognizer's affinity has shape {tuple(A_rec.shape)}, the "
+                              f"applied one {tuple(A_obs.shape)}")
+    err = float((A_rec - A_obs).abs().max() / A_obs.abs().max().clamp_min(1e-300))
+    return err, (f"max |A_recognized - A_applied| / max |A_applied| = {err:.1e} (the affinity "
+                 f"the model applied, watched: {fields['info']['observed']})")
 

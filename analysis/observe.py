@@ -176,8 +176,9 @@ class AffinityWatcher(TorchFunctionMode):
     """
 
     def __init__(self, *, hold: bool = False, record: bool = True,
-                 positions: set[int] | None = None) -> None:
+                 positions: set[int] | None = None, any_positions: bool = False) -> None:
         super().__init__()
+        self.any_positions = any_positions
         self.hold = hold
         self.record = record
         self.fixed_positions = set(positions or ())
@@ -185,7 +186,9 @@ class AffinityWatcher(TorchFunctionMode):
         self.held = 0
         self.stack: list[tuple[str, nn.Module | None, set[int]]] = []
         self.calls: dict[str, int] = {}
+        self.call_args: dict[str, tuple[tuple, dict]] = {}
         self._marks: dict[int, tuple[Tensor, _Mark]] = {}
+        self.paused = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _owner(self) -> tuple[str, nn.Module | None, set[int]]:
@@ -193,7 +196,9 @@ class AffinityWatcher(TorchFunctionMode):
             return self.stack[-1]
         return ("", None, self.fixed_positions)
 
-    def _positions(self) -> set[int]:
+    def _positions(self) -> Any:
+        if self.any_positions and not self.stack:
+            return _ANY
         return self._owner()[2] | self.fixed_positions
 
     def _mark(self, t: Any, mark: _Mark) -> None:
@@ -207,13 +212,18 @@ class AffinityWatcher(TorchFunctionMode):
         return hit[1] if hit is not None and hit[0] is t else None
 
     def reset(self) -> None:
-        """Forget the marks of the last forward (the observations stay)."""
+        """Forget the last forward: marks, observations, call counts and arguments."""
         self._marks.clear()
+        self.observations = []
+        self.calls = {}
+        self.call_args = {}
 
     # -- the mode ------------------------------------------------------------------------
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         if func in _SDPA:
             return self._sdpa(func, args, kwargs)
         if func in _MATMUL and self._marks and len(args) >= 2:
@@ -453,6 +463,7 @@ def module_stack_hooks(model: nn.Module, watcher: AffinityWatcher,
     def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
         path = names.get(module, "")
         watcher.calls[path] = watcher.calls.get(path, -1) + 1
+        watcher.call_args.setdefault(path, (args, kwargs))
         watcher.stack.append((path, module, positions_of(_first_tensor(args, kwargs))))
 
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -498,5 +509,20 @@ def mha_fastpath(enabled: bool) -> bool:
 
 
 def hold_affinities(positions: Sequence[int] = ()) -> AffinityWatcher:
-    """A watcher that holds every applied affinity fixed (use as a context manager)."""
-    return AffinityWatcher(hold=True, record=False, positions=set(positions))
+    """A watcher that holds every applied affinity fixed (use as a context manager); with no
+    ``positions`` any row count is accepted. ``.held`` counts what it held."""
+    return AffinityWatcher(hold=True, record=False, positions=set(positions),
+                           any_positions=not positions)
+
+
+class _Any:
+    """Contains every row count (a hold without a module stack)."""
+
+    def __contains__(self, n: object) -> bool:
+        return True
+
+    def __or__(self, other: object) -> _Any:
+        return self
+
+
+_ANY = _Any()

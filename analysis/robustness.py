@@ -76,6 +76,7 @@ from graphfilters.filters import get_filter
 from graphfilters.graph import Affinity
 
 from .capture import Capture, _batch_input, model_device
+from .observe import hold_affinities
 from .recognizers import additive_mask
 from .response import (
     _head_signal,
@@ -1481,8 +1482,15 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
             return frozen_function(inner, x)
 
         def held(t: Tensor) -> Tensor:                    # attention of another library
-            with attention_held_fixed():
-                return fn(t)
+            watcher = hold_affinities()
+            before = _patch_holds()
+            with attention_held_fixed(), watcher:
+                out = fn(t)
+            if watcher.held == 0 and _patch_holds() == before:
+                raise ValueError(
+                    f"{type(inner).__name__}: no affinity was held fixed in its forward (none "
+                    "seen applied), so its frozen Jacobian would be the full one")
+            return out
         return held
     if isinstance(fn, NonlocalStage):
         with torch.no_grad():
@@ -1514,19 +1522,28 @@ def _held() -> bool:
     return getattr(_HELD, "depth", 0) > 0
 
 
+def _patch_holds() -> int:
+    """How many softmax/SDPA results the wrappers detached in this thread."""
+    return getattr(_HELD, "count", 0)
+
+
+def _detached(out: Tensor) -> Tensor:
+    if not _held():
+        return out
+    _HELD.count = _patch_holds() + 1
+    return out.detach()
+
+
 def _held_softmax(*args: Any, **kwargs: Any) -> Tensor:
-    out = _ORIGINALS[0](*args, **kwargs)
-    return out.detach() if _held() else out
+    return _detached(_ORIGINALS[0](*args, **kwargs))
 
 
 def _held_f_softmax(*args: Any, **kwargs: Any) -> Tensor:
-    out = _ORIGINALS[1](*args, **kwargs)
-    return out.detach() if _held() else out
+    return _detached(_ORIGINALS[1](*args, **kwargs))
 
 
 def _held_t_softmax(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    out = _ORIGINALS[2](self, *args, **kwargs)
-    return out.detach() if _held() else out
+    return _detached(_ORIGINALS[2](self, *args, **kwargs))
 
 
 def _held_sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
@@ -1550,7 +1567,7 @@ def _held_sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | No
         logits = logits + additive_mask(causal, "attend", logits.dtype)
     if attn_mask is not None:            # SDPA's boolean masks: True = attend
         logits = logits + additive_mask(attn_mask, "attend", logits.dtype)
-    return _ORIGINALS[0](logits, -1).detach() @ value
+    return _detached(_ORIGINALS[0](logits, -1)) @ value
 
 
 @contextmanager
