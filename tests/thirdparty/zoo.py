@@ -39,9 +39,10 @@ __all__ = ["ZooEntry", "FAMILIES", "build", "NOT_BUILDABLE"]
 
 #: Families of the issue that cannot be built in this environment, and why.
 NOT_BUILDABLE = {
-    "timm (ViT, DeiT, Swin, Attention(is_causal))": "timm is not installable beside the pinned "
-    "torch (its torchvision dependency pulls another torch)",
-    "torchvision (ViT EncoderBlock, Swin)": "torchvision wheels require another torch build",
+    "timm (ViT, DeiT, Swin, Attention(is_causal))": "not installable beside the pinned torch: "
+    "`pip install --dry-run timm torchvision` would replace torch 2.13.0+cpu by 2.14.1 "
+    "(+ CUDA wheels)",
+    "torchvision (ViT EncoderBlock, Swin)": "same: torchvision 0.29.1 requires torch 2.14.1",
 }
 
 
@@ -208,6 +209,12 @@ def hf_vit() -> ZooEntry:
                image_size=8, patch_size=4, num_channels=3, **_SMALL)
 
 
+def hf_vit_sdpa() -> ZooEntry:
+    """ViT run with SDPA (the default users get); the reference maps come from eager."""
+    return _hf("hf-vit-sdpa", "ViTModel", "ViTConfig", _pixels(), "SDPA kernel, eager maps",
+               impl="sdpa", image_size=8, patch_size=4, num_channels=3, **_SMALL)
+
+
 def hf_deit() -> ZooEntry:
     return _hf("hf-deit", "DeiTModel", "DeiTConfig", _pixels(), "CLS + distillation token",
                image_size=8, patch_size=4, num_channels=3, **_SMALL)
@@ -293,6 +300,18 @@ def hf_bert_causal() -> ZooEntry:
 def _decoder(name: str, model_cls: str, config_cls: str) -> ZooEntry:
     return _hf(name, model_cls, config_cls, _text(pad=False),
                "rotary embeddings, GQA (2 query heads, 1 kv head), RMSNorm, causal",
+               vocab_size=30, max_position_embeddings=16, num_key_value_heads=1, head_dim=8,
+               **_SMALL)
+
+
+def hf_bert_sdpa() -> ZooEntry:
+    return _hf("hf-bert-sdpa", "BertModel", "BertConfig", _text(), "SDPA kernel, eager maps",
+               impl="sdpa", vocab_size=30, max_position_embeddings=16, **_SMALL)
+
+
+def hf_llama_sdpa() -> ZooEntry:
+    return _hf("hf-llama-sdpa", "LlamaModel", "LlamaConfig", _text(pad=False),
+               "SDPA kernel (eager maps); rotary, GQA, causal", impl="sdpa",
                vocab_size=30, max_position_embeddings=16, num_key_value_heads=1, head_dim=8,
                **_SMALL)
 
@@ -525,6 +544,7 @@ def efficient_attention() -> ZooEntry:
 
 FAMILIES: dict[str, Callable[[], ZooEntry]] = {
     "hf-vit": hf_vit,
+    "hf-vit-sdpa": hf_vit_sdpa,
     "hf-deit": hf_deit,
     "hf-dinov2": hf_dinov2,
     "hf-swin": hf_swin,
@@ -533,7 +553,9 @@ FAMILIES: dict[str, Callable[[], ZooEntry]] = {
     "hf-gpt2": hf_gpt2,
     "hf-bert": hf_bert,
     "hf-bert-causal": hf_bert_causal,
+    "hf-bert-sdpa": hf_bert_sdpa,
     "hf-llama": hf_llama,
+    "hf-llama-sdpa": hf_llama_sdpa,
     "hf-qwen2": hf_qwen2,
     "torch-mha-causal": torch_mha_causal,
     "torch-encoder-prenorm": torch_encoder_prenorm,
