@@ -257,8 +257,11 @@ class AffinityWatcher(TorchFunctionMode):
                 self._mark(out, _Mark("product", path, "product of two activations"))
             return
         if func in _REPEAT:
-            if out.shape[-2] in self._positions() and out.shape[-1] in self._positions() \
-                    and self._get(args[0]) is None:
+            src = args[0]
+            grid = (isinstance(src, Tensor) and src.dim() >= 2
+                    and 1 in tuple(src.shape[-2:]) and out.shape[-2:] != src.shape[-2:])
+            if grid and out.shape[-2] in self._positions() and out.shape[-1] > 1 \
+                    and self._get(src) is None:
                 self._mark(out, _Mark("product", path, "broadcast pairwise grid"))
             return
         # carry a mark through ops that keep (or swap) the last two axes

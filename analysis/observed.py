@@ -132,7 +132,9 @@ def _owner_call(module: nn.Module | None, call_args: tuple[tuple, dict] | None, 
     per_sample: dict[str, Tensor] = {}
     const = list(leaves)
     for i, t in enumerate(leaves):
-        if i != first and isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == rows:
+        if "cache" in type(t).__name__.lower():
+            const[i] = None                     # a key/value cache would grow on each re-run
+        elif i != first and isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == rows:
             per_sample[f"leaf{i}"] = t.detach().reshape(batch, k, *t.shape[1:])
             const[i] = None
     shape = tuple(x0.shape[1:])
