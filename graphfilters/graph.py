@@ -531,6 +531,7 @@ class Affinity:
         """:math:`L X` for the Laplacian ``kind`` without forming it."""
         _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
         self._require_square()
+        X = _check_signal(X, self.n, "X")
         if kind == "combinatorial":
             return self.degrees()[..., None] * X - self.matmul(X)
         return X - self.normalized(kind)(X)
@@ -580,7 +581,13 @@ class Affinity:
         index : int
             Sample of the batch.
         """
-        single = self.select(index) if self.batch_shape else self
+        batch = self.batch_shape
+        idx = index if isinstance(index, tuple) else (index,)
+        if batch and (len(idx) > len(batch) or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) and -b <= i < b
+                for i, b in zip(idx, batch))):
+            raise ValueError(f"index {index!r} is outside the batch of shape {batch}")
+        single = self.select(index) if batch else self
         single = single.numpy()
         if laplacian is not None:
             single._require_square()
