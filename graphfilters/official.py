@@ -565,7 +565,8 @@ def _read(source: str | Path | Mapping[str, Any]) -> dict[str, Tensor]:
                 f"torch.load(weights_only=True) refused it ({first}); it holds pickled "
                 "objects beyond tensors and plain containers, which graphfilters never unpickles"
             ) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
+                TypeError, AttributeError) as exc:  # text: unpickler IndexError
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ValueError(
                 f"{str(path)!r} is not a readable torch file (truncated or another format?): "

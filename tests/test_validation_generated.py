@@ -185,3 +185,38 @@ def test_generated_order_values_for_spectral_density(value):
 
     with pytest.raises((TypeError, ValueError), match="order must be"):
         spectral_density(np.ones((3, 3)), order=value, progress=False)
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["hello world\n", "x\n"])
+def test_files_text_renamed_pt_is_a_clear_error_naming_the_file(tmp_path, text):
+    from graphfilters.official import load_official
+    from graphfilters.training import load_checkpoint
+
+    path = tmp_path / "model.pt"
+    path.write_text(text)
+    for load in (load_checkpoint, lambda p: load_official(p, "resnet50", "snl")):
+        with pytest.raises(ValueError, match="model.pt"):
+            load(path)
+
+
+def test_analysis_analyze_without_data_is_a_clear_error():
+    from analysis import analyze
+    from graphfilters.blocks import make_block
+
+    with pytest.raises(TypeError, match="analyze: data must be"):
+        analyze(torch.nn.Sequential(make_block("snl", 4, dim=2)), None, progress=False)
+
+
+def test_files_snl_state_dict_missing_or_extra_key_says_what_it_expected():
+    from graphfilters.blocks import SNL
+    from graphfilters.blocks.reference import OfficialSNL
+
+    sd = dict(OfficialSNL(8).state_dict())
+    missing = {k: v for k, v in sd.items() if k != "stages.0.bn.running_var"}
+    with pytest.raises(ValueError, match=r"missing keys \['stages.0.bn.running_var'\]"):
+        SNL.from_official_state_dict(missing)
+    with pytest.raises(ValueError, match="unexpected keys.*Expected the official key names"):
+        SNL.from_official_state_dict({**sd, "extra.weight": sd["t.weight"]})
