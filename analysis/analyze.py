@@ -656,6 +656,9 @@ def analyze(
     >>> row.stability_radius                 # BN scale 0 at initialization: the identity
     1.0
     """
+    if data is None or isinstance(data, (str, bytes)):   # issue 24: not a deep tqdm error
+        raise TypeError(f"analyze: data must be a tensor or an iterable of batches, got "
+                        f"{type(data).__name__}")
     with _blas_threads(blas_threads):
         return _analyze(model, data, blocks=blocks, max_samples=max_samples, method=method,
                         heads=heads, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,

@@ -381,12 +381,6 @@ class Spectrum:
         )
 
 
-def _check_method(method: str, allowed: tuple[str, ...]) -> str:
-    if method not in allowed:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(allowed)}")
-    return method
-
-
 def choose_method(
     aff: Affinity, operator: str, kind: str, dense_limit: int = AUTO_DENSE_LIMIT
 ) -> tuple[str, str]:
@@ -428,6 +422,13 @@ def choose_method(
         f"N = {n} > dense_limit = {dense_limit}: matrix-free {how} extremes")
 
 
+@V.validate_params(
+    {"operator": [V.StrOptions(OPERATORS)], "method": [V.StrOptions(SPECTRUM_METHODS)],
+     "k": [V.POS_INT], "dense_limit": [V.NONNEG_INT], "block_size": [V.POS_INT],
+     "n_blocks": [V.POS_INT], "tol": [V.POS_REAL], "seed": [V.NONNEG_INT],
+     "progress": ["boolean"]},
+    valid=lambda: {"affinity": np.ones((3, 3)), "progress": False},
+)
 def spectrum(
     affinity: Any,
     operator: str = "normalized",
@@ -489,14 +490,9 @@ def spectrum(
     >>> s.method, s.n_samples, len(s.eigenvalues[0]), s.is_complex
     ('eig', 2, 40, False)
     """
-    V.choice(operator, OPERATORS, "operator")
-    _check_method(method, SPECTRUM_METHODS)
-    k = V.positive_int(k, "k")
-    dense_limit = V.integer(dense_limit, "dense_limit", minimum=0)
-    block_size = V.positive_int(block_size, "block_size")
-    n_blocks = V.positive_int(n_blocks, "n_blocks")
-    tol = V.positive_float(tol, "tol")
-    seed = V.integer(seed, "seed", minimum=0)
+    k, dense_limit = int(k), int(dense_limit)
+    block_size, n_blocks = int(block_size), int(n_blocks)
+    tol, seed = float(tol), int(seed)
     aff, kind = _unpack(affinity, kind, operator)
     aff.require_square()
     if aff.n == 0:
@@ -686,6 +682,13 @@ def _known_bounds(operator: str, kind: str, aff: Affinity) -> tuple[float, float
     return None
 
 
+@V.validate_params(
+    {"operator": [V.StrOptions(OPERATORS)], "method": [V.StrOptions(DENSITY_METHODS)],
+     "n_vectors": [V.POS_INT], "order": [V.NONNEG_INT], "n_steps": [V.POS_INT],
+     "grid": [V.Interval(V.Integral, 2, None, closed="left"), V.ArrayLike(ndim=1)],
+     "sigma": [V.POS_REAL, None], "seed": [V.NONNEG_INT], "progress": ["boolean"]},
+    valid=lambda: {"affinity": np.ones((3, 3)), "progress": False, "order": 4, "grid": 5},
+)
 def spectral_density(
     affinity: Any,
     operator: str = "normalized",
@@ -744,9 +747,6 @@ def spectral_density(
     >>> d.bounds, round(float(np.trapezoid(d.density[0], d.grid)), 1)
     ((0.0, 2.0), 1.0)
     """
-    if operator not in OPERATORS:
-        raise ValueError(f"unknown operator {operator!r}; choose one of {list(OPERATORS)}")
-    _check_method(method, DENSITY_METHODS)
     aff, kind = _unpack(affinity, kind, operator)
     aff.require_square()
     if not _is_symmetric(aff, operator, kind):

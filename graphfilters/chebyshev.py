@@ -66,14 +66,12 @@ __all__ = [
 MAX_ORDER = 10_000
 
 
+#: the polynomial degree (K + 1 terms)
+ORDER = V.Interval(V.Integral, 0, MAX_ORDER, closed="both")
+
+
 def _check_order(order: int) -> int:
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not (
-            0 <= order <= MAX_ORDER):
-        raise ValueError(
-            f"order must be an integer in [0, {MAX_ORDER}] (the polynomial degree; K + 1 "
-            f"terms), got {order!r}"
-        )
-    return int(order)
+    return int(V.check(order, "order", [ORDER]))
 
 
 def chebyshev_T(k: int, x: Array) -> Array:
@@ -294,6 +292,13 @@ def polynomial_filter(
         raise TypeError(f"apply must be a callable X -> S X, got {type(apply).__name__}")
     Z = _check_signal(Z)
     ws = _weight_list(weights)
+    for k, w in enumerate(ws):
+        shape = tuple(getattr(w, "shape", ()))
+        if len(shape) == 2 and shape[0] != Z.shape[-1]:
+            raise ValueError(
+                f"weights[{k}] must have shape (C_in, C_out) with C_in = {Z.shape[-1]} (the "
+                f"channels of Z), got shape {shape}"
+            )
     return filter_sum(_iter_terms(apply, Z, len(ws) - 1, basis), ws)
 
 

@@ -86,6 +86,7 @@ def _structured_hint(op: Affinity) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+@V.validate_params({"A": ["array-like"]}, valid=lambda: {"A": np.ones((3, 3))})
 def degrees(A: Array) -> Array:
     r"""Degrees :math:`d_i = \sum_j A_{ij}` (row sums).
 
@@ -102,6 +103,7 @@ def degrees(A: Array) -> Array:
     return V.downcast(V.upcast(A).sum(-1), A, "A", "degrees (row sums)")
 
 
+@V.validate_params({"A": ["array-like"]}, valid=lambda: {"A": np.ones((3, 3))})
 def symmetrize(A: Array) -> Array:
     r""":math:`\operatorname{sym}(A) = (A + A^T)/2`.
 
@@ -115,6 +117,8 @@ def symmetrize(A: Array) -> Array:
     return (A + B.transpose(A)) / 2
 
 
+@V.validate_params({"d": ["array-like"], "power": [V.REAL]},
+                   valid=lambda: {"d": np.ones(3), "power": 0.5})
 def inv_degree_power(d: Array, power: float) -> Array:
     r""":math:`d^{-p}` elementwise, with 0 where :math:`d = 0` (isolated nodes).
 
@@ -131,7 +135,7 @@ def inv_degree_power(d: Array, power: float) -> Array:
     >>> inv_degree_power([4.0, 0.0], 0.5)
     array([0.5, 0. ])
     """
-    power = V.real(power, "power")
+    power = float(power)
     d = B.as_array(d, "d")
     B.check_finite(d, "d")
     if d.ndim == 0 or d.shape[-1] == 0 or any(s == 0 for s in d.shape):
@@ -151,6 +155,8 @@ def inv_degree_power(d: Array, power: float) -> Array:
     return B.where(pos, safe ** (-power), 0.0)
 
 
+@V.validate_params({"A": ["array-like"], "kind": [V.StrOptions(LAPLACIAN_KINDS)]},
+                   valid=lambda: {"A": np.ones((3, 3))})
 def laplacian(A: Array, kind: str = "sym") -> Array:
     r"""Graph Laplacian of the affinity ``A``.
 
@@ -172,6 +178,8 @@ def laplacian(A: Array, kind: str = "sym") -> Array:
     return as_affinity(A).laplacian_dense(kind)
 
 
+@V.validate_params({"A": ["array-like"], "kind": [V.StrOptions(NORMALIZATION_KINDS)]},
+                   valid=lambda: {"A": np.ones((3, 3))})
 def normalized_affinity(A: Array, kind: str = "sym") -> Array:
     r"""The normalized affinity :math:`\hat A`.
 
@@ -187,6 +195,14 @@ def normalized_affinity(A: Array, kind: str = "sym") -> Array:
     return as_affinity(A).normalized(kind).dense()
 
 
+@V.validate_params(
+    {"A": ["array-like", V.InstanceOf(lambda: Affinity, "an Affinity")],
+     "laplacian": [V.StrOptions(LAPLACIAN_KINDS)],
+     "method": [V.StrOptions(LAMBDA_MAX_METHODS)],
+     "n_iter": [V.POS_INT], "tol": [V.POS_REAL], "seed": [V.NONNEG_INT],
+     "margin": [V.NONNEG_REAL]},
+    valid=lambda: {"A": np.ones((3, 3)), "method": "power"},
+)
 def lambda_max(
     A: Array | Affinity,
     laplacian: str = "sym",
@@ -245,12 +261,7 @@ def lambda_max(
     >>> float(lambda_max(A, "combinatorial")), float(lambda_max(A, "combinatorial", "bound"))
     (2.0, 2.0)
     """
-    V.choice(laplacian, LAPLACIAN_KINDS, "laplacian")
-    V.choice(method, LAMBDA_MAX_METHODS, "lambda_max method")
-    n_iter = V.positive_int(n_iter, "n_iter")
-    tol = V.positive_float(tol, "tol")
-    seed = V.integer(seed, "seed", minimum=0)
-    margin = V.real(margin, "margin", low=0.0)
+    n_iter, tol, seed, margin = int(n_iter), float(tol), int(seed), float(margin)
     if not isinstance(A, Affinity) and method == "exact":
         shape = getattr(A, "shape", None) or np.shape(A)
         if len(shape) >= 2:     # a dense request too large: refused before the NaN scan
@@ -520,6 +531,7 @@ class Affinity:
         """:math:`L X` for the Laplacian ``kind`` without forming it."""
         _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
         self._require_square()
+        X = _check_signal(X, self.n, "X")
         if kind == "combinatorial":
             return self.degrees()[..., None] * X - self.matmul(X)
         return X - self.normalized(kind)(X)
@@ -569,7 +581,13 @@ class Affinity:
         index : int
             Sample of the batch.
         """
-        single = self.select(index) if self.batch_shape else self
+        batch = self.batch_shape
+        idx = index if isinstance(index, tuple) else (index,)
+        if batch and (len(idx) > len(batch) or not all(
+                isinstance(i, (int, np.integer)) and not isinstance(i, bool) and -b <= i < b
+                for i, b in zip(idx, batch))):
+            raise ValueError(f"index {index!r} is outside the batch of shape {batch}")
+        single = self.select(index) if batch else self
         single = single.numpy()
         if laplacian is not None:
             single._require_square()
@@ -853,6 +871,11 @@ class SoftmaxAffinity(Affinity):
     row_stochastic = True
     expensive_products = True
 
+    @V.validate_params(
+        {"query": ["array-like"], "key": ["array-like"], "scale": [V.REAL],
+         "chunk_size": [V.POS_INT]},
+        valid=lambda: {"query": np.ones((3, 2)), "key": np.ones((3, 2))},
+    )
     def __init__(
         self, query: Array, key: Array, scale: float = 1.0, chunk_size: int = 1024
     ) -> None:
@@ -862,8 +885,8 @@ class SoftmaxAffinity(Affinity):
                 "query and key must have shapes (..., N, d) and (..., M, d), got "
                 f"{tuple(query.shape)} and {tuple(key.shape)}"
             )
-        self.scale = V.real(scale, "scale")
-        self.chunk_size = V.positive_int(chunk_size, "chunk_size")
+        self.scale = float(scale)
+        self.chunk_size = int(chunk_size)
         V.nonempty(query, "query")
         V.nonempty(key, "key")
         B.check_finite(query, "query")

@@ -155,6 +155,16 @@ def concatenation(theta: Array, phi: Array, w_theta: Array, w_phi: Array) -> Den
     return DenseAffinity(B.relu(a[..., :, None] + b[..., None, :]))
 
 
+#: Largest Taylor order of :func:`taylor_rbf`.
+MAX_TAYLOR_ORDER = 32
+
+
+@V.validate_params(
+    {"theta": ["array-like"], "phi": ["array-like"],
+     "order": [V.Interval(V.Integral, 0, MAX_TAYLOR_ORDER, closed="both")],
+     "gamma": [V.POS_REAL], "beta": [V.POS_REAL, None]},
+    valid=lambda: {"theta": [0.1, 0.2], "phi": [0.3, 0.1]},
+)
 def taylor_rbf(
     theta: Array, phi: Array, order: int = 2, gamma: float = 1e-4, beta: float | None = None
 ) -> LowRankAffinity:
@@ -191,14 +201,10 @@ def taylor_rbf(
             "theta and phi must have the same shape (..., M) (one scalar per node), got "
             f"{tuple(theta.shape)} and {tuple(phi.shape)}"
         )
-    if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= MAX_TAYLOR_ORDER:
-        raise ValueError(
-            f"order (the Taylor order) must be an integer in [0, {MAX_TAYLOR_ORDER}], "
-            f"got {order!r}: theta**order overflows beyond, and the series has converged long "
-            "before for the small gamma of CGNL")
-    gamma = V.positive_float(gamma, "gamma")
-    if beta is not None:
-        beta = V.positive_float(beta, "beta")
+    # order <= MAX_TAYLOR_ORDER: theta**order overflows beyond, and the series has converged
+    # long before for the small gamma of CGNL
+    order, gamma = int(order), float(gamma)
+    beta = None if beta is None else float(beta)
     V.nonempty(theta, "theta")
     B.check_finite(theta, "theta")
     B.check_finite(phi, "phi")
@@ -213,8 +219,6 @@ def taylor_rbf(
     return LowRankAffinity(P, Q)
 
 
-#: Largest Taylor order of :func:`taylor_rbf`.
-MAX_TAYLOR_ORDER = 32
 
 
 def double_attention(gather_logits: Array, distribute_logits: Array) -> LowRankAffinity:

@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _validate as V
 from .blocks import CGNL, CrissCross, NonlocalStage
 from .blocks._convert import BN_KEYS, copy_weights
 
@@ -322,6 +323,9 @@ class OfficialNet(nn.Module):
     (['layer1.2'], torch.Size([1, 10]))
     """
 
+    @V.validate_params({"official_arch": [V.StrOptions(ARCHS)],
+                        "nl_type": [V.StrOptions(NL_TYPES)], "stage_num": [V.POS_INT],
+                        "stem": [V.StrOptions(("imagenet", "cifar"))]})
     def __init__(
         self,
         official_arch: str,
@@ -344,18 +348,10 @@ class OfficialNet(nn.Module):
         block_factory: Any = None,
     ) -> None:
         super().__init__()
-        if official_arch not in ARCHS:
-            raise ValueError(f"official_arch must be one of {list(ARCHS)}, got {official_arch!r}")
-        if nl_type not in NL_TYPES:
-            raise ValueError(f"nl_type must be one of {list(NL_TYPES)}, got {nl_type!r}")
         if official_arch == "snl_head" and nl_type != "snl":
             raise ValueError(f"the SNL decode head has only nl_type 'snl', got {nl_type!r}")
-        if isinstance(stage_num, bool) or not isinstance(stage_num, int) or stage_num < 1:
-            raise ValueError(f"stage_num must be an integer >= 1, got {stage_num!r}")
         if nl_type == "cgnl":
             stage_num = 1
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         nl_stages = sorted({int(s) for s in nl_stages})
         if official_arch != "resnet50":            # model_hub / the head force both
             is_sys = is_norm = True
@@ -565,7 +561,8 @@ def _read(source: str | Path | Mapping[str, Any]) -> dict[str, Tensor]:
                 f"torch.load(weights_only=True) refused it ({first}); it holds pickled "
                 "objects beyond tensors and plain containers, which graphfilters never unpickles"
             ) from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
+                TypeError, AttributeError) as exc:  # text: unpickler IndexError
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ValueError(
                 f"{str(path)!r} is not a readable torch file (truncated or another format?): "

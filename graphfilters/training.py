@@ -942,7 +942,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "file from another tool; graphfilters never unpickles arbitrary objects. Save "
             "models with graphfilters.training.save_checkpoint."
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
+            TypeError, AttributeError) as exc:  # text: unpickler IndexError
         raise ValueError(
             f"{str(path)!r} is not a readable torch checkpoint ({type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"

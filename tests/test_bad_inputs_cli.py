@@ -145,3 +145,13 @@ def test_corrupt_or_hostile_checkpoint_is_one_line_and_runs_nothing(kind, comman
 def test_bad_derive_name_is_an_argparse_error(capsys):
     code, err = _run(["derive", "transformer"], capsys)
     assert code == 2 and "name" in err
+
+
+@pytest.mark.parametrize("text", ["hello world\n", "x\n"])
+def test_short_text_renamed_pt_names_the_file(text, capsys, tmp_path):
+    path = tmp_path / "short.pt"
+    path.write_text(text)         # the unpickler's IndexError/KeyError, not a torch error
+    code, err = _run(["analyze", str(path)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "short.pt" in lines[0], err
+    assert "pop from empty list" not in err

@@ -43,6 +43,7 @@ from types import MappingProxyType
 import sympy as sp
 from sympy import MatAdd, MatMul
 
+from graphfilters import _validate as V
 from graphfilters.filters import get_filter
 from graphfilters.specs import BLOCK_NAMES, BlockSpec, get_spec
 
@@ -424,6 +425,8 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     ...
     ValueError: unknown block 'foo'; known blocks: nl, ns, a2, cgnl, cc, dnl, snl, gsnl, ...
     """
+    if overrides.get("lambda_max") is not None:       # 0 gives zoo, < 0 a wrong rescaling
+        V.check(overrides["lambda_max"], "lambda_max", [V.POS_REAL], "derive")
     if isinstance(overrides.get("order"), int):       # before any work: fail in microseconds
         check_limit(overrides["order"], MAX_ORDER, "order", "MAX_ORDER",
                     "the numeric blocks take any order; the symbolic expansion grows with it")

@@ -237,6 +237,9 @@ def identify(expression: sp.Basic | str) -> Identification | RationalIdentificat
     if not isinstance(expression, sp.Basic) or not getattr(expression, "is_Matrix", False):
         raise _fail(f"{expression!r} is not a matrix expression (a function of a matrix, or a "
                     "scalar)")
+    if expression.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+        raise _fail(f"{expression} has an undefined or infinite coefficient (a division by "
+                    "zero?)")
     if isinstance(expression, MatAdd):
         check_limit(len(expression.args), MAX_TERMS, "number of terms", "MAX_TERMS")
     expression, substituted = _laplacians_to_operator(expression)
