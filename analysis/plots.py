@@ -3,8 +3,15 @@ r"""Figures of the analysis: spectra, responses, attention maps, robustness curv
 Every function returns ``(fig, ax)`` (``(fig, axes)`` for several panels) and accepts
 ``ax=`` to draw into an existing Axes. Figures are built with
 :class:`matplotlib.figure.Figure` directly (no pyplot state, no ``plt.show()``), so they work
-with any backend, headless included; save them with ``fig.savefig(path)`` or display them in a
-notebook by leaving ``fig`` as the cell's value.
+with any backend, headless included; save them with ``fig.savefig(path)``.
+
+In Jupyter (IPython running) a figure displays once, as a PNG, both when ``fig`` is the cell's
+value and when a plot call is the cell's last expression: the returned pair is a
+:class:`FigureAxes`, a tuple that unpacks as ``(fig, ax)`` and displays its figure. No
+``%matplotlib`` magic is needed; importing this module registers a PNG formatter for
+:class:`~matplotlib.figure.Figure` with the running IPython (unless one is registered already,
+e.g. by ``%matplotlib inline``). Outside IPython nothing is registered and no pyplot state is
+created.
 
 Examples
 --------
@@ -27,6 +34,8 @@ from matplotlib.figure import Figure
 from .spectra import complex_share
 
 __all__ = [
+    "FigureAxes",
+    "figure_png",
     "plot_spectrum",
     "plot_response",
     "plot_affinity_rows",
@@ -38,6 +47,75 @@ __all__ = [
     "plot_filter_families",
     "plot_block_responses",
 ]
+
+
+def figure_png(fig: Figure, dpi: float = 100) -> bytes:
+    """The figure as PNG bytes, cropped to its artists (what a notebook displays).
+
+    Examples
+    --------
+    >>> fig, ax = plot_growth([1.1, 1.2])
+    >>> figure_png(fig)[:4]
+    b'\\x89PNG'
+    """
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+class FigureAxes(tuple):
+    """``(fig, ax)`` as returned by every plot function: a plain tuple that, as a notebook
+    cell's value, displays its figure (once, as PNG) instead of ``(<Figure>, <Axes>)``.
+
+    Examples
+    --------
+    >>> fig, ax = plot_growth([1.1, 1.2])          # unpacks as before
+    >>> out = plot_growth([1.1, 1.2])
+    >>> out.fig is out[0], repr(out)
+    (True, '(fig, ax): Figure 5.0x3.6 in, 1 Axes')
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, fig: Figure, ax: Any) -> FigureAxes:
+        return super().__new__(cls, (fig, ax))
+
+    @property
+    def fig(self) -> Figure:
+        return self[0]
+
+    def __repr__(self) -> str:
+        w, h = self[0].get_size_inches()
+        return f"(fig, ax): Figure {w:.1f}x{h:.1f} in, {len(self[0].axes)} Axes"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self[0])
+
+
+def _register_ipython_formatter() -> bool:
+    """Register :func:`figure_png` as IPython's ``image/png`` formatter for Figure, if IPython
+    is running and has none; returns whether a formatter is now registered."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    ip = sys.modules["IPython"].get_ipython()
+    if ip is None or not hasattr(ip, "display_formatter"):
+        return False
+    png = ip.display_formatter.formatters["image/png"]
+    try:
+        png.lookup_by_type(Figure)
+    except KeyError:
+        png.for_type(Figure, figure_png)
+    return True
+
+
+_register_ipython_formatter()
 
 
 def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.6)) -> tuple[Figure, Axes]:
@@ -174,7 +252,7 @@ def plot_spectrum(
     if n_bad:   # matrix-free values that missed their tolerance are shown, and said to be
         ax.set_title(f"{ax.get_title()}\n{n_bad} value(s) NOT certified "
                      f"(residual > tol = {spectrum.tol:g})", fontsize="small")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_response(
@@ -234,7 +312,7 @@ def plot_response(
     ax.legend(fontsize="small")
     ax.set_title(title if title is not None else
                  ("frequency response" + (f" ({label})" if label else "")))
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def _image_hw(image: Any) -> np.ndarray:
@@ -342,7 +420,7 @@ def plot_affinity_rows(
             a.set_xticks([])
             a.set_yticks([])
         a.set_title(f"query {tuple(int(p) for p in pos)}")
-    return fig, axes
+    return FigureAxes(fig, axes)
 
 
 def plot_growth(
@@ -404,7 +482,7 @@ def plot_growth(
     ax.set_ylabel(r"$\|M^n\|_2$, frozen affinity")
     ax.legend(fontsize="small")
     ax.set_title("stack growth (exact)")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_accuracy(
@@ -439,7 +517,7 @@ def plot_accuracy(
     if label:
         ax.legend(fontsize="small")
     ax.set_title("accuracy under Gaussian input noise")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_energy(
@@ -472,7 +550,7 @@ def plot_energy(
     if label:
         ax.legend(fontsize="small")
     ax.set_title(f"graph-frequency energy ({energy.basis})")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_history(
@@ -520,7 +598,7 @@ def plot_history(
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     twin.legend(handles=handles, fontsize="small", loc="center right")
     ax.set_title(title or "training")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 #: Parameter choices drawn by :func:`plot_block_responses` for blocks whose response has free
@@ -572,8 +650,6 @@ def plot_block_responses(
     >>> [len(ax.get_lines()) for ax in axes.flat]      # the curves and the zero line
     [4, 3]
     """
-    import matplotlib.pyplot as plt
-
     from graphfilters.specs import BLOCK_NAMES
     from graphfilters.symbolic import latex, response, response_function
 
@@ -581,8 +657,8 @@ def plot_block_responses(
     examples = BLOCK_RESPONSE_EXAMPLES if examples is None else examples
     if axes is None:
         nrows = -(-len(names) // ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.1 * nrows),
-                                 sharex=True, squeeze=False)
+        fig = Figure(figsize=(4.3 * ncols, 3.1 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False)
     else:
         axes = np.asarray(axes)
         fig = axes.flat[0].figure
@@ -605,8 +681,7 @@ def plot_block_responses(
         if column:
             column[-1].set_xlabel(r"Laplacian eigenvalue $\lambda$")
             column[-1].xaxis.set_tick_params(labelbottom=True)
-    fig.tight_layout()
-    return fig, axes
+    return FigureAxes(fig, axes)
 
 
 #: Default curves of :func:`plot_filter_families`: (label, basis, order, weights, params).
@@ -672,4 +747,4 @@ def plot_filter_families(
     ax.set_xlim(0, lambda_max)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.set_title("polynomial (solid) and rational (dashed) filters", fontsize=10)
-    return fig, ax
+    return FigureAxes(fig, ax)
