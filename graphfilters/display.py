@@ -1,0 +1,134 @@
+r"""How results show themselves: short summaries for ``repr``, HTML cards and tables for Jupyter.
+
+One place for the formatting of every result object (analysis tables, derivations,
+identifications, spectra, responses, stability, captures, affinities, operators); the classes
+have thin ``__repr__`` / ``_repr_html_`` / ``_repr_latex_`` methods that call these. A summary
+names shapes, the method, the status and the key numbers, never a tensor's values.
+
+Examples
+--------
+>>> import numpy as np
+>>> describe(np.zeros((2, 6, 6)))
+'array (2, 6, 6) float64'
+>>> short_repr("Spectrum", {"operator": "normalized", "method": "eig", "tol": 1e-3})
+'<Spectrum operator=normalized, method=eig, tol=0.001>'
+>>> "<table>" in card_html("Spectrum", {"method": "eig"})
+True
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["describe", "fmt", "short_repr", "card_html", "table_html", "table_text"]
+
+
+def describe(value: Any) -> str:
+    """One line for any value: a tensor or array by its shape and dtype, a number formatted,
+    a long sequence by its length.
+
+    Examples
+    --------
+    >>> import torch
+    >>> describe(torch.zeros(3, 4)), describe(0.123456), describe(list(range(20)))
+    ('tensor (3, 4) float32', '0.1235', 'list of 20')
+    """
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (int, float)):
+        kind = "tensor" if type(value).__module__.startswith("torch") else "array"
+        dtype = str(value.dtype).replace("torch.", "")
+        return f"{kind} {tuple(int(s) for s in value.shape)} {dtype}"
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        return f"{type(value).__name__} of {len(value)}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(describe(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return fmt(value)
+
+
+def fmt(value: Any, spec: str = ".4g") -> str:
+    """A number with ``spec`` (``-`` for NaN or None), anything else as ``str``.
+
+    Examples
+    --------
+    >>> fmt(float("nan")), fmt(0.5, ".0%"), fmt(True), fmt("eig")
+    ('-', '50%', 'True', 'eig')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if spec == "s":
+        return str(value)
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def short_repr(name: str, items: Mapping[str, Any]) -> str:
+    """``<name k=v, ...>`` with every value through :func:`describe`."""
+    body = ", ".join(f"{k}={describe(v)}" for k, v in items.items())
+    return f"<{name} {body}>" if body else f"<{name}>"
+
+
+_STATUS_COLOUR = {"ok": "#1a7f37", "partial": "#9a6700", "skipped": "#cf222e",
+                  "VERIFIED": "#1a7f37", "NOT VERIFIED": "#cf222e"}
+
+
+def _status_html(status: str) -> str:
+    colour = _STATUS_COLOUR.get(status, "#57606a")
+    return f'<span style="color:{colour};font-weight:600">{html.escape(status)}</span>'
+
+
+def card_html(title: str, items: Mapping[str, Any], *, status: str | None = None,
+              notes: Iterable[str] = ()) -> str:
+    """A small HTML card: a title (with a coloured status), one row per item, notes below.
+
+    Values are rendered with :func:`describe` (strings as given, HTML-escaped).
+    """
+    head = f"<b>{html.escape(title)}</b>" + (f" &middot; {_status_html(status)}" if status else "")
+    rows = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
+        f"<td style='text-align:left'>{html.escape(describe(v))}</td></tr>"
+        for k, v in items.items())
+    foot = "".join(f"<div style='font-size:90%'>{html.escape(n)}</div>" for n in notes if n)
+    return f"<div>{head}<table>{rows}</table>{foot}</div>"
+
+
+def table_html(headers: Sequence[str], rows: Sequence[Sequence[str]], *, caption: str = "",
+               notes: Iterable[str] = (), status_column: int | None = None) -> str:
+    """An HTML table of pre-formatted cells (escaped), with a caption and notes below.
+
+    ``status_column`` is the index of a column whose cells are coloured as statuses.
+    """
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = [(_status_html(c) if i == status_column else html.escape(c))
+                 for i, c in enumerate(row)]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    cap = f"<caption style='text-align:left'>{html.escape(caption)}</caption>" if caption else ""
+    foot = "".join(f"<div style='font-size:90%'>{html.escape(n)}</div>" for n in notes if n)
+    return (f"<div><table>{cap}<thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody>"
+            f"</table>{foot}</div>")
+
+
+def table_text(headers: Sequence[str], rows: Sequence[Sequence[str]], *,
+               left: int = 3) -> str:
+    """A fixed-width text table; the first ``left`` columns left-aligned, the rest right.
+
+    Examples
+    --------
+    >>> print(table_text(["block", "λ_max"], [["a", "1.000"]], left=1))
+    block  λ_max
+    -----  -----
+    a      1.000
+    """
+    cells = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
