@@ -132,3 +132,116 @@ def table_text(headers: Sequence[str], rows: Sequence[Sequence[str]], *,
                        for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# symbolic results: one display per step, each with its explanation (no alignment marks)
+# ---------------------------------------------------------------------------------------------
+
+
+def _steps(d: Any) -> list[tuple[str, str]]:
+    """(explanation in markdown, equation in LaTeX) per line of a derivation."""
+    from graphfilters.symbolic.printing import latex
+
+    K = d.spec.order
+    out = [("the generic Chebyshev filter, Laplacian form",
+            rf"F = \sum_{{k=0}}^{{{K}}} T_{{k}}(\tilde{{L}})\, Z\, W^{{L}}_{{k}}")]
+    for step in d.steps:
+        out.append((step.paper_text, rf"F = {latex(step.expr)}"))
+    return out
+
+
+def _verdict(d: Any) -> str:
+    return "VERIFIED" if d.verified else "NOT VERIFIED"
+
+
+def derivation_markdown(d: Any) -> str:
+    """Markdown of a derivation: its title and verdict, then one display per step, each
+    after the explanation of the step, and the closed form it proves.
+
+    Examples
+    --------
+    >>> from graphfilters.symbolic import derive
+    >>> md = derivation_markdown(derive("snl"))
+    >>> md.count("$$") // 2 >= 3, "&" in md
+    (True, False)
+    """
+    from graphfilters.symbolic.printing import latex
+
+    lines = [f"**Derivation of {d.title}**: {_verdict(d)} "
+             f"({len(d.assumptions)} assumptions, `str()` lists them)", ""]
+    for i, (why, eq) in enumerate(_steps(d)):
+        lines += [f"{i}. {why}:" if i else f"From {why}:", "", f"$$ {eq} $$", ""]
+    for cf, diff in zip(d.closed_forms, d.differences):
+        zero = bool(getattr(diff, "is_ZeroMatrix", False)) or diff == 0
+        lines.append(f"Closed form ({d.source}): $F = {latex(cf)}$, "
+                     + ("proved: derived $-$ closed form $= 0$." if zero else
+                        f"NOT proved: derived $-$ closed form $= {latex(diff)}$."))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def derivation_latex(d: Any) -> str:
+    """One ``aligned`` display of a derivation with each step's explanation beside it."""
+    from graphfilters.symbolic.printing import text_latex
+
+    rows = []
+    for i, (why, eq) in enumerate(_steps(d)):
+        lhs, rhs = eq.split("=", 1)
+        text = text_latex(why) if "$" not in why else rf"\text{{{why}}}"
+        rows.append(f"{lhs if i == 0 else ''}&={rhs} && {text}")
+    return "$$\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}$$"
+
+
+def _identification_forms(ident: Any) -> list[tuple[str, str]]:
+    """(label, LaTeX of F) for each form of an identification."""
+    import sympy as sp
+
+    from graphfilters.symbolic.printing import latex
+
+    X = latex(ident.operator)
+    if hasattr(ident, "poles"):     # a rational (ARMA) identification
+        terms = " + ".join(rf"(I - {sp.latex(p)} {X})^{{-1}} Z\, {sp.latex(w)}"
+                           for p, w in zip(ident.poles, ident.weights))
+        return [("Resolvent terms", terms + (r" + P(X) Z" if ident.polynomial else ""))]
+    power = " + ".join(rf"{X}^{{{p}}} Z \left({sp.latex(c)}\right)"
+                       for p, c in ident.power_coefficients.items())
+    cheb = " + ".join(rf"T_{{{k}}}({X}) Z \left({sp.latex(c)}\right)"
+                      for k, c in ident.chebyshev_coefficients.items())
+    return [("Power basis", power), ("Chebyshev basis (affinity form)", cheb)]
+
+
+def identification_latex(ident: Any) -> str:
+    """The identified filter as one display per form (power and Chebyshev basis)."""
+    return "$$\\begin{gathered}\n" + " \\\\\n".join(
+        rf"F = {eq} \quad \text{{({label.lower()})}}"
+        for label, eq in _identification_forms(ident)) + "\n\\end{gathered}$$"
+
+
+def identification_markdown(ident: Any) -> str:
+    """Markdown of :func:`graphfilters.symbolic.identify`'s result: the filter in the power
+    and the Chebyshev basis (or its resolvent terms), the weight constraint and the table rows
+    it matches.
+
+    Examples
+    --------
+    >>> from graphfilters.symbolic import identify
+    >>> md = identification_markdown(identify(r"Z W_0 + \\hat A Z W_1"))
+    >>> "snl" in md and "$$" in md
+    True
+    """
+    from graphfilters.symbolic.printing import latex
+
+    X = latex(ident.operator)
+    rational = hasattr(ident, "poles")
+    lines = [f"**Rational (ARMA) filter** with {ident.order} pole(s) in ${X}$" if rational
+             else f"**Polynomial filter of order {ident.order}** in ${X}$", ""]
+    for label, eq in _identification_forms(ident):
+        lines += [f"{label}: $$ F = {eq} $$", ""]
+    if not rational:
+        rel = ", ".join(f"${r}$" for r in ident.relations_latex) or "none"
+        lines += [f"Weight constraint: `{ident.weight_constraint}` (relations: {rel}).", ""]
+    lines.append(f"Table rows: {', '.join(f'`{m}`' for m in ident.matches) or 'none'}.")
+    if ident.note:
+        lines += ["", f"Note: {ident.note}"]
+    lines += [f"- assumed: {a}" for a in ident.assumptions]
+    return "\n".join(lines) + "\n"
