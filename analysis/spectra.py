@@ -380,6 +380,17 @@ class Spectrum:
             f"status={self.status!r})"
         )
 
+    def _repr_html_(self) -> str:
+        from graphfilters.display import card_html, spectrum_items
+
+        return card_html("Spectrum", spectrum_items(self), status=self.status)
+
+    def plot(self, ax: Any = None, **kwargs: Any) -> Any:
+        """:func:`analysis.plots.plot_spectrum` of this spectrum; returns ``(fig, ax)``."""
+        from .plots import plot_spectrum
+
+        return plot_spectrum(self, ax=ax, **kwargs)
+
 
 def _check_method(method: str, allowed: tuple[str, ...]) -> str:
     if method not in allowed:

@@ -73,7 +73,8 @@ def short_repr(name: str, items: Mapping[str, Any]) -> str:
     return f"<{name} {body}>" if body else f"<{name}>"
 
 
-_STATUS_COLOUR = {"ok": "#1a7f37", "partial": "#9a6700", "skipped": "#cf222e",
+_STATUS_COLOUR = {"ok": "#1a7f37", "exact": "#1a7f37", "certified": "#1a7f37",
+                  "uncertified": "#cf222e", "partial": "#9a6700", "skipped": "#cf222e",
                   "VERIFIED": "#1a7f37", "NOT VERIFIED": "#cf222e"}
 
 
@@ -245,3 +246,86 @@ def identification_markdown(ident: Any) -> str:
         lines += ["", f"Note: {ident.note}"]
     lines += [f"- assumed: {a}" for a in ident.assumptions]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# numeric results: the key numbers, never the values of a tensor
+# ---------------------------------------------------------------------------------------------
+
+
+def _range(values: Any) -> str:
+    import numpy as np
+
+    v = np.asarray(values).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "-"
+    if np.iscomplexobj(v):
+        return f"|·| ≤ {np.abs(v).max():.4g}, Re in [{v.real.min():.4g}, {v.real.max():.4g}]"
+    return f"[{v.min():.4g}, {v.max():.4g}]"
+
+
+def spectrum_items(s: Any) -> dict[str, Any]:
+    """Key facts of an :class:`analysis.spectra.Spectrum`."""
+    per = {len(e) for e in s.eigenvalues}
+    out = {"operator": f"{s.operator} ({s.kind})", "nodes": s.n,
+           "samples": s.n_samples, "eigenvalues per sample": ", ".join(map(str, sorted(per))),
+           "method": f"{s.method}: {s.reason}" if s.reason else s.method,
+           "status": s.status + (f" ({s.n_uncertified} missed tol={s.tol:g})"
+                                 if s.n_uncertified else ""),
+           "range": _range(s.all()), "real spectrum": not s.is_complex}
+    if s.residuals:
+        out["max residual"] = s.max_residual()
+    return out
+
+
+def response_items(r: Any) -> dict[str, Any]:
+    """Key facts of an :class:`analysis.response.BlockResponse`."""
+    st = r.stats
+    out = {"class": r.label + (f" (forced: {r.forced})" if r.forced else ""),
+           "form": r.form, "basis": r.basis,
+           "grid": f"{len(r.lam)} points on [0, {r.lambda_max:g}]",
+           "singular values": r.gains.shape[1] if r.gains.ndim == 2 else 1,
+           "mean gain low / mid / high": " / ".join(fmt(st.get(k, float("nan")))
+                                                   for k in ("low", "mid", "high")),
+           "captured eigenvalues": sum(len(e) for e in r.eigenvalues)}
+    if r.head_labels:
+        out["heads"] = ", ".join(r.head_labels)
+    return out
+
+
+def stability_items(st: Any) -> dict[str, Any]:
+    """Key facts of an :class:`analysis.robustness.Stability`."""
+    g = list(st.growth)
+    return {"ρ(M) (exact)": st.radius, "‖M‖₂ (exact)": st.norm,
+            f"growth ‖Mⁿ‖, n = 1..{len(g)}": (f"{g[0]:.4g} … {g[-1]:.4g}" if g else "-"),
+            "‖M‖ lower bound (per frequency)": st.norm_lower_bound,
+            "frequencies": st.n_frequencies, "how": st.how, "converged": st.converged}
+
+
+def capture_items(c: Any) -> dict[str, Any]:
+    """Key facts of an :class:`analysis.capture.Capture`."""
+    out = {"module": f"{c.module_type} ({c.source})",
+           "block": c.spec.name if c.spec is not None else "-",
+           "affinity": (f"{type(c.affinity).__name__} {tuple(c.affinity.shape)}"
+                        if c.affinity is not None else "-"),
+           "normalization": c.normalization, "nodes": c.n,
+           "grid": "×".join(map(str, c.spatial_shape)) or "-",
+           "samples": getattr(c, "n_samples", "-"), "order": c.order}
+    if c.z is not None:
+        out["values Z"] = c.z
+    if c.weights:
+        out["weights"] = ", ".join(describe(w) for w in c.weights)
+    return out
+
+
+def affinity_items(a: Any) -> dict[str, Any]:
+    """Key facts of a :class:`graphfilters.graph.Affinity` (no entries)."""
+    return {"structure": type(a).__name__, "shape": tuple(a.shape), "symmetric": a.symmetric,
+            "backend": "torch" if a.is_torch else "numpy"}
+
+
+def operator_items(op: Any) -> dict[str, Any]:
+    """Key facts of a :class:`graphfilters.graph.NormalizedOperator`."""
+    return {"normalization": op.kind, "nodes": op.n, "symmetric": op.symmetric,
+            "affinity": f"{type(op.affinity).__name__} {tuple(op.affinity.shape)}"}
