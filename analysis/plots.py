@@ -31,7 +31,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .spectra import complex_share
+from .spectra import complex_share, share_center
 
 __all__ = [
     "FigureAxes",
@@ -236,10 +236,12 @@ def plot_spectrum(
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("Re")
         ax.set_ylabel("Im")
-        cs = complex_share(ev)
+        center = share_center(operator, kind)
+        cs = complex_share(ev, center=center)
+        mu = "1 − λ" if center else "μ"     # the rule counts the eigenvalues of Â either way
         ax.legend(loc="upper left", fontsize="small",
                   title=f"{cs.share:.0%} complex (|Im μ| > {cs.rtol:g}|μ|, "
-                        f"{cs.n_null} below {cs.floor:g}ρ ignored)")
+                        f"{cs.n_null} below {cs.floor:g}ρ ignored; μ = {mu})")
     else:
         ax.hist(np.real(ev), bins=bins, **kwargs)
         ax.set_xlabel("eigenvalue")
