@@ -26,13 +26,10 @@ from .analyze import AnalysisTable, analyze
 from .plots import (
     plot_accuracy,
     plot_affinity_rows,
+    plot_capture_spectra,
     plot_growth,
     plot_history,
-    plot_response,
-    plot_spectrum,
 )
-from .response import block_response
-from .spectra import spectrum
 
 __all__ = ["LoadedModel", "load_for_analysis", "analyse_loaded", "write_report",
            "query_positions", "claims"]
@@ -339,20 +336,7 @@ def _model_section(loaded: LoadedModel, figdir: Path, rel: str) -> list[str]:
             out += [f"`{row.path}` skipped: {row.reason}", ""]
             continue
         slug = f"{name}_{row.path.replace('.', '_')}"
-        fig = Figure(figsize=(11, 3.6), layout="constrained")
-        ax1, ax2, ax3 = fig.subplots(1, 3)
-        spec_n = spectrum(cap, "normalized", progress=False)
-        if cap.normalization in ("sym", "rw") and spec_n.complete:
-            lap = 1 - spec_n.all()  # L = I - Â: no second eigen-solve
-        else:
-            lap = spectrum(cap, "laplacian", progress=False)
-        for ax, spec, what, op in ((ax1, spec_n, "the operator Â", "normalized"),
-                                   (ax2, lap, "the Laplacian", "laplacian")):
-            # log counts for a real spectrum (low-rank operators: one tall bar of trivial
-            # eigenvalues); a complex one keeps linear axes and its circle
-            plot_spectrum(spec, ax=ax, title=f"eigenvalues of {what}", operator=op, log=True)
-        plot_response(block_response(cap, spectrum_result=spec_n, energies=False), ax=ax3,
-                      title="frequency response σ(H(λ))")
+        fig, _ = plot_capture_spectra(cap, title=f"{name}: {row.path} ({row.block})")
         out += [f"### `{row.path}` ({row.block})", "",
                 f"Spectrum: {row.spectrum_method} ({row.spectrum_reason}). Response: "
                 f"{row.response_class}. {row.reason}".rstrip(), "",
