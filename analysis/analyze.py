@@ -346,6 +346,11 @@ class AnalysisTable(list):
         rows = [[_fmt(self._value(r, k), spec[k][1]) for k in keys] for r in self]
         return heads, rows
 
+    def headline_table(self) -> tuple[list[str], list[list[str]]]:
+        """The headline columns' headers and formatted cells (what :meth:`summary`, the HTML
+        display and :mod:`analysis.report` show)."""
+        return self._headline()
+
     def headline(self) -> dict[str, Any]:
         """The model's headline numbers (WeightWatcher-style): blocks per status, the largest
         λ_max, complex share, growth, ‖J‖ full and affinity share over the blocks, the
