@@ -754,21 +754,26 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
              accuracy_levels: Sequence[float] | None, accuracy_batches: int,
              keep_captures: bool, forward: Any, model_kwargs: Any, progress: bool
              ) -> AnalysisTable:
+    # one bar per call: the blocks, then stages/backbone/accuracy; sub-steps as its postfix
+    bar = tqdm(total=None, desc="analyze", disable=not progress, leave=False, unit="step")
+    bar.set_postfix_str("capture")
     caps = capture(model, data, blocks, max_samples, heads=heads, device=None,
-                   forward=forward, model_kwargs=model_kwargs, progress=progress)
+                   forward=forward, model_kwargs=model_kwargs, progress=False)
+    bar.total = len(caps) + 3
+    bar.refresh()
     if not caps:
         table = AnalysisTable(reason=caps.reason, captures=caps if keep_captures else None)
     else:
         rows = []
-        bar = tqdm(list(caps.values()), desc="analyze", disable=not progress, leave=False)
-        for cap in bar:
+        for cap in caps.values():
             bar.set_postfix_str(cap.path)
             rows.append(_analyze_one(
                 cap, method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
                 jacobian_samples=jacobian_samples, noise_level=noise_level,
                 affinity_noise=affinity_noise, stability_samples=stability_samples, tol=tol,
                 jacobian_k=jacobian_k))
-        bar.close()
+            bar.update()
+        bar.set_postfix_str("stages")
         if jacobian and stages:
             rows += _stage_rows(model, caps, tol, jacobian_k)
         kept = None
@@ -780,8 +785,10 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
             first = next(iter(caps.values()))
             x0 = _first_input(data)
             if x0 is not None and first is not None:
+                bar.update()
+                bar.set_postfix_str("backbone")
                 try:
-                    ref = backbone_jacobians(model, x0, tol=tol, progress=progress)
+                    ref = backbone_jacobians(model, x0, tol=tol, progress=False)
                 except (ValueError, TypeError, RuntimeError, NotImplementedError):
                     ref = []
         table = AnalysisTable(rows, captures=kept, backbone=ref)
@@ -802,12 +809,15 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
             raise ValueError(
                 "accuracy_levels needs targets: pass labels= or (input, target) batches"
             )
+        bar.n = max(bar.n, (bar.total or 3) - 1)
+        bar.set_postfix_str("accuracy under noise")
         try:
             table.accuracy = accuracy_under_noise(model, batches, accuracy_levels,
                                                   max_batches=accuracy_batches,
-                                                  progress=progress)
+                                                  progress=False)
         except (TypeError, ValueError, RuntimeError) as exc:
             table.accuracy = None
             note = f"accuracy under noise skipped: {exc}"
             table.reason = f"{table.reason}; {note}" if table.reason else note
+    bar.close()
     return table
