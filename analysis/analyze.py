@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import html
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from graphfilters.display import card_html, fmt, table_html, table_text
 
 from .capture import Capture, Captures, capture
 from .response import block_response
@@ -203,43 +206,54 @@ class BlockReport:
     notes: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
+    def _headline_items(self) -> dict[str, str]:
+        return {_header(h, [self]): _fmt(getattr(self, k), f) for k, h, f in HEADLINE_COLUMNS[3:]
+                if k != "jacobian_vs_backbone" and _defined(getattr(self, k))}
 
-#: Columns of :meth:`AnalysisTable.summary`: (header, attribute, format).
-_SUMMARY_COLUMNS = (
-    ("path", "path", "s"), ("block", "block", "s"), ("status", "status", "s"),
-    ("N", "n_nodes", "d"), ("method", "spectrum_method", "s"), ("lam_max", "lambda_max", ".3f"),
-    ("gap", "spectral_gap", ".3f"), ("cplx", "complex_share", ".2f"),
-    ("asym", "asymmetry", ".3f"), ("erank", "effective_rank", ".1f"),
-    ("collapse", "rank_collapse", ".3f"), ("response", "response_class", "s"),
-    ("tao_share", "tao_negative_share", "tao"), ("damp", "damping_share", ".2f"),
-    ("radius", "stability_radius", ".3f"), ("|M|", "stability_norm", ".3f"),
-    ("growth@n", "stack_growth", ".3g"), ("growth_lower_bound@n", "stack_growth_lower_bound",
-                                           ".3g"),
-    ("|J|full", "jacobian_full", ".3f"), ("|J|frozen", "jacobian_frozen", ".3f"),
-    ("aff_share", "affinity_share", ".2f"),
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v}" for k, v in self._headline_items().items())
+        return f"<BlockReport {self.path} ({self.block}) {self.status}: {items}>"
+
+    def _repr_html_(self) -> str:
+        return card_html(f"{self.path} ({self.block})", self._headline_items(),
+                         status=self.status, notes=[self.reason])
+
+
+#: The headline columns (at most 12), what a reader needs first: (key, header, format). The
+#: table's display, :meth:`AnalysisTable.summary` and ``to_frame(columns="summary")`` show
+#: these; ``columns="all"`` gives every field of :class:`BlockReport` (new fields included).
+#: A forced quantity (Tao's share) is not a headline; a column undefined in every row
+#: (e.g. no backbone to compare with) is left out. ``growth@n`` names its depth ``n``.
+HEADLINE_COLUMNS = (
+    ("path", "block", "s"), ("block", "kind", "s"), ("status", "status", "s"),
+    ("spectrum_method", "spectrum", "s"), ("lambda_max", "λ_max", ".3f"),
+    ("complex_share", "complex", ".0%"), ("response_class", "response", "s"),
+    ("damping_share", "damping", ".0%"), ("stack_growth", "growth@n (exact)", ".3g"),
+    ("jacobian_full", "‖J‖ full", ".3f"),
+    ("jacobian_vs_backbone", "‖J‖ / backbone median", ".2f"),
+    ("affinity_share", "affinity share", ".2f"),
 )
+_LEFT = 4   # the text columns of the headline, left-aligned
 
 
 def _header(head: str, rows: Sequence[BlockReport]) -> str:
     """``growth@n`` headers name the depth ``n`` of the value shown."""
-    if head.endswith("@n"):
+    if "@n" in head:
         n = max((len(r.stack_growth) for r in rows), default=0)
-        return head[:-1] + (str(n) if n else "n")
+        return head.replace("@n", f"@{n}" if n else "@n")
     return head
 
 
-def _fmt(value: Any, spec: str, row: BlockReport | None = None) -> str:
-    if spec == "tao":
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "-"
-        return f"{value:.2f}" + (" (forced)" if row is not None and row.tao_forced else "")
+def _defined(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return bool(value)
+    return value not in (None, "") and not (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value: Any, spec: str) -> str:
     if isinstance(value, tuple):
         value = value[-1] if value else _NAN
-    if spec == "s":
-        return str(value)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, spec)
+    return fmt(value, spec)
 
 
 class AnalysisTable(list):
@@ -280,8 +294,40 @@ class AnalysisTable(list):
             out.append(d)
         return out
 
-    def to_frame(self):  # -> pandas.DataFrame
-        """A pandas DataFrame, one row per block (``notes`` left out).
+    def _backbone_median(self) -> float:
+        vals = [b["jacobian_full"] for b in self.backbone
+                if math.isfinite(b.get("jacobian_full", _NAN))]
+        return float(np.median(vals)) if vals else _NAN
+
+    def _value(self, row: BlockReport, key: str) -> Any:
+        if key == "jacobian_vs_backbone":
+            return row.jacobian_full / self._backbone_median() if self.backbone else _NAN
+        return getattr(row, key)
+
+    def columns(self, columns: str | Sequence[str] = "summary") -> list[str]:
+        """The keys of ``columns``: ``"summary"`` (the headline columns defined in some row),
+        ``"all"`` (every field of :class:`BlockReport` but ``notes`` and ``timings``) or a
+        list of keys."""
+        if isinstance(columns, str) and columns == "all":
+            return [f.name for f in fields(BlockReport) if f.name not in ("notes", "timings")]
+        if isinstance(columns, str) and columns == "summary":
+            return [k for k, _, _ in HEADLINE_COLUMNS
+                    if k in ("path", "block", "status")
+                    or any(_defined(self._value(r, k)) for r in self)]
+        if isinstance(columns, str):
+            raise ValueError(f"columns must be 'summary', 'all' or a list of keys, "
+                             f"got {columns!r}")
+        return list(columns)
+
+    def to_frame(self, columns: str | Sequence[str] = "all"):  # -> pandas.DataFrame
+        """A pandas DataFrame, one row per block.
+
+        Parameters
+        ----------
+        columns : {"all", "summary"} or list of str
+            ``"all"``: every field of :class:`BlockReport` (``notes``, ``timings`` left out);
+            ``"summary"``: the headline columns (:data:`HEADLINE_COLUMNS`, at most 12, the
+            ones defined in some row), as the table displays itself.
 
         Raises
         ------
@@ -292,40 +338,85 @@ class AnalysisTable(list):
             import pandas as pd
         except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
             raise ImportError("to_frame() needs pandas: pip install pandas") from exc
-        cols = [f.name for f in fields(BlockReport) if f.name not in ("notes", "timings")]
-        data = [{k: v for k, v in asdict(r).items() if k in cols} for r in self]
+        cols = self.columns(columns)
+        data = [{k: self._value(r, k) for k in cols} for r in self]
         frame = pd.DataFrame(data, columns=cols)
         frame.attrs["reason"] = self.reason
         return frame
 
-    def summary(self) -> str:
-        """A readable fixed-width text table, with the reasons of partial/skipped rows."""
-        if not self:
-            return f"no nonlocal blocks analysed: {self.reason}"
-        cells = [[_header(h, self) for h, _, _ in _SUMMARY_COLUMNS]]
-        for row in self:
-            cells.append([_fmt(getattr(row, a), f, row) for _, a, f in _SUMMARY_COLUMNS])
-        widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-        lines = ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w)
-                           for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        for row in self:
-            if row.reason:
-                lines.append(f"{row.path}: {row.status}: {row.reason}")
-        lines.append("growth@n: exact |M^n| of n copies sharing the frozen affinity; "
-                     "growth_lower_bound@n: per-frequency (Schur diagonal) value, a lower bound "
-                     "for a non-symmetric affinity; tao_share (forced): fixed by the bottleneck")
+    def _headline(self) -> tuple[list[str], list[list[str]]]:
+        keys = self.columns("summary")
+        spec = {k: (h, f) for k, h, f in HEADLINE_COLUMNS}
+        heads = [_header(spec[k][0], self) for k in keys]
+        rows = [[_fmt(self._value(r, k), spec[k][1]) for k in keys] for r in self]
+        return heads, rows
+
+    def headline_table(self) -> tuple[list[str], list[list[str]]]:
+        """The headline columns' headers and formatted cells (what :meth:`summary`, the HTML
+        display and :mod:`analysis.report` show)."""
+        return self._headline()
+
+    def headline(self) -> dict[str, Any]:
+        """The model's headline numbers (WeightWatcher-style): blocks per status, the largest
+        λ_max, complex share, growth, ‖J‖ full and affinity share over the blocks, the
+        backbone's median ‖J‖ full and the accuracy under noise (those measured).
+
+        Examples
+        --------
+        >>> AnalysisTable([BlockReport("a", "snl", "block", lambda_max=1.5)]).headline()
+        {'blocks': 1, 'ok': 1, 'partial': 0, 'skipped': 0, 'max lambda_max': 1.5}
+        """
+        out: dict[str, Any] = {"blocks": len(self)}
+        for status in ("ok", "partial", "skipped"):
+            out[status] = sum(r.status == status for r in self)
+        for key in ("lambda_max", "complex_share", "stack_growth", "jacobian_full",
+                    "affinity_share"):
+            vals = [v[-1] if isinstance(v, tuple) else v
+                    for v in (getattr(r, key) for r in self) if _defined(v)]
+            vals = [v for v in vals if math.isfinite(v)]
+            if vals:
+                out[f"max {key}"] = max(vals)
+        if self.backbone:
+            out["backbone median jacobian_full"] = self._backbone_median()
+        if self.accuracy:
+            out["accuracy"] = dict(self.accuracy)
+        return out
+
+    def _notes(self) -> list[str]:
+        lines = [f"{row.path}: {row.status}: {row.reason}" for row in self if row.reason]
+        n = max((len(r.stack_growth) for r in self), default=0)
+        if n:
+            lines.append(f"growth@{n}: exact ‖M^{n}‖ of {n} copies sharing the frozen affinity "
+                         "(lower bounds and every other metric: to_frame(columns='all'))")
         if self.backbone:
             vals = np.array([b["jacobian_full"] for b in self.backbone])
-            lines.append(f"backbone residual units ({len(vals)}): |J|full median "
+            lines.append(f"backbone residual units ({len(vals)}): ‖J‖ full median "
                          f"{np.median(vals):.3f}, range {vals.min():.3f}-{vals.max():.3f}")
         if self.accuracy:
-            acc = ", ".join(f"sigma={s:g}: {a:.3f}" for s, a in self.accuracy.items())
+            acc = ", ".join(f"σ={s:g}: {a:.3f}" for s, a in self.accuracy.items())
             lines.append(f"accuracy under Gaussian input noise: {acc}")
-        return "\n".join(lines)
+        return lines
+
+    def summary(self) -> str:
+        """The headline table as fixed-width text (:data:`HEADLINE_COLUMNS`), the reasons of
+        partial/skipped rows, the backbone reference and the accuracy under noise."""
+        if not self:
+            return f"no nonlocal blocks analysed: {self.reason}"
+        heads, rows = self._headline()
+        counts = ", ".join(f"{v} {k}" for k, v in self.headline().items()
+                           if k in ("ok", "partial", "skipped") and v)
+        return "\n".join([f"{len(self)} nonlocal block(s): {counts}",
+                          table_text(heads, rows, left=_LEFT), *self._notes()])
 
     def __repr__(self) -> str:
         return self.summary()
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return f"<div>no nonlocal blocks analysed: {html.escape(self.reason)}</div>"
+        heads, rows = self._headline()
+        return table_html(heads, rows, caption=f"analyze: {len(self)} nonlocal block(s)",
+                          notes=self._notes(), status_column=2)
 
 
 def _row_base(cap: Capture) -> BlockReport:
@@ -485,6 +576,12 @@ def _analyze_one(
         row.status = "partial" if measured else "skipped"
         row.reason = "; ".join(failed)
     return row
+
+
+def _unread_rows(caps: Captures) -> list[BlockReport]:
+    """One ``skipped`` row per module that could not be read (see ``Captures.failures``)."""
+    return [BlockReport(path=path, block="", source="unread", status="skipped", reason=why)
+            for path, why in getattr(caps, "failures", {}).items()]
 
 
 def _isolated(cap: Capture, run: Callable[[], BlockReport]) -> BlockReport:
@@ -690,24 +787,28 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
              accuracy_levels: Sequence[float] | None, accuracy_batches: int,
              keep_captures: bool, forward: Any, model_kwargs: Any, progress: bool
              ) -> AnalysisTable:
+    # one bar per call: the blocks, then stages/backbone/accuracy; sub-steps as its postfix
+    bar = tqdm(total=None, desc="analyze", disable=not progress, leave=False, unit="step")
+    bar.set_postfix_str("capture")
     caps = capture(model, data, blocks, max_samples, heads=heads, device=None,
-                   forward=forward, model_kwargs=model_kwargs, progress=progress)
+                   forward=forward, model_kwargs=model_kwargs, progress=False)
+    bar.total = len(caps) + 3
+    bar.refresh()
     if not caps:
-        table = AnalysisTable(reason=caps.reason, captures=caps if keep_captures else None)
+        table = AnalysisTable(_unread_rows(caps), reason=caps.reason,
+                              captures=caps if keep_captures else None)
     else:
         rows = []
-        bar = tqdm(list(caps.values()), desc="analyze", disable=not progress, leave=False)
-        for cap in bar:
+        for cap in caps.values():
             bar.set_postfix_str(cap.path)
             rows.append(_isolated(cap, lambda cap=cap: _analyze_one(
                 cap, method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
                 jacobian_samples=jacobian_samples, noise_level=noise_level,
                 affinity_noise=affinity_noise, stability_samples=stability_samples, tol=tol,
                 jacobian_k=jacobian_k)))
-        bar.close()
-        for path, why in getattr(caps, "failures", {}).items():
-            rows.append(BlockReport(path=path, block="", source="unread", status="skipped",
-                                    reason=why))
+            bar.update()
+        rows += _unread_rows(caps)
+        bar.set_postfix_str("stages")
         if jacobian and stages:
             rows += _stage_rows(model, caps, tol, jacobian_k)
         kept = None
@@ -719,8 +820,10 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
             first = next(iter(caps.values()))
             x0 = _first_input(data)
             if x0 is not None and first is not None:
+                bar.update()
+                bar.set_postfix_str("backbone")
                 try:
-                    ref = backbone_jacobians(model, x0, tol=tol, progress=progress)
+                    ref = backbone_jacobians(model, x0, tol=tol, progress=False)
                 except (ValueError, TypeError, RuntimeError, NotImplementedError):
                     ref = []
         table = AnalysisTable(rows, captures=kept, backbone=ref)
@@ -741,12 +844,15 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
             raise ValueError(
                 "accuracy_levels needs targets: pass labels= or (input, target) batches"
             )
+        bar.n = max(bar.n, (bar.total or 3) - 1)
+        bar.set_postfix_str("accuracy under noise")
         try:
             table.accuracy = accuracy_under_noise(model, batches, accuracy_levels,
                                                   max_batches=accuracy_batches,
-                                                  progress=progress)
+                                                  progress=False)
         except (TypeError, ValueError, RuntimeError) as exc:
             table.accuracy = None
             note = f"accuracy under noise skipped: {exc}"
             table.reason = f"{table.reason}; {note}" if table.reason else note
+    bar.close()
     return table

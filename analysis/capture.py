@@ -420,6 +420,24 @@ class Capture:
             return row.reshape(self.spatial_shape)
         return row
 
+    def __repr__(self) -> str:
+        from graphfilters.display import capture_items, short_repr
+
+        items = capture_items(self)
+        return short_repr(f"Capture {self.path}", {k: items[k] for k in (
+            "module", "affinity", "normalization", "grid")})
+
+    def _repr_html_(self) -> str:
+        from graphfilters.display import capture_items, card_html
+
+        return card_html(f"Capture {self.path}", capture_items(self))
+
+    def plot(self, queries: Sequence[Any], image: Any = None, **kwargs: Any) -> Any:
+        """:func:`analysis.plots.plot_affinity_rows` of this capture; returns ``(fig, axes)``."""
+        from .plots import plot_affinity_rows
+
+        return plot_affinity_rows(self, queries, image, **kwargs)
+
 
 def affinity_rows(op: NormalizedOperator, rows: Sequence[int], index: int = 0) -> np.ndarray:
     r"""Rows ``rows`` of the normalized operator :math:`\hat A` of sample ``index``.

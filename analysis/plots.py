@@ -3,8 +3,15 @@ r"""Figures of the analysis: spectra, responses, attention maps, robustness curv
 Every function returns ``(fig, ax)`` (``(fig, axes)`` for several panels) and accepts
 ``ax=`` to draw into an existing Axes. Figures are built with
 :class:`matplotlib.figure.Figure` directly (no pyplot state, no ``plt.show()``), so they work
-with any backend, headless included; save them with ``fig.savefig(path)`` or display them in a
-notebook by leaving ``fig`` as the cell's value.
+with any backend, headless included; save them with ``fig.savefig(path)``.
+
+In Jupyter (IPython running) a figure displays once, as a PNG, both when ``fig`` is the cell's
+value and when a plot call is the cell's last expression: the returned pair is a
+:class:`FigureAxes`, a tuple that unpacks as ``(fig, ax)`` and displays its figure. No
+``%matplotlib`` magic is needed; importing this module registers a PNG formatter for
+:class:`~matplotlib.figure.Figure` with the running IPython (unless one is registered already,
+e.g. by ``%matplotlib inline``). Outside IPython nothing is registered and no pyplot state is
+created.
 
 Examples
 --------
@@ -24,9 +31,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .spectra import complex_share
+from .spectra import complex_share, share_center
 
 __all__ = [
+    "FigureAxes",
+    "figure_png",
     "plot_spectrum",
     "plot_response",
     "plot_affinity_rows",
@@ -37,7 +46,77 @@ __all__ = [
     "plain_log_ticks",
     "plot_filter_families",
     "plot_block_responses",
+    "plot_capture_spectra",
 ]
+
+
+def figure_png(fig: Figure, dpi: float = 100) -> bytes:
+    """The figure as PNG bytes, cropped to its artists (what a notebook displays).
+
+    Examples
+    --------
+    >>> fig, ax = plot_growth([1.1, 1.2])
+    >>> figure_png(fig)[:4]
+    b'\\x89PNG'
+    """
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+class FigureAxes(tuple):
+    """``(fig, ax)`` as returned by every plot function: a plain tuple that, as a notebook
+    cell's value, displays its figure (once, as PNG) instead of ``(<Figure>, <Axes>)``.
+
+    Examples
+    --------
+    >>> fig, ax = plot_growth([1.1, 1.2])          # unpacks as before
+    >>> out = plot_growth([1.1, 1.2])
+    >>> out.fig is out[0], repr(out)
+    (True, '(fig, ax): Figure 5.0x3.6 in, 1 Axes')
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, fig: Figure, ax: Any) -> FigureAxes:
+        return super().__new__(cls, (fig, ax))
+
+    @property
+    def fig(self) -> Figure:
+        return self[0]
+
+    def __repr__(self) -> str:
+        w, h = self[0].get_size_inches()
+        return f"(fig, ax): Figure {w:.1f}x{h:.1f} in, {len(self[0].axes)} Axes"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self[0])
+
+
+def _register_ipython_formatter() -> bool:
+    """Register :func:`figure_png` as IPython's ``image/png`` formatter for Figure, if IPython
+    is running and has none; returns whether a formatter is now registered."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    ip = sys.modules["IPython"].get_ipython()
+    if ip is None or not hasattr(ip, "display_formatter"):
+        return False
+    png = ip.display_formatter.formatters["image/png"]
+    try:
+        png.lookup_by_type(Figure)
+    except KeyError:
+        png.for_type(Figure, figure_png)
+    return True
+
+
+_register_ipython_formatter()
 
 
 def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.6)) -> tuple[Figure, Axes]:
@@ -74,6 +153,15 @@ def plain_log_ticks(ax: Axes, axis: str = "y") -> Axes:
     target.set_major_formatter(PlainLogFormatter())
     target.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     return ax
+
+
+def _finite(values: Any, name: str) -> np.ndarray:
+    """``values`` as an array, refusing empty or all-NaN data by the caller's argument name."""
+    arr = np.asarray(values)
+    if arr.size == 0 or not np.isfinite(arr).any():
+        raise ValueError(f"{name} has no finite values to plot "
+                         f"({'empty' if arr.size == 0 else 'all NaN or inf'})")
+    return arr
 
 
 def _values(spec: Any) -> tuple[np.ndarray, str, str]:
@@ -128,7 +216,9 @@ def plot_spectrum(
     For a normalized operator :math:`\hat A` the circle is :math:`|\mu| = 1` (every
     row-stochastic matrix's spectrum lies inside it); for its Laplacian
     :math:`\lambda = 1 - \mu` it is :math:`|\lambda - 1| = 1`. An array of unknown origin
-    gets no circle. Axes are equal, so the circle is a circle.
+    gets no circle. Axes are equal, so the circle is a circle. The legend gives the share of
+    complex eigenvalues by :func:`analysis.spectra.complex_share` (one rule for
+    :math:`\hat A` and :math:`I - \hat A`).
 
     Examples
     --------
@@ -141,6 +231,7 @@ def plot_spectrum(
     if operator not in (None, "normalized", "laplacian"):
         raise ValueError(f"operator must be 'normalized' or 'laplacian', got {operator!r}")
     operator = spec_operator or operator or ""
+    ev = _finite(ev, "spectrum")
     fig, ax = _fig_ax(ax)
     ev = ev[np.isfinite(ev)]
     scale = max(1.0, float(np.abs(ev).max(initial=0.0)))
@@ -155,13 +246,22 @@ def plot_spectrum(
         ax.scatter(ev.real, ev.imag, s=kwargs.pop("s", 8), alpha=kwargs.pop("alpha", 0.6),
                    label=label, **kwargs)
         ax.axhline(0, color="0.8", lw=0.5)
-        ax.set_aspect("equal", adjustable="datalim")
+        # a square window around the data and the circle, with room for the legend on top:
+        # equal aspect in a square box (no datalim stretching, no gaps beside the panel)
+        c0 = 1.0 if operator == "laplacian" else 0.0
+        lo = min(float(ev.real.min()), c0 - 1) if operator else float(ev.real.min())
+        hi = max(float(ev.real.max()), c0 + 1) if operator else float(ev.real.max())
+        half = 0.55 * max(hi - lo, 2 * float(np.abs(ev.imag).max()), 1e-12)
+        mid = (lo + hi) / 2
+        ax.set_xlim(mid - half, mid + half)
+        ax.set_ylim(-half, half * 1.45)
+        ax.set_box_aspect(2.45 / 2)
         ax.set_xlabel("Re")
         ax.set_ylabel("Im")
-        cs = complex_share(ev)
-        ax.legend(loc="upper left", fontsize="small",
-                  title=f"{cs.share:.0%} complex (|Im μ| > {cs.rtol:g}|μ|, "
-                        f"{cs.n_null} below {cs.floor:g}ρ ignored)")
+        cs = complex_share(ev, center=share_center(operator, kind))
+        ax.legend(loc="upper center", fontsize="x-small", ncols=2, borderaxespad=0.3,
+                  title=f"{cs.share:.0%} complex ({cs.n_counted} counted)",
+                  title_fontsize="x-small", handletextpad=0.3, columnspacing=1.0)
     else:
         ax.hist(np.real(ev), bins=bins, **kwargs)
         ax.set_xlabel("eigenvalue")
@@ -174,7 +274,7 @@ def plot_spectrum(
     if n_bad:   # matrix-free values that missed their tolerance are shown, and said to be
         ax.set_title(f"{ax.get_title()}\n{n_bad} value(s) NOT certified "
                      f"(residual > tol = {spectrum.tol:g})", fontsize="small")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_response(
@@ -218,6 +318,8 @@ def plot_response(
         gains = gains[:, None]
     if gains.shape[0] != lam.shape[0]:
         raise ValueError(f"gains has {gains.shape[0]} rows but lam {lam.shape[0]} points")
+    _finite(lam, "response (its lam)")
+    _finite(gains, "response (its gains)")
     fig, ax = _fig_ax(ax)
     if all_singular_values and gains.shape[1] > 1:
         ax.plot(lam, gains[:, 1:], color="C0", lw=0.6, alpha=0.35)
@@ -230,11 +332,11 @@ def plot_response(
     ax.set_xlabel(r"Laplacian eigenvalue $\lambda$")
     ax.set_ylabel("gain (singular values)")
     ax.set_xlim(lam.min(), lam.max())
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize="small")
+    ax.set_ylim(bottom=0, top=1.25 * float(np.nanmax(gains, initial=0.0)) or 1.0)
+    ax.legend(fontsize="x-small", loc="upper center", ncols=2, borderaxespad=0.3)
     ax.set_title(title if title is not None else
                  ("frequency response" + (f" ({label})" if label else "")))
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def _image_hw(image: Any) -> np.ndarray:
@@ -257,8 +359,10 @@ def plot_affinity_rows(
     *,
     index: int = 0,
     ax: Axes | Sequence[Axes] | None = None,
-    alpha: float = 0.55,
-    cmap: str = "jet",
+    alpha: float = 0.6,
+    cmap: str = "viridis",
+    colorbar: bool = True,
+    title: str | None = None,
 ) -> tuple[Figure, Any]:
     r"""Rows of :math:`\hat A` for query positions, as heat maps over the input image
     (the ICCV paper's Figure 2 style).
@@ -276,6 +380,13 @@ def plot_affinity_rows(
         Sample of the capture.
     ax : Axes or sequence of Axes, optional
         One Axes per query (a single Axes for a single query).
+    cmap : str
+        A perceptually uniform colormap (default ``"viridis"``).
+    colorbar : bool
+        One colorbar for all panels: every panel is drawn on one shared scale
+        :math:`[0, \max]` over the rows shown, so panels compare.
+    title : str, optional
+        Prefix of the panel titles (default: the capture's module path).
 
     Notes
     -----
@@ -314,8 +425,12 @@ def plot_affinity_rows(
         fig = axes[0].figure
     shape = tuple(capture.spatial_shape)
     img = _image_hw(image) if image is not None else None
-    for a, q in zip(axes, queries):
-        row = np.asarray(capture.affinity_row(q, index))
+    rows = [np.asarray(capture.affinity_row(q, index), dtype=float) for q in queries]
+    finite = [r[np.isfinite(r)] for r in rows]
+    vmax = max((float(f.max()) for f in finite if f.size), default=0.0) or 1.0
+    name = title if title is not None else getattr(capture, "path", "")
+    mappable = None
+    for a, q, row in zip(axes, queries, rows):
         flat = int(q) if np.isscalar(q) else int(np.ravel_multi_index(tuple(q), shape))
         pos = np.unravel_index(flat, shape)
         if not np.any(row):
@@ -335,14 +450,21 @@ def plot_affinity_rows(
                 a.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(0, W, H, 0))
             else:
                 H, W = h, w
-            a.imshow(row, cmap=cmap, alpha=alpha if img is not None else 1.0,
-                     extent=(0, W, H, 0), interpolation="bilinear")
+            mappable = a.imshow(row, cmap=cmap, alpha=alpha if img is not None else 1.0,
+                                extent=(0, W, H, 0), interpolation="bilinear", vmin=0.0,
+                                vmax=vmax)
             a.plot((pos[1] + 0.5) * W / w, (pos[0] + 0.5) * H / h, marker="*", color="white",
                    ms=14, mec="black")
             a.set_xticks([])
             a.set_yticks([])
-        a.set_title(f"query {tuple(int(p) for p in pos)}")
-    return fig, axes
+        a.set_title((f"{name}: " if name else "") + f"query {tuple(int(p) for p in pos)}",
+                    fontsize="medium")
+    if colorbar and mappable is not None:
+        from matplotlib.cm import ScalarMappable
+
+        solid = ScalarMappable(norm=mappable.norm, cmap=mappable.cmap)  # not faded by alpha
+        fig.colorbar(solid, ax=axes, shrink=0.85, pad=0.02, label=r"row of $\hat A$")
+    return FigureAxes(fig, axes)
 
 
 def plot_growth(
@@ -385,8 +507,7 @@ def plot_growth(
         label = label or getattr(stability, "path", None)
     else:
         growth = np.asarray(stability, dtype=float).ravel()
-    if growth.size == 0:
-        raise ValueError("no growth values to plot")
+    _finite(growth, "stability (its growth values)")
     fig, ax = _fig_ax(ax)
     n = np.arange(1, growth.size + 1)
     line = ax.plot(n, growth, marker="o",
@@ -404,7 +525,7 @@ def plot_growth(
     ax.set_ylabel(r"$\|M^n\|_2$, frozen affinity")
     ax.legend(fontsize="small")
     ax.set_title("stack growth (exact)")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_accuracy(
@@ -428,7 +549,8 @@ def plot_accuracy(
     if hasattr(accuracy, "accuracy") and not isinstance(accuracy, Mapping):
         accuracy = accuracy.accuracy
     if not accuracy:
-        raise ValueError("no accuracy values to plot (pass {noise level: accuracy})")
+        raise ValueError("accuracy has no values to plot (pass {noise level: accuracy})")
+    _finite(list(accuracy.values()), "accuracy")
     levels = np.array(sorted(accuracy), dtype=float)
     acc = np.array([accuracy[k] for k in sorted(accuracy)], dtype=float)
     fig, ax = _fig_ax(ax)
@@ -439,7 +561,7 @@ def plot_accuracy(
     if label:
         ax.legend(fontsize="small")
     ax.set_title("accuracy under Gaussian input noise")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_energy(
@@ -472,7 +594,7 @@ def plot_energy(
     if label:
         ax.legend(fontsize="small")
     ax.set_title(f"graph-frequency energy ({energy.basis})")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 def plot_history(
@@ -503,6 +625,7 @@ def plot_history(
     epochs = [h for h in history if "epoch" in h and "train_loss" in h]
     if not epochs:
         raise ValueError("history has no epoch entries with a train_loss to plot")
+    _finite([h["train_loss"] for h in epochs], "history (its train_loss)")
     fig, ax = _fig_ax(ax)
     x = [h["epoch"] for h in epochs]
     ax.plot(x, [h["train_loss"] for h in epochs], color="C0", marker="o", ms=3,
@@ -520,7 +643,7 @@ def plot_history(
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     twin.legend(handles=handles, fontsize="small", loc="center right")
     ax.set_title(title or "training")
-    return fig, ax
+    return FigureAxes(fig, ax)
 
 
 #: Parameter choices drawn by :func:`plot_block_responses` for blocks whose response has free
@@ -572,8 +695,6 @@ def plot_block_responses(
     >>> [len(ax.get_lines()) for ax in axes.flat]      # the curves and the zero line
     [4, 3]
     """
-    import matplotlib.pyplot as plt
-
     from graphfilters.specs import BLOCK_NAMES
     from graphfilters.symbolic import latex, response, response_function
 
@@ -581,8 +702,8 @@ def plot_block_responses(
     examples = BLOCK_RESPONSE_EXAMPLES if examples is None else examples
     if axes is None:
         nrows = -(-len(names) // ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.1 * nrows),
-                                 sharex=True, squeeze=False)
+        fig = Figure(figsize=(3.6 * ncols, 3.0 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False)
     else:
         axes = np.asarray(axes)
         fig = axes.flat[0].figure
@@ -595,8 +716,8 @@ def plot_block_responses(
             ax.plot(lam, np.broadcast_to(response_function(name, **params)(lam), lam.shape),
                     label=label)
         ax.axhline(0, color="0.7", lw=0.8)
-        ax.set_title(f"{name}:  $h = {latex(response(name))}$", fontsize=8)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{name}\n$h = {latex(response(name))}$", fontsize="medium")
+        ax.legend(fontsize="x-small", loc="best")
     used = list(axes.flat)[:len(names)]
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
@@ -605,8 +726,7 @@ def plot_block_responses(
         if column:
             column[-1].set_xlabel(r"Laplacian eigenvalue $\lambda$")
             column[-1].xaxis.set_tick_params(labelbottom=True)
-    fig.tight_layout()
-    return fig, axes
+    return FigureAxes(fig, axes)
 
 
 #: Default curves of :func:`plot_filter_families`: (label, basis, order, weights, params).
@@ -672,4 +792,65 @@ def plot_filter_families(
     ax.set_xlim(0, lambda_max)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.set_title("polynomial (solid) and rational (dashed) filters", fontsize=10)
-    return fig, ax
+    return FigureAxes(fig, ax)
+
+
+def plot_capture_spectra(
+    capture: Any,
+    *,
+    index: int | None = None,
+    title: str | None = None,
+) -> tuple[Figure, np.ndarray]:
+    r"""Three panels of one captured block: the eigenvalues of :math:`\hat A`, those of its
+    Laplacian :math:`L = I - \hat A` and the frequency response :math:`\sigma_i(H(\lambda))`.
+
+    The Laplacian's eigenvalues are :math:`1 - \mu` of the same eigen-solve (no second one)
+    for a ``sym``/``rw`` normalization; both panels count complex eigenvalues with one rule
+    (:func:`analysis.spectra.complex_share`), so they report the same share.
+
+    Parameters
+    ----------
+    capture : Capture
+    index : int, optional
+        Not used yet (all samples are pooled); reserved.
+    title : str, optional
+        Figure title (default: the capture's path and block).
+
+    Returns
+    -------
+    fig, axes
+        ``axes`` of shape ``(3,)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import SoftmaxAffinity
+    >>> from analysis.capture import Capture
+    >>> q = torch.randn(1, 12, 2, dtype=torch.float64)
+    >>> cap = Capture("b", "block", "toy", SoftmaxAffinity(q, q), "rw", n_samples=1,
+    ...               z=torch.randn(1, 12, 3, dtype=torch.float64),
+    ...               weights=[torch.zeros(3, 3), torch.eye(3)])
+    >>> fig, axes = plot_capture_spectra(cap)
+    >>> axes.shape
+    (3,)
+    """
+    from .response import block_response
+    from .spectra import spectrum
+
+    fig = Figure(figsize=(11, 3.7), layout="constrained")
+    axes = np.asarray(fig.subplots(1, 3))
+    spec_n = spectrum(capture, "normalized", progress=False)
+    if capture.normalization in ("sym", "rw") and spec_n.complete:
+        lap: Any = 1 - spec_n.all()
+    else:
+        lap = spectrum(capture, "laplacian", progress=False)
+    plot_spectrum(spec_n, ax=axes[0], title=r"eigenvalues of $\hat A$", operator="normalized",
+                  log=True)
+    plot_spectrum(lap, ax=axes[1], title=r"eigenvalues of $L = I - \hat A$",
+                  operator="laplacian", log=True)
+    plot_response(block_response(capture, spectrum_result=spec_n, energies=False), ax=axes[2],
+                  title=r"frequency response $\sigma_i(H(\lambda))$")
+    block = capture.spec.name if getattr(capture, "spec", None) is not None else \
+        getattr(capture, "module_type", "")
+    fig.suptitle(title if title is not None else f"{capture.path} ({block})")
+    return FigureAxes(fig, axes)

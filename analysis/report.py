@@ -1,4 +1,4 @@
-"""Markdown reports: figures, the :func:`analysis.analyze` table and the run's configuration.
+"""Markdown reports: the claims, the :func:`analysis.analyze` headline tables, the figures.
 
 :func:`load_for_analysis` turns a checkpoint into a model plus real test inputs (the data set
 named in the checkpoint, rebuilt without network); :func:`write_report` analyses one or more
@@ -26,13 +26,10 @@ from .analyze import AnalysisTable, analyze
 from .plots import (
     plot_accuracy,
     plot_affinity_rows,
+    plot_capture_spectra,
     plot_growth,
     plot_history,
-    plot_response,
-    plot_spectrum,
 )
-from .response import block_response
-from .spectra import spectrum
 
 __all__ = ["LoadedModel", "load_for_analysis", "analyse_loaded", "write_report",
            "query_positions", "claims"]
@@ -195,20 +192,20 @@ def _cell(rec: Mapping[str, Any], key: str, fmt: str) -> str:
         return str(value)
 
 
-def _md_table(table: AnalysisTable) -> str:
+def _md_table(table: AnalysisTable, csv_name: str = "table.csv") -> str:
+    """The headline columns of ``table`` as Markdown (every metric is in ``csv_name``)."""
+    heads, rows = table.headline_table()
+    esc = [[c.replace("|", "\\|") for c in r] for r in [heads, *rows]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
     n = max((len(r.stack_growth) for r in table), default=0)
-    heads = [h.replace("@n", f"@{n}") if n else h for _, h, _ in TABLE_COLUMNS]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for rec in table.to_records():
-        lines.append("| " + " | ".join(_cell(rec, k, f) for k, _, f in TABLE_COLUMNS) + " |")
-    lines += ["", f"‖M‖ and growth@{n or 'n'}: exact spectral norms of the block map with its "
-              f"affinity frozen and of {n or 'n'} copies sharing it; growth lower bound: the "
-              "per-frequency (Schur diagonal) value, only a lower bound for a non-symmetric "
-              "affinity. ‖J‖ full: the Jacobian with the affinity recomputed from the input "
-              "(what training sees); affinity share: ‖J_full − J_frozen‖/‖J_frozen − I‖. "
-              "Rows of kind `stage` are whole stages (units sharing one affinity). Tao neg. "
-              "share marked (forced) is fixed by the bottleneck (Sylvester's law) and carries "
-              "no information; damping is the sign-correct per-frequency measure."]
+    lines += ["", f"growth@{n or 'n'} (exact): spectral norm of {n or 'n'} copies sharing the "
+              "frozen affinity; ‖J‖ full: the Jacobian with the affinity recomputed from the "
+              "input (what training sees); affinity share: ‖J_full − J_frozen‖/‖J_frozen − I‖. "
+              f"The per-frequency growth lower bound@{n or 'n'}, Tao's negative share (forced "
+              "by the bottleneck where flagged) and every other metric are in "
+              f"[{csv_name}]({csv_name})."]
+    lines += [f"`{r.path}`: {r.status}: {r.reason}" for r in table if r.reason]
     if table.backbone:
         vals = np.array([b["jacobian_full"] for b in table.backbone])
         lines += ["", f"Reference: the backbone's own {len(vals)} residual units have ‖J‖ full "
@@ -216,8 +213,8 @@ def _md_table(table: AnalysisTable) -> str:
     return "\n".join(lines)
 
 
-def _family_max(tables: Mapping[str, AnalysisTable], family: Sequence[str], attr: str,
-                last: bool = False) -> tuple[float, list[str]]:
+def _family_values(tables: Mapping[str, AnalysisTable], family: Sequence[str], attr: str,
+                   last: bool = False) -> tuple[list[float], list[str]]:
     vals, where = [], []
     for name, table in tables.items():
         for row in table:
@@ -229,7 +226,20 @@ def _family_max(tables: Mapping[str, AnalysisTable], family: Sequence[str], attr
             if isinstance(v, float) and math.isfinite(v):
                 vals.append(v)
                 where.append(f"{name}:{row.path}")
+    return vals, where
+
+
+def _family_max(tables: Mapping[str, AnalysisTable], family: Sequence[str], attr: str,
+                last: bool = False) -> tuple[float, list[str]]:
+    vals, where = _family_values(tables, family, attr, last)
     return (max(vals) if vals else float("nan")), where
+
+
+def _spread(vals: Sequence[float]) -> str:
+    """``3 blocks, 1.2–1.9`` (the sample behind a family's value, and its spread)."""
+    n = len(vals)
+    return f"{n} block{'s' if n != 1 else ''}" + (
+        f", range {min(vals):.4g}–{max(vals):.4g}" if n > 1 else "")
 
 
 #: Relative difference below which two families' values count as equal in :func:`claims`
@@ -260,8 +270,11 @@ def claims(tables: Mapping[str, AnalysisTable]) -> list[tuple[str, str, str]]:
             verdict = "inconclusive"
         else:
             verdict = "held" if snl < soft else "did not hold"
+        sv = _family_values(tables, SNL_FAMILY, attr, last)[0]
+        fv = _family_values(tables, SOFTMAX_FAMILY, attr, last)[0]
         out.append((claim, verdict,
-                    f"largest {what}: SNL family {snl:.4g}, softmax blocks {soft:.4g}"))
+                    f"largest {what}: SNL family {snl:.4g} ({_spread(sv)}), softmax "
+                    f"blocks {soft:.4g} ({_spread(fv)})"))
 
     lam, _ = _family_max(tables, SNL_FAMILY, "lambda_max")
     out.append(("SNL's normalized Laplacian keeps λ_max ≤ 2 (ICCV 2021)",
@@ -330,7 +343,6 @@ def _model_section(loaded: LoadedModel, figdir: Path, rel: str) -> list[str]:
     if not table:
         out += [f"No nonlocal block was analysed: {table.reason}", ""]
         return out
-    out += [_md_table(table), ""]
     caps = table.captures or {}
     image = loaded.inputs[0]
     for row in table:
@@ -339,20 +351,7 @@ def _model_section(loaded: LoadedModel, figdir: Path, rel: str) -> list[str]:
             out += [f"`{row.path}` skipped: {row.reason}", ""]
             continue
         slug = f"{name}_{row.path.replace('.', '_')}"
-        fig = Figure(figsize=(11, 3.6), layout="constrained")
-        ax1, ax2, ax3 = fig.subplots(1, 3)
-        spec_n = spectrum(cap, "normalized", progress=False)
-        if cap.normalization in ("sym", "rw") and spec_n.complete:
-            lap = 1 - spec_n.all()  # L = I - Â: no second eigen-solve
-        else:
-            lap = spectrum(cap, "laplacian", progress=False)
-        for ax, spec, what, op in ((ax1, spec_n, "the operator Â", "normalized"),
-                                   (ax2, lap, "the Laplacian", "laplacian")):
-            # log counts for a real spectrum (low-rank operators: one tall bar of trivial
-            # eigenvalues); a complex one keeps linear axes and its circle
-            plot_spectrum(spec, ax=ax, title=f"eigenvalues of {what}", operator=op, log=True)
-        plot_response(block_response(cap, spectrum_result=spec_n, energies=False), ax=ax3,
-                      title="frequency response σ(H(λ))")
+        fig, _ = plot_capture_spectra(cap, title=f"{name}: {row.path} ({row.block})")
         out += [f"### `{row.path}` ({row.block})", "",
                 f"Spectrum: {row.spectrum_method} ({row.spectrum_reason}). Response: "
                 f"{row.response_class}. {row.reason}".rstrip(), "",
@@ -389,19 +388,43 @@ def write_report(
     Returns
     -------
     pathlib.Path
-        The report file. ``out/table.json`` holds every metric of every block.
+        The report file: the claims table first (models, seeds and the spread behind each
+        verdict), then one headline table per model, ``intro``, the figures; every metric of
+        every block in ``out/table.csv`` (and ``table.json`` with the notes), the
+        configuration in ``out/config.json``.
     """
     out = Path(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {title}", "", *intro, ""]
-    records = {}
     for name, loaded in models.items():
         loaded.name = name
         analyse_loaded(loaded, progress=progress)
+    tables = {n: m.table for n, m in models.items() if m.table}
+    lines = [f"# {title}", ""]
+    if tables:
+        seeds = sorted({str((m.checkpoint.get("train_config") or {}).get("seed", "?"))
+                        for m in models.values()})
+        lines += ["## The papers' claims in this run", "",
+                  f"Computed from the numbers below (not fixed text): {len(tables)} model(s) "
+                  f"({', '.join(f'`{n}`' for n in tables)}), training seed(s) "
+                  f"{', '.join(seeds)}; each value names the blocks behind it and their "
+                  "range. One seed per model gives no spread over seeds: a "
+                  "verdict here is about these models, not a measured effect "
+                  "(`python -m analysis sweep` repeats over seeds).", "",
+                  "| claim | verdict | models | seeds | evidence |", "|---|---|---|---|---|"]
+        lines += [f"| {c} | **{v}** | {len(tables)} | {len(seeds)} | {e} |"
+                  for c, v, e in claims(tables)]
+        lines.append("")
+    lines += ["## Headline tables", ""]
+    for name, loaded in models.items():
+        lines += [f"### `{name}`", ""]
+        lines += [_md_table(loaded.table, "table.csv") if loaded.table else
+                  f"No nonlocal block was analysed: {loaded.table.reason}", ""]
+    lines += [*intro, ""]
+    records = {}
+    for name, loaded in models.items():
         lines += _model_section(loaded, figdir, "figures")
         records[name] = loaded.table.to_records()
-    tables = {n: m.table for n, m in models.items() if m.table}
     if tables:
         lines += ["## Robustness", ""]
         fig = Figure(figsize=(10, 3.8), layout="constrained")
@@ -421,17 +444,32 @@ def write_report(
                   "on the analysed test images when Gaussian noise of the given standard "
                   "deviation is added to the normalized (unit-variance) inputs.", "",
                   f"![robustness](figures/{_save(fig, figdir / 'robustness.png')})", ""]
-        lines += ["## The papers' claims in this run", "",
-                  "Computed from the numbers above (not fixed text):", "",
-                  "| claim | verdict | evidence |", "|---|---|---|"]
-        lines += [f"| {c} | **{v}** | {e} |" for c, v, e in claims(tables)]
-        lines.append("")
-    lines += ["## Configuration", ""]
-    for name, loaded in models.items():
-        conf = {k: loaded.checkpoint.get(k) for k in ("model_config", "train_config", "data")}
-        lines += [f"`{name}`" + (f" ({loaded.path})" if loaded.path else "") + ":", "",
-                  "```json", json.dumps(conf, indent=1, default=str), "```", ""]
+    config = {name: {"path": str(loaded.path) if loaded.path else None,
+                     **{k: loaded.checkpoint.get(k)
+                        for k in ("model_config", "train_config", "data")}}
+              for name, loaded in models.items()}
+    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    _write_csv(out / "table.csv", {n: m.table for n, m in models.items() if m.table is not None})
+    lines += ["## Files", "",
+              "- [table.csv](table.csv): every metric of every block, one row per block;",
+              "- [table.json](table.json): the same with the notes on how each was computed;",
+              "- [config.json](config.json): each model's configuration (model, training, "
+              "data).", ""]
     (out / "table.json").write_text(json.dumps(records, indent=1, default=str))
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _write_csv(path: Path, tables: Mapping[str, AnalysisTable]) -> None:
+    """Every column (``columns="all"``) of every table, with the model's name first."""
+    import csv
+
+    cols = AnalysisTable().columns("all")
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", *cols])
+        for name, table in tables.items():
+            for rec in table.to_records():
+                writer.writerow([name, *(json.dumps(rec[c]) if isinstance(rec[c], (list, dict))
+                                         else rec[c] for c in cols)])

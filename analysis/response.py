@@ -808,6 +808,23 @@ class BlockResponse:
     filter_gains: np.ndarray | None = None
     forced: str = ""
 
+    def __repr__(self) -> str:
+        from graphfilters.display import short_repr
+
+        return short_repr("BlockResponse", {"class": self.label, "forced": bool(self.forced),
+                                            "form": self.form, "points": len(self.lam)})
+
+    def _repr_html_(self) -> str:
+        from graphfilters.display import card_html, response_items
+
+        return card_html("BlockResponse", response_items(self))
+
+    def plot(self, ax: Any = None, **kwargs: Any) -> Any:
+        """:func:`analysis.plots.plot_response` of this response; returns ``(fig, ax)``."""
+        from .plots import plot_response
+
+        return plot_response(self, ax=ax, **kwargs)
+
 
 def block_response(
     capture: Any,

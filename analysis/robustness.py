@@ -365,6 +365,17 @@ class Stability:
     residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
     converged: bool = True
 
+    def __repr__(self) -> str:
+        from graphfilters.display import short_repr
+
+        return short_repr("Stability", {"radius": self.radius, "norm": self.norm,
+                                        "n_max": len(self.growth), "converged": self.converged})
+
+    def _repr_html_(self) -> str:
+        from graphfilters.display import card_html, stability_items
+
+        return card_html("Stability (frozen affinity)", stability_items(self))
+
 
 def _distinct(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values)

@@ -140,6 +140,7 @@ __all__ = [
     "effective_rank",
     "ComplexShare",
     "complex_share",
+    "share_center",
 ]
 
 OPERATORS = ("affinity", "normalized", "laplacian")
@@ -379,6 +380,17 @@ class Spectrum:
             f"method={self.method!r}, complete={self.complete}, complex={self.is_complex}, "
             f"status={self.status!r})"
         )
+
+    def _repr_html_(self) -> str:
+        from graphfilters.display import card_html, spectrum_items
+
+        return card_html("Spectrum", spectrum_items(self), status=self.status)
+
+    def plot(self, ax: Any = None, **kwargs: Any) -> Any:
+        """:func:`analysis.plots.plot_spectrum` of this spectrum; returns ``(fig, ax)``."""
+        from .plots import plot_spectrum
+
+        return plot_spectrum(self, ax=ax, **kwargs)
 
 
 def choose_method(
@@ -1230,13 +1242,31 @@ class ComplexShare:
                 f"|mu| > {self.floor:g} rho (numerical null space ignored)")
 
 
+def share_center(operator: str, kind: str = "") -> float:
+    r"""The ``center`` of :func:`complex_share` for eigenvalues of ``operator``: 1 for a
+    normalized Laplacian (``"laplacian"`` of kind ``sym``/``rw``, or of unknown kind), 0
+    otherwise (the affinity, :math:`\hat A`, a combinatorial Laplacian).
+
+    Examples
+    --------
+    >>> share_center("laplacian", "sym"), share_center("normalized", "rw")
+    (1.0, 0.0)
+    """
+    return 1.0 if operator == "laplacian" and kind in ("sym", "rw", "") else 0.0
+
+
 def complex_share(
     eigs: Any, rtol: float = COMPLEX_RTOL, floor: float = COMPLEX_FLOOR,
-    atol: float = COMPLEX_ATOL,
+    atol: float = COMPLEX_ATOL, center: float = 0.0,
 ) -> ComplexShare:
     r"""Share of non-real eigenvalues, ignoring the numerical null space.
 
-    With :math:`\rho = \max_i |\mu_i|`, an eigenvalue is *counted* when
+    The rule is stated for the eigenvalues :math:`\mu` of a normalized operator
+    :math:`\hat A`. For the eigenvalues :math:`\lambda = c - \mu` of a shifted operator
+    (the normalized Laplacian :math:`L = I - \hat A`: ``center=1``) it is applied to
+    :math:`\mu = c - \lambda`, so :math:`\hat A` and :math:`I - \hat A` give the same share
+    (same eigenvalues counted, same ones complex). With :math:`\rho = \max_i |\mu_i|`, an
+    eigenvalue is *counted* when
     :math:`|\mu| > \text{floor}\cdot\rho` and *complex* when
     :math:`|\operatorname{Im}\mu| > \max(\text{rtol}\,|\mu|,\ \text{atol}\,\rho)`.
     Round-off eigenvalues of a rank-deficient matrix (a low-rank or strongly contracting
@@ -1254,6 +1284,9 @@ def complex_share(
         Null-space floor relative to :math:`\rho`.
     atol : float
         Imaginary part relative to :math:`\rho` (round-off of the large eigenvalues).
+    center : float
+        :math:`c`: 0 for eigenvalues of :math:`\hat A`, 1 for those of
+        :math:`I - \hat A` (see :func:`share_center`).
 
     Returns
     -------
@@ -1266,12 +1299,19 @@ def complex_share(
     >>> cs = complex_share(mu)
     >>> cs.share, cs.n_complex, cs.n_counted, cs.n_null
     (0.5, 2, 4, 2)
+    >>> complex_share(1 - mu, center=1.0).share       # L = I - Â: the same eigenvalues
+    0.5
     """
     for name, v in (("rtol", rtol), ("floor", floor), ("atol", atol)):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
             raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    if not (isinstance(center, (int, float)) and not isinstance(center, bool)
+            and math.isfinite(center)):
+        raise ValueError(f"center must be a finite number, got {center!r}")
     mu = np.asarray(eigs).reshape(-1)
     mu = mu[np.isfinite(mu)]
+    if center:
+        mu = center - mu
     mag = np.abs(mu)
     rho = float(mag.max(initial=0.0))
     im = np.abs(mu.imag) if np.iscomplexobj(mu) else np.zeros(mu.shape)

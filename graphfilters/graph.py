@@ -515,6 +515,11 @@ class Affinity:
             f"backend={'torch' if self.is_torch else 'numpy'})"
         )
 
+    def _repr_html_(self) -> str:
+        from .display import affinity_items, card_html
+
+        return card_html(type(self).__name__, affinity_items(self))
+
     # -- derived operations ------------------------------------------------------------
     def normalized(self, kind: str = "sym") -> NormalizedOperator:
         """The normalized operator :math:`\\hat A` (see :func:`normalized_affinity`)."""
@@ -1098,6 +1103,16 @@ class NormalizedOperator:
     @property
     def n(self) -> int:
         return self.affinity.n
+
+    def __repr__(self) -> str:
+        from .display import operator_items, short_repr
+
+        return short_repr("NormalizedOperator", operator_items(self))
+
+    def _repr_html_(self) -> str:
+        from .display import card_html, operator_items
+
+        return card_html("NormalizedOperator", operator_items(self))
 
     def __call__(self, Z: Array) -> Array:
         """:math:`\\hat A Z`, ``Z`` of shape ``(..., N, C)``."""

@@ -57,7 +57,7 @@ from analysis.response import block_response
 from graphfilters.data import get_dataset
 from graphfilters.training import TrainConfig, load_model, train
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)   # (its Generator is not an output)
 
 # %% [markdown]
 # ## 1. What each block type can express

@@ -66,7 +66,7 @@ def test_every_plot_returns_fig_ax_and_honours_ax(snl_capture):
 
 def test_affinity_rows_figure_and_errors(snl_capture):
     fig, axes = plot_affinity_rows(snl_capture, [(0, 0), 7, (3, 4)])
-    assert len(axes) == 3 and len(fig.axes) == 3
+    assert len(axes) == 3 and len(fig.axes) == 4       # three panels and one colorbar
     with pytest.raises(ValueError, match="3 queries"):
         plot_affinity_rows(snl_capture, [(0, 0), 1, 2], ax=Figure().subplots(1, 2))
     with pytest.raises(ValueError, match="out of range"):

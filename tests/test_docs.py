@@ -230,10 +230,57 @@ def check_no_external_script(site: Path) -> None:
     assert not offenders, "pages load from the network:\n" + "\n".join(offenders)
 
 
+#: Alignment marks or TeX that leaked into MathML (latex2mathml's ``aligned`` output).
+_LEAKS = re.compile(r"<m[io][^>]*>&amp;</m[io]>|linebreak=\"newline\"|\\begin\{|\\end\{|"
+                    r"\\intertext|\\\\")
+
+
+def _leaks(html: str) -> list[str]:
+    """Alignment marks and raw TeX inside the MathML of ``html`` (annotations excepted)."""
+    found = []
+    for math in re.findall(r"<math.*?</math>", html, flags=re.S):
+        body = re.sub(r"<annotation.*?</annotation>", "", math, flags=re.S)
+        found += [m.group(0) for m in _LEAKS.finditer(body)]
+    return found
+
+
+def _mathml_hook():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_mathml_hook",
+                                                  ROOT / "docs/hooks/mathml.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_aligned_derivations_become_mathml_tables():
+    """Every derivation's LaTeX (its aligned display and its align* document form) becomes
+    MathML rows: no alignment mark ``&``, line break or raw TeX leaks into the HTML."""
+    pytest.importorskip("latex2mathml")
+    from graphfilters.symbolic import derive
+
+    hook = _mathml_hook()
+    for name in ("snl", "gsnl", "ns", "cayley"):
+        d = derive(name)
+        for tex in (d._repr_latex_().strip("$"), d.to_latex()):
+            html = hook.render(f'<div class="arithmatex">\\[{tex}\\]</div>', where=name)
+            assert "<mtable" in html and html.count("<mtr>") >= len(d.steps), name
+            assert _leaks(html) == [], (name, _leaks(html)[:3])
+    # the check itself catches latex2mathml's own aligned output
+    from latex2mathml.converter import convert
+    assert _leaks(convert(r"\begin{aligned} F &= a \\ &= b \end{aligned}"))
+
+
 def check_math_is_rendered(site: Path) -> None:
-    """Formulas are MathML in the built HTML: none is left as raw TeX for a script to typeset."""
-    for rel in ("theory/index.html", "api/graph/index.html", "design/index.html"):
+    """Formulas are MathML in the built HTML: none is left as raw TeX for a script to typeset,
+    and no alignment mark or raw TeX leaks into the MathML (notebook pages included)."""
+    nb_pages = [f"{folder}/index.html" for _, folder in _notebook_sources()]
+    for rel in ("theory/index.html", "api/graph/index.html", "design/index.html", *nb_pages):
         html = (site / rel).read_text(encoding="utf-8")
+        assert not _leaks(html), f"{rel}: alignment marks or TeX in the MathML: {_leaks(html)[:3]}"
+        if rel in nb_pages:
+            continue
         assert "<math" in html, f"{rel}: no MathML"
         assert 'class="arithmatex"' not in html, f"{rel}: a formula was left to a script"
         body = re.sub(r"<annotation.*?</annotation>|<pre.*?</pre>|<code.*?</code>", "", html,

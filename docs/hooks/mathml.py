@@ -24,14 +24,99 @@ _MATH = re.compile(
 _DROP = re.compile(r"\\(?:displaystyle|textstyle|nonumber|notag)\b")
 
 
+# Alignment environments become MathML tables (latex2mathml would emit the alignment marks
+# ``&`` as text and line breaks that browsers ignore).
+_ALIGNED = re.compile(r"\\begin\{(aligned|align\*?|gathered|split)\}(.*?)\\end\{\1\}", re.S)
+_INTERTEXT = re.compile(r"^\s*\\intertext\{")
+_SIZE = re.compile(r"\\(?:small|footnotesize|scriptsize|normalsize|large)\b\s*")
+
+
+def _split_top(tex: str, sep: str) -> list[str]:
+    """``tex`` split at ``sep`` outside braces (``\\&`` and ``\\\\`` escapes respected)."""
+    parts, depth, cur, i = [], 0, "", 0
+    while i < len(tex):
+        if tex.startswith(sep, i) and depth == 0 and not (sep == "&" and tex[i - 1:i] == "\\"):
+            parts.append(cur)
+            cur, i = "", i + len(sep)
+            continue
+        ch = tex[i]
+        depth += ch == "{"
+        depth -= ch == "}"
+        cur += ch
+        i += 1
+    return [*parts, cur]
+
+
+def _braced(tex: str, start: int) -> tuple[str, int]:
+    """The content of the brace group opening at ``tex[start]`` and the index after it."""
+    depth = 0
+    for i in range(start, len(tex)):
+        depth += tex[i] == "{"
+        depth -= tex[i] == "}"
+        if depth == 0:
+            return tex[start + 1:i], i + 1
+    raise ValueError(f"unbalanced braces in {tex!r}")
+
+
+def _text(text: str) -> str:
+    """LaTeX text with ``$…$`` math as one math-mode formula (``\\text{…}`` pieces)."""
+    text = _SIZE.sub("", text)
+    pieces = text.split("$")
+    return " ".join(p if i % 2 else rf"\text{{{p}}}" for i, p in enumerate(pieces) if p)
+
+
+def _inner(tex: str) -> str:
+    if not tex.strip():
+        return ""
+    return convert(tex).split(">", 1)[1].rsplit("</math>", 1)[0]
+
+
+def _table(body: str) -> str:
+    rows = []
+    for row in _split_top(body, "\\\\"):
+        if _INTERTEXT.match(row):
+            start = row.index("{")
+            text, end = _braced(row, start)
+            rows.append(f'<mtr><mtd columnspan="4" columnalign="left">{_inner(_text(text))}'
+                        "</mtd></mtr>")
+            row = row[end:]
+        if not row.strip():
+            continue
+        cells = []
+        for i, cell in enumerate(_split_top(row, "&")):
+            text = re.fullmatch(r"\s*\\text\{(.*)\}\s*", cell, re.S)
+            tex = _text(text.group(1)) if text and "$" in text.group(1) else cell
+            cells.append(f'<mtd columnalign="{"right" if i % 2 == 0 else "left"}">'
+                         f"{_inner(tex)}</mtd>")
+        rows.append("<mtr>" + "".join(cells) + "</mtr>")
+    return f'<mtable displaystyle="true" rowspacing="0.4em">{"".join(rows)}</mtable>'
+
+
+def _convert(tex: str, display: bool) -> str:
+    """latex2mathml's MathML of ``tex``, alignment environments as tables."""
+    pieces, last = [], 0
+    for m in _ALIGNED.finditer(tex):
+        pieces += [_inner(tex[last:m.start()]), _table(m.group(2))]
+        last = m.end()
+    if not pieces:
+        return convert(tex, display="block" if display else "inline")
+    pieces.append(_inner(tex[last:]))
+    head = convert("x", display="block" if display else "inline").split(">", 1)[0]
+    return f"{head}><mrow>{''.join(pieces)}</mrow></math>"
+
+
 def to_mathml(tex: str, *, display: bool) -> str:
-    """MathML of one LaTeX formula (the ``\\(``/``\\[`` delimiters removed).
+    """MathML of one LaTeX formula (the ``\\(``/``\\[`` delimiters removed); ``aligned``,
+    ``align``, ``gathered`` and ``split`` become ``mtable`` rows (``\\intertext`` a row of
+    text).
 
     >>> to_mathml("x^2", display=False)[:5]
     '<math'
+    >>> "mtable" in to_mathml(r"\\begin{aligned} F &= a \\\\ &= b \\end{aligned}", display=True)
+    True
     """
     tex = _DROP.sub("", tex).strip()
-    mathml = convert(tex, display="block" if display else "inline")
+    mathml = _convert(tex, display)
     # The source stays with the formula (screen readers, copy and paste, search engines).
     head, rest = mathml.split(">", 1)
     inner = rest.rsplit("</math>", 1)[0]

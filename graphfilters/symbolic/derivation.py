@@ -272,8 +272,14 @@ class Derivation:
         return _align(self.latex_lines(annotations), numbered)
 
     def _repr_latex_(self) -> str:
-        body = " \\\\\n".join(self.latex_lines("none"))
-        return "$$\\begin{aligned}\n" + body + "\n\\end{aligned}$$"
+        from graphfilters.display import derivation_latex
+
+        return derivation_latex(self)
+
+    def _repr_markdown_(self) -> str:
+        from graphfilters.display import derivation_markdown
+
+        return derivation_markdown(self)
 
     def __str__(self) -> str:
         status = "VERIFIED" if self.verified else "NOT VERIFIED"

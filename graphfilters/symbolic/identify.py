@@ -123,6 +123,16 @@ class Identification:
         """The relations as LaTeX equations (``W'_{0} - 3 W'_{2} = 0``)."""
         return tuple(sp.latex(r) for r in self.relations)
 
+    def _repr_markdown_(self) -> str:
+        from graphfilters.display import identification_markdown
+
+        return identification_markdown(self)
+
+    def _repr_latex_(self) -> str:
+        from graphfilters.display import identification_latex
+
+        return identification_latex(self)
+
     def __str__(self) -> str:
         X = pretty(self.operator)
         power = " + ".join(f"{X}^{p} Z ({pretty(c)})" for p, c in
@@ -342,6 +352,16 @@ class RationalIdentification:
     def order(self) -> int:
         """Number of poles (the ARMA order)."""
         return len(self.poles)
+
+    def _repr_markdown_(self) -> str:
+        from graphfilters.display import identification_markdown
+
+        return identification_markdown(self)
+
+    def _repr_latex_(self) -> str:
+        from graphfilters.display import identification_latex
+
+        return identification_latex(self)
 
     def __str__(self) -> str:
         X = pretty(self.operator)
