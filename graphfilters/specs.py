@@ -494,3 +494,171 @@ def get_spec(name: str | BlockSpec, mode: str | None = None, **overrides: object
             f"unknown spec field(s) {sorted(unknown)}; fields: {list(BlockSpec.__dataclass_fields__)}"
         )
     return replace(spec, **changes) if changes else spec
+
+
+# ------------------------------------------------------------------------------------------
+# Attention-era blocks (2021-2025): multi-head filters on softmax (or low-rank) affinities.
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionSpec(BlockSpec):
+    r"""A row of the attention table: a :class:`BlockSpec` plus what one operator's
+    polynomial cannot say.
+
+    These blocks are multi-head (one affinity per head, ``heads`` of them) and two of them
+    leave the one-operator polynomial: AttnScale adds a term in the DC projector
+    :math:`P = \mathbf 1\mathbf 1^T/N` (``projector=True``), differential attention filters on
+    two affinities (``operators=2``). The inherited fields describe the part that *is* a
+    polynomial filter of one head's affinity ``A``: ``order`` and ``basis`` are those of the
+    polynomial in ``A`` (GFSA: the monomial basis of order 2), ``weight_constraint`` its
+    constraint.
+
+    Attributes
+    ----------
+    operators : int
+        Number of affinities the filter acts on (2: differential attention).
+    projector : bool
+        The filter has a term in the DC projector :math:`\mathbf 1\mathbf 1^T/N` (AttnScale).
+    coefficients : tuple of str
+        Names of the learned scalars of the filter (per head unless stated in the block).
+    code : str
+        Where the released code lives.
+
+    Examples
+    --------
+    >>> from graphfilters.specs import ATTENTION_BLOCK_NAMES, get_attention_spec
+    >>> ATTENTION_BLOCK_NAMES
+    ('gfsa', 'attnscale', 'diffattn', 'efficient')
+    >>> s = get_attention_spec("attnscale")
+    >>> s.order, s.projector, s.operators, s.coefficients
+    (1, True, 1, ('lambda',))
+    """
+
+    operators: int = 1
+    projector: bool = False
+    coefficients: tuple[str, ...] = field(default=())
+    code: str = ""
+
+    def __post_init__(self) -> None:
+        validate_spec(self)
+        if self.operators not in (1, 2):
+            raise ValueError(
+                f"block {self.name!r}: operators must be 1 or 2, got {self.operators!r}"
+            )
+
+
+_SOFTMAX_AFFINITY: dict[str, Any] = {
+    "kernel": "embedded_gaussian", "normalization": "rw", "symmetrize": False,
+    "laplacian": "rw", "row_stochastic": True,
+}
+_SOFTMAX_LATEX = r"A_h = \operatorname{softmax}_{row}(Q_h K_h^{T} / \sqrt{d})"
+
+_ATTENTION_ROWS = (
+    AttentionSpec(
+        name="gfsa",
+        title="Graph-filter-based self-attention (GFSA)",
+        reference=(
+            "Choi, Wi, Kim, Shin, Park. Graph Convolutions Enrich the Self-Attention in "
+            "Transformers! AAAI 2024."
+        ),
+        **_SOFTMAX_AFFINITY,
+        order=2,
+        weight_constraint="free",
+        basis="monomial",
+        coefficients=("w_0", "w_1", "w_K"),
+        code="jeongwhanchoi/GFSA (Image/gfsa.py: K = 4, w_0 = 0, w_1 = 1, w_K per head)",
+        affinity_latex=_SOFTMAX_LATEX,
+        filter_latex=(
+            r"F = (w_0 I + w_1 A + w_K (A + (K - 1)(A^{2} - A))) V W_{out}"
+        ),
+    ),
+    AttentionSpec(
+        name="attnscale",
+        title="Attention scaling (AttnScale)",
+        reference=(
+            "Wang, Zheng, Chen, Wang. Anti-Oversmoothing in Deep Vision Transformers via the "
+            "Fourier Domain Analysis: From Theory to Practice. ICLR 2022."
+        ),
+        **_SOFTMAX_AFFINITY,
+        order=1,
+        weight_constraint="drop_order0",
+        projector=True,
+        coefficients=("lambda",),
+        code="VITA-Group/ViT-Anti-Oversmoothing (AttnScale: one lambda per head, init 0)",
+        affinity_latex=_SOFTMAX_LATEX,
+        filter_latex=(
+            r"F = (P + (1 + \lambda_h)(A - P)) V W_{out},\ P = \mathbf{1}\mathbf{1}^{T} / N"
+        ),
+    ),
+    AttentionSpec(
+        name="diffattn",
+        title="Differential attention",
+        reference="Ye, Dong, Xia, Sun, Zhu, Huang, Wei. Differential Transformer. ICLR 2025.",
+        **_SOFTMAX_AFFINITY,
+        order=1,
+        weight_constraint="drop_order0",
+        operators=2,
+        coefficients=("lambda",),
+        code="microsoft/unilm (Diff-Transformer; lambda re-parametrized, one per layer)",
+        affinity_latex=(
+            r"A_i = \operatorname{softmax}_{row}(Q_i K_i^{T} / \sqrt{d}),\ i = 1, 2"
+        ),
+        filter_latex=r"F = (A_1 - \lambda A_2) V W_{out}",
+    ),
+    AttentionSpec(
+        name="efficient",
+        title="Efficient attention",
+        reference=(
+            "Shen, Zhang, Zhao, Yi, Li. Efficient Attention: Attention with Linear "
+            "Complexities. WACV 2021."
+        ),
+        kernel="double_attention",
+        normalization="rw",
+        symmetrize=False,
+        laplacian="rw",
+        order=1,
+        weight_constraint="drop_order0",
+        low_rank=True,
+        row_stochastic=True,
+        code="cmsflash/efficient-attention",
+        affinity_latex=(
+            r"A_h = \rho_q(Q_h) \rho_k(K_h)^{T},\ \rho_q = \operatorname{softmax}_{channels},"
+            r"\ \rho_k = \operatorname{softmax}_{positions}"
+        ),
+        filter_latex=r"F = A V W_{out} = \rho_q(Q)(\rho_k(K)^{T} V) W_{out}",
+    ),
+)
+
+#: Attention table: name -> :class:`AttentionSpec` (multi-head blocks, built by
+#: :func:`graphfilters.blocks.make_block`; not in :data:`BLOCKS`, whose rows are all
+#: configurations of the one-operator unified block).
+ATTENTION_BLOCKS: Mapping[str, AttentionSpec] = MappingProxyType(
+    {row.name: row for row in _ATTENTION_ROWS}
+)
+#: Attention table names in table order.
+ATTENTION_BLOCK_NAMES: tuple[str, ...] = tuple(ATTENTION_BLOCKS)
+__all__ += ["AttentionSpec", "ATTENTION_BLOCKS", "ATTENTION_BLOCK_NAMES", "get_attention_spec"]
+
+
+def get_attention_spec(name: str) -> AttentionSpec:
+    """Return the row ``name`` of the attention table (:data:`ATTENTION_BLOCK_NAMES`).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the known ones).
+
+    Examples
+    --------
+    >>> get_attention_spec("gfsa").basis
+    'monomial'
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"block name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in ATTENTION_BLOCKS:
+        raise ValueError(
+            f"unknown attention block {name!r}; known: {', '.join(ATTENTION_BLOCK_NAMES)}"
+        )
+    return ATTENTION_BLOCKS[key]

@@ -54,6 +54,7 @@ __all__ = [
     "OfficialSNLStage",
     "GSNLRef",
     "official_snl_affinity",
+    "GFSARef",
 ]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -560,3 +561,37 @@ class GSNLRef(nn.Module):
             out = torch.relu(out)
         out = x + out
         return (out, att) if return_affinity else out
+
+
+class GFSARef(nn.Module):
+    r"""GFSA attention written as the released code does it (dense ``attn``, an explicit
+    identity, ``(K-1)(attn - I) @ attn + attn``), with general ``w_0, w_1`` per head and
+    ``lamb`` = :math:`w_K`, in the blocks' convention ``x + BN(proj(attn @ v))``. Attributes
+    ``qkv`` (one linear map, ``[q | k | v]``), ``proj``, ``bn``."""
+
+    def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
+                 dim: int = 2, K: float = 4) -> None:
+        super().__init__()
+        cs = inter_channels or max(in_channels // 2, heads)
+        self.in_channels, self.heads, self.inter_channels, self.dim, self.K = (
+            in_channels, heads, cs, dim, K)
+        self.qkv = nn.Linear(in_channels, 3 * cs)
+        self.proj = nn.Linear(cs, in_channels)
+        self.bn = _bn(dim, in_channels)
+        self.w_0 = nn.Parameter(torch.zeros(heads))
+        self.w_1 = nn.Parameter(torch.ones(heads))
+        self.lamb = nn.Parameter(torch.zeros(heads))
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.flatten(2).transpose(1, 2)                      # (B, N, C)
+        b, n, _ = t.shape
+        h, d = self.heads, self.inter_channels // self.heads
+        q, k, v = self.qkv(t).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1) * d ** -0.5).softmax(dim=-1)
+        identity = torch.eye(n, dtype=x.dtype)[None, None]
+        high_order = (self.K - 1) * (attn - identity) @ attn + attn
+        attn = (self.w_0[None, :, None, None] * identity + self.w_1[None, :, None, None] * attn
+                + self.lamb[None, :, None, None] * high_order)
+        y = (attn @ v).transpose(1, 2).reshape(b, n, h * d)
+        z = self.proj(y).transpose(1, 2).reshape(x.shape)
+        return x + self.bn(z)
