@@ -30,6 +30,7 @@ from .plots import (
     plot_growth,
     plot_history,
 )
+from .stats import verdict as separation
 
 __all__ = ["LoadedModel", "load_for_analysis", "analyse_loaded", "write_report",
            "query_positions", "claims"]
@@ -253,9 +254,10 @@ def claims(tables: Mapping[str, AnalysisTable]) -> list[tuple[str, str, str]]:
     Returns
     -------
     list of ``(claim, verdict, evidence)``
-        ``verdict`` is ``"held"``, ``"did not hold"``, ``"inconclusive"`` (the two families
-        differ by less than the tables' certified precision, ``CLAIM_RTOL`` relative; or NL/NS
-        blocks damp on a bare majority of frequencies, between 1/2 and 2/3) or
+        ``verdict`` is ``"held"``, ``"did not hold"``, ``"not separated"`` (the two families
+        differ by less than the tables' certified precision, ``CLAIM_RTOL`` relative: the
+        rule of :func:`analysis.stats.verdict`, shared with the sweep), ``"inconclusive"``
+        (NL/NS blocks damp on a bare majority of frequencies, between 1/2 and 2/3) or
         ``"not tested"`` (the run has no model of a family the claim compares).
     """
     out = []
@@ -266,10 +268,9 @@ def claims(tables: Mapping[str, AnalysisTable]) -> list[tuple[str, str, str]]:
         if not (math.isfinite(snl) and math.isfinite(soft)):
             out.append((claim, "not tested", "needs an SNL and a softmax (NL/NS/A²) model"))
             return
-        if abs(snl - soft) <= CLAIM_RTOL * max(abs(snl), abs(soft)):
-            verdict = "inconclusive"
-        else:
-            verdict = "held" if snl < soft else "did not hold"
+        # each value is an interval of half-width tol/2: separated iff they differ by > tol
+        half = CLAIM_RTOL * max(abs(snl), abs(soft)) / 2
+        verdict = separation((snl - half, snl + half), (soft - half, soft + half))
         sv = _family_values(tables, SNL_FAMILY, attr, last)[0]
         fv = _family_values(tables, SOFTMAX_FAMILY, attr, last)[0]
         out.append((claim, verdict,

@@ -276,6 +276,6 @@ def test_report_claims_are_computed_from_the_numbers():
     # equal within the certified precision, and a bare majority of damping frequencies
     close = [v for _, v, _ in claims({"snl": table("snl", 2.0, 1.2, 0.5, float("nan"), 1.1),
                                       "nl": table("nl", 2.001, 1.1, 3.0, 0.55, 1.3)})]
-    assert close[1] == "inconclusive" and close[4] == "inconclusive"
+    assert close[1] == "not separated" and close[4] == "inconclusive"
     clear = [v for _, v, _ in claims({"nl": table("nl", 2.0, 1.1, 3.0, 0.8, 1.3)})]
     assert clear[4] == "held"

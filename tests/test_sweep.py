@@ -18,6 +18,7 @@ from analysis.sweep import (
     stable_learning_rates,
     summary_markdown,
     sweep,
+    write_outputs,
 )
 
 TINY = dict(depth=8, width=4, epochs=1, max_steps=2, batch_size=32,
@@ -142,3 +143,83 @@ def test_cli_train_stacking_options(tmp_path, capsys):
     assert ckpt["train_config"]["warmup_epochs"] == 0.0
     assert ckpt["train_config"]["max_loss_factor"] == 50.0
     assert len(ckpt["extra"]["step_log"]["loss"]) == 1
+
+
+def _cells_rows(div_nl, div_snl, n=5, k=5, lr=3.6, seed0=0):
+    """n seeds of NL and SNL (spread, k) with the given numbers of diverged seeds."""
+    rows = []
+    for block, n_div in (("nl", div_nl), ("snl", div_snl)):
+        for s in range(n):
+            rows.append(_row(block, k, "spread", lr, s < n_div, acc=0.8 + 0.01 * s,
+                             seed=seed0 + s))
+    return rows
+
+
+def test_summary_json_holds_the_cell_statistics(tmp_path):
+    from analysis.stats import proportion_ci
+
+    rows = _cells_rows(5, 0) + [_row("none", 0, "stage", 3.6, False, acc=0.5, seed=s)
+                                for s in range(5)]
+    files = write_outputs(rows, tmp_path, figure=False)
+    info = json.loads(files["summary_json"].read_text())   # strict JSON: NaN written as null
+    assert info["confidence"] == 0.95 and "Wilson" in info["methods"]["divergence_ci"]
+    cell = next(c for c in info["cells"] if c["block"] == "nl" and c["placement"] == "spread")
+    for key in ("n_seeds", "divergence_rate", "divergence_ci", "accuracy_mean", "accuracy_ci",
+                "jacobian_full", "jacobian_full_spread", "jacobian_frozen_spread"):
+        assert key in cell, key
+    assert cell["n_seeds"] == 5 and cell["divergence_rate"] == 1.0
+    assert cell["divergence_ci"] == pytest.approx(list(proportion_ci(5, 5)))
+    assert cell["accuracy_mean"] == pytest.approx(0.1)          # every seed diverged: chance
+    assert cell["jacobian_full"] is None and cell["jacobian_full_spread"]["n"] == 0
+    snl = next(c for c in info["cells"] if c["block"] == "snl" and c["placement"] == "spread")
+    assert snl["jacobian_full"] == 6.0 and snl["accuracy_ci"][0] < 0.82 < snl["accuracy_ci"][1]
+    assert info["baseline"][0]["n_seeds"] == 5
+    stable = {(s["block"], s["k"]): s for s in info["stable_lr"]}
+    assert stable[("nl", 5)]["stable_lr"] is None and stable[("nl", 5)]["next_lr"] == 3.6
+    assert stable[("snl", 5)]["stable_lr"] == 3.6 and stable[("snl", 5)]["next_lr"] is None
+    assert stable[("snl", 5)]["divergence_upper"] == pytest.approx(proportion_ci(0, 5)[1])
+    got = {v["metric"]: v["verdict"] for v in info["verdicts"] if v["k"] == 5}
+    assert got == {"divergence": "held", "accuracy": "held", "jacobian": "not separated"}
+    text = files["summary"].read_text()
+    assert "| nl | spread | 5 | 3.6 | 5/5 | 1.00 [0.57, 1.00] |" in text
+    assert "**held**: SNL diverges less often than NL (spread, k = 5, lr 3.6)" in text
+
+
+def test_verdicts_pool_k_at_least_5_and_need_separated_intervals():
+    from analysis.sweep import verdicts
+
+    # 3/5 against 0/5 is not separated in one cell; pooled over k = 5 and 10 (6/10 vs 0/10)
+    rows = _cells_rows(3, 0, k=5) + _cells_rows(3, 0, k=10)
+    got = {(v["k"], v["metric"]): v["verdict"] for v in verdicts(rows)}
+    assert got[(5, "divergence")] == "not separated"
+    assert got[(10, "divergence")] == "not separated"
+    assert got[(">=5", "divergence")] == "held"
+    worse = {(v["k"], v["metric"]): v["verdict"] for v in verdicts(_cells_rows(0, 5))}
+    assert worse[(5, "divergence")] == "did not hold"
+
+
+def test_compare_two_synthetic_outputs(tmp_path):
+    from analysis.sweep import compare, compare_markdown
+
+    # run a: NL 5/5 diverged; run b (other seeds): NL 2/5: the divergence verdict differs,
+    # the accuracy verdict held in a and is not separated in b
+    write_outputs(_cells_rows(5, 0), tmp_path / "a", figure=False)
+    write_outputs(_cells_rows(2, 0, seed0=5), tmp_path / "b", figure=False)
+    c = compare(tmp_path / "a", tmp_path / "b")
+    claims = {e["claim"]: e for key in c for e in c[key]}
+    div = "SNL diverges less often than NL (spread, k = 5, lr 3.6)"
+    assert claims[div] in c["differ"] and (claims[div]["a"], claims[div]["b"]) == (
+        "held", "not separated")
+    jac = "SNL's full Jacobian norm is smaller than NL's (spread, k = 5, lr 3.6)"
+    assert claims[jac] in c["not_separated_in_both"]
+    same = compare(tmp_path / "a", tmp_path / "a" / "summary.json")
+    assert {e["claim"] for e in same["held_in_both"]} >= {div}
+    assert not same["differ"] and not same["only_a"] and not same["only_b"]
+    other = compare(_cells_rows(5, 0), _cells_rows(5, 0, k=10))     # rows work too
+    assert other["only_a"] and other["only_b"]                      # k = 5 and k = 10 cells
+    assert {e["claim"] for e in other["held_in_both"]} == {   # the pooled k >= 5 group
+        "SNL diverges less often than NL (spread, k = 5+, lr 3.6)",
+        "SNL is more accurate than NL (spread, k = 5+, lr 3.6)"}
+    assert "Held in both runs" in compare_markdown(same)
+    with pytest.raises(ValueError, match="no summary.json"):
+        compare(tmp_path / "missing", tmp_path / "a")
