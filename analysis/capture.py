@@ -932,6 +932,8 @@ def capture(
         parent = parents.get(path)
 
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if state.get("rechecking"):
+                return
             if path in state["paths"] or path in failures:
                 return add(_Repeat(path)) if path in state["paths"] else None
             pargs, pkw = parent_calls.get(id(parent), (None, None)) if parent is not None \
@@ -949,6 +951,14 @@ def capture(
             cap.info.setdefault("family", rec.name)
             seen_here = [o for o in watcher.observations if under(o.owner or ROOT, path)
                          and o.call == watcher.calls.get(o.owner, 0)]
+            if not seen_here and isinstance(module, nn.MultiheadAttention):
+                state["rechecking"] = True
+                try:
+                    seen_here = _mha_applied(path, module, args, kwargs)
+                except Exception:  # noqa: BLE001 - no check is better than a broken forward
+                    seen_here = []
+                finally:
+                    state["rechecking"] = False
             if seen_here:
                 try:
                     err, how = _cross_check(cap, seen_here, names, state["batch"])
@@ -1094,6 +1104,23 @@ def _nothing_found(model: nn.Module, found: list, failures: dict[str, str],
             "and no affinity over positions applied to values was seen in the forward pass)")
     listing = ("; looked like attention: " + "; ".join(lines[:12])) if lines else ""
     return f"{head}{listing}; see {HOWTO}"
+
+
+def _mha_applied(path: str, module: nn.MultiheadAttention, args: tuple, kwargs: dict
+                 ) -> list[Observation]:
+    """``nn.MultiheadAttention`` computes inside one opaque function: its applied attention is
+    what it returns with ``need_weights=True, average_attn_weights=False`` on the same call."""
+    kw = dict(kwargs)
+    kw.update(need_weights=True, average_attn_weights=False)
+    out, w = module(*args, **kw)
+    if w is None:
+        return []
+    if w.dim() == 3:                                       # unbatched (H, L, S)
+        w = w.unsqueeze(0)
+    vals = torch.zeros(*w.shape[:-2], w.shape[-1], 1, dtype=w.dtype, device=w.device)
+    return [Observation(path, "mha weights", w.detach(), vals, w.new_zeros(*w.shape[:-1], 1),
+                        0.0, "nn.MultiheadAttention's own weights (need_weights=True)", 0,
+                        module)]
 
 
 def _cross_check(cap: Capture, obs: list[Observation], names: dict, batch: int

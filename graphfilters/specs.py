@@ -529,10 +529,10 @@ class AttentionSpec(BlockSpec):
     --------
     >>> from graphfilters.specs import ATTENTION_BLOCK_NAMES, get_attention_spec
     >>> ATTENTION_BLOCK_NAMES
-    ('gfsa', 'attnscale', 'diffattn', 'efficient')
-    >>> s = get_attention_spec("attnscale")
+    ('gfsa',)
+    >>> s = get_attention_spec("gfsa")
     >>> s.order, s.projector, s.operators, s.coefficients
-    (1, True, 1, ('lambda',))
+    (2, False, 1, ('w_0', 'w_1', 'w_K'))
     """
 
     operators: int = 1
@@ -573,65 +573,10 @@ _ATTENTION_ROWS = (
             r"F = (w_0 I + w_1 A + w_K (A + (K - 1)(A^{2} - A))) V W_{out}"
         ),
     ),
-    AttentionSpec(
-        name="attnscale",
-        title="Attention scaling (AttnScale)",
-        reference=(
-            "Wang, Zheng, Chen, Wang. Anti-Oversmoothing in Deep Vision Transformers via the "
-            "Fourier Domain Analysis: From Theory to Practice. ICLR 2022."
-        ),
-        **_SOFTMAX_AFFINITY,
-        order=1,
-        weight_constraint="drop_order0",
-        projector=True,
-        coefficients=("lambda",),
-        code="VITA-Group/ViT-Anti-Oversmoothing (AttnScale: one lambda per head, init 0)",
-        affinity_latex=_SOFTMAX_LATEX,
-        filter_latex=(
-            r"F = (P + (1 + \lambda_h)(A - P)) V W_{out},\ P = \mathbf{1}\mathbf{1}^{T} / N"
-        ),
-    ),
-    AttentionSpec(
-        name="diffattn",
-        title="Differential attention",
-        reference="Ye, Dong, Xia, Sun, Zhu, Huang, Wei. Differential Transformer. ICLR 2025.",
-        **_SOFTMAX_AFFINITY,
-        order=1,
-        weight_constraint="drop_order0",
-        operators=2,
-        coefficients=("lambda",),
-        code="microsoft/unilm (Diff-Transformer; lambda re-parametrized, one per layer)",
-        affinity_latex=(
-            r"A_i = \operatorname{softmax}_{row}(Q_i K_i^{T} / \sqrt{d}),\ i = 1, 2"
-        ),
-        filter_latex=r"F = (A_1 - \lambda A_2) V W_{out}",
-    ),
-    AttentionSpec(
-        name="efficient",
-        title="Efficient attention",
-        reference=(
-            "Shen, Zhang, Zhao, Yi, Li. Efficient Attention: Attention with Linear "
-            "Complexities. WACV 2021."
-        ),
-        kernel="double_attention",
-        normalization="rw",
-        symmetrize=False,
-        laplacian="rw",
-        order=1,
-        weight_constraint="drop_order0",
-        low_rank=True,
-        row_stochastic=True,
-        code="cmsflash/efficient-attention",
-        affinity_latex=(
-            r"A_h = \rho_q(Q_h) \rho_k(K_h)^{T},\ \rho_q = \operatorname{softmax}_{channels},"
-            r"\ \rho_k = \operatorname{softmax}_{positions}"
-        ),
-        filter_latex=r"F = A V W_{out} = \rho_q(Q)(\rho_k(K)^{T} V) W_{out}",
-    ),
 )
 
-#: Attention table: name -> :class:`AttentionSpec` (multi-head blocks, built by
-#: :func:`graphfilters.blocks.make_block`; not in :data:`BLOCKS`, whose rows are all
+#: Attention table: name -> :class:`AttentionSpec` (multi-head blocks, one class each, e.g.
+#: :class:`graphfilters.blocks.gfsa.GFSA`; not in :data:`BLOCKS`, whose rows are all
 #: configurations of the one-operator unified block).
 ATTENTION_BLOCKS: Mapping[str, AttentionSpec] = MappingProxyType(
     {row.name: row for row in _ATTENTION_ROWS}

@@ -26,27 +26,19 @@ from tests.thirdparty.zoo import FAMILIES
 #: The largest self-check error (relative) that a row marked ``ok`` may carry.
 SELF_CHECK_TOL = 1e-4
 
-_NOT_FOUND = "issue 18: not found (no recognizer; discovery by observation missing)"
+_NXM = "issue 18 item 6 (open): an N x M affinity (sub-sampled keys) gets no spectrum: row partial"
 XFAIL = {
-    "hf-swin": "issue 18: the shifted-window mask is broadcast against the heads (capture "
-               "raises); windows must give the block-diagonal affinity of one image",
-    "hf-clip-vision": _NOT_FOUND + ": out_proj naming",
-    "hf-segformer": "issue 18: the positional height argument is read as the attention mask; "
-                    "spatial reduction gives N x M keys",
-    "hf-gpt2": _NOT_FOUND + ": Conv1D c_attn",
-    "hf-llama": "issue 18: rotary embeddings raise NotImplementedError inside the hook",
-    "hf-llama-sdpa": "issue 18: rotary embeddings raise NotImplementedError inside the hook",
-    "hf-qwen2": "issue 18: rotary embeddings raise NotImplementedError inside the hook",
-    "mmcv-nonlocal2d-subsample": "issue 18: sub-sampled keys (N x M) get no spectrum, no "
-                                 "energies, no stability: row partial",
-    "mmcv-contextblock": _NOT_FOUND + " (GCNet attention pooling, a 1 x N map)",
-    "mmcv-crisscross": _NOT_FOUND + " (CCNet sparse criss-cross affinity)",
-    "alexhex7-embedded-gaussian": _NOT_FOUND + "; sub-sampled keys",
-    "alexhex7-embedded-gaussian-full": _NOT_FOUND,
-    "alexhex7-gaussian": _NOT_FOUND + "; sub-sampled keys",
-    "alexhex7-dot-product": _NOT_FOUND + "; sub-sampled keys, not row-stochastic",
-    "alexhex7-concatenation": _NOT_FOUND + "; sub-sampled keys, not row-stochastic",
-    "efficient-attention": _NOT_FOUND + " (factorized: never forms the N x N map)",
+    "hf-swin": ("issue 18 item 5 (open): windows are read in window order (block-diagonal, the "
+                "shift not undone), the library's map is on the image grid"),
+    "hf-segformer": _NXM + " (spatial reduction)",
+    "mmcv-nonlocal2d-subsample": _NXM,
+    "mmcv-contextblock": _NXM + " (GCNet: one 1 x N row shared by every position)",
+    "mmcv-crisscross": ("issue 18 (open): CCNet's einsum criss-cross products are not watched "
+                        "(no recognizer yet)"),
+    "alexhex7-embedded-gaussian": _NXM,
+    "alexhex7-gaussian": _NXM,
+    "alexhex7-dot-product": _NXM,
+    "alexhex7-concatenation": _NXM,
 }
 
 
