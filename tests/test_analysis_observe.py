@@ -1,0 +1,190 @@
+"""Attention found by watching the computation (analysis.observe), the recognizers' self-check
+against what the model applied, and fault isolation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from analysis import analyze, capture
+from analysis.capture import SELF_CHECK_TOL, Capture
+from analysis.observe import observe, sdpa_affinity
+from analysis.registry import Recognizer, register_recognizer, unregister_recognizer
+from graphfilters.graph import DenseAffinity
+
+
+class BiasedAttention(nn.Module):
+    """Single-head attention with a learned relative bias added to the logits (the kind of
+    term a recognizer may ignore)."""
+
+    def __init__(self, c: int = 6, n: int = 5) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(c, 3 * c)
+        self.out = nn.Linear(c, c)
+        self.bias = nn.Parameter(torch.randn(n, n))
+
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, v = self.logits(x)
+        return self.out(torch.softmax(s + self.bias, -1) @ v)
+
+
+def _bias_blind(ctx):
+    """A recognizer that forgets the bias: a wrong capture on purpose."""
+    m, x = ctx.module, ctx.args[0]
+    s, v = m.logits(x)
+    A = torch.softmax(s, -1)
+    W = m.out.weight.detach().T
+    return Capture("", "", "", DenseAffinity(A), "rw", z=v, weights=[torch.zeros_like(W), W],
+                   spatial_shape=(x.shape[1],), input=x.transpose(1, 2), residual=False,
+                   call=lambda t: m(t.transpose(1, 2)).transpose(1, 2))
+
+
+def _reference(m: BiasedAttention, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        s, _ = m.logits(x)
+        return torch.softmax(s + m.bias, -1)
+
+
+def test_a_recognizer_that_ignores_a_bias_is_replaced_by_the_observed_capture():
+    m = BiasedAttention().eval()
+    x = torch.randn(3, 5, 6)
+    register_recognizer(Recognizer("bias-blind", lambda mod: isinstance(mod, BiasedAttention),
+                                   _bias_blind))
+    try:
+        caps = capture(nn.Sequential(m), x, progress=False)
+        table = analyze(nn.Sequential(m), x, progress=False, backbone=False)
+    finally:
+        unregister_recognizer("bias-blind")
+    cap = caps["0"]
+    assert cap.source == "observed" and "bias-blind" in cap.info["recognizer"]
+    assert "does not reproduce" in cap.info["recognizer"]
+    torch.testing.assert_close(cap.dense_affinity(), _reference(m, x), atol=1e-6, rtol=0)
+    row = table[0]
+    assert row.status == "ok", row.reason
+    assert row.self_check_error <= SELF_CHECK_TOL
+    assert "recognizer" in row.notes and "n/a" in row.notes
+
+
+def test_a_correct_recognizer_passes_its_self_check():
+    m = BiasedAttention().eval()
+    with torch.no_grad():
+        m.bias.zero_()                       # now the bias-blind capture is right
+    x = torch.randn(2, 5, 6)
+    register_recognizer(Recognizer("bias-blind", lambda mod: isinstance(mod, BiasedAttention),
+                                   _bias_blind))
+    try:
+        cap = capture(nn.Sequential(m), x, progress=False)["0"]
+    finally:
+        unregister_recognizer("bias-blind")
+    assert cap.source == "attention" and cap.info["family"] == "bias-blind"
+    assert cap.self_check_error <= 1e-6, cap.self_check
+
+
+def test_a_recognizer_that_raises_falls_back_and_other_blocks_are_analysed():
+    def broken(ctx):
+        raise NotImplementedError("rotary embeddings")
+
+    net = nn.Sequential(BiasedAttention(), nn.Linear(6, 6), BiasedAttention())
+    x = torch.randn(2, 5, 6)
+    register_recognizer(Recognizer("broken", lambda mod: isinstance(mod, BiasedAttention),
+                                   broken))
+    try:
+        table = analyze(net, x, progress=False, backbone=False)
+    finally:
+        unregister_recognizer("broken")
+    assert [r.path for r in table] == ["0", "2"]
+    with torch.no_grad():
+        x2 = net[1](net[0](x))
+    for row, mod, xin in zip(table, (net[0], net[2]), (x, x2)):
+        assert row.status == "ok", row.reason
+        assert "NotImplementedError" in row.notes["recognizer"]
+        torch.testing.assert_close(table.captures[row.path].dense_affinity(),
+                                   _reference(mod, xin), atol=1e-6, rtol=0)
+
+
+class DotProduct(nn.Module):
+    """AlexHex7-style dot-product non-local block: f = theta phi^T / N, no softmax."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.t, self.p, self.g = (nn.Conv2d(c, 2, 1) for _ in range(3))
+        self.w = nn.Conv2d(2, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        g = self.g(x).view(b, 2, -1).permute(0, 2, 1)
+        f = self.t(x).view(b, 2, -1).permute(0, 2, 1) @ self.p(x).view(b, 2, -1)
+        y = (f / f.size(-1)) @ g
+        return x + self.w(y.permute(0, 2, 1).reshape(b, 2, h, w))
+
+
+def test_normalized_product_found_and_frozen_jacobian_holds_it():
+    torch.manual_seed(1)
+    m = DotProduct().double().eval()
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    obs = observe(nn.Sequential(m), x)
+    assert [(o.owner, o.kind) for o in obs] == [("0", "product")]
+    with torch.no_grad():
+        th = m.t(x).view(1, 2, -1).permute(0, 2, 1)
+        f = th @ m.p(x).view(1, 2, -1) / 9
+    torch.testing.assert_close(obs[0].affinity, f)
+    from analysis.robustness import block_function, frozen_function
+    cap = capture(nn.Sequential(m), x, progress=False)["0"]
+    fn, x0 = block_function(cap, 0)
+    frozen = frozen_function(fn, x0)
+    J = torch.autograd.functional.jacobian(frozen, x0).reshape(36, 36)
+
+    def held(t):                                   # the same block with f a constant
+        b = t.shape[0]
+        g = m.g(t).view(b, 2, -1).permute(0, 2, 1)
+        y = f @ g
+        return t + m.w(y.permute(0, 2, 1).reshape(b, 2, 3, 3))
+    J_ref = torch.autograd.functional.jacobian(held, x0).reshape(36, 36)
+    torch.testing.assert_close(J, J_ref)
+    J_full = torch.autograd.functional.jacobian(fn, x0).reshape(36, 36)
+    assert (J_full - J_ref).abs().max() > 1e-6      # holding the affinity changes something
+
+
+def test_sdpa_affinity_reads_causal_masks_and_gqa():
+    q = torch.randn(2, 4, 5, 3)
+    k = torch.randn(2, 2, 5, 3)
+    mask = torch.rand(5, 5) > 0.3
+    mask[:, 0] = True
+    P, how = sdpa_affinity(q, k, mask, is_causal=True, scale=0.7, enable_gqa=True)
+    v = torch.randn(2, 2, 5, 3)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask & torch.ones(5, 5).tril()
+                                         .bool(), scale=0.7, enable_gqa=True)
+    torch.testing.assert_close(P @ v.repeat_interleave(2, 1), ref, atol=1e-6, rtol=1e-5)
+    assert "is_causal" in how and "GQA" in how
+
+
+def test_nothing_found_lists_what_looked_like_attention():
+    class MyAttention(nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, 1)             # a softmax, never applied to values
+
+    table = analyze(nn.Sequential(MyAttention()), torch.randn(2, 3, 4), progress=False)
+    assert len(table) == 0
+    assert "MyAttention" in table.reason and "howto-analyse-your-model" in table.reason
+
+
+@pytest.mark.parametrize("heads", ["mean", "keep"])
+def test_observed_heads_and_dense_affinity(heads):
+    class Heads(nn.Module):
+        def forward(self, x):                      # (B, L, 2 * 3): two heads of width 3
+            h = x.view(x.shape[0], x.shape[1], 2, 3).transpose(1, 2)
+            return F.scaled_dot_product_attention(h, h, h, is_causal=True).transpose(1, 2)
+
+    x = torch.randn(2, 5, 6)
+    cap = capture(nn.Sequential(Heads()), x, heads=heads, progress=False)["0"]
+    h = x.view(2, 5, 2, 3).transpose(1, 2)
+    P, _ = sdpa_affinity(h, h, is_causal=True)
+    ref = P.mean(1) if heads == "mean" else P
+    torch.testing.assert_close(cap.dense_affinity(), ref)
+    assert bool((cap.dense_affinity().triu(1) == 0).all())       # causal: triangular
