@@ -53,7 +53,7 @@ def downscale(image, size=(H, W)):
 
 samples = load_sample_images()
 images = {name: downscale(im) for name, im in zip(("china", "flower"), samples.images)}
-fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+fig, axes = plt.subplots(1, 2, figsize=(8, 3), layout="constrained")
 for ax, (name, im) in zip(axes, images.items()):
     ax.imshow(im)
     ax.set_title(f"{name}, {H}x{W}")
@@ -139,14 +139,13 @@ X = node_features(images["flower"])
 W_phi_indep = rng.standard_normal((5, C_s)) / np.sqrt(5)
 mu_nl_indep = kernels.embedded_gaussian(X @ W_theta, X @ W_phi_indep, scale="sqrt").eigvals()
 
-fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+fig, axes = plt.subplots(1, 4, figsize=(17, 4), layout="constrained")
 plot_spectrum(mu_nl, ax=axes[0], operator="normalized",
               title=r"NL, $W_\phi \approx W_\theta$: eigenvalues of A")
 plot_spectrum(mu_nl_indep, ax=axes[1], operator="normalized", title=r"NL, independent $W_\phi$")
 plot_spectrum(mu_a2, ax=axes[2], operator="normalized", title="A2: eigenvalues of A")
 plot_spectrum(lam_snl, ax=axes[3], bins=60, range=(0, 2), log=True,
               title="SNL: eigenvalues of $L_{sym}$")
-plt.tight_layout()
 plt.show()
 
 complex_share = np.mean(np.abs(mu_nl.imag) > 1e-9)
@@ -198,7 +197,7 @@ print("gaussian mode: max |Im mu| =", float(np.abs(np.imag(mu_gauss)).max()))
 queries = [(5, 5), (12, 16), (20, 8), (8, 26)]
 normalization = {"NL": "rw", "A2": "rw", "SNL": "sym"}
 for image_name, im in images.items():
-    fig, axes = plt.subplots(3, len(queries), figsize=(3 * len(queries), 7))
+    fig, axes = plt.subplots(3, len(queries), figsize=(3 * len(queries), 7), layout="constrained")
     for r, (name, a) in enumerate(affinities(im, batch=True).items()):
         # A Capture wraps a hand-made affinity for the plotting functions.
         cap = Capture(name, "adapter", name, a, normalization[name], spatial_shape=(H, W),
@@ -206,7 +205,6 @@ for image_name, im in images.items():
         plot_affinity_rows(cap, queries, image=im, ax=axes[r], cmap="magma")
         axes[r, 0].set_ylabel(name)
     fig.suptitle(f"rows of the operator over '{image_name}'")
-    plt.tight_layout()
     plt.show()
 
 # %% [markdown]

@@ -150,12 +150,11 @@ for name, cap in captures.items():
 
 # %%
 responses = {name: block_response(cap) for name, cap in captures.items()}
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+fig, axes = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
 for ax, (name, r) in zip(axes, responses.items()):
     plot_response(r, ax=ax, title=f"{name}: {r.label}")
     for ev, g in zip(r.eigenvalues, r.gains_at_eigenvalues):
         ax.scatter(np.real(ev), g, s=8, color="C3", zorder=3)
-plt.tight_layout()
 plt.show()
 for name, r in responses.items():
     print(name, r.label, {k: round(v, 3) for k, v in r.stats.items()})
@@ -167,7 +166,7 @@ for name, r in responses.items():
 
 # %%
 bands = ("low [0, 2/3)", "mid [2/3, 4/3)", "high [4/3, 2]")
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True, layout="constrained")
 for ax, (name, r) in zip(axes, responses.items()):
     plot_energy(r.energy_z, ax=ax, label="Z (filter input)")
     plot_energy(r.energy_out, ax=ax, label="F (filter output)")
@@ -175,7 +174,6 @@ for ax, (name, r) in zip(axes, responses.items()):
     ez, eo = r.energy_z.band_fractions(), r.energy_out.band_fractions()
     print(f"{name:4s} Z  : " + "  ".join(f"{b} {v:.2f}" for b, v in zip(bands, ez)))
     print(f"{name:4s} out: " + "  ".join(f"{b} {v:.2f}" for b, v in zip(bands, eo)))
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -187,16 +185,15 @@ plt.show()
 # three query positions.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
 plot_spectrum([1 - ev for ev in responses["nl"].eigenvalues], ax=axes[0], operator="normalized",
               title=r"NL: eigenvalues $\mu$ of $\hat A$ (complex)")
 plot_spectrum(responses["snl"].eigenvalues, ax=axes[1], bins=50, range=(0, 2), log=True,
               title=r"SNL: eigenvalues of $L_{sym}$ (real, in [0, 2])")
-plt.tight_layout()
 plt.show()
 
 queries = [(4, 8), (8, 8), (12, 5)]
-fig, axes = plt.subplots(2, 1 + len(queries), figsize=(11, 5.5))
+fig, axes = plt.subplots(2, 1 + len(queries), figsize=(11, 5.5), layout="constrained")
 for r, (name, cap) in enumerate(captures.items()):
     axes[r, 0].imshow(x[0, 0], cmap="gray")
     axes[r, 0].set_title(f"input (label {int(y_test[0])})")
@@ -204,7 +201,6 @@ for r, (name, cap) in enumerate(captures.items()):
     axes[r, 0].set_yticks([])
     axes[r, 0].set_ylabel(name.upper(), fontsize="large")  # the row's block, at its left
     plot_affinity_rows(cap, queries, image=x[0, 0], ax=axes[r, 1:], cmap="magma")
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
