@@ -37,6 +37,8 @@ from pathlib import Path
 
 from graphfilters.specs import BLOCK_NAMES, NL_MODES
 
+from .sweep import SWEEP_DEFAULTS
+
 __all__ = ["main", "build_parser"]
 
 DATASETS = ("digits", "long_range", "cifar10", "cifar100")
@@ -181,13 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/sweep", help="output directory")
     p.add_argument("--blocks", nargs="+", default=["nl", "snl"], choices=BLOCK_NAMES,
                    help="block types")
-    p.add_argument("--units", type=positive_int, nargs="+", default=[1, 3, 5, 10],
+    p.add_argument("--units", type=positive_int, nargs="+", default=list(SWEEP_DEFAULTS["ks"]),
                    help="stacked blocks k")
     p.add_argument("--placements", nargs="+", default=["stage", "spread"],
                    choices=("stage", "spread"), help="stacking layouts")
-    p.add_argument("--lrs", type=positive_float, nargs="+", default=[0.1, 0.6, 3.6],
+    p.add_argument("--lrs", type=positive_float, nargs="+", default=list(SWEEP_DEFAULTS["lrs"]),
                    help="learning-rate ladder")
-    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1], help="seeds")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+",
+                   default=list(SWEEP_DEFAULTS["seeds"]), help="seeds (at least 5 per cell)")
+    p.add_argument("--compare", default=None, metavar="DIR",
+                   help="also print which verdicts this sweep shares with the sweep in DIR")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not train the plain backbone at each learning rate")
     p.add_argument("--depth", type=positive_int, default=8, help="ResNet depth 6n+2")
@@ -392,6 +397,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     for key, path in result.files.items():
         if path is not None:
             print(f"wrote {path} ({key})")
+    if args.compare is not None:
+        from .sweep import compare, compare_markdown
+
+        print(compare_markdown(compare(args.out, args.compare)))
     return 0
 
 
