@@ -77,7 +77,10 @@ All on the operator :math:`\hat A` the filter uses, with "Laplacian" eigenvalues
   Euclidean projection of :math:`\bar a` onto the probability simplex (Duchi et al. 2008;
   :math:`\pi^\star = \bar a` for a row-stochastic :math:`\hat A`). 0 means every row is the
   same distribution (rank collapse); a permutation matrix gives
-  :math:`\sqrt{1 - 1/N}`.
+  :math:`\sqrt{1 - 1/N}`. Defined only for a row-stochastic :math:`\hat A`
+  (``row_sum_deviation`` at most :data:`ROW_STOCHASTIC_TOL`): elsewhere it is NaN and
+  ``notes["rank_collapse"]`` says why (the nearest rank-1 row-stochastic matrix says nothing
+  about an operator whose rows do not sum to 1).
 
 Frobenius quantities never form :math:`N \times N`: for low-rank affinities they come from
 ``r x r`` Gram matrices (``M = X C Y^T``: :math:`\|M\|_F^2 = \sum (C Y^TY C^T) \circ (X^TX)`,
@@ -148,6 +151,8 @@ SPECTRUM_METHODS = ("auto", "eigh", "eig", "structured", "lanczos", "arnoldi", "
 DENSITY_METHODS = ("slq", "kpm")
 #: Largest N that ``auto`` solves densely (an eig of N = 2048 takes seconds).
 AUTO_DENSE_LIMIT = 2048
+#: Largest row-sum deviation of an operator treated as row-stochastic (``rank_collapse``).
+ROW_STOCHASTIC_TOL = 1e-5
 
 
 # ------------------------------------------------------------------------------------------
@@ -1131,6 +1136,7 @@ def affinity_metrics(
         )
     full = spec.complete or spec.method == "structured"
     vals: dict[str, list[float]] = {name: [] for name in METRIC_NAMES}
+    not_stochastic: list[float] = []
     slq_rank = None
     if not full and spec.symmetric and estimate_effective_rank:
         dens = spectral_density(t_aff, "normalized", kind, method="slq", n_vectors=16,
@@ -1170,7 +1176,11 @@ def affinity_metrics(
         n = single.n
         ones = torch.ones(n, 1, dtype=torch.float64, device=single.device)
         rows = op(ones)[:, 0]
-        vals["row_sum_deviation"].append(float((rows - 1).abs().max()))
+        deviation = float((rows - 1).abs().max())
+        vals["row_sum_deviation"].append(deviation)
+        stochastic = deviation <= ROW_STOCHASTIC_TOL
+        if not stochastic:
+            not_stochastic.append(deviation)
         try:
             st = frobenius_stats(op, tile=tile)
         except ValueError as exc:
@@ -1191,9 +1201,14 @@ def affinity_metrics(
         abar = st["colsum"] / n
         pi = project_simplex(abar)
         dist2 = fro2 - n * float((abar * abar).sum()) + n * float(((pi - abar) ** 2).sum())
-        vals["rank_collapse"].append(math.sqrt(max(dist2, 0.0)) / fro)
+        vals["rank_collapse"].append(math.sqrt(max(dist2, 0.0)) / fro if stochastic
+                                     else float("nan"))
     bar.close()
     notes["asymmetry"] = notes["rank_collapse"] = how_fro
+    if not_stochastic:
+        notes["rank_collapse"] = (
+            f"n/a for {len(not_stochastic)} sample(s): the operator is not row-stochastic "
+            f"(max |A_hat 1 - 1| = {max(not_stochastic):.2g} > {ROW_STOCHASTIC_TOL:g})")
     notes["row_sum_deviation"] = "one matrix-free product"
     arrays = {k: np.asarray(v, dtype=float) for k, v in vals.items()}
     if not np.isfinite(arrays["lambda_max"]).all():

@@ -129,7 +129,8 @@ def test_metrics_structured_and_tiled_match_dense(rng):
         a = affinity_metrics(aff, norm, tile=32, progress=False)
         b = affinity_metrics(DenseAffinity(aff.dense()), norm, progress=False)
         for name, va in a.summary().items():
-            assert np.isclose(va, b.summary()[name], rtol=1e-7, atol=1e-9), (norm, name)
+            assert np.isclose(va, b.summary()[name], rtol=1e-7, atol=1e-9, equal_nan=True), (
+                norm, name)
     assert "Gram" in affinity_metrics(lr, "sym", progress=False).notes["asymmetry"]
     assert "tiled" in affinity_metrics(SoftmaxAffinity(q, k), tile=32,
                                        progress=False).notes["asymmetry"]
@@ -148,6 +149,9 @@ def test_rank_collapse_and_effective_rank_definitions():
     assert np.isclose(m.rank_collapse[0], np.sqrt(1 - 1 / n))
     assert np.isclose(m.effective_rank[0], n) and m.row_sum_deviation[0] < 1e-12
     assert effective_rank([2.0, 0.0]) == 1.0
+    scaled = DenseAffinity(3.0 * np.eye(n)[np.random.default_rng(1).permutation(n)])
+    m = affinity_metrics(scaled, "none", progress=False)      # rows sum to 3: not defined
+    assert np.isnan(m.rank_collapse[0]) and "not row-stochastic" in m.notes["rank_collapse"]
     v = torch.tensor([[0.2, -0.5, 2.0], [0.3, 0.3, 0.4]])
     p = project_simplex(v)
     assert torch.allclose(p.sum(-1), torch.ones(2)) and (p >= 0).all()
