@@ -499,3 +499,13 @@ def test_huge_dense_requests_are_refused_before_any_scan():
     big_nan = np.broadcast_to(np.array(np.nan), (6000, 6000))
     with pytest.raises(ValueError, match="A contains NaN"):
         degrees(big_nan)                                     # scanned in row blocks
+
+
+@pytest.mark.parametrize("name", ["cayley", "arma"])
+def test_half_precision_rational_blocks_refused_clearly(name):
+    """torch has no half LU / complex-half division: a clear precision error, not a crash
+    deep inside torch."""
+    from graphfilters.blocks import make_block
+    block = make_block(name, 8).half().eval()
+    with pytest.raises(TypeError, match=f"the {name} filter solves shifted linear systems"):
+        block(torch.randn(1, 8, 4, 4).half())

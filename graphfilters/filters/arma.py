@@ -75,7 +75,7 @@ class ARMA(FilterFamily):
         order = check_order(order, self.min_order)
         poles = self.check_parameters(order, params)["poles"]
         yield Z
-        solve = self.shifted_solver(op)
+        solve = self.shifted_solver(op, Z)
         for k in range(order):
             yield solve(poles[k], Z)
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from .._backend import Array
 
@@ -118,9 +119,15 @@ class FilterFamily:
                 )
         return params
 
-    def shifted_solver(self, op: Any) -> Callable[[Any, Array], Array]:
+    def shifted_solver(self, op: Any, Z: Any = None) -> Callable[[Any, Array], Array]:
         r"""``op.solve_shifted`` (:math:`(c, Z) \mapsto (I - cS)^{-1} Z`), which rational
-        families need; a clear error for a plain callable."""
+        families need; a clear error for a plain callable, and for a signal ``Z`` in half
+        precision (torch has no float16/bfloat16 LU or complex-half division)."""
+        dtype = getattr(Z, "dtype", None)
+        if dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"the {self.name} filter solves shifted linear systems, which torch does not "
+                f"implement in {dtype}; run the block in float32 (block.float(), x.float())")
         solve = getattr(op, "solve_shifted", None)
         if solve is None:
             raise TypeError(

@@ -90,7 +90,7 @@ class Cayley(FilterFamily):
         order = check_order(order, self.min_order)
         h = self.check_parameters(order, params)["zoom"]
         yield Z
-        solve = self.shifted_solver(op)
+        solve = self.shifted_solver(op, Z)
         if not isinstance(h, torch.Tensor):
             h = torch.tensor(float(h), dtype=Z.dtype, device=Z.device)
         c = h / (h + 1j)
