@@ -44,10 +44,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from graphfilters.display import card_html, fmt, table_html, table_text
+from graphfilters.graph import DenseAffinity
 
 from .capture import Capture, Captures, capture
 from .response import block_response
@@ -141,6 +143,9 @@ class BlockReport:
         Relative filter-output change per relative change of :math:`\hat A Z`.
     notes : dict
         How each quantity was computed.
+    singular_max : float
+        Largest singular value of :math:`\hat A` for causal (triangular) affinities, whose
+        eigenvalues are only their diagonal (``notes["triangular"]``); ``nan`` otherwise.
     self_check_error : float
         How well the capture reproduces what the module computed
         (:attr:`analysis.capture.Capture.self_check_error`, what was compared in
@@ -203,6 +208,7 @@ class BlockReport:
     noise_gain: float = _NAN
     affinity_gain: float = _NAN
     self_check_error: float = _NAN
+    singular_max: float = _NAN
     notes: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -474,6 +480,8 @@ def _analyze_one(
         return row
     square = cap.affinity.n == cap.affinity.n_cols
     spec = None
+    if square and cap.affinity.n <= dense_limit and isinstance(cap.affinity, DenseAffinity):
+        attempt("triangular", lambda: _triangular(cap, row))
     if square:
         spec = attempt("spectrum", lambda: spectrum(
             cap.affinity, "normalized", cap.normalization, method=method,
@@ -576,6 +584,20 @@ def _analyze_one(
         row.status = "partial" if measured else "skipped"
         row.reason = "; ".join(failed)
     return row
+
+
+def _triangular(cap: Capture, row: BlockReport) -> None:
+    """Causal (triangular) affinities: their eigenvalues are the diagonal, which says little
+    about the map, so the singular values are reported beside them."""
+    A = cap.dense_affinity()
+    if A.dim() < 2 or not bool((A.triu(1) == 0).all()) or bool((A.tril(-1) == 0).all()):
+        return
+    sv = torch.linalg.svdvals(A.double())
+    row.singular_max = float(sv[..., 0].max())
+    row.notes["triangular"] = (
+        "causal (lower-triangular) affinity: its eigenvalues are its diagonal entries, so the "
+        "spectrum and complex share describe only the diagonal; singular_max is the largest "
+        f"singular value of A_hat (exact, max over samples): {row.singular_max:.4g}")
 
 
 def _unread_rows(caps: Captures) -> list[BlockReport]:

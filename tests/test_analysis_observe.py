@@ -188,3 +188,16 @@ def test_observed_heads_and_dense_affinity(heads):
     ref = P.mean(1) if heads == "mean" else P
     torch.testing.assert_close(cap.dense_affinity(), ref)
     assert bool((cap.dense_affinity().triu(1) == 0).all())       # causal: triangular
+
+
+def test_causal_rows_report_singular_values():
+    class Causal(nn.Module):
+        def forward(self, x):
+            return F.scaled_dot_product_attention(x, x, x, is_causal=True)
+
+    x = torch.randn(2, 6, 4)
+    table = analyze(nn.Sequential(Causal()), x, progress=False, backbone=False)
+    row = table[0]
+    assert "triangular" in row.notes, row.notes
+    P, _ = sdpa_affinity(x, x, is_causal=True)
+    assert row.singular_max == pytest.approx(float(torch.linalg.svdvals(P.double())[:, 0].max()))
