@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from graphfilters.display import card_html, fmt, table_html, table_text
 from graphfilters.graph import DenseAffinity
 
-from .capture import Capture, Captures, capture
+from .capture import SELF_CHECK_TOL, Capture, Captures, capture
 from .response import block_response
 from .robustness import (
     accuracy_under_noise,
@@ -478,76 +478,85 @@ def _analyze_one(
     if cap.affinity is None:
         row.status, row.reason = "skipped", "no affinity captured"
         return row
-    square = cap.affinity.n == cap.affinity.n_cols
-    spec = None
-    if square and cap.affinity.n <= dense_limit and isinstance(cap.affinity, DenseAffinity):
-        attempt("triangular", lambda: _triangular(cap, row))
-    if square:
-        spec = attempt("spectrum", lambda: spectrum(
-            cap.affinity, "normalized", cap.normalization, method=method,
-            dense_limit=dense_limit, progress=False))
-    else:
-        failed.append("spectrum: sub-sampled keys make the affinity "
-                      f"{cap.affinity.n} x {cap.affinity.n_cols}, not a graph")
-    if spec is not None:
-        row.spectrum_method, row.spectrum_reason = spec.method, spec.reason
-        if spec.status == "uncertified":   # flagged values stay, the row says so
-            failed.append(f"spectrum: {spec.n_uncertified} eigenvalue(s) not certified "
-                          f"(relative residual up to {spec.max_residual():.1e} > tol = "
-                          f"{spec.tol:g})")
-        row.symmetric = spec.symmetric
-        metrics = attempt("metrics", lambda: affinity_metrics(
-            cap.affinity, cap.normalization, spectrum_result=spec, progress=False))
-        if metrics is not None:
-            for k, v in metrics.summary().items():
-                setattr(row, k, v)
-            row.notes.update({f"metrics.{k}": v for k, v in metrics.notes.items()})
-    if cap.weights is not None:
-        resp = attempt("response", lambda: block_response(cap, spectrum_result=spec))
-        if resp is not None:
-            row.response_class = resp.label
-            row.response_low, row.response_mid, row.response_high = (
-                resp.stats["low"], resp.stats["mid"], resp.stats["high"])
-            if resp.energy_z is not None and resp.energy_out is not None:
-                row.z_low_energy = float(resp.energy_z.band_fractions()[0])
-                row.out_low_energy = float(resp.energy_out.band_fractions()[0])
-                row.notes["energy"] = resp.energy_z.reason
-            row.notes.update({f"response.{k}": v for k, v in resp.notes.items()})
-            if "energy" in resp.notes:
-                failed.append(f"energy: {resp.notes['energy']}")
-        tao = attempt("tao", lambda: tao_spectrum(cap))
-        if tao is not None:
-            row.tao_negative_share = tao.negative_share
-            row.tao_negative_mass = tao.negative_mass
-            row.tao_min, row.tao_max = float(tao.eigenvalues[0]), float(tao.eigenvalues[-1])
-            row.tao_forced = tao.forced
-            row.notes["tao"] = tao.how
+    def affinity_measures() -> None:
+        """The measures of the captured affinity and filter (spectra, metrics, response,
+        weight spectra, damping, linearized stability, affinity sensitivity)."""
+        square = cap.affinity.n == cap.affinity.n_cols
+        spec = None
+        if square and cap.affinity.n <= dense_limit and isinstance(cap.affinity, DenseAffinity):
+            attempt("triangular", lambda: _triangular(cap, row))
+        if square:
+            spec = attempt("spectrum", lambda: spectrum(
+                cap.affinity, "normalized", cap.normalization, method=method,
+                dense_limit=dense_limit, progress=False))
+        else:
+            failed.append("spectrum: sub-sampled keys make the affinity "
+                          f"{cap.affinity.n} x {cap.affinity.n_cols}, not a graph")
         if spec is not None:
-            dm = attempt("damping", lambda: damping(cap, spectrum_result=spec))
-            if dm is not None:
-                row.damping_share, row.damping_mass = dm.share, dm.mass
-                row.damping_definite_share = dm.definite_share
-                row.notes["damping"] = dm.how
-            st = attempt("stability", lambda: linearized_stability(
-                cap, spectrum_result=spec, n_max=n_max, samples=stability_samples, tol=tol))
-            if st is not None:
-                row.stability_radius, row.stability_norm = st.radius, st.norm
-                row.stack_growth = tuple(float(g) for g in st.growth)
-                row.stability_norm_lower_bound = st.norm_lower_bound
-                row.stack_growth_lower_bound = tuple(float(g) for g in st.growth_lower_bound)
-                row.stability_residual = float(np.max(st.residual, initial=0.0))
-                row.stability_converged = st.converged
-                row.notes["stability"] = st.how
-                row.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
-        gain = attempt("affinity_sensitivity", lambda: affinity_sensitivity(
-            cap, affinity_noise)["gain"])
-        row.affinity_gain = _NAN if gain is None else float(gain)
-    elif cap.source == "observed":
-        row.notes["n/a"] = ("response, Tao spectrum, damping, linearized stability and "
-                            "affinity sensitivity: observed attention (the owner's weights are "
-                            "not read; its Jacobians are measured as a black box)")
+            row.spectrum_method, row.spectrum_reason = spec.method, spec.reason
+            if spec.status == "uncertified":   # flagged values stay, the row says so
+                failed.append(f"spectrum: {spec.n_uncertified} eigenvalue(s) not certified "
+                              f"(relative residual up to {spec.max_residual():.1e} > tol = "
+                              f"{spec.tol:g})")
+            row.symmetric = spec.symmetric
+            metrics = attempt("metrics", lambda: affinity_metrics(
+                cap.affinity, cap.normalization, spectrum_result=spec, progress=False))
+            if metrics is not None:
+                for k, v in metrics.summary().items():
+                    setattr(row, k, v)
+                row.notes.update({f"metrics.{k}": v for k, v in metrics.notes.items()})
+        if cap.weights is not None:
+            resp = attempt("response", lambda: block_response(cap, spectrum_result=spec))
+            if resp is not None:
+                row.response_class = resp.label
+                row.response_low, row.response_mid, row.response_high = (
+                    resp.stats["low"], resp.stats["mid"], resp.stats["high"])
+                if resp.energy_z is not None and resp.energy_out is not None:
+                    row.z_low_energy = float(resp.energy_z.band_fractions()[0])
+                    row.out_low_energy = float(resp.energy_out.band_fractions()[0])
+                    row.notes["energy"] = resp.energy_z.reason
+                row.notes.update({f"response.{k}": v for k, v in resp.notes.items()})
+                if "energy" in resp.notes:
+                    failed.append(f"energy: {resp.notes['energy']}")
+            tao = attempt("tao", lambda: tao_spectrum(cap))
+            if tao is not None:
+                row.tao_negative_share = tao.negative_share
+                row.tao_negative_mass = tao.negative_mass
+                row.tao_min, row.tao_max = float(tao.eigenvalues[0]), float(tao.eigenvalues[-1])
+                row.tao_forced = tao.forced
+                row.notes["tao"] = tao.how
+            if spec is not None:
+                dm = attempt("damping", lambda: damping(cap, spectrum_result=spec))
+                if dm is not None:
+                    row.damping_share, row.damping_mass = dm.share, dm.mass
+                    row.damping_definite_share = dm.definite_share
+                    row.notes["damping"] = dm.how
+                st = attempt("stability", lambda: linearized_stability(
+                    cap, spectrum_result=spec, n_max=n_max, samples=stability_samples, tol=tol))
+                if st is not None:
+                    row.stability_radius, row.stability_norm = st.radius, st.norm
+                    row.stack_growth = tuple(float(g) for g in st.growth)
+                    row.stability_norm_lower_bound = st.norm_lower_bound
+                    row.stack_growth_lower_bound = tuple(float(g) for g in st.growth_lower_bound)
+                    row.stability_residual = float(np.max(st.residual, initial=0.0))
+                    row.stability_converged = st.converged
+                    row.notes["stability"] = st.how
+                    row.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
+            gain = attempt("affinity_sensitivity", lambda: affinity_sensitivity(
+                cap, affinity_noise)["gain"])
+            row.affinity_gain = _NAN if gain is None else float(gain)
+        elif cap.source == "observed":
+            row.notes["n/a"] = ("response, Tao spectrum, damping, linearized stability and "
+                                "affinity sensitivity: observed attention (the owner's weights are "
+                                "not read; its Jacobians are measured as a black box)")
+        else:
+            failed.append("response/stability: no filter weights captured")
+
+    if cap.self_check_error > SELF_CHECK_TOL:     # the capture does not reproduce the module
+        failed.append(f"self-check failed: {cap.self_check}; the measures of the captured "
+                      "affinity are not reported (the Jacobians are of the module itself)")
     else:
-        failed.append("response/stability: no filter weights captured")
+        affinity_measures()
     if jacobian and cap.module is not None and cap.input is not None:
         def jac() -> None:
             fn, x = block_function(cap, 0)

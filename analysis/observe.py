@@ -359,6 +359,8 @@ class AffinityWatcher(TorchFunctionMode):
         with torch.no_grad():
             ref = aff.to(torch.float64) @ vals.to(torch.float64)
             err = float((ref - prod.double()).norm() / prod.double().norm().clamp_min(1e-300))
+        # copies: an in-place op of the model after the product must not change the record
+        aff, vals, prod = aff.clone(), vals.clone(), prod.clone()
         self.observations.append(Observation(path, kind, aff, vals, prod, err, how,
                                              self._call_index(path), module))
 

@@ -201,3 +201,20 @@ def test_causal_rows_report_singular_values():
     assert "triangular" in row.notes, row.notes
     P, _ = sdpa_affinity(x, x, is_causal=True)
     assert row.singular_max == pytest.approx(float(torch.linalg.svdvals(P.double())[:, 0].max()))
+
+
+def test_a_capture_that_fails_its_self_check_is_never_ok():
+    """SDPA with dropout left on in eval mode: the affinity read from the call, times the
+    values, is not the module's own (randomly dropped) product, so the row is not ok and the
+    affinity measures are withheld."""
+    class LeakyDropout(nn.Module):
+        def forward(self, x):
+            return F.scaled_dot_product_attention(x, x, x, dropout_p=0.5)
+
+    x = torch.randn(2, 5, 4)
+    table = analyze(nn.Sequential(LeakyDropout()), x, progress=False, backbone=False,
+                    jacobian=False)
+    row = table[0]
+    assert row.self_check_error > SELF_CHECK_TOL
+    assert row.status != "ok" and "self-check failed" in row.reason
+    assert row.lambda_max != row.lambda_max          # NaN: not reported
