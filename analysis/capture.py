@@ -75,8 +75,8 @@ from graphfilters.graph import (
 )
 from graphfilters.specs import BlockSpec, get_spec
 
-from .observe import AffinityWatcher, Observation, mha_fastpath, module_stack_hooks
-from .observed import observed_capture
+from .observe import AffinityWatcher, Observation, reading
+from .observed import applied_affinity, observed_capture
 from .registry import (
     CallContext,
     Recognizer,
@@ -863,9 +863,7 @@ def capture(
     pieces: dict[str, list[Capture]] = {}
     order: list[str] = []
     state: dict[str, Any] = {"take": 0, "paths": set(), "batch": 0}
-    modes = {m: m.training for m in model.modules()}
     records: dict[nn.Module, Any] = {}
-    handles: list[Any] = []
     parent_calls: dict[int, tuple[tuple, dict]] = {}
     parents = _parents(model)
     names = {m: (p or ROOT) for p, m in model.named_modules()}
@@ -876,12 +874,15 @@ def capture(
     def under(owner: str, path: str) -> bool:
         return path == ROOT or owner == path or owner.startswith(path + ".")
 
+    def repeated(path: str) -> None:           # a module called twice in one forward
+        first = pieces[path][-1]
+        first.info["repeated_calls"] = first.info.get("repeated_calls", 1) + 1
+
     def add(cap: Capture | None) -> None:
         if cap is None:
             return
-        if cap.path in state["paths"]:        # a module called twice in one forward
-            first = pieces[cap.path][-1]
-            first.info["repeated_calls"] = first.info.get("repeated_calls", 1) + 1
+        if cap.path in state["paths"]:
+            repeated(cap.path)
             return
         state["paths"].add(cap.path)
         cap.n_samples = _affinity_batch(cap.affinity, cap.n_samples or state["take"])
@@ -918,11 +919,8 @@ def capture(
 
     def paused(hook: Callable[..., None]) -> Callable[..., None]:
         def run(*a: Any, **k: Any) -> None:
-            watcher.paused += 1
-            try:
+            with watcher.pause():
                 hook(*a, **k)
-            finally:
-                watcher.paused -= 1
         return run
 
     def parent_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -934,8 +932,10 @@ def capture(
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if state.get("rechecking"):
                 return
-            if path in state["paths"] or path in failures:
-                return add(_Repeat(path)) if path in state["paths"] else None
+            if path in state["paths"]:
+                return repeated(path)
+            if path in failures:
+                return None
             pargs, pkw = parent_calls.get(id(parent), (None, None)) if parent is not None \
                 else (None, None)
             ctx = CallContext(path, module, args, kwargs, output, heads, parent, pargs, pkw)
@@ -951,18 +951,21 @@ def capture(
             cap.info.setdefault("family", rec.name)
             seen_here = [o for o in watcher.observations if under(o.owner or ROOT, path)
                          and o.call == watcher.calls.get(o.owner, 0)]
-            if not seen_here and isinstance(module, nn.MultiheadAttention):
+            applied = [o.affinity for o in seen_here]
+            what = "watched: " + ", ".join(sorted({o.kind for o in seen_here}))
+            if not applied and isinstance(module, nn.MultiheadAttention):
                 state["rechecking"] = True
+                what = "its own need_weights=True weights"
                 try:
-                    seen_here = _mha_applied(path, module, args, kwargs)
+                    applied = _mha_applied(module, args, kwargs)
                 except Exception:  # noqa: BLE001 - no check is better than a broken forward
-                    seen_here = []
+                    applied = []
                 finally:
                     state["rechecking"] = False
-            if seen_here:
+            if applied:
                 try:
-                    err, how = _cross_check(cap, seen_here, names,
-                                            _affinity_batch(cap.affinity, state["batch"]))
+                    err, how = _cross_check(cap, applied, module,
+                                            _affinity_batch(cap.affinity, state["batch"]), what)
                 except Exception as exc:  # noqa: BLE001 - not comparable: say so, keep it
                     err, how = float("nan"), (f"not checked: the applied affinity could not be "
                                               f"laid out ({type(exc).__name__}: {exc})")
@@ -998,60 +1001,50 @@ def capture(
             add(cap)
 
     seen = 0
-    fastpath = mha_fastpath(False)
+    paths = {m: ("" if p == ROOT else p) for m, p in names.items()}
     try:
-        model.eval()
-        handles += module_stack_hooks(model, watcher, {m: ("" if p == ROOT else p)
-                                                       for m, p in names.items()})
-        for path, module, kind in found:
-            if kind == "adapter":
-                handles.append(module.register_forward_hook(
-                    adapter_hook(path, adapter_for(module))))
-            elif kind == "block":
-                records[module] = module.record
-                module.record = True
-                handles.append(module.register_forward_hook(block_hook(path)))
-            else:
-                parent = parents.get(path)
-                if parent is not None:
-                    handles.append(parent.register_forward_pre_hook(parent_hook,
-                                                                    with_kwargs=True))
-                handles.append(module.register_forward_hook(
-                    recognizer_hook(path, recognizer_for(module)), with_kwargs=True))
-        batches = _as_batches(inputs_or_loader)
-        try:
-            total = len(batches)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
-        bar = tqdm(batches, desc="capture", total=total, disable=not progress, leave=False)
-        with torch.no_grad():
-            for batch in bar:
-                b = batch if forward is not None else (
-                    batch if isinstance(batch, Mapping) else _batch_input(batch))
-                state["batch"] = _batch_size(b)
-                state["take"] = min(state["batch"], max_samples - seen)
-                state["paths"] = set()
-                parent_calls.clear()
-                watcher.reset()
-                with watcher:
-                    run_batch(model, batch, forward, model_kwargs)
-                watcher.paused += 1
-                try:
-                    add_observed()
-                finally:
-                    watcher.paused -= 1
-                seen += state["take"]
-                if seen >= max_samples:
-                    break
-        bar.close()
+        with reading(model, watcher, paths) as handles:
+            for path, module, kind in found:
+                if kind == "adapter":
+                    handles.append(module.register_forward_hook(
+                        adapter_hook(path, adapter_for(module))))
+                elif kind == "block":
+                    records[module] = module.record
+                    module.record = True
+                    handles.append(module.register_forward_hook(block_hook(path)))
+                else:
+                    parent = parents.get(path)
+                    if parent is not None:
+                        handles.append(parent.register_forward_pre_hook(parent_hook,
+                                                                        with_kwargs=True))
+                    handles.append(module.register_forward_hook(
+                        recognizer_hook(path, recognizer_for(module)), with_kwargs=True))
+            batches = _as_batches(inputs_or_loader)
+            try:
+                total = len(batches)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+            bar = tqdm(batches, desc="capture", total=total, disable=not progress, leave=False)
+            with torch.no_grad():
+                for batch in bar:
+                    b = batch if forward is not None else (
+                        batch if isinstance(batch, Mapping) else _batch_input(batch))
+                    state["batch"] = _batch_size(b)
+                    state["take"] = min(state["batch"], max_samples - seen)
+                    state["paths"] = set()
+                    parent_calls.clear()
+                    watcher.reset()
+                    with watcher:
+                        run_batch(model, batch, forward, model_kwargs)
+                    with watcher.pause():
+                        add_observed()
+                    seen += state["take"]
+                    if seen >= max_samples:
+                        break
+            bar.close()
     finally:
-        mha_fastpath(fastpath)
-        for h in handles:
-            h.remove()
         for module, flag in records.items():
             module.record = flag
-        for m, mode in modes.items():
-            m.training = mode
         watcher.reset()
     result = Captures(n_samples=seen)
     for path in order:
@@ -1065,13 +1058,6 @@ def capture(
     if not result:
         result.reason = _nothing_found(model, found, failures, blocks)
     return result
-
-
-class _Repeat:
-    """Marks a repeated call of a recognized module (its first call is kept)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
 
 
 def _wanted(path: str, cap: Capture, blocks: Sequence[str | type]) -> bool:
@@ -1108,35 +1094,28 @@ def _nothing_found(model: nn.Module, found: list, failures: dict[str, str],
     return f"{head}{listing}; see {HOWTO}"
 
 
-def _mha_applied(path: str, module: nn.MultiheadAttention, args: tuple, kwargs: dict
-                 ) -> list[Observation]:
+def _mha_applied(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> list[Tensor]:
     """``nn.MultiheadAttention`` computes inside one opaque function: its applied attention is
     what it returns with ``need_weights=True, average_attn_weights=False`` on the same call."""
     kw = dict(kwargs)
     kw.update(need_weights=True, average_attn_weights=False)
-    out, w = module(*args, **kw)
+    _, w = module(*args, **kw)
     if w is None:
         return []
-    if w.dim() == 3:                                       # unbatched (H, L, S)
-        w = w.unsqueeze(0)
-    vals = torch.zeros(*w.shape[:-2], w.shape[-1], 1, dtype=w.dtype, device=w.device)
-    return [Observation(path, "mha weights", w.detach(), vals, w.new_zeros(*w.shape[:-1], 1),
-                        0.0, "nn.MultiheadAttention's own weights (need_weights=True)", 0,
-                        module)]
+    return [w.detach().unsqueeze(0) if w.dim() == 3 else w.detach()]   # unbatched (H, L, S)
 
 
-def _cross_check(cap: Capture, obs: list[Observation], names: dict, batch: int
-                 ) -> tuple[float, str]:
+def _cross_check(cap: Capture, applied: list[Tensor], module: nn.Module, batch: int,
+                 what: str) -> tuple[float, str]:
     """A recognizer's affinity against the one the model applied (head averages), as the
     largest entry difference relative to the largest entry."""
-    fields = observed_capture(obs[0].owner or ROOT, obs[0].owner_module, obs, None, batch,
-                              "mean")
-    A_obs = fields["affinity"].dense().double()
+    nh = getattr(module, "num_heads", None)
+    A_obs = applied_affinity(applied, batch, nh if isinstance(nh, int) else None)[0]
+    A_obs = A_obs.mean(1).double()
     A_rec = cap.dense_affinity(heads="mean").double()
     if tuple(A_obs.shape) != tuple(A_rec.shape):
         return float("inf"), (f"the recognizer's affinity has shape {tuple(A_rec.shape)}, the "
                               f"applied one {tuple(A_obs.shape)}")
     err = float((A_rec - A_obs).abs().max() / A_obs.abs().max().clamp_min(1e-300))
     return err, (f"max |A_recognized - A_applied| / max |A_applied| = {err:.1e} (the affinity "
-                 f"the model applied, watched: {fields['info']['observed']})")
-
+                 f"the model applied: {what})")

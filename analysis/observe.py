@@ -49,7 +49,8 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["Observation", "AffinityWatcher", "observe", "positions_of", "module_stack_hooks"]
+__all__ = ["Observation", "AffinityWatcher", "observe", "reading", "positions_of",
+           "module_stack_hooks", "sdpa_affinity", "hold_affinities", "mha_fastpath"]
 
 _SOFTMAX = {torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax}
 _SDPA = {F.scaled_dot_product_attention}
@@ -210,6 +212,16 @@ class AffinityWatcher(TorchFunctionMode):
             return None
         hit = self._marks.get(id(t))
         return hit[1] if hit is not None and hit[0] is t else None
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        """Within this context the watcher lets every op through unseen (its own bookkeeping,
+        hooks that read what a module did)."""
+        self.paused += 1
+        try:
+            yield
+        finally:
+            self.paused -= 1
 
     def reset(self) -> None:
         """Forget the last forward: marks, observations, call counts and arguments."""
@@ -481,23 +493,33 @@ def module_stack_hooks(model: nn.Module, watcher: AffinityWatcher,
     return handles
 
 
-def observe(model: nn.Module, *args: Any, **kwargs: Any) -> list[Observation]:
-    """Run ``model(*args, **kwargs)`` once (eval mode, no grad; modes restored) and return
-    every affinity application it made (see the module docstring)."""
-    watcher = AffinityWatcher()
-    handles = module_stack_hooks(model, watcher)
+@contextmanager
+def reading(model: nn.Module, watcher: AffinityWatcher,
+            paths: dict[nn.Module, str] | None = None) -> Iterator[list[Any]]:
+    """Put ``model`` in the state in which it is read: eval mode, PyTorch's fused MHA fast
+    path off, the module stack of ``watcher`` kept. Yields the list of hook handles (add
+    your own; all are removed on exit) and restores the modes and the fast path, also when
+    the forward raises."""
     modes = {m: m.training for m in model.modules()}
     fastpath = mha_fastpath(False)
+    handles = module_stack_hooks(model, watcher, paths)
     try:
         model.eval()
-        with torch.no_grad(), watcher:
-            model(*args, **kwargs)
+        yield handles
     finally:
         mha_fastpath(fastpath)
         for h in handles:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
+
+
+def observe(model: nn.Module, *args: Any, **kwargs: Any) -> list[Observation]:
+    """Run ``model(*args, **kwargs)`` once (eval mode, no grad; modes restored) and return
+    every affinity application it made (see the module docstring)."""
+    watcher = AffinityWatcher()
+    with reading(model, watcher), torch.no_grad(), watcher:
+        model(*args, **kwargs)
     return watcher.observations
 
 

@@ -64,6 +64,31 @@ def _block_diag(P: Tensor) -> Tensor:
     return out
 
 
+def applied_affinity(affinities: list[Tensor], batch: int, num_heads: int | None = None,
+                     values: list[Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor | None, int]:
+    """The affinities of one module call as ``(B, H, N, M)`` (windows on the diagonal, several
+    applications of one shape stacked as heads), the values as ``(B, W, H, m, c)`` when given,
+    and the number of windows ``W``.
+
+    Examples
+    --------
+    >>> A, _, W = applied_affinity([torch.rand(4, 3, 2, 2)], batch=2)
+    >>> tuple(A.shape), W
+    ((2, 3, 4, 4), 2)
+    """
+    shapes = {tuple(a.shape) for a in affinities}
+    if len(shapes) != 1:
+        raise ValueError(f"{len(affinities)} affinity applications of different shapes "
+                         f"{sorted(shapes)} in one call")
+    W, H = layout(affinities[0], batch, num_heads)
+    n, m = affinities[0].shape[-2:]
+    P = torch.cat([a.reshape(batch, W, H, n, m).float() for a in affinities], 2)
+    V = None if values is None else torch.cat(
+        [v.reshape(batch, W, H, m, v.shape[-1]).float() for v in values], 2)
+    return _block_diag(P), V, W
+
+
 def observed_capture(path: str, module: nn.Module | None, obs: list[Observation],
                      call_args: tuple[tuple, dict] | None, batch: int, heads: str
                      ) -> dict[str, Any]:
@@ -71,31 +96,19 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
     one module call (a batch of ``batch`` samples). Several applications in one call (heads
     computed in a loop) are stacked as heads when they have one shape."""
 
-    shapes = {tuple(o.affinity.shape) for o in obs}
-    if len(shapes) != 1:
-        raise ValueError(f"{len(obs)} affinity applications of different shapes {sorted(shapes)}"
-                         " in one call")
     nh = getattr(module, "num_heads", None) if module is not None else None
     nh = nh if isinstance(nh, int) else None
-    parts_a, parts_v = [], []
-    for o in obs:
-        W, H = layout(o.affinity, batch, nh)
-        n, m = o.affinity.shape[-2:]
-        parts_a.append(o.affinity.reshape(batch, W, H, n, m).float())
-        c = o.values.shape[-1]
-        parts_v.append(o.values.reshape(batch, W, H, m, c).float())
-    P = torch.cat(parts_a, 2) if len(parts_a) > 1 else parts_a[0]      # (B, W, H, n, m)
-    V = torch.cat(parts_v, 2) if len(parts_v) > 1 else parts_v[0]      # (B, W, H, m, c)
-    B, W, H, n, m = P.shape
-    A = _block_diag(P)                                                  # (B, H, N, M)
-    z = V.permute(0, 1, 3, 2, 4).reshape(B, W * m, H * V.shape[-1])   # (B, M, H c)
+    A, V, W = applied_affinity([o.affinity for o in obs], batch, nh,
+                               [o.values for o in obs])
+    B, H, N, M = A.shape
+    z = V.permute(0, 1, 3, 2, 4).reshape(B, M, H * V.shape[-1])        # (B, M, H c)
     aff = DenseAffinity(A.mean(1) if heads == "mean" else A)
     err = max(o.error for o in obs)
     kinds = sorted({o.kind for o in obs})
     info: dict[str, Any] = {
         "family": "observed", "observed": ", ".join(kinds),
         "how": "; ".join(sorted({o.how for o in obs})), "num_heads": H, "windows": W,
-        "n_keys": W * m, "applications": len(obs),
+        "n_keys": M, "applications": len(obs),
         "layer": "the owning module only (no skip connection identified)",
         "layernorm": "none",
         "note": ("read by watching the computation; the owner's weights are not read, so the "
@@ -107,7 +120,7 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
     return dict(
         path=path, source="observed", module_type=type(module).__name__ if module else "",
         affinity=aff, normalization="none", spec=None, z=z, weights=None,
-        spatial_shape=(W * n,), input=x, residual=False, heads=heads, info=info,
+        spatial_shape=(N,), input=x, residual=False, heads=heads, info=info,
         module=module, call=call, call_kwargs=kw, n_samples=B, self_check_error=err,
         self_check=("the recorded affinity times the recorded values against the module's "
                     f"own product ({', '.join(kinds)}): relative error {err:.1e}"))

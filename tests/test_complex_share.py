@@ -8,12 +8,12 @@ shift-invariant.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analysis.plots import plot_spectrum
 from analysis.spectra import complex_share, spectrum
+from tests.attention_models import residual_mha_capture
 
 
 def _softmax_matrix(n: int, rank: int, seed: int) -> np.ndarray:
@@ -34,20 +34,7 @@ def test_operator_and_its_laplacian_give_the_same_share(n, rank, seed):
 
 
 def test_the_two_spectrum_panels_say_the_same_share():
-    from analysis import capture
-
-    torch.manual_seed(1)
-    mha = torch.nn.MultiheadAttention(4, 1, batch_first=True)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = mha
-
-        def forward(self, x):
-            return x + self.attn(x, x, x)[0]
-
-    cap = capture(Net(), torch.randn(1, 24, 4), progress=False)["attn"]
+    cap = residual_mha_capture(4, 24, seed=1)
     titles = []
     for op in ("normalized", "laplacian"):
         _, ax = plot_spectrum(spectrum(cap, op, progress=False))

@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from analysis import capture, plots
+from analysis import plots
 from analysis.response import FrequencyEnergy, block_response
 from analysis.spectra import spectrum
+from tests.attention_models import residual_mha_capture
 
 
 @pytest.fixture(scope="module")
 def cap():
-    torch.manual_seed(1)
-    mha = torch.nn.MultiheadAttention(8, 1, batch_first=True)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = mha
-
-        def forward(self, x):
-            return x + self.attn(x, x, x)[0]
-
-    c = capture(Net(), torch.randn(1, 64, 8), progress=False)["attn"]
+    c = residual_mha_capture(8, 64, seed=1)
     c.spatial_shape = (8, 8)
     return c
 
