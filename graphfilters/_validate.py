@@ -55,21 +55,10 @@ def integer(value: Any, name: str, minimum: int | None = None,
     >>> integer(-1, "order", minimum=0)
     Traceback (most recent call last):
     ...
-    ValueError: order must be an integer >= 0, got -1
+    ValueError: order must be an integer >= 0, got -1 (int)
     """
-    bounds = ""
-    if minimum is not None and maximum is not None:
-        bounds = f" in [{minimum}, {maximum}]"
-    elif minimum is not None:
-        bounds = f" >= {minimum}"
-    elif maximum is not None:
-        bounds = f" <= {maximum}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer{bounds}, got {_describe(value)}")
-    value = int(value)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be an integer{bounds}, got {value}")
-    return value
+    check(value, name, [Interval(Integral, minimum, maximum, closed="both")])
+    return int(value)
 
 
 def positive_int(value: Any, name: str, maximum: int | None = None) -> int:
