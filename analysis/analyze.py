@@ -475,6 +475,8 @@ def _analyze_one(
         row.notes["self_check"] = cap.self_check
     if "recognizer" in cap.info:
         row.notes["recognizer"] = cap.info["recognizer"] + "; read as observed attention"
+    if cap.source == "observed":
+        row.notes["observed"] = str(cap.info.get("note", ""))
     if cap.affinity is None:
         row.status, row.reason = "skipped", "no affinity captured"
         return row

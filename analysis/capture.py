@@ -964,8 +964,7 @@ def capture(
                     state["rechecking"] = False
             if applied:
                 try:
-                    err, how = _cross_check(cap, applied, module,
-                                            _affinity_batch(cap.affinity, state["batch"]), what)
+                    err, how = _cross_check(cap, applied, module, state["batch"], what)
                 except Exception as exc:  # noqa: BLE001 - not comparable: say so, keep it
                     err, how = float("nan"), (f"not checked: the applied affinity could not be "
                                               f"laid out ({type(exc).__name__}: {exc})")
@@ -1110,7 +1109,11 @@ def _cross_check(cap: Capture, applied: list[Tensor], module: nn.Module, batch: 
     """A recognizer's affinity against the one the model applied (head averages), as the
     largest entry difference relative to the largest entry."""
     nh = getattr(module, "num_heads", None)
-    A_obs = applied_affinity(applied, batch, nh if isinstance(nh, int) else None)[0]
+    nh = nh if isinstance(nh, int) else None
+    try:                          # the model's samples (windows of one image are one sample)
+        A_obs = applied_affinity(applied, batch, nh)[0]
+    except ValueError:            # e.g. a sequence-first input: the capture's own samples
+        A_obs = applied_affinity(applied, _affinity_batch(cap.affinity, batch), nh)[0]
     A_obs = A_obs.mean(1).double()
     A_rec = cap.dense_affinity(heads="mean").double()
     if tuple(A_obs.shape) != tuple(A_rec.shape):

@@ -116,6 +116,9 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
     }
     if W > 1:
         info["node_layout"] = "window"
+        info["note"] += (f"; {W} windows per sample put on the diagonal: the nodes are the "
+                         "image's tokens in window order (after any shift), a permutation of "
+                         "the image grid that leaves spectra and Jacobians unchanged")
     x, call, kw = _owner_call(module, call_args, batch)
     return dict(
         path=path, source="observed", module_type=type(module).__name__ if module else "",
