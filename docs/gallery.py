@@ -78,18 +78,17 @@ affinities = {
 block_of = {"NL": "nl", "A²": "a2", "CGNL": "cgnl", "DNL": "dnl", "SNL": "snl"}
 queries = [(9, 12), (4, 32), (25, 20)]
 
-fig, axes = plt.subplots(len(queries), len(affinities), figsize=(15, 7.6))
+fig, axes = plt.subplots(len(queries), len(affinities), figsize=(15, 7.6), layout="constrained")
 for col, (name, aff) in enumerate(affinities.items()):
     cap = Capture(name, "adapter", BLOCKS[block_of[name]].kernel, aff,
                   BLOCKS[block_of[name]].normalization, spatial_shape=(H, W), n_samples=1)
-    plot_affinity_rows(cap, queries, image=image, ax=axes[:, col], cmap="jet", alpha=0.5)
+    plot_affinity_rows(cap, queries, image=image, ax=axes[:, col], alpha=0.6)
     axes[0, col].set_title(name, fontsize="x-large")
     for row in range(1, len(queries)):
         axes[row, col].set_title("")
 for row, q in enumerate(queries):
     axes[row, 0].set_ylabel(f"query {q}")
 fig.suptitle(r"rows of $\hat A$ over the photograph, one block per column")
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -107,13 +106,12 @@ mu_nl = affinities["NL"].normalized("rw").eigvals()[0]
 mu_dnl = affinities["DNL"].normalized("rw").eigvals()[0]
 lam_snl = affinities["SNL"].laplacian_eigvals("sym")[0]
 
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
 plot_spectrum(mu_nl, ax=axes[0], operator="normalized", title=r"NL: eigenvalues $\mu$ of $A$")
 plot_spectrum(mu_dnl, ax=axes[1], operator="normalized",
               title=r"DNL: eigenvalues $\mu$ of $\hat A$")
 plot_spectrum(lam_snl, ax=axes[2], bins=60, range=(0, 2), log=True,
               title=r"SNL: eigenvalues $\lambda$ of $L_{sym}$")
-plt.tight_layout()
 plt.show()
 print(f"NL : max |Im mu| = {np.abs(mu_nl.imag).max():.3f}   "
       f"DNL: max |Im mu| = {np.abs(mu_dnl.imag).max():.3f}   "

@@ -172,7 +172,8 @@ def derivation_markdown(d: Any) -> str:
     lines = [f"**Derivation of {d.title}**: {_verdict(d)} "
              f"({len(d.assumptions)} assumptions, `str()` lists them)", ""]
     for i, (why, eq) in enumerate(_steps(d)):
-        lines += [f"{i}. {why}:" if i else f"From {why}:", "", f"$$ {eq} $$", ""]
+        # "Step i." as text: a markdown list item per step restarts at 1 between displays
+        lines += [f"**Step {i}.** {why}:" if i else f"From {why}:", "", f"$$ {eq} $$", ""]
     for cf, diff in zip(d.closed_forms, d.differences):
         zero = bool(getattr(diff, "is_ZeroMatrix", False)) or diff == 0
         lines.append(f"Closed form ({d.source}): $F = {latex(cf)}$, "

@@ -52,7 +52,8 @@ def _hook():
 
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S + 120)
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*NOTEBOOKS, NOTEBOOK_DIR.parent / "docs" / "gallery.py"],
+                         ids=lambda p: p.name)
 def test_notebook_runs(path, notebook_cache):
     """The notebook runs top to bottom in a fresh kernel, without errors or warnings, and
     every ``plt.show()`` draws a figure.
