@@ -61,7 +61,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 __all__ = ["Observation", "AffinityWatcher", "observe", "reading", "positions_of",
-           "module_stack_hooks", "sdpa_affinity", "hold_affinities", "mha_fastpath"]
+           "module_stack_hooks", "sdpa_affinity", "hold_affinities", "mha_fastpath",
+           "eval_mode"]
 
 _SOFTMAX = {torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax}
 _SDPA = {F.scaled_dot_product_attention}
@@ -494,24 +495,34 @@ def module_stack_hooks(model: nn.Module, watcher: AffinityWatcher,
 
 
 @contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the context; every submodule's train/eval mode is
+    restored on exit, also when the body raises."""
+    modes = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+@contextmanager
 def reading(model: nn.Module, watcher: AffinityWatcher,
             paths: dict[nn.Module, str] | None = None) -> Iterator[list[Any]]:
     """Put ``model`` in the state in which it is read: eval mode, PyTorch's fused MHA fast
     path off, the module stack of ``watcher`` kept. Yields the list of hook handles (add
     your own; all are removed on exit) and restores the modes and the fast path, also when
     the forward raises."""
-    modes = {m: m.training for m in model.modules()}
     fastpath = mha_fastpath(False)
     handles = module_stack_hooks(model, watcher, paths)
     try:
-        model.eval()
-        yield handles
+        with eval_mode(model):
+            yield handles
     finally:
         mha_fastpath(fastpath)
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def observe(model: nn.Module, *args: Any, **kwargs: Any) -> list[Observation]:

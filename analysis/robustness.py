@@ -76,7 +76,7 @@ from graphfilters.filters import get_filter
 from graphfilters.graph import Affinity
 
 from .capture import Capture, _batch_input, model_device
-from .observe import hold_affinities
+from .observe import eval_mode, hold_affinities
 from .recognizers import additive_mask
 from .response import (
     _head_signal,
@@ -1330,19 +1330,6 @@ def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]
     return _Bound(module, lambda m, t: m(t)), x
 
 
-class _EvalMode:
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.modes = {m: m.training for m in module.modules()}
-
-    def __enter__(self) -> None:
-        self.module.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, mode in self.modes.items():
-            m.training = mode
-
-
 def jacobian_spectral_norm(
     fn: Callable[[Tensor], Tensor] | nn.Module,
     x: Tensor,
@@ -1703,7 +1690,7 @@ def jacobian_singular_values(
         raise ValueError(f"affinity must be one of {AFFINITY_MODES}, got {affinity!r}")
     max_iter = _check_positive_int("max_iter", max_iter)
     x = x.detach()
-    with _EvalMode(fn) if isinstance(fn, nn.Module) else nullcontext():
+    with eval_mode(fn) if isinstance(fn, nn.Module) else nullcontext():
         f = frozen_function(fn, x) if affinity == "frozen" else fn
         jvp, vjp = _products(f, x, mode)
         return top_singular_values(jvp, vjp, x, k, tol, max_iter, seed=seed)
@@ -1758,7 +1745,7 @@ def jacobians(
     (1.0, 1.0)
     """
     x = x.detach()
-    with _EvalMode(fn) if isinstance(fn, nn.Module) else nullcontext():
+    with eval_mode(fn) if isinstance(fn, nn.Module) else nullcontext():
         jf, vf = _products(fn, x, mode)
         jz, vz = _products(frozen_function(fn, x), x, mode)
         # warm starts along related maps (each mixed with a random part, see
@@ -1862,7 +1849,7 @@ def backbone_jacobians(
                 inputs[p] = args[0][:1].detach()
         handles.append(m.register_forward_pre_hook(hook))
     try:
-        with _EvalMode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x[:1].to(model_device(model)))
     finally:
         for h in handles:
@@ -1901,10 +1888,7 @@ def noise_sensitivity(
     if not level > 0:
         raise ValueError(f"level must be > 0, got {level!r}")
     x = x.detach()
-    ctx = _EvalMode(fn) if isinstance(fn, nn.Module) else None
-    if ctx is not None:
-        ctx.__enter__()
-    try:
+    with eval_mode(fn) if isinstance(fn, nn.Module) else nullcontext():
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with torch.no_grad():
             y = fn(x)
@@ -1913,9 +1897,6 @@ def noise_sensitivity(
                 eps = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
                 delta = level * x.norm() * eps / eps.norm()
                 changes.append(float((fn(x + delta) - y).norm() / y.norm().clamp_min(1e-30)))
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
     rel = float(np.mean(changes))
     return {"relative_change": rel, "gain": rel / level}
 
@@ -2037,7 +2018,7 @@ def accuracy_under_noise(
         raise ValueError("no batches in data")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out: dict[float, float] = {}
-    with _EvalMode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         bar = tqdm(levels, desc="accuracy vs noise", disable=not progress, leave=False)
         for s in bar:
             correct = total = 0
