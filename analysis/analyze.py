@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from graphfilters.display import card_html, fmt, table_html, table_text
 from graphfilters.graph import DenseAffinity
 
+from .bipartite import bipartite_response, bipartite_spectrum
 from .capture import SELF_CHECK_TOL, Capture, Captures, capture
 from .response import block_response
 from .robustness import (
@@ -145,7 +146,9 @@ class BlockReport:
         How each quantity was computed.
     singular_max : float
         Largest singular value of :math:`\hat A` for causal (triangular) affinities, whose
-        eigenvalues are only their diagonal (``notes["triangular"]``); ``nan`` otherwise.
+        eigenvalues are only their diagonal (``notes["triangular"]``), and for N×M affinities
+        (read as bipartite graphs, :mod:`analysis.bipartite`; ``notes["bipartite"]``);
+        ``nan`` otherwise.
     self_check_error : float
         How well the capture reproduces what the module computed
         (:attr:`analysis.capture.Capture.self_check_error`, what was compared in
@@ -484,16 +487,23 @@ def _analyze_one(
         """The measures of the captured affinity and filter (spectra, metrics, response,
         weight spectra, damping, linearized stability, affinity sensitivity)."""
         square = cap.affinity.n == cap.affinity.n_cols
-        spec = None
+        spec = bip = None
         if square and cap.affinity.n <= dense_limit and isinstance(cap.affinity, DenseAffinity):
             attempt("triangular", lambda: _triangular(cap, row))
         if square:
             spec = attempt("spectrum", lambda: spectrum(
                 cap.affinity, "normalized", cap.normalization, method=method,
                 dense_limit=dense_limit, progress=False))
-        else:
-            failed.append("spectrum: sub-sampled keys make the affinity "
-                          f"{cap.affinity.n} x {cap.affinity.n_cols}, not a graph")
+        else:                        # N x M (sub-sampled keys): a bipartite graph
+            bip = attempt("spectrum", lambda: bipartite_spectrum(
+                cap.operator(), vectors=cap.weights is not None))
+            if bip is not None:
+                for k, v in bip.summary().items():
+                    setattr(row, k, v)
+                row.spectrum_method = "bipartite-svd"
+                row.spectrum_reason = bip.describe()
+                row.notes["bipartite"] = bip.describe()
+                row.notes["n/a"] = _NXM_NA
         if spec is not None:
             row.spectrum_method, row.spectrum_reason = spec.method, spec.reason
             if spec.status == "uncertified":   # flagged values stay, the row says so
@@ -508,7 +518,8 @@ def _analyze_one(
                     setattr(row, k, v)
                 row.notes.update({f"metrics.{k}": v for k, v in metrics.notes.items()})
         if cap.weights is not None:
-            resp = attempt("response", lambda: block_response(cap, spectrum_result=spec))
+            resp = attempt("response", lambda: block_response(cap, spectrum_result=spec)
+                           if square else bipartite_response(cap, bip))
             if resp is not None:
                 row.response_class = resp.label
                 row.response_low, row.response_mid, row.response_high = (
@@ -548,9 +559,10 @@ def _analyze_one(
                 cap, affinity_noise)["gain"])
             row.affinity_gain = _NAN if gain is None else float(gain)
         elif cap.source == "observed":
-            row.notes["n/a"] = ("response, Tao spectrum, damping, linearized stability and "
-                                "affinity sensitivity: observed attention (the owner's weights are "
-                                "not read; its Jacobians are measured as a black box)")
+            row.notes["n/a"] = ("" if square else _NXM_NA + "; ") + (
+                "response, Tao spectrum, damping, linearized stability and affinity "
+                "sensitivity: observed attention (the owner's weights are not read; its "
+                "Jacobians are measured as a black box)")
         else:
             failed.append("response/stability: no filter weights captured")
 
@@ -595,6 +607,14 @@ def _analyze_one(
         row.status = "partial" if measured else "skipped"
         row.reason = "; ".join(failed)
     return row
+
+
+#: What an N x M affinity's row leaves out, and why.
+_NXM_NA = ("lambda_max, complex_share, max_imag, asymmetry, rank_collapse, damping and "
+           "linearized stability: defined on the square graph of a square affinity; this "
+           "N x M affinity is read as a bipartite graph (notes['bipartite']: singular values, "
+           "spectral_gap = 1 - sigma_2/sigma_1, effective_rank of sigma, singular_max = "
+           "||A_hat||_2), the block's stability by its full and frozen Jacobians")
 
 
 def _triangular(cap: Capture, row: BlockReport) -> None:

@@ -883,7 +883,9 @@ def block_response(
     basis = capture.basis
     norm = capture.normalization
     graph_ok = not (capture.info.get("node_layout") == "channel_position"
-                    or capture.info.get("sub_sampled"))
+                    or capture.info.get("sub_sampled")
+                    or (capture.affinity is not None
+                        and capture.affinity.n != capture.affinity.n_cols))
     eigs: list[np.ndarray] = []
     if graph_ok and capture.affinity is not None:
         spec = spectrum_result if spectrum_result is not None else spectrum(
@@ -898,7 +900,8 @@ def block_response(
         eigs = [1 - np.asarray(mu) for mu in spec.eigenvalues]
         notes["eigenvalues"] = "CGNL: eigenvalues of the channel-position graph"
     else:
-        notes["eigenvalues"] = "sub-sampled keys: the affinity is not square, no spectrum"
+        notes["eigenvalues"] = ("N x M affinity (sub-sampled keys): no eigenvalues; see "
+                                "analysis.bipartite.bipartite_response")
     if norm in ("sym", "rw"):
         lam_max = 2.0
     else:

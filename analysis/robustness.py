@@ -1918,7 +1918,8 @@ def affinity_sensitivity(
     \mathcal N(0, 1)` (a relative perturbation that keeps signs, hence non-negative degrees).
     Returns the mean relative change of the operator's action
     :math:`\|\hat A' Z - \hat A Z\| / \|\hat A Z\|`, of the filter output
-    :math:`\|F' - F\| / \|F\|`, and their ratio ``gain``.
+    :math:`\|F' - F\| / \|F\|`, and their ratio ``gain``. An N×M affinity (sub-sampled
+    keys) has the order-1 filter :math:`F = \hat A Z W_1`.
 
     Examples
     --------
@@ -1935,15 +1936,22 @@ def affinity_sensitivity(
     """
     if capture.affinity is None or capture.z is None or capture.weights is None:
         raise ValueError(f"{capture.path}: needs the affinity, Z and the weights")
-    if capture.info.get("node_layout") == "channel_position" or capture.info.get("sub_sampled"):
-        raise ValueError(f"{capture.path}: no square position graph (CGNL or sub-sampled keys)")
+    if capture.info.get("node_layout") == "channel_position":
+        raise ValueError(f"{capture.path}: no position graph (CGNL channel-position nodes)")
     aff = capture.affinity
     z = capture.z
     ws = list(capture.weights)
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    square = aff.n == aff.n_cols
+    if not square and (len(ws) != 2 or bool(ws[0].ne(0).any())):
+        raise ValueError(f"{capture.path}: an N x M affinity has an order-1 filter A Z W_1 "
+                         "(W_0 = 0)")
 
     def run(a: Affinity) -> tuple[Tensor, Tensor]:
         op = a.normalized(capture.normalization)
+        if not square:                      # N x M (sub-sampled keys): F = (A_hat Z) W_1
+            az = op(z)
+            return az, az @ ws[1].to(az.dtype)
         if _per_head(capture):              # one affinity per head acts on its own values
             c = replace(capture, affinity=a)
             return op(_head_signal(c)), filter_output(c)

@@ -52,7 +52,12 @@ def test_analyze_rows_statuses_and_tables():
         assert r.reason == "" and math.isfinite(r.stability_radius)
         assert math.isfinite(r.jacobian_norm) and math.isfinite(r.tao_negative_share)
     assert cgnl.status == "partial" and "channel-position" in cgnl.reason
-    assert sub.status == "partial" and "sub-sampled" in sub.reason
+    # sub-sampled keys: the N x M affinity is read as a bipartite graph (analysis.bipartite)
+    assert sub.status == "ok" and sub.spectrum_method == "bipartite-svd", sub.reason
+    assert "bipartite graph" in sub.notes["bipartite"] and "linearized" in sub.notes["n/a"]
+    assert math.isfinite(sub.singular_max) and math.isfinite(sub.spectral_gap)
+    assert math.isfinite(sub.z_low_energy) and sub.response_class
+    assert math.isnan(sub.lambda_max) and math.isnan(sub.stability_radius)
     assert math.isfinite(sub.jacobian_norm)                 # still measured empirically
     assert table.accuracy is not None and set(table.accuracy) == {0.0, 0.05, 0.1, 0.2, 0.4}
     frame = table.to_frame()

@@ -26,24 +26,16 @@ from tests.thirdparty.zoo import FAMILIES
 #: The largest self-check error (relative) that a row marked ``ok`` may carry.
 SELF_CHECK_TOL = 1e-4
 
-_NXM = "issue 18 item 6 (open): an N x M affinity (sub-sampled keys) gets no spectrum: row partial"
 XFAIL = {
     "hf-swin": ("issue 18 item 5 (open): windows are read in window order (block-diagonal, the "
                 "shift not undone), the library's map is on the image grid"),
-    "hf-segformer": _NXM + " (spatial reduction)",
-    "mmcv-nonlocal2d-subsample": _NXM,
-    "mmcv-contextblock": _NXM + " (GCNet: one 1 x N row shared by every position)",
     "mmcv-crisscross": ("issue 18 (open): CCNet's einsum criss-cross products are not watched "
                         "(no recognizer yet)"),
-    "alexhex7-embedded-gaussian": _NXM,
-    "alexhex7-gaussian": _NXM,
-    "alexhex7-dot-product": _NXM,
-    "alexhex7-concatenation": _NXM,
 }
 
 
 #: Families whose Jacobians are already right although their row is not ``ok``.
-JACOBIAN_OK = {"mmcv-nonlocal2d-subsample"}
+JACOBIAN_OK: set[str] = set()
 
 
 def _params(passing: frozenset[str] = frozenset()) -> list:
