@@ -512,7 +512,9 @@ class AttentionSpec(BlockSpec):
     two affinities (``operators=2``). The inherited fields describe the part that *is* a
     polynomial filter of one head's affinity ``A``: ``order`` and ``basis`` are those of the
     polynomial in ``A`` (GFSA: the monomial basis of order 2), ``weight_constraint`` its
-    constraint.
+    constraint. ``filter_latex`` is one head's filter in the toolkit's letters: ``Z`` is the
+    head's values :math:`V_h` and ``W`` the head's block of rows of the output projection
+    :math:`W_{out}` (the block's output is the sum of the heads' filters).
 
     Attributes
     ----------
@@ -529,10 +531,10 @@ class AttentionSpec(BlockSpec):
     --------
     >>> from graphfilters.specs import ATTENTION_BLOCK_NAMES, get_attention_spec
     >>> ATTENTION_BLOCK_NAMES
-    ('gfsa',)
-    >>> s = get_attention_spec("gfsa")
+    ('gfsa', 'attnscale')
+    >>> s = get_attention_spec("attnscale")
     >>> s.order, s.projector, s.operators, s.coefficients
-    (2, False, 1, ('w_0', 'w_1', 'w_K'))
+    (1, True, 1, ('lambda_h',))
     """
 
     operators: int = 1
@@ -570,8 +572,24 @@ _ATTENTION_ROWS = (
         code="jeongwhanchoi/GFSA (Image/gfsa.py: K = 4, w_0 = 0, w_1 = 1, w_K per head)",
         affinity_latex=_SOFTMAX_LATEX,
         filter_latex=(
-            r"F = (w_0 I + w_1 A + w_K (A + (K - 1)(A^{2} - A))) V W_{out}"
+            r"F = (w_0 I + w_1 A + w_K (A + (K - 1)(A^{2} - A))) Z W"
         ),
+    ),
+    AttentionSpec(
+        name="attnscale",
+        title="Attention scaling (AttnScale)",
+        reference=(
+            "Wang, Zheng, Chen, Wang. Anti-Oversmoothing in Deep Vision Transformers via the "
+            "Fourier Domain Analysis: From Theory to Practice. ICLR 2022."
+        ),
+        **_SOFTMAX_AFFINITY,
+        order=1,
+        weight_constraint="drop_order0",
+        projector=True,
+        coefficients=("lambda_h",),
+        code="VITA-Group/ViT-Anti-Oversmoothing (attnscale.py: one lambda per head, init 0)",
+        affinity_latex=_SOFTMAX_LATEX + r",\ P = \mathbf{1}\mathbf{1}^{T} / N",
+        filter_latex=r"F = (P + (1 + \lambda_h)(A - P)) Z W",
     ),
 )
 

@@ -63,3 +63,16 @@ def test_inconsistent_specs_are_clear_errors(call, match):
 def test_type_error_for_non_string_name():
     with pytest.raises(TypeError, match="block name must be a str"):
         get_spec(3)
+
+
+def test_attention_rows_render_and_validate():
+    from graphfilters.specs import ATTENTION_BLOCKS, get_attention_spec
+
+    parser = mathtext.MathTextParser("path")
+    for spec in ATTENTION_BLOCKS.values():
+        for text in (spec.affinity_latex, spec.filter_latex):
+            parser.parse(f"${text}$")
+        assert spec.coefficients and spec.code
+    assert get_attention_spec("attnscale").projector
+    with pytest.raises(ValueError, match="unknown attention block 'nl'; known: gfsa"):
+        get_attention_spec("nl")

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import analysis.spectra  # noqa: F401  (registers its declarations)
+import graphfilters.blocks  # noqa: F401  (the attention blocks declare their arguments)
 import graphfilters.chebyshev  # noqa: F401
 import graphfilters.graph  # noqa: F401
 import graphfilters.kernels  # noqa: F401

@@ -19,7 +19,13 @@ table name         class                       original form (``reference``)
 ``gsnl_stable``    ``gSNL(stable=True)``       ``GSNLRef(stable=True)``
 ``cayley``         :class:`CayleyNonlocal`     dense explicit inverse (``materialize=True``)
 ``arma``           :class:`ARMANonlocal`       dense explicit inverse (``materialize=True``)
+``gfsa``           :class:`GFSA`               :class:`~.reference.GFSARef`
+``attnscale``      :class:`AttnScale`          :class:`~.reference.AttnScaleRef`
 =================  ==========================  ============================================
+
+The last rows are the multi-head attention filters of the attention table
+(:data:`graphfilters.specs.ATTENTION_BLOCKS`, frame
+:class:`~graphfilters.blocks.attention.AttentionFilterBlock`).
 
 Examples
 --------
@@ -33,10 +39,13 @@ True
 
 from . import reference
 from .a2 import DoubleAttention
+from .attention import AttentionFilterBlock
+from .attnscale import AttnScale
 from .cc import CrissCross
 from .cgnl import CGNL
 from .dnl import DisentangledNonLocal
-from .factory import BLOCK_CLASSES, make_block
+from .factory import ATTENTION_CLASSES, BLOCK_CLASSES, KNOWN_BLOCKS, make_block
+from .gfsa import GFSA
 from .nl import NonLocal
 from .rational import ARMANonlocal, CayleyNonlocal
 from .record import FilterRecord, OutputAffine
@@ -56,8 +65,13 @@ __all__ = [
     "gSNL",
     "CayleyNonlocal",
     "ARMANonlocal",
+    "AttentionFilterBlock",
+    "GFSA",
+    "AttnScale",
     "make_block",
     "BLOCK_CLASSES",
+    "ATTENTION_CLASSES",
+    "KNOWN_BLOCKS",
     "FilterRecord",
     "OutputAffine",
     "KERNEL_OPTIONS",

@@ -176,20 +176,20 @@ class AttentionFilterBlock(nn.Module):
 
     @classmethod
     def from_reference(cls, ref: nn.Module) -> AttentionFilterBlock:
-        """The block computing exactly what the original-form ``ref`` computes (weights
-        copied: ``ref.qkv`` split into ``q, k, v``, ``ref.proj`` → ``out``, ``ref.bn``)."""
-        block = cls(ref.in_channels, heads=ref.heads, inter_channels=ref.inter_channels,
-                    dim=ref.dim, **cls._reference_options(ref)).to(ref.qkv.weight.dtype)
-        m, ck, cs = block.n_affinities, block.key_channels, block.inter_channels
+        """The block computing exactly what the original-form ``ref`` computes (the
+        projections read by :meth:`_reference_projections`, ``ref.bn`` copied, then the
+        block's own coefficients)."""
+        options = {"heads": ref.heads, "inter_channels": ref.inter_channels, "dim": ref.dim,
+                   **cls._reference_options(ref)}
+        weights = cls._reference_projections(ref, options)
+        block = cls(ref.in_channels, **options).to(weights["q"][0].dtype)
         shape = (1,) * block.dim
         with torch.no_grad():
-            wq, wk, wv = ref.qkv.weight.split([m * ck, m * ck, cs])
-            bq, bk, bv = ref.qkv.bias.split([m * ck, m * ck, cs])
-            for conv, w, bias in ((block.q, wq, bq), (block.k, wk, bk), (block.v, wv, bv)):
+            for name in ("q", "k", "v", "out"):
+                conv, (w, bias) = getattr(block, name), weights[name]
                 conv.weight.copy_(w.reshape(*w.shape, *shape))
-                conv.bias.copy_(bias)
-            block.out.weight.copy_(ref.proj.weight.reshape(*ref.proj.weight.shape, *shape))
-            block.out.bias.copy_(ref.proj.bias)
+                if conv.bias is not None:
+                    conv.bias.copy_(bias)
             block.norm.load_state_dict(ref.bn.state_dict())
             block._copy_coefficients(ref)
         return block.train(ref.training)
@@ -197,6 +197,20 @@ class AttentionFilterBlock(nn.Module):
     @classmethod
     def _reference_options(cls, ref: nn.Module) -> dict[str, Any]:
         return {}
+
+    @classmethod
+    def _reference_projections(cls, ref: nn.Module, options: dict[str, Any]
+                               ) -> dict[str, tuple[Tensor, Tensor | None]]:
+        """``{"q", "k", "v", "out"}`` -> ``(weight (C_out, C_in), bias)`` in the block's
+        channel layout; default: ``ref.qkv`` split into ``[q | k | v]`` and ``ref.proj``."""
+        m = cls.n_affinities
+        cs = options["inter_channels"]
+        ck = options.get("key_channels") or cs
+        w, b = ref.qkv.weight, ref.qkv.bias
+        parts = [m * ck, m * ck, cs]
+        return {**{name: (wp, bp) for name, wp, bp in
+                   zip("qkv", w.split(parts), b.split(parts))},
+                "out": (ref.proj.weight, ref.proj.bias)}
 
     def _copy_coefficients(self, ref: nn.Module) -> None:
         pass

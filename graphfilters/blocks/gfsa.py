@@ -2,9 +2,12 @@ r"""GFSA (Choi et al., AAAI 2024): a degree-2 polynomial filter of each head's s
 
 from __future__ import annotations
 
+from numbers import Real
+
 import torch
 from torch import Tensor, nn
 
+from .. import _validate as V
 from .attention import AttentionFilterBlock, softmax_affinity, softmax_apply
 
 __all__ = ["GFSA"]
@@ -23,6 +26,21 @@ class GFSA(AttentionFilterBlock):
     :math:`w_K` per head (zero at init); ``free=True`` learns all three per head. Applied as
     :math:`A(AV)` through ``scaled_dot_product_attention``: :math:`A^2` is never formed.
 
+    Parameters
+    ----------
+    in_channels, heads, inter_channels, key_channels, dim, bias, materialize
+        As in :class:`~graphfilters.blocks.attention.AttentionFilterBlock`.
+    K : float
+        The power :math:`A^K` approximated, ``>= 1`` (exact for ``K = 1, 2``).
+    free : bool
+        Learn :math:`w_0` and :math:`w_1` too (as released they are fixed buffers 0 and 1).
+
+    Shapes
+    ------
+    - **input:** ``(B, C, L)``, ``(B, C, H, W)`` or ``(B, C, T, H, W)``; **output:** the same.
+    - **w_0, w_1, w_K:** ``(heads,)``.
+    - **operator** (:meth:`operator`): ``(B, heads, N, N)``.
+
     Examples
     --------
     >>> import torch
@@ -34,9 +52,19 @@ class GFSA(AttentionFilterBlock):
 
     table_name = "gfsa"
 
+    @V.validate_params(
+        {"in_channels": [V.POS_INT], "heads": [V.POS_INT],
+         "K": [V.Interval(Real, 1, None, closed="left")], "free": ["boolean"],
+         "inter_channels": [V.POS_INT, None], "key_channels": [V.POS_INT, None],
+         "dim": [V.Options(int, (1, 2, 3))], "bias": ["boolean"], "materialize": ["boolean"]},
+        valid=lambda: {"in_channels": 4, "heads": 2, "dim": 1},
+    )
     def __init__(self, in_channels: int, heads: int = 1, K: float = 4, free: bool = False,
-                 **options) -> None:
-        super().__init__(in_channels, heads=heads, **options)
+                 inter_channels: int | None = None, key_channels: int | None = None,
+                 dim: int = 2, bias: bool = True, materialize: bool = False) -> None:
+        super().__init__(in_channels, heads=heads, inter_channels=inter_channels,
+                         key_channels=key_channels, dim=dim, bias=bias,
+                         materialize=materialize)
         self.K = float(K)
         self.free = bool(free)
         h = self.heads

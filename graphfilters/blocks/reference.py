@@ -23,6 +23,8 @@ module                     forward (``Z`` = ``g(x)`` as ``(B, N, C_s)``)
 :class:`OfficialSNL`       the official SNL stage (Zhu et al. 2021) with one unit
 :class:`OfficialSNLStage`  the official SNL stage: one affinity, ``n`` units
 :class:`GSNLRef`           gSNL with :math:`2\hat A^2 - I` or :math:`2\hat A - I`
+:class:`GFSARef`           GFSA as released (``(K-1)(attn - I) @ attn + attn``, Choi et al. 2024)
+:class:`AttnScaleRef`      AttnScale as released (``attn_d + (1 + λ)(attn - attn_d)``, Wang 2022)
 =========================  ==============================================================
 
 Examples
@@ -55,6 +57,7 @@ __all__ = [
     "GSNLRef",
     "official_snl_affinity",
     "GFSARef",
+    "AttnScaleRef",
 ]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -592,6 +595,39 @@ class GFSARef(nn.Module):
         high_order = (self.K - 1) * (attn - identity) @ attn + attn
         attn = (self.w_0[None, :, None, None] * identity + self.w_1[None, :, None, None] * attn
                 + self.lamb[None, :, None, None] * high_order)
+        y = (attn @ v).transpose(1, 2).reshape(b, n, h * d)
+        z = self.proj(y).transpose(1, 2).reshape(x.shape)
+        return x + self.bn(z)
+
+
+class AttnScaleRef(nn.Module):
+    r"""AttnScale attention written as the released code does it (``attnscale.py`` of
+    VITA-Group/ViT-Anti-Oversmoothing): the dense softmax ``attn``, ``attn_d = ones / N``,
+    ``attn_h = (attn - attn_d) * (1 + lamb)``, ``attn = attn_d + attn_h``, ``attn @ v``; in
+    the blocks' convention ``x + BN(proj(...))``. Attributes ``qkv`` (one linear map,
+    ``[q | k | v]``), ``proj``, ``bn``, ``lamb`` (one per head)."""
+
+    def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
+                 dim: int = 2) -> None:
+        super().__init__()
+        cs = inter_channels or max(in_channels // 2, heads)
+        self.in_channels, self.heads, self.inter_channels, self.dim = (
+            in_channels, heads, cs, dim)
+        self.qkv = nn.Linear(in_channels, 3 * cs)
+        self.proj = nn.Linear(cs, in_channels)
+        self.bn = _bn(dim, in_channels)
+        self.lamb = nn.Parameter(torch.zeros(heads))
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.flatten(2).transpose(1, 2)                      # (B, N, C)
+        b, n, _ = t.shape
+        h, d = self.heads, self.inter_channels // self.heads
+        q, k, v = self.qkv(t).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * d ** -0.5).softmax(dim=-1)
+        attn_d = torch.ones(attn.shape[-2:], dtype=attn.dtype) / n
+        attn_d = attn_d[None, None, ...]
+        attn_h = (attn - attn_d) * (1. + self.lamb[None, :, None, None])
+        attn = attn_d + attn_h
         y = (attn @ v).transpose(1, 2).reshape(b, n, h * d)
         z = self.proj(y).transpose(1, 2).reshape(x.shape)
         return x + self.bn(z)

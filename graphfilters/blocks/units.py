@@ -10,17 +10,21 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from torch import nn
+
 from ..specs import BLOCK_NAMES
 from .a2 import DoubleAttention
+from .attnscale import AttnScale
 from .cc import CrissCross
 from .cgnl import CGNL
 from .dnl import DisentangledNonLocal
+from .gfsa import GFSA
 from .nl import NonLocal
 from .rational import ARMANonlocal, CayleyNonlocal
 from .snl import SNL, gSNL
 from .unified import ChebyshevNonlocal
 
-__all__ = ["BLOCK_CLASSES", "unit_factory"]
+__all__ = ["BLOCK_CLASSES", "ATTENTION_CLASSES", "KNOWN_BLOCKS", "unit_factory"]
 
 
 def _ns_unit(in_channels: int, dim: int = 2, **options: Any) -> ChebyshevNonlocal:
@@ -47,16 +51,33 @@ BLOCK_CLASSES: dict[str, Callable[..., ChebyshevNonlocal]] = {
 }
 
 
+#: Attention table name (:data:`graphfilters.specs.ATTENTION_BLOCK_NAMES`) -> block class
+#: (multi-head filters; not units of a :class:`~graphfilters.blocks.NonlocalStage`).
+ATTENTION_CLASSES: dict[str, Callable[..., nn.Module]] = {
+    "gfsa": GFSA,
+    "attnscale": AttnScale,
+}
+
+#: Every name :func:`~graphfilters.blocks.make_block` knows, table order then attention table.
+KNOWN_BLOCKS: tuple[str, ...] = (*BLOCK_NAMES, *ATTENTION_CLASSES)
+
+
 def block_key(name: str) -> str:
     """The table key of ``name`` (case-insensitive); raises for an unknown name."""
     if not isinstance(name, str):
         raise TypeError(f"block name must be a str, got {type(name).__name__}")
     key = name.lower()
-    if key not in BLOCK_CLASSES:
-        raise ValueError(f"unknown block {name!r}; known blocks: {', '.join(BLOCK_NAMES)}")
+    if key not in BLOCK_CLASSES and key not in ATTENTION_CLASSES:
+        raise ValueError(f"unknown block {name!r}; known blocks: {', '.join(KNOWN_BLOCKS)}")
     return key
 
 
 def unit_factory(name: str) -> Callable[..., ChebyshevNonlocal]:
     """The constructor of one unit of block ``name`` (``ns``: a unit of the stage)."""
-    return BLOCK_CLASSES[block_key(name)]
+    key = block_key(name)
+    if key in ATTENTION_CLASSES:
+        raise ValueError(
+            f"block {key!r} is a multi-head attention block, not a unit of a nonlocal stage "
+            f"(stages share one affinity between units of {', '.join(BLOCK_NAMES)})"
+        )
+    return BLOCK_CLASSES[key]
