@@ -9,9 +9,10 @@ The main entry point is :func:`analyze`, one row per nonlocal block:
 (0, 'no nonlocal blocks analysed')
 
 Modules: :mod:`analysis.capture` (what the blocks compute), :mod:`analysis.spectra`
-(eigenvalues, densities, affinity metrics), :mod:`analysis.response` (frequency responses,
-graph Fourier energies), :mod:`analysis.robustness` (weight spectra, linearized stability,
-Jacobians, noise), :mod:`analysis.plots` (figures, ``(fig, ax)``).
+(eigenvalues, densities, affinity metrics), :mod:`analysis.depth` (oversmoothing by depth:
+rank collapse, high-frequency share, spectral gap), :mod:`analysis.response` (frequency
+responses, graph Fourier energies), :mod:`analysis.robustness` (weight spectra, linearized
+stability, Jacobians, noise), :mod:`analysis.plots` (figures, ``(fig, ax)``).
 """
 
 # the built-in recognizers (MultiheadAttention, transformers, timm, mmcv...) register themselves
@@ -26,6 +27,7 @@ from .capture import (
     register_adapter,
     unregister_adapter,
 )
+from .depth import DepthProfile, DepthRow, depth_profile
 from .response import (
     BlockResponse,
     FrequencyEnergy,
@@ -76,4 +78,5 @@ __all__ = [
     "jacobian_spectral_norm", "noise_sensitivity", "affinity_sensitivity",
     "accuracy_under_noise", "block_function", "TaoSpectrum", "Stability",
     "sweep",
+    "depth_profile", "DepthProfile", "DepthRow",
 ]

@@ -47,6 +47,8 @@ __all__ = [
     "plot_filter_families",
     "plot_block_responses",
     "plot_capture_spectra",
+    "plot_depth_profile",
+    "DEPTH_QUANTITIES",
 ]
 
 
@@ -854,3 +856,93 @@ def plot_capture_spectra(
         getattr(capture, "module_type", "")
     fig.suptitle(title if title is not None else f"{capture.path} ({block})")
     return FigureAxes(fig, axes)
+
+
+#: Quantities :func:`plot_depth_profile` draws (columns of :class:`analysis.depth.DepthRow`)
+#: and their legend labels.
+DEPTH_QUANTITIES: dict[str, str] = {
+    "residual_in": r"$\|X_l - \mathbf{1}\bar x^T\|_F / \|X_l\|_F$ (input)",
+    "residual_out": r"$\|Y_l - \mathbf{1}\bar y^T\|_F / \|Y_l\|_F$ (output)",
+    "residual_l1inf_at_mean_in": r"$\|X_l - \mathbf{1}\bar x^T\|_{1,\infty} / "
+                                 r"\|X_l\|_{1,\infty}$ (input, at mean)",
+    "residual_l1inf_at_mean_out": r"$\|Y_l - \mathbf{1}\bar y^T\|_{1,\infty} / "
+                                  r"\|Y_l\|_{1,\infty}$ (output, at mean)",
+    "hf_share_in": "high-frequency share (input)",
+    "hf_share_out": "high-frequency share (output)",
+    "hf_share_branch": "high-frequency share (residual branch)",
+    "absolute_gap": r"$1 - |\mu_2(A_h)|$ (mean over heads $\pm$ std)",
+}
+
+
+def plot_depth_profile(
+    profile: Any,
+    ax: Axes | None = None,
+    *,
+    quantities: str | Sequence[str] = ("residual_in", "hf_share_out", "absolute_gap"),
+    label: str | None = None,
+    log: bool = False,
+    title: str | None = None,
+) -> tuple[Figure, Axes]:
+    r"""Measures of :func:`analysis.depth_profile` against depth (one line per quantity).
+
+    Parameters
+    ----------
+    profile : DepthProfile or sequence of DepthRow
+    quantities : str or sequence of str
+        Keys of :data:`DEPTH_QUANTITIES`. ``absolute_gap`` has error bars: its standard
+        deviation over heads.
+    label : str, optional
+        Prefix of every legend entry (to compare models on one ``ax``).
+    log : bool
+        Logarithmic y axis (residuals that collapse); values that are 0 (identical tokens
+        in the model's precision) cannot be drawn there and are left out.
+    title : str, optional
+
+    Examples
+    --------
+    >>> from analysis.depth import DepthProfile, DepthRow
+    >>> p = DepthProfile([DepthRow(0, "a", residual_in=0.9, absolute_gap=0.5),
+    ...                   DepthRow(1, "b", residual_in=0.4, absolute_gap=0.7)])
+    >>> fig, ax = plot_depth_profile(p, quantities=["residual_in", "absolute_gap"])
+    >>> len(ax.lines) >= 2, ax.get_xlabel()
+    (True, 'attention layer (forward order)')
+    """
+    rows = list(profile) if isinstance(profile, (list, tuple)) else None
+    if rows is None or not all(hasattr(r, "depth") and hasattr(r, "residual_in")
+                               for r in rows):
+        raise TypeError(f"profile must be a DepthProfile (analysis.depth_profile) or a list "
+                        f"of DepthRow, got {type(profile).__name__}")
+    if not rows:
+        raise ValueError(f"profile is empty: nothing to plot "
+                         f"({getattr(profile, 'reason', '') or 'no rows'})")
+    keys = [quantities] if isinstance(quantities, str) else list(quantities)
+    bad = [q for q in keys if q not in DEPTH_QUANTITIES]
+    if bad or not keys:
+        raise ValueError(f"quantities must be keys of DEPTH_QUANTITIES "
+                         f"{sorted(DEPTH_QUANTITIES)}, got {bad or keys!r}")
+    depth = np.array([r.depth for r in rows], dtype=float)
+    values = {q: np.array([float(getattr(r, q)) for r in rows]) for q in keys}
+    _finite(np.concatenate(list(values.values())), "profile (the chosen quantities)")
+    fig, ax = _fig_ax(ax)
+    markers = "osD^v<>p"
+    for i, q in enumerate(keys):
+        v = values[q]
+        if log:
+            v = np.where(v > 0, v, np.nan)
+        name = (f"{label}: " if label else "") + DEPTH_QUANTITIES[q]
+        if q == "absolute_gap":
+            err = np.array([float(r.absolute_gap_std) for r in rows])
+            ax.errorbar(depth, v, yerr=np.where(np.isfinite(err), err, 0.0), marker=markers[i],
+                        ms=4, capsize=2, label=name)
+        else:
+            ax.plot(depth, v, marker=markers[i % len(markers)], ms=4, label=name)
+    if log:
+        ax.set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("attention layer (forward order)")
+    ax.set_ylabel("value")
+    ax.legend(fontsize="x-small")
+    ax.set_title(title if title is not None else "depth profile")
+    return FigureAxes(fig, ax)

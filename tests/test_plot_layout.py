@@ -48,7 +48,16 @@ def _cases(cap):
         "plot_block_responses": lambda: plots.plot_block_responses(),
         "plot_filter_families": lambda: plots.plot_filter_families(),
         "plot_capture_spectra": lambda: plots.plot_capture_spectra(cap),
+        "plot_depth_profile": lambda: plots.plot_depth_profile(_depth_profile(), log=True),
     }
+
+
+def _depth_profile():
+    from analysis.depth import DepthProfile, DepthRow
+
+    return DepthProfile([DepthRow(d, f"layers.{d}", residual_in=0.9 ** (3 ** d),
+                                  hf_share_out=0.5 / (d + 1), absolute_gap=0.6 + 0.05 * d,
+                                  absolute_gap_std=0.05) for d in range(5)])
 
 
 def _ext(artist, renderer):
@@ -121,7 +130,8 @@ def test_every_plot_function_is_checked(cap):
 
 CASES = ["plot_spectrum complex", "plot_spectrum laplacian", "plot_spectrum real",
          "plot_response", "plot_affinity_rows", "plot_growth", "plot_accuracy", "plot_energy",
-         "plot_history", "plot_block_responses", "plot_filter_families", "plot_capture_spectra"]
+         "plot_history", "plot_block_responses", "plot_filter_families", "plot_capture_spectra",
+         "plot_depth_profile"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -153,6 +163,8 @@ def test_a_legend_over_a_neighbour_is_caught():
     (lambda: plots.plot_accuracy({}), "accuracy"),
     (lambda: plots.plot_accuracy({0.0: np.nan}), "accuracy"),
     (lambda: plots.plot_history([]), "history"),
+    (lambda: plots.plot_depth_profile(_depth_profile(), quantities="hf_share_branch"),
+     "profile"),
 ])
 def test_empty_or_all_nan_data_is_refused_by_name(call, name):
     with pytest.raises(ValueError, match=name):
