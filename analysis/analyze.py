@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from graphfilters.display import card_html, fmt, table_html, table_text
+from graphfilters.display import card_html, fmt, pandas, table_html, table_text
 from graphfilters.graph import DenseAffinity
 
 from .bipartite import bipartite_response, bipartite_spectrum
@@ -343,10 +343,7 @@ class AnalysisTable(list):
         ImportError
             If pandas is not installed (``pip install pandas``).
         """
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
-            raise ImportError("to_frame() needs pandas: pip install pandas") from exc
+        pd = pandas()
         cols = self.columns(columns)
         data = [{k: self._value(r, k) for k in cols} for r in self]
         frame = pd.DataFrame(data, columns=cols)

@@ -344,10 +344,9 @@ def bipartite_response(capture: Any, spectrum: BipartiteSpectrum | None = None
     w = [torch.as_tensor(x).detach().double().cpu().numpy() for x in ws]
     resp.eigenvalues = freqs
     resp.gains_at_eigenvalues = [pencil_gains(w, f)[:, 0] for f in freqs]
-    A = torch.as_tensor(capture.operator().dense()).detach().double()
-    A = A.reshape(-1, *A.shape[-2:])
     z = capture.z.detach().double()
-    out = (A @ z) @ torch.as_tensor(ws[1]).detach().double()
+    az = torch.as_tensor(capture.operator()(capture.z.detach())).double()
+    out = az.reshape(z.shape[0], -1, z.shape[-1]) @ torch.as_tensor(ws[1]).detach().double()
     resp.energy_z = bipartite_energy(spectrum, z, "keys")
     resp.energy_out = bipartite_energy(spectrum, out, "queries")
     resp.notes.pop("energy", None)

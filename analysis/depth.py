@@ -83,7 +83,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from graphfilters.display import table_text
+from graphfilters.display import pandas, table_text
 
 from .capture import Capture, capture, run_batch
 from .observe import AffinityWatcher, reading
@@ -343,10 +343,7 @@ class DepthProfile(list):
         ImportError
             If pandas is not installed (``pip install pandas``).
         """
-        try:
-            import pandas as pd
-        except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
-            raise ImportError("to_frame() needs pandas: pip install pandas") from exc
+        pd = pandas()
         if isinstance(columns, str):
             if columns == "all":
                 cols = list(DEPTH_COLUMNS)
@@ -510,6 +507,15 @@ def _forward_order(model: nn.Module, data: Any, caps: list[Capture],
     return [c for _, _, c in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
+def _token_measures(X: Tensor) -> tuple[float, float, float, float, float]:
+    """Frobenius residual (mean, std), l1/l_inf residual at the mean (mean), high-frequency
+    share (mean, std) of one token signal ``(S, N, C)`` over its samples."""
+    Xf = _as_float(X)
+    res, res_std = _mean_std(token_residual(Xf))
+    hf, hf_std = _mean_std(hf_share(Xf))
+    return res, res_std, _mean_std(token_residual(Xf, "l1inf"))[0], hf, hf_std
+
+
 def _mean_std(v: Tensor) -> tuple[float, float]:
     v = v[torch.isfinite(v)]
     if v.numel() == 0:
@@ -539,10 +545,8 @@ def _row(depth: int, cap: Capture) -> DepthRow:
     if X is None:
         missing.append(f"residuals and shares: the input {why}")
     else:
-        Xf = _as_float(X)
-        row.residual_in, row.residual_in_std = _mean_std(token_residual(Xf))
-        row.residual_l1inf_at_mean_in = _mean_std(token_residual(Xf, "l1inf"))[0]
-        row.hf_share_in = _mean_std(hf_share(Xf))[0]
+        row.residual_in, row.residual_in_std, row.residual_l1inf_at_mean_in, \
+            row.hf_share_in, _ = _token_measures(X)
         notes["input"] = (f"the captured map's input, {tuple(cap.input.shape)} read as "
                           f"{X.shape[0]} x {X.shape[1]} tokens x {X.shape[2]} channels")
         try:
@@ -555,13 +559,11 @@ def _row(depth: int, cap: Capture) -> DepthRow:
         if Y is None:
             missing.append(f"output measures: {why2}")
         else:
-            Yf = _as_float(Y)
-            row.residual_out, row.residual_out_std = _mean_std(token_residual(Yf))
-            row.residual_l1inf_at_mean_out = _mean_std(token_residual(Yf, "l1inf"))[0]
-            row.hf_share_out, row.hf_share_out_std = _mean_std(hf_share(Yf))
+            row.residual_out, row.residual_out_std, row.residual_l1inf_at_mean_out, \
+                row.hf_share_out, row.hf_share_out_std = _token_measures(Y)
             notes["output"] = "the captured map re-run on its input (eval mode)"
-            if cap.residual and Yf.shape == Xf.shape:
-                row.hf_share_branch = _mean_std(hf_share(Yf - Xf))[0]
+            if cap.residual and Y.shape == X.shape:
+                row.hf_share_branch = _mean_std(hf_share(_as_float(Y) - _as_float(X)))[0]
                 notes["hf_share_branch"] = "output minus input: the residual branch alone"
             else:
                 notes["hf_share_branch"] = ("n/a: the capture does not identify a skip "

@@ -26,6 +26,16 @@ from typing import Any
 __all__ = ["describe", "fmt", "short_repr", "card_html", "table_html", "table_text"]
 
 
+def pandas() -> Any:
+    """The ``pandas`` module, or an ImportError that says how to install it (the
+    ``to_frame()`` methods' one import)."""
+    try:
+        import pandas as pd
+    except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
+        raise ImportError("to_frame() needs pandas: pip install pandas") from exc
+    return pd
+
+
 def describe(value: Any) -> str:
     """One line for any value: a tensor or array by its shape and dtype, a number formatted,
     a long sequence by its length.
