@@ -52,6 +52,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import torch
@@ -67,6 +68,11 @@ __all__ = ["Observation", "AffinityWatcher", "observe", "reading", "positions_of
 _SOFTMAX = {torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax}
 _SDPA = {F.scaled_dot_product_attention}
 _MATMUL = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm}
+_EINSUM = {torch.einsum}
+#: a sum of two applications of one module call to the same values is one application
+_ADD = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__, Tensor.add_, Tensor.__iadd__}
+#: the most entries an affinity read from an ``einsum`` may have (it is formed densely)
+EINSUM_MAX_ENTRIES = 2 ** 26
 _REPEAT = {Tensor.repeat, Tensor.expand, Tensor.expand_as, torch.tile, Tensor.repeat_interleave}
 #: ops whose output swaps the last two axes of their input (a transposed mark)
 _TRANSPOSE = {Tensor.transpose, torch.transpose, Tensor.permute, torch.permute, Tensor.mT,
@@ -191,6 +197,8 @@ class AffinityWatcher(TorchFunctionMode):
         self.calls: dict[str, int] = {}
         self.call_args: dict[str, tuple[tuple, dict]] = {}
         self._marks: dict[int, tuple[Tensor, _Mark]] = {}
+        #: outputs of applications: id -> (output, observation index, values, to rows)
+        self._applied: dict[int, tuple[Tensor, int, Tensor, Callable[[Tensor], Tensor]]] = {}
         self.paused = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -227,6 +235,7 @@ class AffinityWatcher(TorchFunctionMode):
     def reset(self) -> None:
         """Forget the last forward: marks, observations, call counts and arguments."""
         self._marks.clear()
+        self._applied.clear()
         self.observations = []
         self.calls = {}
         self.call_args = {}
@@ -243,7 +252,17 @@ class AffinityWatcher(TorchFunctionMode):
             done, out = self._application(func, args, kwargs)
             if done:
                 return out
+        if func in _EINSUM and self._marks:
+            done, out = self._einsum(func, args, kwargs)
+            if done:
+                return out
         out = func(*args, **kwargs)
+        if func in _ADD and self._applied and self.record:
+            try:
+                self._merge_sum(args, kwargs, out)
+            except Exception:  # noqa: BLE001 - watching must never change what the model computes
+                pass
+            return out
         try:
             self._follow(func, args, kwargs, out)
         except Exception:  # noqa: BLE001 - watching must never change what the model computes
@@ -290,6 +309,11 @@ class AffinityWatcher(TorchFunctionMode):
                     and (func in _TRANSPOSE or t.shape[-2] == 1 or t.shape[-1] == 1)):
                 self._mark(out, _Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
                                       m.keys, m.values))
+                return
+            if func is Tensor.__getitem__ and out.dim() == t.dim() \
+                    and tuple(out.shape[:-1]) == tuple(t.shape[:-1]) \
+                    and out.shape[-1] < t.shape[-1] and not m.transposed:
+                self._mark(out, _Mark(m.kind, m.owner, m.how + ", keys sliced"))
                 return
             if func in (Tensor.unsqueeze, torch.unsqueeze) and out.shape[-1] == 1 \
                     and out.shape[-2] == t.shape[-1] and t.shape[-2] == 1:
@@ -347,7 +371,74 @@ class AffinityWatcher(TorchFunctionMode):
             else:
                 kind, how = mark.kind, mark.how
             self._record(path, module, kind, aff, vals, prod, how)
+            self._applied_output(out, V, (lambda t: t.transpose(-1, -2)) if transposed
+                                 else (lambda t: t))
         return out
+
+    def _applied_output(self, out: Tensor, values: Tensor,
+                        to_rows: Callable[[Tensor], Tensor]) -> None:
+        """Remember the output of the last recorded application (a later sum may merge it)."""
+        self._applied[id(out)] = (out, len(self.observations) - 1, values, to_rows)
+
+    def _merge_sum(self, args: tuple, kwargs: dict, out: Any) -> None:
+        """``P_1 V + P_2 V`` of one module call is one application of ``P_1 + P_2`` (CCNet's
+        column and row products): the two observations become one."""
+        if len(args) < 2 or kwargs.get("alpha", 1) != 1 or not isinstance(out, Tensor):
+            return
+        a, b = args[0], args[1]
+        ea = self._applied.get(id(a)) if isinstance(a, Tensor) else None
+        eb = self._applied.get(id(b)) if isinstance(b, Tensor) else None
+        if ea is None or eb is None or ea[0] is not a or eb[0] is not b or ea[1] == eb[1]:
+            return
+        ia, ib = ea[1], eb[1]
+        oa, ob = self.observations[ia], self.observations[ib]
+        if (ea[2] is not eb[2] or oa.owner != ob.owner or oa.call != ob.call
+                or oa.affinity.shape != ob.affinity.shape):
+            return
+        prod = ea[3](out.detach())
+        if tuple(prod.shape) != tuple(oa.output.shape):
+            return
+        first, last = min(ia, ib), max(ia, ib)
+        del self.observations[last]
+        del self.observations[first]
+        self._record(oa.owner, oa.owner_module, oa.kind, oa.affinity + ob.affinity, oa.values,
+                     prod, f"sum of two applications to the same values ({oa.how}; {ob.how})")
+        merged = self.observations.pop()
+        self.observations.insert(first, merged)
+        merged.call = oa.call
+        for key, (t, i, v, f) in list(self._applied.items()):
+            if i in (ia, ib):
+                del self._applied[key]
+            elif i > last:
+                self._applied[key] = (t, i - 1, v, f)
+        self._applied[id(out)] = (out, first, ea[2], ea[3])
+
+    def _einsum(self, func: Callable, args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """An affinity applied by ``torch.einsum``: one factor a marked affinity whose key
+        axis is summed against a values tensor, the values' channels kept. The affinity over
+        the flattened positions is the einsum applied to a basis of the values' positions."""
+        read = _einsum_affinity(args, self._get, self._positions())
+        if read is None:
+            return False, None
+        pi, mark, read_map = read
+        eq, ops = _einsum_parts(args)
+        if self.hold:
+            self.held += 1
+            ops = list(ops)
+            ops[pi] = ops[pi].detach()
+            out = func(eq, *ops, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        if self.record:
+            path, module, _ = self._owner()
+            with torch.no_grad():
+                aff, vals, to_rows = read_map()
+                prod = to_rows(out.detach())
+            if aff is not None:
+                self._record(path, module, mark.kind, aff, vals, prod,
+                             f"{mark.how}; einsum {eq!r}")
+                self._applied_output(out, ops[1 - pi], to_rows)
+        return True, out
 
     def _distribute(self, func: Callable, args: tuple, kwargs: dict, *, g: Tensor, q: Tensor,
                     mark: _Mark, left: bool) -> Tensor:
@@ -418,6 +509,91 @@ def _swaps(func: Callable, args: tuple) -> bool:
         return {d0 % nd, d1 % nd} == {nd - 1, nd - 2}
     except Exception:  # noqa: BLE001
         return False
+
+
+def _einsum_parts(args: tuple) -> tuple[str, list[Any]]:
+    """``(equation, operands)`` of ``torch.einsum(eq, *ops)`` or ``torch.einsum(eq, [ops])``."""
+    eq = args[0] if args and isinstance(args[0], str) else ""
+    rest = list(args[1:])
+    ops = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+    return eq, ops
+
+
+def _einsum_affinity(args: tuple, get: Callable[[Any], _Mark | None], pos: Any
+                     ) -> tuple[int, _Mark, Callable[[], tuple]] | None:
+    """Read ``einsum(eq, P, V)`` as an affinity application, or ``None``.
+
+    ``P`` is a marked affinity whose last (key) letter is summed and appears in ``V``; the
+    letters of ``V`` kept in the output and absent from ``P`` are channels; batch letters are
+    the largest set of letters shared by all three that leaves a row count (the product of
+    the output's other letters) among the module's positions. Returns the index of ``P``, its
+    mark, and a function giving ``(affinity (*batch, N, M), values (*batch, M, c), to_rows)``
+    with ``to_rows`` laying the einsum output out as ``(*batch, N, c)``.
+    """
+    eq, ops = _einsum_parts(args)
+    eq = eq.replace(" ", "")
+    if "..." in eq or "->" not in eq or len(ops) != 2 \
+            or not all(isinstance(o, Tensor) for o in ops):
+        return None
+    lhs, osub = eq.split("->")
+    subs = lhs.split(",")
+    if len(subs) != 2 or any(len(s) != o.dim() or len(set(s)) != len(s)
+                             for s, o in zip(subs, ops)):
+        return None
+    for pi in (0, 1):
+        P, V = ops[pi], ops[1 - pi]
+        mark = get(P)
+        if mark is None or mark.kind == "gather" or mark.transposed or _is_param(V):
+            continue
+        ps, vs = subs[pi], subs[1 - pi]
+        key = ps[-1]
+        chan = [c for c in vs if c in osub and c not in ps]
+        if key in osub or key not in vs or not chan:
+            continue
+        size = {c: int(P.shape[i]) for i, c in enumerate(ps)}
+        size.update({c: int(V.shape[i]) for i, c in enumerate(vs)})
+        shared = [c for c in osub if c in ps and c in vs]
+        for k in range(len(shared), -1, -1):
+            for batch in combinations(shared, k):
+                rows = [c for c in osub if c not in chan and c not in batch]
+                cols = [c for c in vs if c not in chan and c not in batch]
+                if not all(c in ps for c in rows + cols) \
+                        or set(ps) - set(batch) - set(rows) - set(cols):
+                    continue
+                n = math.prod(size[c] for c in rows)
+                if not rows or not (n in pos or n == 1):
+                    continue
+                return pi, mark, _einsum_reader(P, V, ps, vs, osub, list(batch), rows, cols,
+                                                chan, size)
+    return None
+
+
+def _einsum_reader(P: Tensor, V: Tensor, ps: str, vs: str, osub: str, batch: list[str],
+                   rows: list[str], cols: list[str], chan: list[str], size: dict[str, int]
+                   ) -> Callable[[], tuple]:
+    bs = [size[c] for c in batch]
+    n = math.prod(size[c] for c in rows)
+    m = math.prod(size[c] for c in cols)
+    c_out = math.prod(size[c] for c in chan)
+
+    def to_rows(out: Tensor) -> Tensor:
+        perm = [osub.index(c) for c in batch + rows + chan]
+        return out.permute(perm).reshape(*bs, n, c_out)
+
+    def read() -> tuple:
+        vals = V.detach().permute([vs.index(c) for c in batch + cols + chan]
+                                  ).reshape(*bs, m, c_out)
+        if math.prod(bs) * n * m > EINSUM_MAX_ENTRIES:
+            return None, vals, to_rows
+        fresh = next(c for c in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA"
+                     if c not in ps + vs + osub)
+        basis = torch.eye(m, dtype=P.dtype, device=P.device).reshape(
+            *[size[c] for c in cols], m).expand(*bs, *[size[c] for c in cols], m)
+        eq = f"{ps},{''.join(batch + cols)}{fresh}->{''.join(batch + rows)}{fresh}"
+        aff = torch.einsum(eq, P.detach(), basis).reshape(*bs, n, m)
+        return aff, vals, to_rows
+
+    return read
 
 
 def _repeat_kv(q: Tensor, k: Tensor, v: Tensor, gqa: bool) -> tuple[Tensor, Tensor]:

@@ -218,3 +218,75 @@ def test_a_capture_that_fails_its_self_check_is_never_ok():
     assert row.self_check_error > SELF_CHECK_TOL
     assert row.status != "ok" and "self-check failed" in row.reason
     assert row.lambda_max != row.lambda_max          # NaN: not reported
+
+
+class EinsumAttention(nn.Module):
+    """Multi-head attention written with ``torch.einsum`` (values first)."""
+
+    def __init__(self, c: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(c, 3 * c)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).unbind(2)
+        a = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k), -1)
+        return torch.einsum("bmhd,bhnm->bnhd", v, a).reshape(B, N, C)
+
+
+class RowColumnAttention(nn.Module):
+    """Criss-cross attention (CCNet's form, independent of mmcv): one softmax over the keys of
+    a position's column and row, applied by two einsums whose sum is the output."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Conv2d(c, c, 1) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H = x.shape[2]
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        e_h = torch.einsum("bchw,bciw->bhwi", q, k) - 1e4 * torch.eye(H)[None, :, None, :]
+        e_w = torch.einsum("bchw,bchj->bhwj", q, k)
+        a = torch.softmax(torch.cat([e_h, e_w], -1), -1)
+        out = torch.einsum("bciw,bhwi->bchw", v, a[..., :H])
+        out += torch.einsum("bchj,bhwj->bchw", v, a[..., H:])
+        return x + out
+
+
+def test_einsum_attention_is_read_per_head():
+    torch.manual_seed(0)
+    m = EinsumAttention()
+    x = torch.randn(2, 5, 8)
+    (o,) = observe(m, x)
+    q, k, _ = m.qkv(x).reshape(2, 5, 3, 2, 4).unbind(2)
+    ref = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k), -1)
+    assert o.kind == "softmax" and "einsum" in o.how
+    assert tuple(o.affinity.shape) == (2, 2, 5, 5)
+    torch.testing.assert_close(o.affinity, ref.detach(), rtol=0, atol=1e-6)
+    assert o.error < 1e-6
+
+
+def test_criss_cross_sum_of_einsums_is_one_affinity_over_the_grid():
+    torch.manual_seed(1)
+    m = RowColumnAttention()
+    x = torch.randn(2, 4, 3, 5)
+    (o,) = observe(m, x)                        # the two products merged into one
+    H, W = 3, 5
+    q, k = m.q(x), m.k(x)
+    e_h = torch.einsum("bchw,bciw->bhwi", q, k) - 1e4 * torch.eye(H)[None, :, None, :]
+    a = torch.softmax(torch.cat([e_h, torch.einsum("bchw,bchj->bhwj", q, k)], -1), -1)
+    dense = torch.zeros(2, H, W, H, W)
+    for h in range(H):
+        for w in range(W):
+            dense[:, h, w, :, w] += a[:, h, w, :H].detach()
+            dense[:, h, w, h, :] += a[:, h, w, H:].detach()
+    torch.testing.assert_close(o.affinity, dense.reshape(2, H * W, H * W), rtol=0, atol=1e-6)
+    torch.testing.assert_close(o.affinity.sum(-1), torch.ones(2, H * W))
+    assert o.error < 1e-6 and "sum of two applications" in o.how
+    caps = capture(m, x, progress=False)
+    assert len(caps) == 1
+    cap = next(iter(caps.values()))
+    assert cap.self_check_error < SELF_CHECK_TOL
+    torch.testing.assert_close(cap.dense_affinity().float(), dense.reshape(2, H * W, H * W),
+                               rtol=0, atol=1e-6)

@@ -29,8 +29,6 @@ SELF_CHECK_TOL = 1e-4
 XFAIL = {
     "hf-swin": ("issue 18 item 5 (open): windows are read in window order (block-diagonal, the "
                 "shift not undone), the library's map is on the image grid"),
-    "mmcv-crisscross": ("issue 18 (open): CCNet's einsum criss-cross products are not watched "
-                        "(no recognizer yet)"),
 }
 
 
