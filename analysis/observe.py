@@ -49,6 +49,7 @@ Examples
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ from torch.utils._pytree import tree_leaves
 
 __all__ = ["Observation", "AffinityWatcher", "observe", "reading", "positions_of",
            "module_stack_hooks", "sdpa_affinity", "hold_affinities", "mha_fastpath",
-           "eval_mode"]
+           "eval_mode", "token_order"]
 
 _SOFTMAX = {torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax}
 _SDPA = {F.scaled_dot_product_attention}
@@ -71,6 +72,16 @@ _MATMUL = {torch.matmul, Tensor.matmul, Tensor.__matmul__, torch.bmm, Tensor.bmm
 _EINSUM = {torch.einsum}
 #: a sum of two applications of one module call to the same values is one application
 _ADD = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__, Tensor.add_, Tensor.__iadd__}
+#: ops that move entries without changing them: redone on an index tensor (token_order)
+_LAYOUT = {Tensor.index_select, torch.index_select, Tensor.gather, torch.gather,
+           torch.take_along_dim, Tensor.view, Tensor.reshape, torch.reshape, Tensor.permute,
+           torch.permute,
+           Tensor.transpose, torch.transpose, Tensor.contiguous, torch.roll, Tensor.roll, F.pad,
+           Tensor.flatten, torch.flatten, Tensor.unflatten, Tensor.__getitem__, Tensor.squeeze,
+           torch.squeeze, Tensor.unsqueeze, torch.unsqueeze, Tensor.clone, Tensor.unbind,
+           torch.unbind, Tensor.chunk, torch.chunk, Tensor.split, torch.split}
+#: maps that act on the last axis of each token alone (the token layout is kept)
+_TOKENWISE = {F.linear, F.layer_norm} | ({F.rms_norm} if hasattr(F, "rms_norm") else set())
 #: the most entries an affinity read from an ``einsum`` may have (it is formed densely)
 EINSUM_MAX_ENTRIES = 2 ** 26
 _REPEAT = {Tensor.repeat, Tensor.expand, Tensor.expand_as, torch.tile, Tensor.repeat_interleave}
@@ -116,6 +127,22 @@ class Observation:
     how: str
     call: int = 0
     owner_module: nn.Module | None = field(default=None, repr=False)
+    #: where the values came from (their rearrangements, see :func:`token_order`) and how a
+    #: tensor shaped like them is laid out as ``values``
+    values_node: _Node | None = field(default=None, repr=False)
+    values_rows: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Node:
+    """A tensor's place in a chain of rearrangements (views, permutes, rolls, pads) and
+    token-wise maps (linear layers, layer norms): its shape, its parent and how to redo the
+    step on a tensor shaped like the parent. No tensor is kept."""
+
+    shape: tuple[int, ...]
+    parent: _Node | None = None
+    replay: Callable[[Tensor], Tensor] | None = None
+    input_of: str | None = None       # the path of a module whose input this tensor is
 
 
 @dataclass
@@ -199,6 +226,7 @@ class AffinityWatcher(TorchFunctionMode):
         self._marks: dict[int, tuple[Tensor, _Mark]] = {}
         #: outputs of applications: id -> (output, observation index, values, to rows)
         self._applied: dict[int, tuple[Tensor, int, Tensor, Callable[[Tensor], Tensor]]] = {}
+        self._nodes: dict[int, tuple[weakref.ref, _Node]] = {}
         self.paused = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -236,6 +264,7 @@ class AffinityWatcher(TorchFunctionMode):
         """Forget the last forward: marks, observations, call counts and arguments."""
         self._marks.clear()
         self._applied.clear()
+        self._nodes.clear()
         self.observations = []
         self.calls = {}
         self.call_args = {}
@@ -257,6 +286,11 @@ class AffinityWatcher(TorchFunctionMode):
             if done:
                 return out
         out = func(*args, **kwargs)
+        if self.record and (func in _LAYOUT or func in _TOKENWISE):
+            try:
+                self._track(func, args, kwargs, out)
+            except Exception:  # noqa: BLE001
+                pass
         if func in _ADD and self._applied and self.record:
             try:
                 self._merge_sum(args, kwargs, out)
@@ -268,6 +302,46 @@ class AffinityWatcher(TorchFunctionMode):
         except Exception:  # noqa: BLE001 - watching must never change what the model computes
             pass
         return out
+
+    def _node(self, t: Tensor) -> _Node:
+        """The node of ``t`` (a new root if no tracked op made it)."""
+        hit = self._nodes.get(id(t))
+        if hit is not None and hit[0]() is t:
+            return hit[1]
+        node = _Node(tuple(t.shape))
+        self._nodes[id(t)] = (weakref.ref(t), node)
+        return node
+
+    def module_input(self, t: Any, path: str) -> None:
+        """Note that ``t`` is the input of module ``path``: a token grid that
+        :func:`token_order` may take as the reference order."""
+        if isinstance(t, Tensor) and t.dim() >= 3 and self.record and not self.paused:
+            node = self._node(t)
+            if node.input_of is None:
+                node.input_of = path
+
+    def _track(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        src = args[0] if args else None
+        if not isinstance(src, Tensor) or src.dim() < 2:
+            return
+        parent = self._node(src)
+        rest = args[1:]
+        if func in _TOKENWISE:
+            if not isinstance(out, Tensor) or tuple(out.shape[:-1]) != tuple(src.shape[:-1]):
+                return
+            shape = tuple(out.shape)
+            nodes = [(out, _Node(shape, parent, lambda i, s=shape: i[..., :1].expand(s)))]
+        elif isinstance(out, Tensor):
+            nodes = [(out, _Node(tuple(out.shape), parent,
+                                 lambda i: func(i, *rest, **kwargs)))]
+        elif isinstance(out, (tuple, list)):
+            nodes = [(o, _Node(tuple(o.shape), parent,
+                               lambda i, k=k: func(i, *rest, **kwargs)[k]))
+                     for k, o in enumerate(out) if isinstance(o, Tensor)]
+        else:
+            return
+        for t, node in nodes:
+            self._nodes[id(t)] = (weakref.ref(t), node)
 
     def _follow(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
         if not isinstance(out, Tensor) or out.dim() < 2:
@@ -370,9 +444,9 @@ class AffinityWatcher(TorchFunctionMode):
                 kind, how = "global", mark.how + "; one row shared by every position"
             else:
                 kind, how = mark.kind, mark.how
-            self._record(path, module, kind, aff, vals, prod, how)
-            self._applied_output(out, V, (lambda t: t.transpose(-1, -2)) if transposed
-                                 else (lambda t: t))
+            to_rows = (lambda t: t.transpose(-1, -2)) if transposed else (lambda t: t)
+            self._record(path, module, kind, aff, vals, prod, how, V, to_rows)
+            self._applied_output(out, V, to_rows)
         return out
 
     def _applied_output(self, out: Tensor, values: Tensor,
@@ -403,6 +477,8 @@ class AffinityWatcher(TorchFunctionMode):
         del self.observations[first]
         self._record(oa.owner, oa.owner_module, oa.kind, oa.affinity + ob.affinity, oa.values,
                      prod, f"sum of two applications to the same values ({oa.how}; {ob.how})")
+        self.observations[-1].values_node = oa.values_node
+        self.observations[-1].values_rows = oa.values_rows
         merged = self.observations.pop()
         self.observations.insert(first, merged)
         merged.call = oa.call
@@ -432,11 +508,11 @@ class AffinityWatcher(TorchFunctionMode):
         if self.record:
             path, module, _ = self._owner()
             with torch.no_grad():
-                aff, vals, to_rows = read_map()
+                aff, vals, to_rows, to_vals = read_map()
                 prod = to_rows(out.detach())
             if aff is not None:
                 self._record(path, module, mark.kind, aff, vals, prod,
-                             f"{mark.how}; einsum {eq!r}")
+                             f"{mark.how}; einsum {eq!r}", ops[1 - pi], to_vals)
                 self._applied_output(out, ops[1 - pi], to_rows)
         return True, out
 
@@ -459,14 +535,16 @@ class AffinityWatcher(TorchFunctionMode):
         return out
 
     def _record(self, path: str, module: nn.Module | None, kind: str, aff: Tensor,
-                vals: Tensor, prod: Tensor, how: str) -> None:
+                vals: Tensor, prod: Tensor, how: str, source: Tensor | None = None,
+                rows: Callable[[Tensor], Tensor] | None = None) -> None:
         with torch.no_grad():
             ref = aff.to(torch.float64) @ vals.to(torch.float64)
             err = float((ref - prod.double()).norm() / prod.double().norm().clamp_min(1e-300))
         # copies: an in-place op of the model after the product must not change the record
         aff, vals, prod = aff.clone(), vals.clone(), prod.clone()
+        node = self._node(source) if isinstance(source, Tensor) else None
         self.observations.append(Observation(path, kind, aff, vals, prod, err, how,
-                                             self._call_index(path), module))
+                                             self._call_index(path), module, node, rows))
 
     def _sdpa(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
@@ -489,8 +567,75 @@ class AffinityWatcher(TorchFunctionMode):
         if self.record:
             path, module, _ = self._owner()
             self._record(path, module, "sdpa", P.to(q.dtype), vv.detach(), out.detach(),
-                         how)
+                         how, v, lambda t: _repeat_kv(q, t, t, gqa)[1])
         return out
+
+
+def token_order(obs: Observation, batch: int, windows: int) -> Tensor | None:
+    r"""Where each key of a windowed observation sits on its image's token grid, or ``None``.
+
+    The values' chain of rearrangements (views, permutes, rolls, pads, gathers of the model's
+    own code, through token-wise linear maps and norms) is walked back to the farthest tensor
+    that is the input of a module and is laid out as ``(batch, *grid, c)`` with
+    ``windows * m`` grid tokens per sample: the grid in the order that module received it.
+    The chain is then redone on a tensor holding each grid token's index. The result is read
+    only when it is a permutation of the grid, the same for every sample, head and channel (padding,
+    which adds tokens, gives ``None``).
+
+    Returns
+    -------
+    Tensor ``(windows * m,)``, int64
+        Grid position of the key at window-order index ``w m + t``.
+    """
+    node, rows = obs.values_node, obs.values_rows
+    if node is None or rows is None or windows < 1:
+        return None
+    m = int(obs.values.shape[-2])
+    T = windows * m
+    chain = []
+    while node is not None:
+        chain.append(node)
+        node = node.parent
+    roots = [i for i, nd in enumerate(chain) if i > 0 and nd.input_of is not None
+             and len(nd.shape) >= 3 and nd.shape[0] == batch and math.prod(nd.shape[1:-1]) == T]
+    for r in reversed(roots):                   # the farthest grid first
+        p = _replayed_order(chain[:r + 1], rows, tuple(obs.values.shape), batch, windows, m)
+        if p is not None:
+            return p
+    return None
+
+
+def _replayed_order(chain: list[_Node], rows: Callable[[Tensor], Tensor],
+                    shape: tuple[int, ...], batch: int, windows: int, m: int
+                    ) -> Tensor | None:
+    """Redo ``chain`` (values first, root last) on the root's token indices."""
+    T = windows * m
+    root = chain[-1]
+    with torch.no_grad():
+        idx = torch.arange(1, batch * T + 1, dtype=torch.float64).reshape(
+            batch, *root.shape[1:-1], 1).expand(root.shape).contiguous()
+        try:
+            for nd in reversed(chain[:-1]):
+                idx = nd.replay(idx).contiguous()  # type: ignore[misc]
+            vals = rows(idx)
+        except Exception:  # noqa: BLE001 - a chain that cannot be redone gives no order
+            return None
+        if tuple(vals.shape) != shape:
+            return None
+        col = vals[..., 0]
+        if not bool((vals == col[..., None]).all()) or col.numel() % (batch * T):
+            return None
+        col = col.reshape(batch, windows, -1, m)
+        if not bool((col == col[:, :, :1]).all()):
+            return None
+        pos = col[:, :, 0].reshape(batch, T) - 1 - T * torch.arange(
+            batch, dtype=torch.float64)[:, None]
+        if not bool(((pos >= 0) & (pos < T)).all()) or not bool((pos == pos[:1]).all()):
+            return None
+        p = pos[0].long()
+        if torch.unique(p).numel() != T:
+            return None
+    return p
 
 
 def _swaps(func: Callable, args: tuple) -> bool:
@@ -580,18 +725,20 @@ def _einsum_reader(P: Tensor, V: Tensor, ps: str, vs: str, osub: str, batch: lis
         perm = [osub.index(c) for c in batch + rows + chan]
         return out.permute(perm).reshape(*bs, n, c_out)
 
+    def to_vals(t: Tensor) -> Tensor:
+        return t.permute([vs.index(c) for c in batch + cols + chan]).reshape(*bs, m, c_out)
+
     def read() -> tuple:
-        vals = V.detach().permute([vs.index(c) for c in batch + cols + chan]
-                                  ).reshape(*bs, m, c_out)
+        vals = to_vals(V.detach())
         if math.prod(bs) * n * m > EINSUM_MAX_ENTRIES:
-            return None, vals, to_rows
+            return None, vals, to_rows, to_vals
         fresh = next(c for c in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA"
                      if c not in ps + vs + osub)
         basis = torch.eye(m, dtype=P.dtype, device=P.device).reshape(
             *[size[c] for c in cols], m).expand(*bs, *[size[c] for c in cols], m)
         eq = f"{ps},{''.join(batch + cols)}{fresh}->{''.join(batch + rows)}{fresh}"
         aff = torch.einsum(eq, P.detach(), basis).reshape(*bs, n, m)
-        return aff, vals, to_rows
+        return aff, vals, to_rows, to_vals
 
     return read
 
@@ -658,7 +805,9 @@ def module_stack_hooks(model: nn.Module, watcher: AffinityWatcher,
         path = names.get(module, "")
         watcher.calls[path] = watcher.calls.get(path, -1) + 1
         watcher.call_args.setdefault(path, (args, kwargs))
-        watcher.stack.append((path, module, positions_of(_first_tensor(args, kwargs))))
+        first = _first_tensor(args, kwargs)
+        watcher.stack.append((path, module, positions_of(first)))
+        watcher.module_input(first, path)
 
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if watcher.stack and watcher.stack[-1][1] is module:

@@ -12,7 +12,10 @@ Layout of the affinity: the leading axes of the applied tensor are read as
 ``(batch x windows, heads)`` (4-D, the usual ``(B, H, N, M)``; windowed attention gives
 ``B * n_windows`` rows), or ``batch x heads`` (3-D, ``bmm`` attention, when the owner has a
 ``num_heads`` equal to the factor), else ``batch x windows``. Windows of one image are put on
-the diagonal of one block-diagonal affinity (nodes in window order), so a sample is an image.
+the diagonal of one block-diagonal affinity, so a sample is an image; the nodes are then put
+back in the image's grid order (any cyclic shift undone) where the model's own rearrangements
+of its token grid can be redone on token indices (:func:`analysis.observe.token_order`),
+else they stay in window order (``info["node_layout"] == "window"``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from graphfilters.graph import DenseAffinity
 
-from .observe import Observation
+from .observe import Observation, token_order
 
 __all__ = ["observed_capture", "layout"]
 
@@ -102,6 +105,10 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
                                [o.values for o in obs])
     B, H, N, M = A.shape
     z = V.permute(0, 1, 3, 2, 4).reshape(B, M, H * V.shape[-1])        # (B, M, H c)
+    grid = _grid_order(obs, batch, W) if W > 1 and N == M else None
+    if grid is not None:                      # windows scattered back onto the image grid
+        inv = torch.argsort(grid)
+        A, z = A[:, :, inv][:, :, :, inv], z[:, inv]
     aff = DenseAffinity(A.mean(1) if heads == "mean" else A)
     err = max(o.error for o in obs)
     kinds = sorted({o.kind for o in obs})
@@ -114,11 +121,19 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
         "note": ("read by watching the computation; the owner's weights are not read, so the "
                  "filter-based measures do not apply"),
     }
-    if W > 1:
+    if W > 1 and grid is not None:
+        info["node_layout"] = "image"
+        info["note"] += (f"; {W} windows per sample scattered back onto the image's token "
+                         "grid (any shift undone): the order was read by redoing the model's "
+                         "own rearrangements (views, permutes, rolls) on token indices; the "
+                         "owner's Jacobians are taken in its own window order, a permutation "
+                         "that leaves their norms unchanged")
+    elif W > 1:
         info["node_layout"] = "window"
         info["note"] += (f"; {W} windows per sample put on the diagonal: the nodes are the "
-                         "image's tokens in window order (after any shift), a permutation of "
-                         "the image grid that leaves spectra and Jacobians unchanged")
+                         "image's tokens in window order (after any shift; the grid order "
+                         "could not be read from the model's rearrangements), a permutation "
+                         "of the image grid that leaves spectra and Jacobians unchanged")
     x, call, kw = _owner_call(module, call_args, batch)
     return dict(
         path=path, source="observed", module_type=type(module).__name__ if module else "",
@@ -127,6 +142,14 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
         module=module, call=call, call_kwargs=kw, n_samples=B, self_check_error=err,
         self_check=("the recorded affinity times the recorded values against the module's "
                     f"own product ({', '.join(kinds)}): relative error {err:.1e}"))
+
+
+def _grid_order(obs: list[Observation], batch: int, windows: int) -> Tensor | None:
+    """One grid order for every application of the call (:func:`token_order`), or ``None``."""
+    orders = [token_order(o, batch, windows) for o in obs]
+    if any(p is None for p in orders) or any(not torch.equal(p, orders[0]) for p in orders):
+        return None
+    return orders[0]
 
 
 def _owner_call(module: nn.Module | None, call_args: tuple[tuple, dict] | None, batch: int

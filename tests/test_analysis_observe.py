@@ -290,3 +290,54 @@ def test_criss_cross_sum_of_einsums_is_one_affinity_over_the_grid():
     assert cap.self_check_error < SELF_CHECK_TOL
     torch.testing.assert_close(cap.dense_affinity().float(), dense.reshape(2, H * W, H * W),
                                rtol=0, atol=1e-6)
+
+
+class ShiftedWindowAttention(nn.Module):
+    """Single-head attention in ``ws x ws`` windows of a ``side x side`` token grid, cyclically
+    shifted by ``shift`` (Swin's layout, written independently): tokens ``(B, side², C)``."""
+
+    def __init__(self, c: int = 4, side: int = 4, ws: int = 2, shift: int = 1) -> None:
+        super().__init__()
+        self.norm, self.qkv = nn.LayerNorm(c), nn.Linear(c, 3 * c)
+        self.side, self.ws, self.shift = side, ws, shift
+
+    def windows(self, t: torch.Tensor) -> torch.Tensor:
+        B, _, C = t.shape
+        s, ws = self.side, self.ws
+        t = torch.roll(t.view(B, s, s, C), (-self.shift, -self.shift), (1, 2))
+        t = t.view(B, s // ws, ws, s // ws, ws, C).permute(0, 1, 3, 2, 4, 5).contiguous()
+        return t.view(-1, ws * ws, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.windows(self.norm(x))
+        q, k, v = self.qkv(w).chunk(3, -1)
+        return torch.softmax(q @ k.transpose(1, 2), -1) @ v      # in window order
+
+
+def test_shifted_windows_are_scattered_back_onto_the_image_grid():
+    torch.manual_seed(2)
+    m = ShiftedWindowAttention()
+    x = torch.randn(2, 16, 4)
+    with torch.no_grad():
+        q, k, _ = m.qkv(m.windows(m.norm(x))).chunk(3, -1)
+        P = torch.softmax(q @ k.transpose(1, 2), -1).reshape(2, 4, 4, 4)   # (B, win, n, n)
+    grid = torch.roll(torch.arange(16).view(4, 4), (-1, -1), (0, 1))
+    win = grid.view(2, 2, 2, 2).permute(0, 2, 1, 3).reshape(4, 4)          # window -> tokens
+    dense = torch.zeros(2, 16, 16)
+    for w in range(4):
+        dense[:, win[w][:, None], win[w][None, :]] = P[:, w]
+    caps = capture(m, x, progress=False)
+    cap = caps["(root)"]
+    assert cap.info["node_layout"] == "image" and cap.info["windows"] == 4
+    torch.testing.assert_close(cap.dense_affinity().float(), dense, rtol=0, atol=1e-6)
+    assert cap.self_check_error < SELF_CHECK_TOL
+
+
+def test_windows_whose_order_cannot_be_read_stay_in_window_order():
+    class Opaque(ShiftedWindowAttention):     # the grid goes through numpy: no chain to redo
+        def windows(self, t):
+            return super().windows(torch.from_numpy(t.numpy().copy()))
+
+    torch.manual_seed(2)
+    cap = capture(Opaque(), torch.randn(2, 16, 4), progress=False)["(root)"]
+    assert cap.info["node_layout"] == "window" and "window order" in cap.info["note"]

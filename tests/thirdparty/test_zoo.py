@@ -26,10 +26,7 @@ from tests.thirdparty.zoo import FAMILIES
 #: The largest self-check error (relative) that a row marked ``ok`` may carry.
 SELF_CHECK_TOL = 1e-4
 
-XFAIL = {
-    "hf-swin": ("issue 18 item 5 (open): windows are read in window order (block-diagonal, the "
-                "shift not undone), the library's map is on the image grid"),
-}
+XFAIL: dict[str, str] = {}
 
 
 #: Families whose Jacobians are already right although their row is not ``ok``.
