@@ -988,8 +988,12 @@ def capture(
         for owner, obs in groups.items():
             module = obs[0].owner_module
             try:
-                fields = observed_capture(owner, module, obs, watcher.call_args.get(
-                    "" if owner == ROOT else owner), state["batch"], heads)
+                key = "" if owner == ROOT else owner
+                res = watcher.residuals.get(key)
+                fields = observed_capture(
+                    owner, module, obs, watcher.call_args.get(key), state["batch"], heads,
+                    res, None if res is None else watcher.call_args.get(res.layer),
+                    own_residual=key in watcher.own_residual)
             except Exception as exc:  # noqa: BLE001
                 failures.setdefault(owner, f"observed attention not read: {exc}")
                 continue

@@ -64,7 +64,7 @@ from torch.utils._pytree import tree_leaves
 
 __all__ = ["Observation", "AffinityWatcher", "observe", "reading", "positions_of",
            "module_stack_hooks", "sdpa_affinity", "hold_affinities", "mha_fastpath",
-           "eval_mode", "token_order"]
+           "eval_mode", "token_order", "Residual", "StopAtInputSum"]
 
 _SOFTMAX = {torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax}
 _SDPA = {F.scaled_dot_product_attention}
@@ -131,6 +131,18 @@ class Observation:
     #: tensor shaped like them is laid out as ``values``
     values_node: _Node | None = field(default=None, repr=False)
     values_rows: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+
+
+@dataclass
+class Residual:
+    """The residual sum that follows an attention module: inside the enclosing module
+    ``layer`` (still running), the ``count``-th sum with the layer's own input, the first after
+    the attention module returned. ``output`` is that sum as computed (detached)."""
+
+    layer: str
+    module: nn.Module | None
+    count: int
+    output: Tensor
 
 
 @dataclass
@@ -227,6 +239,12 @@ class AffinityWatcher(TorchFunctionMode):
         #: outputs of applications: id -> (output, observation index, values, to rows)
         self._applied: dict[int, tuple[Tensor, int, Tensor, Callable[[Tensor], Tensor]]] = {}
         self._nodes: dict[int, tuple[weakref.ref, _Node]] = {}
+        #: attention modules (by path) whose residual sum is looked for / was found
+        self.pending: set[str] = set()
+        self.residuals: dict[str, Residual] = {}
+        #: attention modules that add their own input after applying an affinity
+        self.own_residual: set[str] = set()
+        self._input_adds: dict[str, int] = {}
         self.paused = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -265,6 +283,8 @@ class AffinityWatcher(TorchFunctionMode):
         self._marks.clear()
         self._applied.clear()
         self._nodes.clear()
+        self.pending, self.residuals, self._input_adds = set(), {}, {}
+        self.own_residual = set()
         self.observations = []
         self.calls = {}
         self.call_args = {}
@@ -291,9 +311,11 @@ class AffinityWatcher(TorchFunctionMode):
                 self._track(func, args, kwargs, out)
             except Exception:  # noqa: BLE001
                 pass
-        if func in _ADD and self._applied and self.record:
+        if func in _ADD and self.record:
             try:
-                self._merge_sum(args, kwargs, out)
+                if self._applied:
+                    self._merge_sum(args, kwargs, out)
+                self._residual_add(args, out)
             except Exception:  # noqa: BLE001 - watching must never change what the model computes
                 pass
             return out
@@ -311,6 +333,35 @@ class AffinityWatcher(TorchFunctionMode):
         node = _Node(tuple(t.shape))
         self._nodes[id(t)] = (weakref.ref(t), node)
         return node
+
+    def module_returned(self, path: str) -> None:
+        """A module returned: if it applied an affinity in its first call, look for the
+        residual sum that follows it."""
+        if self.record and self.calls.get(path, 0) == 0 and path not in self.residuals and any(
+                o.owner == path and o.call == 0 for o in self.observations):
+            self.pending.add(path)
+
+    def _residual_add(self, args: tuple, out: Any) -> None:
+        """A sum with the input of a running module (innermost first): count it, and make it
+        the residual of the attention modules below that module still waiting for one."""
+        if len(args) < 2 or not self.stack:
+            return
+        for path, module, _ in reversed(self.stack):
+            if self.calls.get(path, 0) != 0:
+                continue
+            ca = self.call_args.get(path)
+            x = _first_tensor(*ca) if ca is not None else None
+            if x is None or not any(a is x for a in args[:2]):
+                continue
+            k = self._input_adds[path] = self._input_adds.get(path, 0) + 1
+            if isinstance(out, Tensor) and tuple(out.shape) == tuple(x.shape):
+                if any(o.owner == path and o.call == 0 for o in self.observations):
+                    self.own_residual.add(path)       # x + branch(x) inside the module
+                for o in [o for o in self.pending if o != path
+                          and (path == "" or o.startswith(path + "."))]:
+                    self.residuals[o] = Residual(path, module, k, out.detach().clone())
+                    self.pending.discard(o)
+            return
 
     def module_input(self, t: Any, path: str) -> None:
         """Note that ``t`` is the input of module ``path``: a token grid that
@@ -571,6 +622,42 @@ class AffinityWatcher(TorchFunctionMode):
         return out
 
 
+class _Stop(Exception):
+    pass
+
+
+class StopAtInputSum(TorchFunctionMode):
+    """Run a layer only up to the ``count``-th sum with its input ``x`` and keep that sum
+    (:attr:`output`): the map ``x -> x + branch(x)`` of one residual branch of a layer whose
+    forward goes on (an MLP, a norm). Use :meth:`run`."""
+
+    def __init__(self, x: Tensor, count: int) -> None:
+        super().__init__()
+        self.x, self.count, self.seen = x, count, 0
+        self.output: Tensor | None = None
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func in _ADD and any(a is self.x for a in args[:2]):
+            self.seen += 1
+            if self.seen == self.count:
+                self.output = out
+                raise _Stop
+        return out
+
+    def run(self, fn: Callable[[], Any]) -> Tensor:
+        """``fn()`` (which calls the layer on ``x``) stopped at the sum; raises if the layer
+        returned before it."""
+        try:
+            with self:
+                fn()
+        except _Stop:
+            return self.output  # type: ignore[return-value]
+        raise RuntimeError(f"the layer returned after {self.seen} sum(s) with its input, "
+                           f"before sum {self.count}: its residual branch cannot be re-run")
+
+
 def token_order(obs: Observation, batch: int, windows: int) -> Tensor | None:
     r"""Where each key of a windowed observation sits on its image's token grid, or ``None``.
 
@@ -812,6 +899,7 @@ def module_stack_hooks(model: nn.Module, watcher: AffinityWatcher,
     def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if watcher.stack and watcher.stack[-1][1] is module:
             watcher.stack.pop()
+            watcher.module_returned(names.get(module, ""))
 
     for module in names:
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))

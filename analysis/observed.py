@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from graphfilters.graph import DenseAffinity
 
-from .observe import Observation, token_order
+from .observe import Observation, Residual, StopAtInputSum, token_order
 
 __all__ = ["observed_capture", "layout"]
 
@@ -93,11 +93,20 @@ def applied_affinity(affinities: list[Tensor], batch: int, num_heads: int | None
 
 
 def observed_capture(path: str, module: nn.Module | None, obs: list[Observation],
-                     call_args: tuple[tuple, dict] | None, batch: int, heads: str
-                     ) -> dict[str, Any]:
-    """The fields of the :class:`~analysis.capture.Capture` of the observations ``obs`` of
+                     call_args: tuple[tuple, dict] | None, batch: int, heads: str,
+                     residual: Residual | None = None,
+                     layer_args: tuple[tuple, dict] | None = None,
+                     own_residual: bool = False) -> dict[str, Any]:
+    r"""The fields of the :class:`~analysis.capture.Capture` of the observations ``obs`` of
     one module call (a batch of ``batch`` samples). Several applications in one call (heads
-    computed in a loop) are stacked as heads when they have one shape."""
+    computed in a loop) are stacked as heads when they have one shape.
+
+    With the ``residual`` sum that followed the module (:class:`analysis.observe.Residual`,
+    called with ``layer_args``), the re-run map is the residual branch of the enclosing layer,
+    :math:`x \mapsto x + \operatorname{branch}(x)` from the layer's input to that sum
+    (``residual=True``), after checking that re-running it reproduces the sum the model
+    computed; ``own_residual``: the module adds its own input (its map already has the skip);
+    otherwise the owning module alone."""
 
     nh = getattr(module, "num_heads", None) if module is not None else None
     nh = nh if isinstance(nh, int) else None
@@ -116,7 +125,8 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
         "family": "observed", "observed": ", ".join(kinds),
         "how": "; ".join(sorted({o.how for o in obs})), "num_heads": H, "windows": W,
         "n_keys": M, "applications": len(obs),
-        "layer": "the owning module only (no skip connection identified)",
+        "layer": "the owning module only (no residual sum with an enclosing module's input "
+                 "followed it)",
         "layernorm": "none",
         "note": ("read by watching the computation; the owner's weights are not read, so the "
                  "filter-based measures do not apply"),
@@ -135,10 +145,24 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
                          "could not be read from the model's rearrangements), a permutation "
                          "of the image grid that leaves spectra and Jacobians unchanged")
     x, call, kw = _owner_call(module, call_args, batch)
+    skip = False
+    if own_residual:
+        skip = True
+        info["layer"] = ("the module itself: it adds its own input after applying the "
+                         "affinity, x + branch(x) (read from the forward)")
+    elif residual is not None and residual.module is not None:
+        lx, lcall, lkw, why = _layer_call(residual, layer_args, batch)
+        if lcall is not None:
+            x, call, kw, skip = lx, lcall, lkw, True
+            info["layer"] = (f"{residual.layer or 'the model'} ({type(residual.module).__name__})"
+                             f": x -> the residual sum after this module, x + branch(x) "
+                             f"(the sum with the layer input, read from the forward; {why})")
+        else:
+            info["layer"] += f"; the residual sum in {residual.layer!r} was not used: {why}"
     return dict(
         path=path, source="observed", module_type=type(module).__name__ if module else "",
         affinity=aff, normalization="none", spec=None, z=z, weights=None,
-        spatial_shape=(N,), input=x, residual=False, heads=heads, info=info,
+        spatial_shape=(N,), input=x, residual=skip, heads=heads, info=info,
         module=module, call=call, call_kwargs=kw, n_samples=B, self_check_error=err,
         self_check=("the recorded affinity times the recorded values against the module's "
                     f"own product ({', '.join(kinds)}): relative error {err:.1e}"))
@@ -152,10 +176,32 @@ def _grid_order(obs: list[Observation], batch: int, windows: int) -> Tensor | No
     return orders[0]
 
 
-def _owner_call(module: nn.Module | None, call_args: tuple[tuple, dict] | None, batch: int
-                ) -> tuple[Tensor | None, Any, dict[str, Tensor]]:
+def _layer_call(res: Residual, layer_args: tuple[tuple, dict] | None, batch: int
+                ) -> tuple[Tensor | None, Any, dict[str, Tensor], str]:
+    """The layer's input, a call that runs the layer up to the residual sum, its per-sample
+    arguments, and what the check found (the call is ``None`` when it does not reproduce the
+    recorded sum)."""
+    x, call, kw = _owner_call(res.module, layer_args, batch, stop=res.count)
+    if call is None or x is None:
+        return None, None, {}, "the layer's input could not be laid out per sample"
+    try:
+        with torch.no_grad():
+            y = call(x, **kw)
+        ref = res.output.reshape(y.shape).to(y.dtype)
+        err = float((y - ref).norm() / ref.norm().clamp_min(1e-300))
+    except Exception as exc:  # noqa: BLE001 - the owner alone is still measured
+        return None, None, {}, f"re-running it failed ({type(exc).__name__}: {exc})"
+    if not math.isfinite(err) or err > 1e-5:
+        return None, None, {}, f"re-running it gives another sum (relative error {err:.1e})"
+    return x, call, kw, f"re-run reproduces the sum to {err:.1e}"
+
+
+def _owner_call(module: nn.Module | None, call_args: tuple[tuple, dict] | None, batch: int,
+                stop: int | None = None) -> tuple[Tensor | None, Any, dict[str, Tensor]]:
     """The owner's first tensor argument ``(S, ...)`` (samples first), a ``call(x, **kw)``
-    that re-runs the owner with its other arguments, and the per-sample ones as ``kw``."""
+    that re-runs the owner with its other arguments, and the per-sample ones as ``kw``.
+    With ``stop``, the call returns the ``stop``-th sum with its input inside the owner's
+    forward (:class:`analysis.observe.StopAtInputSum`) instead of the owner's output."""
     if module is None or call_args is None:
         return None, None, {}
     args, kwargs = call_args
@@ -185,7 +231,10 @@ def _owner_call(module: nn.Module | None, call_args: tuple[tuple, dict] | None, 
         for name, v in kw.items():
             vals[int(name[4:])] = v.reshape(b * k, *v.shape[2:])
         a, kws = tree_unflatten(vals, spec)
-        out = module(*a, **kws)
+        if stop is not None:
+            out = StopAtInputSum(vals[first], stop).run(lambda: module(*a, **kws))
+        else:
+            out = module(*a, **kws)
         if not isinstance(out, Tensor):
             out = next(o for o in tree_flatten(out)[0] if isinstance(o, Tensor))
         return out.reshape(b, k, *out.shape[1:]) if k > 1 else out

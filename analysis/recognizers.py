@@ -384,15 +384,24 @@ def _hf_build(ctx: CallContext) -> Capture | None:
     layer = layernorm = None
     ln = None
     x = h
+    gamma = None
     if fused:
         out_proj = m.o_proj
-        if (getattr(parent, "attention", None) is m and isinstance(
-                getattr(parent, "layernorm_before", None), nn.LayerNorm)
+        norm_name = next((n for n in ("layernorm_before", "norm1") if isinstance(
+            getattr(parent, n, None), nn.LayerNorm)), None)
+        if (getattr(parent, "attention", None) is m and norm_name is not None
                 and ctx.parent_args is not None):
-            ln, layernorm = parent.layernorm_before, "pre"
+            ln, layernorm = getattr(parent, norm_name), "pre"
             x = ctx.parent_args[0] if ctx.parent_args else ctx.parent_kwargs["hidden_states"]
-            layer = f"{type(parent).__name__}: x + Attn(layernorm_before(x))"
-            call = _tokens_call(lambda t, **k: t + attend(ln(t), **k), m, ln)
+            ls = getattr(parent, "layer_scale1", None)        # DINOv2's LayerScale
+            gamma = getattr(ls, "lambda1", None)
+            if isinstance(gamma, Tensor):
+                layer = f"{type(parent).__name__}: x + layer_scale1(Attn({norm_name}(x)))"
+                call = _tokens_call(lambda t, **k: t + ls(attend(ln(t), **k)), m, ln, ls)
+            else:
+                gamma = None
+                layer = f"{type(parent).__name__}: x + Attn({norm_name}(x))"
+                call = _tokens_call(lambda t, **k: t + attend(ln(t), **k), m, ln)
         else:
             call = _tokens_call(attend, m)
     else:
@@ -413,7 +422,7 @@ def _hf_build(ctx: CallContext) -> Capture | None:
     return _attention_capture(
         aff=aff, v=v, w_o=out_proj.weight, b_o=out_proj.bias, G=G, b_v=lv.bias, x=x,
         heads=ctx.heads, H=H, d=d, masked=add is not None, call=call, call_kwargs=kw,
-        layer=layer, layernorm=layernorm, extra=extra)
+        layer=layer, layernorm=layernorm, output_scale=gamma, extra=extra)
 
 
 # ------------------------------------------------------------------------------------------

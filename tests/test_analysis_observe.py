@@ -288,6 +288,7 @@ def test_criss_cross_sum_of_einsums_is_one_affinity_over_the_grid():
     assert len(caps) == 1
     cap = next(iter(caps.values()))
     assert cap.self_check_error < SELF_CHECK_TOL
+    assert cap.residual and "adds its own input" in cap.info["layer"]     # x + out inside
     torch.testing.assert_close(cap.dense_affinity().float(), dense.reshape(2, H * W, H * W),
                                rtol=0, atol=1e-6)
 
@@ -341,3 +342,56 @@ def test_windows_whose_order_cannot_be_read_stay_in_window_order():
     torch.manual_seed(2)
     cap = capture(Opaque(), torch.randn(2, 16, 4), progress=False)["(root)"]
     assert cap.info["node_layout"] == "window" and "window order" in cap.info["note"]
+
+
+class _PlainAttention(nn.Module):
+    def __init__(self, c: int = 6) -> None:
+        super().__init__()
+        self.qkv, self.o = nn.Linear(c, 3 * c), nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        a = torch.softmax(q @ k.transpose(1, 2) / c_sqrt(q), -1)
+        return self.o((a.detach() if frozen else a) @ v)
+
+
+def c_sqrt(q: torch.Tensor) -> float:
+    return q.shape[-1] ** 0.5
+
+
+class _PreLNLayer(nn.Module):
+    """``x + Attn(LN(x))`` then ``+ MLP(LN(.))``: a layer no recognizer knows."""
+
+    def __init__(self, c: int = 6) -> None:
+        super().__init__()
+        self.n1, self.attn, self.n2 = nn.LayerNorm(c), _PlainAttention(c), nn.LayerNorm(c)
+        self.mlp = nn.Sequential(nn.Linear(c, 12), nn.GELU(), nn.Linear(12, c))
+
+    def branch(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        return x + self.attn(self.n1(x), frozen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.n1(x))
+        return x + self.mlp(self.n2(x))
+
+
+def test_observed_attention_is_measured_with_its_skip_connection():
+    """The residual sum after an observed attention module is found in the forward, and the
+    row's Jacobians are those of x -> x + Attn(LN(x)) (dense float64 references)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(_PreLNLayer(), _PreLNLayer()).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    caps = capture(net, x, progress=False)
+    assert set(caps) == {"0.attn", "1.attn"}
+    for cap in caps.values():
+        assert cap.residual and "residual sum" in cap.info["layer"], cap.info["layer"]
+    table = analyze(net, x, progress=False, backbone=False, jacobian_samples=1)
+    layer1 = net[1]
+    x1 = net[0](x)[:1]
+    for row, layer, xin in ((table[0], net[0], x[:1]), (table[1], layer1, x1)):
+        for frozen, got in ((False, row.jacobian_full), (True, row.jacobian_frozen)):
+            J = torch.autograd.functional.jacobian(
+                lambda t, layer=layer, frozen=frozen: layer.branch(t, frozen), xin)
+            ref = torch.linalg.matrix_norm(J.reshape(30, 30), ord=2).item()
+            assert got == pytest.approx(ref, rel=1e-5), (row.path, frozen, got, ref)
+        assert row.status == "ok"

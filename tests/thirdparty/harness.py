@@ -47,6 +47,7 @@ class Result:
     statuses: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     self_checks: dict[str, float | None] = field(default_factory=dict)
+    maps: dict[str, str] = field(default_factory=dict)          # reference path -> what map
     capture_reason: str = ""
     error: str = ""
     skipped: str = ""
@@ -138,6 +139,9 @@ def evaluate(name: str, jacobian: bool = True) -> Result:
             res.errors[ref], note = affinity_error(caps[got], entry.reference[ref])
             if note:
                 res.error_notes[ref] = note
+            c = caps[got]
+            res.maps[ref] = ("x + branch" if c.residual else "module") + (
+                f", {c.source}" if c.source else "")
     except Exception as exc:  # noqa: BLE001
         res.error = f"capture: {type(exc).__name__}: {exc}"
     try:
@@ -173,12 +177,14 @@ def _fmt_err(x: float) -> str:
 
 
 def table(results: list[Result]) -> str:
-    """The markdown table: family, found, max affinity error, status, self-check, reason."""
-    lines = ["| family | found | max affinity error | status | self-check | reason |",
-             "|---|---|---|---|---|---|"]
+    """The markdown table: family, found, max affinity error, status, self-check, the map
+    whose Jacobians are measured (``x + branch``: the residual branch of the layer, skip
+    included; ``module``: the attention module alone) and how it was read, reason."""
+    lines = ["| family | found | max affinity error | status | self-check | map | reason |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         if r.skipped:
-            lines.append(f"| {r.name} | skipped | | | | {_short(r.skipped)} |")
+            lines.append(f"| {r.name} | skipped | | | | | {_short(r.skipped)} |")
             continue
         found = f"{len(r.matched)}/{len(r.expected)}"
         statuses = sorted(set(r.statuses.values()))
@@ -192,10 +198,11 @@ def table(results: list[Result]) -> str:
             why.append(r.capture_reason)
         if r.missing and r.matched:
             why.append(f"missing {', '.join(r.missing)}")
+        maps = "; ".join(sorted(set(r.maps.values())))
         lines.append(f"| {r.name} | {found} | {_fmt_err(r.max_error)} | {status} | {check} | "
-                     f"{_short('; '.join(why))} |")
+                     f"{maps} | {_short('; '.join(why))} |")
     for fam, why in NOT_BUILDABLE.items():
-        lines.append(f"| {fam} | not built | | | | {why} |")
+        lines.append(f"| {fam} | not built | | | | | {why} |")
     return "\n".join(lines)
 
 
