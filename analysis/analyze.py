@@ -53,6 +53,7 @@ from graphfilters.graph import DenseAffinity
 
 from .bipartite import bipartite_response, bipartite_spectrum
 from .capture import SELF_CHECK_TOL, Capture, Captures, capture
+from .reconstruct import RECONSTRUCTION_TOL, reconstruction_error
 from .response import block_response
 from .robustness import (
     accuracy_under_noise,
@@ -153,6 +154,12 @@ class BlockReport:
         How well the capture reproduces what the module computed
         (:attr:`analysis.capture.Capture.self_check_error`, what was compared in
         ``notes["self_check"]``); ``nan`` where not checked.
+    reconstruction_error : float
+        The module's output rebuilt from the captured filter against the module's own
+        (:func:`analysis.reconstruct.reconstruction_error`, ``notes["reconstruction"]``): what
+        the filter-based measures describe. Above ``RECONSTRUCTION_TOL`` for a head-averaged
+        capture (``heads="mean"``) those measures are of the head-averaged filter, an
+        approximation (``notes["approximate"]``); otherwise the row is ``partial``.
     timings : dict
         Seconds spent on each measure (``spectrum``, ``response``, ``stability``,
         ``jacobian``...), to see what dominates.
@@ -211,6 +218,7 @@ class BlockReport:
     noise_gain: float = _NAN
     affinity_gain: float = _NAN
     self_check_error: float = _NAN
+    reconstruction_error: float = _NAN
     singular_max: float = _NAN
     notes: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -567,6 +575,19 @@ def _analyze_one(
         failed.append(f"self-check failed: {cap.self_check}; the measures of the captured "
                       "affinity are not reported (the Jacobians are of the module itself)")
     else:
+        if cap.weights is not None:
+            rec = attempt("reconstruction", lambda: reconstruction_error(cap))
+            if rec is not None:
+                row.reconstruction_error, row.notes["reconstruction"] = rec
+                if rec[0] > RECONSTRUCTION_TOL and "heads averaged" in rec[1]:
+                    row.notes["approximate"] = (
+                        f"response, Tao spectrum, damping and linearized stability are of the "
+                        f"head-averaged filter, which reproduces the module's output only to "
+                        f"{rec[0]:.1e}; analyze(..., heads='keep') measures the per-head "
+                        "filter the module computes")
+                elif rec[0] > RECONSTRUCTION_TOL:
+                    failed.append(f"reconstruction: {rec[1]} (above {RECONSTRUCTION_TOL:g}: the "
+                                  "filter-based measures do not describe this module)")
         affinity_measures()
     if jacobian and cap.module is not None and cap.input is not None:
         def jac() -> None:

@@ -395,3 +395,35 @@ def test_observed_attention_is_measured_with_its_skip_connection():
             ref = torch.linalg.matrix_norm(J.reshape(30, 30), ord=2).item()
             assert got == pytest.approx(ref, rel=1e-5), (row.path, frozen, got, ref)
         assert row.status == "ok"
+
+
+def _bias_blind_shift(ctx):
+    """As ``_bias_blind`` but with the output projection's bias: a filter that reproduces the
+    module when the logits' bias is zero."""
+    cap = _bias_blind(ctx)
+    cap.output_shift = ctx.module.out.bias.detach().clone()
+    return cap
+
+
+@pytest.mark.parametrize("build, ok", [(_bias_blind, False), (_bias_blind_shift, True)])
+def test_output_level_self_check_rebuilds_the_module_output(build, ok):
+    """The affinity is right in both cases; only the filter that forgets the output bias fails
+    the output-level check, and its row is not ok."""
+    torch.manual_seed(4)
+    m = BiasedAttention().eval()
+    with torch.no_grad():
+        m.bias.zero_()
+        m.out.bias.normal_()
+    x = torch.randn(2, 5, 6)
+    register_recognizer(Recognizer("bias-blind", lambda mod: isinstance(mod, BiasedAttention),
+                                   build))
+    try:
+        row = analyze(nn.Sequential(m), x, progress=False, backbone=False)[0]
+    finally:
+        unregister_recognizer("bias-blind")
+    assert row.self_check_error <= 1e-6
+    if ok:
+        assert row.reconstruction_error <= 1e-5 and row.status == "ok", row.reason
+    else:
+        assert row.reconstruction_error > 1e-2 and row.status != "ok"
+        assert "reconstruction" in row.reason

@@ -48,6 +48,7 @@ class Result:
     reasons: dict[str, str] = field(default_factory=dict)
     self_checks: dict[str, float | None] = field(default_factory=dict)
     maps: dict[str, str] = field(default_factory=dict)          # reference path -> what map
+    rebuilt: dict[str, float] = field(default_factory=dict)     # output-level self-check
     capture_reason: str = ""
     error: str = ""
     skipped: str = ""
@@ -158,6 +159,7 @@ def evaluate(name: str, jacobian: bool = True) -> Result:
                 continue
             res.statuses[ref], res.reasons[ref] = row.status, row.reason
             res.self_checks[ref] = getattr(row, "self_check_error", None)
+            res.rebuilt[ref] = getattr(row, "reconstruction_error", math.nan)
     except Exception as exc:  # noqa: BLE001
         msg = f"analyze: {type(exc).__name__}: {exc}"
         res.error = f"{res.error}; {msg}" if res.error else msg
@@ -177,14 +179,16 @@ def _fmt_err(x: float) -> str:
 
 
 def table(results: list[Result]) -> str:
-    """The markdown table: family, found, max affinity error, status, self-check, the map
-    whose Jacobians are measured (``x + branch``: the residual branch of the layer, skip
-    included; ``module``: the attention module alone) and how it was read, reason."""
-    lines = ["| family | found | max affinity error | status | self-check | map | reason |",
-             "|---|---|---|---|---|---|---|"]
+    """The markdown table: family, found, max affinity error, status, self-check (affinity),
+    output rebuilt from the filter (``analyze(heads="mean")``: head-averaged; ``n/a`` where
+    not checked), the map whose Jacobians are measured (``x + branch``: the residual branch of
+    the layer, skip included; ``module``: the attention module alone) and how it was read,
+    reason."""
+    lines = ["| family | found | max affinity error | status | self-check | output rebuilt "
+             "| map | reason |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.skipped:
-            lines.append(f"| {r.name} | skipped | | | | | {_short(r.skipped)} |")
+            lines.append(f"| {r.name} | skipped | | | | | | {_short(r.skipped)} |")
             continue
         found = f"{len(r.matched)}/{len(r.expected)}"
         statuses = sorted(set(r.statuses.values()))
@@ -199,10 +203,12 @@ def table(results: list[Result]) -> str:
         if r.missing and r.matched:
             why.append(f"missing {', '.join(r.missing)}")
         maps = "; ".join(sorted(set(r.maps.values())))
+        rebuilt = [v for v in r.rebuilt.values() if not math.isnan(v)]
+        rb = f"{max(rebuilt):.1e}" if rebuilt else "n/a"
         lines.append(f"| {r.name} | {found} | {_fmt_err(r.max_error)} | {status} | {check} | "
-                     f"{maps} | {_short('; '.join(why))} |")
+                     f"{rb} | {maps} | {_short('; '.join(why))} |")
     for fam, why in NOT_BUILDABLE.items():
-        lines.append(f"| {fam} | not built | | | | | {why} |")
+        lines.append(f"| {fam} | not built | | | | | | {why} |")
     return "\n".join(lines)
 
 

@@ -94,3 +94,23 @@ def test_full_and_frozen_jacobians_equal_dense(name):
         cap = res.captures[res.matched[ref]]
         _check_jacobian(res.entry.model, cap, index=0)
         _check_frozen_jacobian(res.entry.model, cap, index=0)
+
+
+@pytest.mark.parametrize("name", _params())
+def test_per_head_filter_rebuilds_the_module_output(name):
+    """With ``heads="keep"`` the captured filter (affinity, values, output projection, scale,
+    shift, residual) rebuilds the module's output to 1e-5 wherever the check applies; with
+    the default head average, a multi-head row that does not says so (``approximate``)."""
+    from analysis import analyze
+    from tests.thirdparty.zoo import build
+
+    res = _evaluated(name)
+    for row in res.table:
+        if row.reconstruction_error > 1e-4:
+            assert "approximate" in row.notes, (row.path, row.notes.get("reconstruction"))
+    entry = build(name)
+    table = analyze(entry.model, entry.inputs, progress=False, backbone=False, jacobian=False,
+                    heads="keep")
+    for row in table:
+        err = row.reconstruction_error
+        assert math.isnan(err) or err <= 1e-5, (row.path, row.notes.get("reconstruction"))
