@@ -245,12 +245,21 @@ HEADLINE_COLUMNS = (
     ("path", "block", "s"), ("block", "kind", "s"), ("status", "status", "s"),
     ("spectrum_method", "spectrum", "s"), ("lambda_max", "λ_max", ".3f"),
     ("complex_share", "complex", ".0%"), ("response_class", "response", "s"),
-    ("damping_share", "damping", ".0%"), ("stack_growth", "growth@n (exact)", ".3g"),
+    ("damping_share", "damping", ".0%"), ("stack_growth", "growth@n", ".3g"),
     ("jacobian_full", "‖J‖ full", ".3f"),
     ("jacobian_vs_backbone", "‖J‖ / backbone median", ".2f"),
     ("affinity_share", "affinity share", ".2f"),
 )
 _LEFT = 4   # the text columns of the headline, left-aligned
+
+
+#: the note of a row whose linearized stability folds a pre-LN LayerNorm at one mean scale
+APPROX_STABILITY = "approximate.stability"
+
+
+def _approx(row: BlockReport, key: str) -> str:
+    """``"≈"`` before a headline value that is an approximation in this row."""
+    return "≈" if key == "stack_growth" and APPROX_STABILITY in row.notes else ""
 
 
 def _header(head: str, rows: Sequence[BlockReport]) -> str:
@@ -362,7 +371,8 @@ class AnalysisTable(list):
         keys = self.columns("summary")
         spec = {k: (h, f) for k, h, f in HEADLINE_COLUMNS}
         heads = [_header(spec[k][0], self) for k in keys]
-        rows = [[_fmt(self._value(r, k), spec[k][1]) for k in keys] for r in self]
+        rows = [[_approx(r, k) + _fmt(self._value(r, k), spec[k][1]) for k in keys]
+                for r in self]
         return heads, rows
 
     def headline_table(self) -> tuple[list[str], list[list[str]]]:
@@ -402,6 +412,10 @@ class AnalysisTable(list):
         if n:
             lines.append(f"growth@{n}: exact ‖M^{n}‖ of {n} copies sharing the frozen affinity "
                          "(lower bounds and every other metric: to_frame(columns='all'))")
+        if any(APPROX_STABILITY in r.notes for r in self):
+            lines.append("≈: the layer's LayerNorm is folded at one mean scale in this map, an "
+                         "approximation (notes['approximate.stability']); the exact frozen "
+                         "norm is jacobian_frozen")
         if self.backbone:
             vals = np.array([b["jacobian_full"] for b in self.backbone])
             lines.append(f"backbone residual units ({len(vals)}): ‖J‖ full median "
@@ -560,6 +574,13 @@ def _analyze_one(
                     row.stability_converged = st.converged
                     row.notes["stability"] = st.how
                     row.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
+                    if cap.info.get("layernorm") == "pre":
+                        row.notes[APPROX_STABILITY] = (
+                            "stability_radius, stability_norm and stack_growth are of the "
+                            "filter with the pre-LN LayerNorm folded at one mean scale ("
+                            + str(cap.info.get("layernorm_fold", "")) + "; tokens' 1/sigma "
+                            + str(cap.info.get("layernorm_scales", "")) + "): an approximation "
+                            "of the layer's frozen map, whose exact norm is jacobian_frozen")
             gain = attempt("affinity_sensitivity", lambda: affinity_sensitivity(
                 cap, affinity_noise)["gain"])
             row.affinity_gain = _NAN if gain is None else float(gain)

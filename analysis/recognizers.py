@@ -140,12 +140,16 @@ def fold_layernorm(ln: nn.Module, x: Tensor, G: Tensor) -> tuple[Tensor, float]:
     True
     """
     gamma = getattr(ln, "weight", None)
-    eps = float(getattr(ln, "eps", 1e-5))
-    sigma = torch.sqrt(x.double().var(-1, unbiased=False) + eps)
-    s_bar = float((1 / sigma).mean())
+    s_bar = float(token_scales(ln, x).mean())
     Gg = G.double() if gamma is None else gamma.detach().double()[:, None] * G.double()
     Gc = Gg - Gg.mean(0, keepdim=True)
     return (s_bar * Gc).to(G.dtype), s_bar
+
+
+def token_scales(ln: nn.Module, x: Tensor) -> Tensor:
+    r"""The tokens' LayerNorm scales :math:`1/\sigma_i` at ``x`` ``(B, L, C)``, float64."""
+    eps = float(getattr(ln, "eps", 1e-5))
+    return 1 / torch.sqrt(x.double().var(-1, unbiased=False) + eps)
 
 
 class TokenCall(nn.Module):
@@ -216,6 +220,8 @@ def _fold(ln: nn.Module | None, x: Tensor, G: Tensor, layernorm: str | None,
           extra: dict[str, Any]) -> Tensor:
     if layernorm == "pre" and ln is not None:
         G, s_bar = fold_layernorm(ln, x, G)
+        sc = token_scales(ln, x)
+        extra["layernorm_scales"] = f"from {float(sc.min()):.4g} to {float(sc.max()):.4g}"
         extra["layernorm_fold"] = (
             f"G = s_bar P diag(gamma) G_v, s_bar = mean 1/sigma_i = {s_bar:.4g} (LN linearized "
             "at the captured statistics; the Jacobian and noise measures use the exact layer)")

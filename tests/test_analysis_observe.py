@@ -427,3 +427,19 @@ def test_output_level_self_check_rebuilds_the_module_output(build, ok):
     else:
         assert row.reconstruction_error > 1e-2 and row.status != "ok"
         assert "reconstruction" in row.reason
+
+
+def test_pre_ln_stability_is_named_an_approximation():
+    """The linearized stability of a pre-LN layer folds its LayerNorm at one mean scale: the
+    row says so, the headline marks the value, and the exact frozen norm differs from it."""
+    from analysis.analyze import APPROX_STABILITY
+
+    torch.manual_seed(5)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                       norm_first=True)
+    x = torch.randn(2, 6, 8) * torch.linspace(0.2, 3.0, 6)[None, :, None]   # unequal scales
+    table = analyze(layer, x, progress=False, backbone=False, heads="keep")
+    row = table[0]
+    assert APPROX_STABILITY in row.notes and "jacobian_frozen" in row.notes[APPROX_STABILITY]
+    assert abs(row.stability_norm - row.jacobian_frozen) > 1e-3 * row.jacobian_frozen
+    assert "≈" in table.summary()
