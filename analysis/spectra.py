@@ -1155,12 +1155,18 @@ def affinity_metrics(
     how_fro = ""
     bar = tqdm(list(enumerate(idxs)), desc="metrics", disable=not progress or len(idxs) < 2,
                leave=False)
+    no_zero: list[float] = []
     for i, idx in bar:
         mu = np.asarray(spec.eigenvalues[i])
         lam = 1 - mu
         vals["lambda_max"].append(float(np.abs(lam).max()) if lam.size else float("nan"))
         lr = np.sort(lam.real) if lam.size else lam.real
-        vals["spectral_gap"].append(float(lr[1] - lr[0]) if lr.size > 1 else float("nan"))
+        has_zero = lam.size > 0 and float(np.abs(lam).min()) <= GAP_ZERO_TOL * max(
+            1.0, float(np.abs(lam).max()))
+        if lr.size > 1 and not has_zero and full:
+            no_zero.append(float(np.abs(lam).min()))
+        vals["spectral_gap"].append(float(lr[1] - lr[0]) if lr.size > 1 and (has_zero or not full)
+                                    else float("nan"))
         im = np.abs(mu.imag) if np.iscomplexobj(mu) else np.zeros(mu.shape)
         cs = complex_share(mu, rtol=imag_tol)
         vals["complex_share"].append(cs.share)
@@ -1205,6 +1211,11 @@ def affinity_metrics(
                                      else float("nan"))
     bar.close()
     notes["asymmetry"] = notes["rank_collapse"] = how_fro
+    if no_zero:
+        notes["spectral_gap"] = (
+            f"n/a for {len(no_zero)} sample(s): L = I - A_hat has no zero eigenvalue (min |lambda| "
+            f"= {min(no_zero):.2g}), so A_hat is not the normalized operator of a graph and "
+            "lambda_2 - lambda_1 is no graph gap")
     if not_stochastic:
         notes["rank_collapse"] = (
             f"n/a for {len(not_stochastic)} sample(s): the operator is not row-stochastic "
@@ -1219,6 +1230,10 @@ def affinity_metrics(
 # ------------------------------------------------------------------------------------------
 # The complex-share rule
 # ------------------------------------------------------------------------------------------
+
+#: The spectral gap is read only where L = I - A_hat has an eigenvalue within this (relative)
+#: distance of 0, i.e. where A_hat is a normalized graph operator (eigenvalue 1).
+GAP_ZERO_TOL = 1e-6
 
 #: Default thresholds of :func:`complex_share`.
 COMPLEX_RTOL, COMPLEX_ATOL, COMPLEX_FLOOR = 1e-3, 1e-9, 1e-6

@@ -197,3 +197,22 @@ def test_effective_rank_with_underflowing_shares_is_finite():
         warnings.simplefilter("error")             # no log(0) on a diverged model's spectrum
         assert effective_rank([1e300, 1e-30, 1.0]) == 1.0
     assert np.isnan(effective_rank([np.inf, 1.0]))
+
+
+def test_spectral_gap_is_na_where_the_operator_is_no_graph():
+    """A dot-product kernel divided by N (negative entries, no eigenvalue 1) gets no gap, with
+    the reason; a row-stochastic affinity keeps its gap, equal to the exact eigenvalues'."""
+    import numpy as np
+    import torch
+
+    from analysis.spectra import affinity_metrics
+    from graphfilters.graph import DenseAffinity
+
+    torch.manual_seed(0)
+    m = affinity_metrics(DenseAffinity(torch.randn(2, 6, 6, dtype=torch.float64) / 6), "none",
+                         progress=False)
+    assert np.isnan(m.spectral_gap).all() and "no zero eigenvalue" in m.notes["spectral_gap"]
+    W = torch.rand(1, 6, 6, dtype=torch.float64)
+    m = affinity_metrics(DenseAffinity(W), "rw", progress=False)
+    lam = np.sort((1 - np.linalg.eigvals((W[0] / W[0].sum(1, keepdim=True)).numpy())).real)
+    assert m.spectral_gap[0] == pytest.approx(lam[1] - lam[0], abs=1e-10)
