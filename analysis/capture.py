@@ -276,6 +276,9 @@ class Capture:
         values against the module's own product. ``nan``: not checked (graphfilters blocks,
         adapters, or no affinity observed). Above :data:`SELF_CHECK_TOL` the capture is not
         used: an observed one replaces it, or the row says the check failed.
+    freeze : callable or None
+        The recognizer's own way of holding the attention fixed
+        (:attr:`analysis.registry.Recognizer.freeze`); ``None``: the watcher's hold.
 
     Shapes
     ------
@@ -307,6 +310,7 @@ class Capture:
     basis_params: dict[str, Tensor] | None = None
     self_check_error: float = float("nan")
     self_check: str = ""
+    freeze: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     # -- derived facts -------------------------------------------------------------------
     @property
@@ -948,6 +952,7 @@ def capture(
                 return
             cap.path, cap.source = path, rec.source
             cap.module_type, cap.module = type(module).__name__, module
+            cap.freeze = rec.freeze
             cap.info.setdefault("family", rec.name)
             seen_here = [o for o in watcher.observations if under(o.owner or ROOT, path)
                          and o.call == watcher.calls.get(o.owner, 0)]

@@ -4,8 +4,9 @@ per module type) and recognizers (families of attention modules of other librari
 A recognizer *refines* what :mod:`analysis.observe` finds by watching the computation: it
 names the family, reads the heads, the value and output projections and the layer around the
 attention, so that the filter-based measures (responses, weight spectra, stability) apply.
-Its capture is proved by :mod:`analysis.selfcheck` (the module's output rebuilt from what it
-captured); one that does not reproduce its module is replaced by the observed capture.
+Its capture is checked against the affinity the model applied (a recognizer that does not
+reproduce it is replaced by the observed capture) and, at the output, by
+:mod:`analysis.reconstruct` (the module's output rebuilt from what it captured).
 Each recognizer also owns how its attention is held fixed for the frozen Jacobian
 (``freeze``), the observation watcher by default.
 
@@ -154,9 +155,11 @@ class Recognizer:
         The library versions the recognizer was written against (documentation).
     freeze : callable, optional
         ``freeze(capture)`` returns a context manager inside which the module's attention is
-        held fixed for autograd (the frozen Jacobian). Default: the observation watcher
-        (:func:`analysis.observe.hold_affinities`), which detaches every affinity it sees
-        applied and counts them, so that a frozen map that held nothing is reported as such.
+        held fixed for autograd (the frozen Jacobian); entering it returns an object whose
+        ``held`` attribute counts, after the call, the affinities it held. A frozen map that
+        held nothing raises instead of returning the full Jacobian under the frozen name.
+        Default: the observation watcher (:func:`analysis.observe.hold_affinities`), which
+        detaches every affinity it sees applied and counts them.
     """
 
     name: str

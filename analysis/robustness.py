@@ -1263,10 +1263,12 @@ def _module_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
 class _Bound(nn.Module):
     """A module called with extra fixed arguments (eval-mode switching reaches it)."""
 
-    def __init__(self, module: nn.Module, call: Callable[[nn.Module, Tensor], Tensor]) -> None:
+    def __init__(self, module: nn.Module, call: Callable[[nn.Module, Tensor], Tensor],
+                 freeze: Callable[[], Any] | None = None) -> None:
         super().__init__()
         self.inner = module
         self._call = call
+        self.freeze = freeze              # the recognizer's own hold, see frozen_function
 
     def forward(self, x: Tensor) -> Tensor:
         out = self._call(self.inner, x)
@@ -1322,7 +1324,8 @@ def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]
     if capture.call is not None or isinstance(module, nn.MultiheadAttention):
         owner = module if not isinstance(capture.call, nn.Module) else nn.ModuleList(
             [module, capture.call])                       # eval mode reaches the layer too
-        return _Bound(owner, _attention_call(capture, index, dev)), x
+        freeze = None if capture.freeze is None else (lambda: capture.freeze(capture))
+        return _Bound(owner, _attention_call(capture, index, dev), freeze), x
     if getattr(module, "shared_affinity", False) and getattr(module, "theta", 1) is None \
             and capture.affinity is not None:
         aff = capture.affinity.map_fields(lambda t: t[index:index + 1].to(dev))
@@ -1478,6 +1481,17 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
             return fn                                     # called with a fixed affinity
         if hasattr(inner, "compute_affinity"):             # a graphfilters block, called plainly
             return frozen_function(inner, x)
+
+        if fn.freeze is not None:                         # the recognizer's own hold
+            def own(t: Tensor) -> Tensor:
+                with fn.freeze() as hold:
+                    out = fn(t)
+                if not getattr(hold, "held", 0):
+                    raise ValueError(
+                        f"{type(inner).__name__}: its recognizer's freeze held no affinity, so "
+                        "its frozen Jacobian would be the full one")
+                return out
+            return own
 
         def held(t: Tensor) -> Tensor:                    # attention of another library
             watcher = hold_affinities()

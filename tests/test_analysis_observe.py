@@ -3,6 +3,8 @@ against what the model applied, and fault isolation."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -443,3 +445,71 @@ def test_pre_ln_stability_is_named_an_approximation():
     assert APPROX_STABILITY in row.notes and "jacobian_frozen" in row.notes[APPROX_STABILITY]
     assert abs(row.stability_norm - row.jacobian_frozen) > 1e-3 * row.jacobian_frozen
     assert "≈" in table.summary()
+
+
+class HandSoftmaxAttention(nn.Module):
+    """Attention applied by an einsum with an ellipsis, which the watcher does not read: no
+    affinity is seen applied."""
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(c, 3 * c)
+        self.hold = False
+
+    def affinity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        e = torch.exp(q @ k.transpose(1, 2) - (q @ k.transpose(1, 2)).amax(-1, keepdim=True))
+        a = e / e.sum(-1, keepdim=True)
+        return (a.detach() if self.hold else a), v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, v = self.affinity(x)
+        return x + torch.einsum("...nm,...mc->...nc", a, v)
+
+
+class _HoldFlag:
+    def __init__(self, module):
+        self.module, self.held = module, 0
+
+    def __enter__(self):
+        self.module.hold, self.held = True, 1
+        return self
+
+    def __exit__(self, *exc):
+        self.module.hold = False
+
+
+def _hand_build(ctx):
+    m, x = ctx.module, ctx.args[0]
+    a, v = m.affinity(x)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype)
+    return Capture("", "", "", DenseAffinity(a), "rw", z=v, weights=[torch.zeros_like(eye), eye],
+                   spatial_shape=(x.shape[1],), input=x.transpose(1, 2), residual=True,
+                   call=lambda t: m(t.transpose(1, 2)).transpose(1, 2))
+
+
+@pytest.mark.parametrize("own_freeze", [True, False])
+def test_a_recognizer_owns_how_its_attention_is_held_fixed(own_freeze):
+    torch.manual_seed(6)
+    m = HandSoftmaxAttention().double().eval()
+    x = torch.randn(1, 5, 4, dtype=torch.float64)
+    rec = Recognizer("hand", lambda mod: isinstance(mod, HandSoftmaxAttention), _hand_build,
+                     freeze=(lambda cap: _HoldFlag(cap.module)) if own_freeze else None)
+    register_recognizer(rec)
+    try:
+        row = analyze(nn.Sequential(m), x, progress=False, backbone=False)[0]
+    finally:
+        unregister_recognizer("hand")
+    if own_freeze:
+        def frozen(t):
+            m.hold = True
+            try:
+                return m(t)
+            finally:
+                m.hold = False
+        J = torch.autograd.functional.jacobian(frozen, x).reshape(20, 20)
+        ref = torch.linalg.matrix_norm(J, ord=2).item()
+        assert row.jacobian_frozen == pytest.approx(ref, rel=1e-5)
+        assert abs(row.jacobian_frozen - row.jacobian_full) > 1e-6
+    else:                      # nothing held: no frozen value under the frozen name
+        assert math.isnan(row.jacobian_frozen) and "jacobian_frozen" in row.reason
