@@ -37,38 +37,26 @@ from __future__ import annotations
 
 import html
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from graphfilters.display import card_html, fmt, pandas, table_html, table_text
-from graphfilters.graph import DenseAffinity
 
-from .bipartite import bipartite_response, bipartite_spectrum
 from .capture import SELF_CHECK_TOL, Capture, Captures, capture
-from .reconstruct import RECONSTRUCTION_TOL, reconstruction_error
-from .response import block_response
+from .measures import APPROX_STABILITY, registered, run_measures
 from .robustness import (
     accuracy_under_noise,
-    affinity_sensitivity,
     backbone_jacobians,
     block_function,
-    damping,
-    jacobian_singular_values,
-    jacobians,
-    linearized_stability,
-    noise_sensitivity,
     stage_jacobians,
-    tao_spectrum,
 )
-from .spectra import AUTO_DENSE_LIMIT, affinity_metrics, spectrum
+from .spectra import AUTO_DENSE_LIMIT
 
 __all__ = ["BlockReport", "AnalysisTable", "analyze"]
 
@@ -160,6 +148,9 @@ class BlockReport:
         the filter-based measures describe. Above ``RECONSTRUCTION_TOL`` for a head-averaged
         capture (``heads="mean"``) those measures are of the head-averaged filter, an
         approximation (``notes["approximate"]``); otherwise the row is ``partial``.
+    extra : dict
+        Columns of registered measures that are not fields of this class
+        (:mod:`analysis.measures`).
     timings : dict
         Seconds spent on each measure (``spectrum``, ``response``, ``stability``,
         ``jacobian``...), to see what dominates.
@@ -221,6 +212,7 @@ class BlockReport:
     reconstruction_error: float = _NAN
     singular_max: float = _NAN
     notes: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def _headline_items(self) -> dict[str, str]:
@@ -234,6 +226,9 @@ class BlockReport:
     def _repr_html_(self) -> str:
         return card_html(f"{self.path} ({self.block})", self._headline_items(),
                          status=self.status, notes=[self.reason])
+
+
+_FIELDS = [f.name for f in fields(BlockReport)]
 
 
 #: The headline columns (at most 12), what a reader needs first: (key, header, format). The
@@ -253,8 +248,10 @@ HEADLINE_COLUMNS = (
 _LEFT = 4   # the text columns of the headline, left-aligned
 
 
-#: the note of a row whose linearized stability folds a pre-LN LayerNorm at one mean scale
-APPROX_STABILITY = "approximate.stability"
+def _headline_columns(table: Any = None) -> tuple[tuple[str, str, str], ...]:
+    """:data:`HEADLINE_COLUMNS` and the headline columns of the measures that made
+    ``table``."""
+    return HEADLINE_COLUMNS + tuple(getattr(table, "measure_headline", ()))
 
 
 def _approx(row: BlockReport, key: str) -> str:
@@ -308,6 +305,8 @@ class AnalysisTable(list):
         self.accuracy = accuracy
         self.captures = captures
         self.backbone = list(backbone or [])
+        #: headline columns of the registered measures that made this table
+        self.measure_headline: tuple[tuple[str, str, str], ...] = ()
 
     def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per row (JSON-friendly: tuples become lists, notes included)."""
@@ -328,6 +327,8 @@ class AnalysisTable(list):
     def _value(self, row: BlockReport, key: str) -> Any:
         if key == "jacobian_vs_backbone":
             return row.jacobian_full / self._backbone_median() if self.backbone else _NAN
+        if key in row.extra or key not in _FIELDS:
+            return row.extra.get(key, _NAN)
         return getattr(row, key)
 
     def columns(self, columns: str | Sequence[str] = "summary") -> list[str]:
@@ -335,9 +336,10 @@ class AnalysisTable(list):
         ``"all"`` (every field of :class:`BlockReport` but ``notes`` and ``timings``) or a
         list of keys."""
         if isinstance(columns, str) and columns == "all":
-            return [f.name for f in fields(BlockReport) if f.name not in ("notes", "timings")]
+            extra = list(dict.fromkeys(k for r in self for k in r.extra))
+            return [f for f in _FIELDS if f not in ("notes", "extra", "timings")] + extra
         if isinstance(columns, str) and columns == "summary":
-            return [k for k, _, _ in HEADLINE_COLUMNS
+            return [k for k, _, _ in _headline_columns(self)
                     if k in ("path", "block", "status")
                     or any(_defined(self._value(r, k)) for r in self)]
         if isinstance(columns, str):
@@ -369,11 +371,20 @@ class AnalysisTable(list):
 
     def _headline(self) -> tuple[list[str], list[list[str]]]:
         keys = self.columns("summary")
-        spec = {k: (h, f) for k, h, f in HEADLINE_COLUMNS}
+        spec = {k: (h, f) for k, h, f in _headline_columns(self)}
         heads = [_header(spec[k][0], self) for k in keys]
         rows = [[_approx(r, k) + _fmt(self._value(r, k), spec[k][1]) for k in keys]
                 for r in self]
         return heads, rows
+
+    def to_markdown(self) -> str:
+        """The headline table as a markdown (pipe) table, the notes below it."""
+        heads, rows = self._headline()
+        esc = [[c.replace("|", "\\|") for c in r] for r in [heads, *rows]]
+        lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+        notes = self._notes()
+        return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
 
     def headline_table(self) -> tuple[list[str], list[list[str]]]:
         """The headline columns' headers and formatted cells (what :meth:`summary`, the HTML
@@ -475,23 +486,9 @@ def _analyze_one(
     stability_samples: int = 1,
     tol: float = 1e-4,
     jacobian_k: int = 1,
+    measures: Sequence[str] | None = None,
 ) -> BlockReport:
     row = _row_base(cap)
-    failed: list[str] = []
-
-    def attempt(name: str, fn: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return fn()
-        except (ValueError, TypeError, RuntimeError, NotImplementedError,
-                np.linalg.LinAlgError) as exc:
-            failed.append(f"{name}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - one block's failure must not stop the rest
-            failed.append(f"{name}: {type(exc).__name__}: {exc}")
-        finally:
-            row.timings[name] = row.timings.get(name, 0.0) + time.perf_counter() - t0
-        return None
-
     row.self_check_error = float(cap.self_check_error)
     if cap.self_check:
         row.notes["self_check"] = cap.self_check
@@ -502,172 +499,22 @@ def _analyze_one(
     if cap.affinity is None:
         row.status, row.reason = "skipped", "no affinity captured"
         return row
-    def affinity_measures() -> None:
-        """The measures of the captured affinity and filter (spectra, metrics, response,
-        weight spectra, damping, linearized stability, affinity sensitivity)."""
-        square = cap.affinity.n == cap.affinity.n_cols
-        spec = bip = None
-        if square and cap.affinity.n <= dense_limit and isinstance(cap.affinity, DenseAffinity):
-            attempt("triangular", lambda: _triangular(cap, row))
-        if square:
-            spec = attempt("spectrum", lambda: spectrum(
-                cap.affinity, "normalized", cap.normalization, method=method,
-                dense_limit=dense_limit, progress=False))
-        else:                        # N x M (sub-sampled keys): a bipartite graph
-            bip = attempt("spectrum", lambda: bipartite_spectrum(
-                cap.operator(), vectors=cap.weights is not None))
-            if bip is not None:
-                for k, v in bip.summary().items():
-                    setattr(row, k, v)
-                row.spectrum_method = "bipartite-svd"
-                row.spectrum_reason = bip.describe()
-                row.notes["bipartite"] = bip.describe()
-                row.notes["n/a"] = _NXM_NA
-        if spec is not None:
-            row.spectrum_method, row.spectrum_reason = spec.method, spec.reason
-            if spec.status == "uncertified":   # flagged values stay, the row says so
-                failed.append(f"spectrum: {spec.n_uncertified} eigenvalue(s) not certified "
-                              f"(relative residual up to {spec.max_residual():.1e} > tol = "
-                              f"{spec.tol:g})")
-            row.symmetric = spec.symmetric
-            metrics = attempt("metrics", lambda: affinity_metrics(
-                cap.affinity, cap.normalization, spectrum_result=spec, progress=False))
-            if metrics is not None:
-                for k, v in metrics.summary().items():
-                    setattr(row, k, v)
-                row.notes.update({f"metrics.{k}": v for k, v in metrics.notes.items()})
-        if cap.weights is not None:
-            resp = attempt("response", lambda: block_response(cap, spectrum_result=spec)
-                           if square else bipartite_response(cap, bip))
-            if resp is not None:
-                row.response_class = resp.label
-                row.response_low, row.response_mid, row.response_high = (
-                    resp.stats["low"], resp.stats["mid"], resp.stats["high"])
-                if resp.energy_z is not None and resp.energy_out is not None:
-                    row.z_low_energy = float(resp.energy_z.band_fractions()[0])
-                    row.out_low_energy = float(resp.energy_out.band_fractions()[0])
-                    row.notes["energy"] = resp.energy_z.reason
-                row.notes.update({f"response.{k}": v for k, v in resp.notes.items()})
-                if "energy" in resp.notes:
-                    failed.append(f"energy: {resp.notes['energy']}")
-            tao = attempt("tao", lambda: tao_spectrum(cap))
-            if tao is not None:
-                row.tao_negative_share = tao.negative_share
-                row.tao_negative_mass = tao.negative_mass
-                row.tao_min, row.tao_max = float(tao.eigenvalues[0]), float(tao.eigenvalues[-1])
-                row.tao_forced = tao.forced
-                row.notes["tao"] = tao.how
-            if spec is not None:
-                dm = attempt("damping", lambda: damping(cap, spectrum_result=spec))
-                if dm is not None:
-                    row.damping_share, row.damping_mass = dm.share, dm.mass
-                    row.damping_definite_share = dm.definite_share
-                    row.notes["damping"] = dm.how
-                st = attempt("stability", lambda: linearized_stability(
-                    cap, spectrum_result=spec, n_max=n_max, samples=stability_samples, tol=tol))
-                if st is not None:
-                    row.stability_radius, row.stability_norm = st.radius, st.norm
-                    row.stack_growth = tuple(float(g) for g in st.growth)
-                    row.stability_norm_lower_bound = st.norm_lower_bound
-                    row.stack_growth_lower_bound = tuple(float(g) for g in st.growth_lower_bound)
-                    row.stability_residual = float(np.max(st.residual, initial=0.0))
-                    row.stability_converged = st.converged
-                    row.notes["stability"] = st.how
-                    row.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
-                    if cap.info.get("layernorm") == "pre":
-                        row.notes[APPROX_STABILITY] = (
-                            "stability_radius, stability_norm and stack_growth are of the "
-                            "filter with the pre-LN LayerNorm folded at one mean scale ("
-                            + str(cap.info.get("layernorm_fold", "")) + "; tokens' 1/sigma "
-                            + str(cap.info.get("layernorm_scales", "")) + "): an approximation "
-                            "of the layer's frozen map, whose exact norm is jacobian_frozen")
-            gain = attempt("affinity_sensitivity", lambda: affinity_sensitivity(
-                cap, affinity_noise)["gain"])
-            row.affinity_gain = _NAN if gain is None else float(gain)
-        elif cap.source == "observed":
-            row.notes["n/a"] = ("" if square else _NXM_NA + "; ") + (
-                "response, Tao spectrum, damping, linearized stability and affinity "
-                "sensitivity: observed attention (the owner's weights are not read; its "
-                "Jacobians are measured as a black box)")
-        else:
-            failed.append("response/stability: no filter weights captured")
-
+    withhold = None
     if cap.self_check_error > SELF_CHECK_TOL:     # the capture does not reproduce the module
-        failed.append(f"self-check failed: {cap.self_check}; the measures of the captured "
-                      "affinity are not reported (the Jacobians are of the module itself)")
-    else:
-        if cap.weights is not None:
-            rec = attempt("reconstruction", lambda: reconstruction_error(cap))
-            if rec is not None:
-                row.reconstruction_error, row.notes["reconstruction"] = rec
-                if rec[0] > RECONSTRUCTION_TOL and "heads averaged" in rec[1]:
-                    row.notes["approximate"] = (
-                        f"response, Tao spectrum, damping and linearized stability are of the "
-                        f"head-averaged filter, which reproduces the module's output only to "
-                        f"{rec[0]:.1e}; analyze(..., heads='keep') measures the per-head "
-                        "filter the module computes")
-                elif rec[0] > RECONSTRUCTION_TOL:
-                    failed.append(f"reconstruction: {rec[1]} (above {RECONSTRUCTION_TOL:g}: the "
-                                  "filter-based measures do not describe this module)")
-        affinity_measures()
-    if jacobian and cap.module is not None and cap.input is not None:
-        def jac() -> None:
-            fn, x = block_function(cap, 0)
-            try:
-                rep = jacobians(fn, x, jacobian_k, residual=cap.residual, tol=tol, max_iter=60)
-            except ValueError as exc:          # no frozen form of this module: full only
-                failed.append(f"jacobian_frozen: {exc}")
-                full = jacobian_singular_values(fn, x, jacobian_k, tol=tol, max_iter=60)
-            else:
-                full = rep.full
-                row.jacobian_frozen = rep.frozen.norm
-                row.jacobian_frozen_top = tuple(float(v) for v in rep.frozen.values)
-                row.affinity_share = rep.affinity_share
-            row.jacobian_full_top = tuple(float(v) for v in full.values)
-            norms = [full.norm]
-            for i in range(1, min(jacobian_samples, cap.n_samples)):
-                fn, x = block_function(cap, i)
-                norms.append(jacobian_singular_values(fn, x, 1, tol=tol, max_iter=60).norm)
-            row.jacobian_full = row.jacobian_norm = max(norms)
-            row.notes["jacobian"] = (
-                f"Krylov power iteration on J^T J (tol {tol:g}, residual "
-                f"{full.residual:.1e}{'' if full.converged else ', NOT converged'}); "
-                f"full: max over {len(norms)} sample(s); frozen and affinity share: sample 0")
-        attempt("jacobian", jac)
-
-        def noise() -> float:
-            fn, x = block_function(cap, 0)
-            return noise_sensitivity(fn, x, noise_level)["gain"]
-        ng = attempt("noise", noise)
-        row.noise_gain = _NAN if ng is None else float(ng)
+        withhold = (f"self-check failed: {cap.self_check}; the measures of the captured "
+                    "affinity are not reported (the Jacobians are of the module itself)")
+    options = dict(method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
+                   jacobian_samples=jacobian_samples, noise_level=noise_level,
+                   affinity_noise=affinity_noise, stability_samples=stability_samples,
+                   tol=tol, jacobian_k=jacobian_k)
+    failed = run_measures(cap, row, options,
+                          registered() if measures is None else registered(measures), withhold)
     if failed:
         measured = not math.isnan(row.lambda_max) or row.response_class or not math.isnan(
             row.jacobian_norm)
         row.status = "partial" if measured else "skipped"
         row.reason = "; ".join(failed)
     return row
-
-
-#: What an N x M affinity's row leaves out, and why.
-_NXM_NA = ("lambda_max, complex_share, max_imag, asymmetry, rank_collapse, damping and "
-           "linearized stability: defined on the square graph of a square affinity; this "
-           "N x M affinity is read as a bipartite graph (notes['bipartite']: singular values, "
-           "spectral_gap = 1 - sigma_2/sigma_1, effective_rank of sigma, singular_max = "
-           "||A_hat||_2), the block's stability by its full and frozen Jacobians")
-
-
-def _triangular(cap: Capture, row: BlockReport) -> None:
-    """Causal (triangular) affinities: their eigenvalues are the diagonal, which says little
-    about the map, so the singular values are reported beside them."""
-    A = cap.dense_affinity()
-    if A.dim() < 2 or not bool((A.triu(1) == 0).all()) or bool((A.tril(-1) == 0).all()):
-        return
-    sv = torch.linalg.svdvals(A.double())
-    row.singular_max = float(sv[..., 0].max())
-    row.notes["triangular"] = (
-        "causal (lower-triangular) affinity: its eigenvalues are its diagonal entries, so the "
-        "spectrum and complex share describe only the diagonal; singular_max is the largest "
-        f"singular value of A_hat (exact, max over samples): {row.singular_max:.4g}")
 
 
 def _unread_rows(caps: Captures) -> list[BlockReport]:
@@ -760,6 +607,7 @@ def analyze(
     forward: Callable[[nn.Module, Any], Any] | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     blas_threads: int | None = 1,
+    measures: Sequence[str] | None = None,
     progress: bool = True,
 ) -> AnalysisTable:
     r"""Analyse every nonlocal block of ``model`` on ``data``: one :class:`BlockReport` each.
@@ -824,6 +672,9 @@ def analyze(
         numpy's BLAS threads during the analysis (threadpoolctl, if installed; ``None``
         leaves them alone). 1 by default: the per-frequency problems are small, and BLAS
         threads competing with torch's oversubscribe the cores (more than 10x slower on 2).
+    measures : sequence of str, optional
+        Run only these registered measures (:mod:`analysis.measures`; default: all, in
+        registration order).
     progress : bool
         tqdm bars.
 
@@ -849,6 +700,13 @@ def analyze(
         raise TypeError(f"analyze: data must be a tensor or an iterable of batches, got "
                         f"{type(data).__name__}")
     with _blas_threads(blas_threads):
+        if measures is not None:
+            if isinstance(measures, str):
+                raise TypeError("measures must be a sequence of measure names, not a str")
+            try:
+                registered(measures)
+            except ValueError as exc:
+                raise ValueError(f"measures: {exc}") from None
         return _analyze(model, data, blocks=blocks, max_samples=max_samples, method=method,
                         heads=heads, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
                         jacobian_samples=jacobian_samples, jacobian_k=jacobian_k,
@@ -857,7 +715,7 @@ def analyze(
                         affinity_noise=affinity_noise, labels=labels,
                         accuracy_levels=accuracy_levels, accuracy_batches=accuracy_batches,
                         keep_captures=keep_captures, forward=forward,
-                        model_kwargs=model_kwargs, progress=progress)
+                        model_kwargs=model_kwargs, measures=measures, progress=progress)
 
 
 def _blas_threads(n: int | None) -> Any:
@@ -877,8 +735,8 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
              jacobian_k: int, stability_samples: int, tol: float, stages: bool, backbone: bool,
              noise_level: float, affinity_noise: float, labels: Tensor | None,
              accuracy_levels: Sequence[float] | None, accuracy_batches: int,
-             keep_captures: bool, forward: Any, model_kwargs: Any, progress: bool
-             ) -> AnalysisTable:
+             keep_captures: bool, forward: Any, model_kwargs: Any,
+             measures: Sequence[str] | None, progress: bool) -> AnalysisTable:
     # one bar per call: the blocks, then stages/backbone/accuracy; sub-steps as its postfix
     bar = tqdm(total=None, desc="analyze", disable=not progress, leave=False, unit="step")
     bar.set_postfix_str("capture")
@@ -897,7 +755,7 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
                 cap, method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
                 jacobian_samples=jacobian_samples, noise_level=noise_level,
                 affinity_noise=affinity_noise, stability_samples=stability_samples, tol=tol,
-                jacobian_k=jacobian_k)))
+                jacobian_k=jacobian_k, measures=measures)))
             bar.update()
         rows += _unread_rows(caps)
         bar.set_postfix_str("stages")
@@ -919,6 +777,9 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
                 except (ValueError, TypeError, RuntimeError, NotImplementedError):
                     ref = []
         table = AnalysisTable(rows, captures=kept, backbone=ref)
+        table.measure_headline = tuple(
+            h for m in (registered() if measures is None else registered(measures))
+            for h in m.headline)
     if isinstance(data, Tensor) and labels is not None:
         if labels.shape[0] != data.shape[0]:
             raise ValueError(

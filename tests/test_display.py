@@ -73,7 +73,7 @@ def test_table_columns_are_data_driven(objects):
     assert "tao_negative_share" not in summary        # forced by the construction: no headline
     assert "jacobian_vs_backbone" not in summary      # no backbone measured: undefined
     from dataclasses import fields
-    assert set(everything) == {f.name for f in fields(BlockReport)} - {"notes", "timings"}
+    assert set(everything) == {f.name for f in fields(BlockReport)} - {"notes", "timings", "extra"}
     assert len(table.summary().splitlines()[1]) <= 130
     with pytest.raises(ValueError, match="columns"):
         table.columns("some")
