@@ -337,6 +337,30 @@ class Capture:
     def device(self) -> torch.device | None:
         return None if self.affinity is None else self.affinity.device
 
+    @property
+    def layout(self) -> str:
+        """How the graph's nodes are laid out: ``"positions"`` (the default), ``"image"``
+        (windows scattered back on the grid), ``"window"`` (windows in window order) or
+        ``"channel_position"`` (CGNL's channel-position nodes)."""
+        return str(self.info.get("node_layout", "positions"))
+
+    @property
+    def sub_sampled(self) -> bool:
+        """The keys are sub-sampled (an N x M affinity, ``info["sub_sampled"]``)."""
+        return bool(self.info.get("sub_sampled", False))
+
+    @property
+    def square_graph(self) -> bool:
+        """The filter acts on one square graph over the positions (not CGNL's
+        channel-position nodes, not sub-sampled or N x M keys)."""
+        return (self.affinity is not None and self.layout != "channel_position"
+                and not self.sub_sampled and self.affinity.n == self.affinity.n_cols)
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads (``info["num_heads"]``; 1 where not given)."""
+        return int(self.info.get("num_heads", 1) or 1)
+
     def dense_affinity(self, heads: str | None = None) -> Tensor:
         r"""The affinity the module applied, as a dense tensor ``(S, N, M)``.
 
@@ -348,8 +372,7 @@ class Capture:
         """
         A = self.operator().dense()
         A = torch.as_tensor(A)
-        per_head = (self.heads == "keep" and A.dim() == 4
-                    and self.info.get("node_layout") != "channel_position")
+        per_head = self.heads == "keep" and A.dim() == 4 and self.layout != "channel_position"
         if (heads or self.heads) == "mean" and per_head:
             A = A.mean(1)
         return A
@@ -397,7 +420,7 @@ class Capture:
         -------
         numpy array of shape ``spatial_shape`` (``(N_keys,)`` for sub-sampled keys).
         """
-        if self.info.get("node_layout") == "channel_position":
+        if self.layout == "channel_position":
             raise ValueError(
                 f"{self.path}: the nodes of this affinity are (channel, position) pairs (CGNL), "
                 "so a row is not a map over the image grid"

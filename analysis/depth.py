@@ -624,7 +624,7 @@ def _gaps(cap: Capture) -> tuple[np.ndarray | None, int, str]:
     aff = cap.affinity
     if aff is None:
         return None, 0, "no affinity captured"
-    if cap.info.get("node_layout") == "channel_position":
+    if cap.layout == "channel_position":
         return None, 0, ("the nodes are (channel, position) pairs (CGNL), not tokens: no "
                          "graph over the tokens")
     if aff.n != aff.n_cols:

@@ -79,8 +79,7 @@ def reconstruction_error(capture: Capture, max_samples: int = 4) -> tuple[float,
         return math.nan, ("not checked: post-LN layer (the LayerNorm after the residual sum "
                           "is not part of the filter)")
     aff = capture.affinity
-    if aff is None or aff.n != aff.n_cols or capture.info.get("sub_sampled") \
-            or capture.info.get("node_layout") == "channel_position":
+    if aff is None or not capture.square_graph:
         return math.nan, "not checked: the filter does not act on one square graph"
     S = min(int(capture.n_samples or 1), max_samples)
     F = filter_output(capture)[:S].double()                       # (S, N, C_out)

@@ -715,7 +715,7 @@ def filter_output(capture: Any) -> Tensor:
     >>> filter_output(cap)[0, :, 0]                       # A_hat Z W_1 = A_hat e_1
     tensor([0.3333, 0.3333, 0.3333])
     """
-    if capture.info.get("node_layout") == "channel_position" or capture.info.get("sub_sampled"):
+    if capture.layout == "channel_position" or capture.sub_sampled:
         raise ValueError(
             f"{capture.path}: the filter does not act on a square graph over the positions "
             "(CGNL channel-position nodes or sub-sampled keys)"
@@ -882,10 +882,7 @@ def block_response(
         notes["output_scale"] = "included (H diag(s))"
     basis = capture.basis
     norm = capture.normalization
-    graph_ok = not (capture.info.get("node_layout") == "channel_position"
-                    or capture.info.get("sub_sampled")
-                    or (capture.affinity is not None
-                        and capture.affinity.n != capture.affinity.n_cols))
+    graph_ok = capture.affinity is None or capture.square_graph
     eigs: list[np.ndarray] = []
     if graph_ok and capture.affinity is not None:
         spec = spectrum_result if spectrum_result is not None else spectrum(
@@ -893,7 +890,7 @@ def block_response(
             progress=False)
         eigs = [1 - np.asarray(mu) for mu in spec.eigenvalues]
         notes["eigenvalues"] = f"{spec.method} ({'all' if spec.complete else 'extremes'})"
-    elif capture.info.get("node_layout") == "channel_position":
+    elif capture.layout == "channel_position":
         spec = spectrum_result if spectrum_result is not None else spectrum(
             capture.affinity, "normalized", norm, method=method, dense_limit=dense_limit,
             progress=False)

@@ -517,12 +517,12 @@ def linearized_stability(
     >>> st.radius, st.argmax_lambda, [float(g) for g in st.growth]
     (1.5, (2+0j), [1.5, 2.25])
     """
-    if capture.info.get("node_layout") == "channel_position":
+    if capture.layout == "channel_position":
         raise ValueError(
             f"{capture.path}: CGNL filters act on a channel-position graph; the per-frequency "
             "channel map is not defined"
         )
-    if capture.info.get("sub_sampled"):
+    if capture.sub_sampled:
         raise ValueError(f"{capture.path}: sub-sampled keys: no square graph, no spectrum")
     if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
         raise ValueError(f"n_max must be a positive integer, got {n_max!r}")
@@ -851,9 +851,9 @@ class FrozenMap:
                  dtype: torch.dtype = torch.float64, dense_limit: int = 2048) -> None:
         if capture.affinity is None or capture.weights is None:
             raise ValueError(f"{capture.path}: the frozen map needs the affinity and weights")
-        if capture.info.get("node_layout") == "channel_position":
+        if capture.layout == "channel_position":
             raise ValueError(f"{capture.path}: CGNL filters act on a channel-position graph")
-        if capture.info.get("sub_sampled") or capture.affinity.n != capture.affinity.n_cols:
+        if capture.sub_sampled or capture.affinity.n != capture.affinity.n_cols:
             raise ValueError(f"{capture.path}: sub-sampled keys: the map is not square")
         nb = max(capture.n_samples, 1)
         if not 0 <= index < nb:
@@ -1179,7 +1179,7 @@ def damping(
     """
     if capture.weights is None:
         raise ValueError(f"{capture.path}: no filter weights captured")
-    if capture.info.get("node_layout") == "channel_position" or capture.info.get("sub_sampled"):
+    if capture.layout == "channel_position" or capture.sub_sampled:
         raise ValueError(f"{capture.path}: no square position graph (CGNL or sub-sampled keys)")
     spec = spectrum_result if spectrum_result is not None else spectrum(
         capture.affinity, "normalized", capture.normalization, method=method,
@@ -1950,7 +1950,7 @@ def affinity_sensitivity(
     """
     if capture.affinity is None or capture.z is None or capture.weights is None:
         raise ValueError(f"{capture.path}: needs the affinity, Z and the weights")
-    if capture.info.get("node_layout") == "channel_position":
+    if capture.layout == "channel_position":
         raise ValueError(f"{capture.path}: no position graph (CGNL channel-position nodes)")
     aff = capture.affinity
     z = capture.z
