@@ -268,7 +268,7 @@ def lambda_max(
             S.check_dense_size(int(shape[-1]), "lambda_max(..., method='exact')",
                                "use method='lanczos', 'power' or 'bound'")
     op = as_affinity(A)
-    op._require_square()
+    op.require_square()
     if op.n == 0:
         raise ValueError("A has no nodes (N = 0): lambda_max is undefined")
     if op.is_torch and op.dtype in V.HALF_DTYPES:
@@ -425,13 +425,6 @@ class Affinity:
     def shape(self) -> tuple[int, ...]:
         return (*self.batch_shape, self.n, self.n_cols)
 
-    def _require_square(self) -> None:
-        if self.n != self.n_cols:
-            raise ValueError(
-                f"this affinity is {self.n} x {self.n_cols} (sub-sampled keys): graph "
-                "Laplacians and spectra need a square affinity"
-            )
-
     def _full(self, shape: tuple[int, ...], value: float) -> Array:
         if self.is_torch:
             return torch.full(shape, value, dtype=self.dtype, device=self.device)
@@ -486,7 +479,11 @@ class Affinity:
 
     def require_square(self) -> None:
         """Raise ``ValueError`` unless the affinity is ``N x N`` (a graph)."""
-        self._require_square()
+        if self.n != self.n_cols:
+            raise ValueError(
+                f"this affinity is {self.n} x {self.n_cols} (sub-sampled keys): graph "
+                "Laplacians and spectra need a square affinity"
+            )
 
     def select(self, index: int | tuple[int, ...]) -> Affinity:
         """The affinity of one sample of the batch (itself for the empty index ``()``)."""
@@ -535,7 +532,7 @@ class Affinity:
     def laplacian_matmul(self, X: Array, kind: str = "sym") -> Array:
         """:math:`L X` for the Laplacian ``kind`` without forming it."""
         _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
-        self._require_square()
+        self.require_square()
         X = _check_signal(X, self.n, "X")
         if kind == "combinatorial":
             return self.degrees()[..., None] * X - self.matmul(X)
@@ -544,7 +541,7 @@ class Affinity:
     def laplacian_dense(self, kind: str = "sym") -> Array:
         """The dense Laplacian ``(..., N, N)``."""
         _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
-        self._require_square()
+        self.require_square()
         if kind == "combinatorial":
             d = self.degrees()
             return d[..., None] * B.eye(self.n, d) - self.dense()
@@ -558,7 +555,7 @@ class Affinity:
         :math:`\\hat A`, so structured spectra carry over.
         """
         _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
-        self._require_square()
+        self.require_square()
         if kind == "combinatorial":
             S.check_dense_size(self.n, "the combinatorial Laplacian spectrum",
                                _structured_hint(self))
@@ -595,7 +592,7 @@ class Affinity:
         single = self.select(index) if batch else self
         single = single.numpy()
         if laplacian is not None:
-            single._require_square()
+            single.require_square()
 
             def mv(x: np.ndarray) -> np.ndarray:
                 return single.laplacian_matmul(x.reshape(-1, 1), laplacian).ravel()
@@ -748,7 +745,7 @@ class LowRankAffinity(Affinity):
 
     def symmetrized(self) -> LowRankAffinity:
         r""":math:`\operatorname{sym}(PQ^T)` as a low-rank affinity."""
-        self._require_square()
+        self.require_square()
         return LowRankAffinity(self.P, self.Q, symmetric=True, check=False)
 
     def degrees(self) -> Array:
@@ -1088,7 +1085,7 @@ class NormalizedOperator:
         self.right: Array | None = None
         self.factor: float = 1.0
         if kind == "sym":
-            affinity._require_square()
+            affinity.require_square()
             s = inv_degree_power(affinity.degrees(), 0.5)
             self.left = self.right = s
         elif kind == "rw" and not affinity.row_stochastic:
@@ -1135,7 +1132,7 @@ class NormalizedOperator:
 
     def eigvals(self, nonzero: bool = False) -> Array:
         """Exact eigenvalues (structured for low-rank affinities, dense otherwise)."""
-        self.affinity._require_square()
+        self.affinity.require_square()
         if self.affinity.has_exact_spectrum:
             ev = self.affinity._structured_eigvals(self.left, self.right, nonzero)
             return ev * self.factor if self.factor != 1.0 else ev
