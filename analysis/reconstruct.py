@@ -46,6 +46,9 @@ import torch
 from torch import Tensor
 
 from .capture import Capture
+from .observe import eval_mode
+from .response import filter_output
+from .robustness import block_function
 
 __all__ = ["reconstruction_error", "RECONSTRUCTION_TOL"]
 
@@ -67,10 +70,6 @@ def reconstruction_error(capture: Capture, max_samples: int = 4) -> tuple[float,
     (float, str)
         ``nan`` and the reason where the check does not apply.
     """
-    from .observe import eval_mode
-    from .response import filter_output
-    from .robustness import block_function
-
     if capture.weights is None or capture.z is None:
         return math.nan, "not checked: no filter weights captured"
     if capture.module is None or capture.input is None:

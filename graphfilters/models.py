@@ -66,6 +66,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .architectures import ARCHITECTURES as _ARCHITECTURES
+from .architectures import get_architecture
+
 __all__ = [
     "ARCHITECTURES",
     "BlockFactory",
@@ -563,8 +566,9 @@ def receptive_field(depth: int) -> int:
     return size
 
 
-#: Architectures :func:`build_model` knows: ``config["arch"]`` -> class.
-ARCHITECTURES: dict[str, type[nn.Module]] = {"preresnet": PreResNet}
+#: Architectures :func:`build_model` knows: ``config["arch"]`` -> class (the registry of
+#: :mod:`graphfilters.architectures`, where new ones are registered).
+ARCHITECTURES = _ARCHITECTURES
 
 
 def build_model(config: Mapping[str, Any], block_factory: BlockFactory | None = None) -> nn.Module:
@@ -598,13 +602,7 @@ def build_model(config: Mapping[str, Any], block_factory: BlockFactory | None = 
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     kwargs = dict(config)
     arch = kwargs.pop("arch", None)
-    if arch == "official" and arch not in ARCHITECTURES:
-        from . import official  # noqa: F401 - registers OfficialNet (official SNL checkpoints)
-    if arch not in ARCHITECTURES:
-        raise ValueError(
-            f"config['arch'] must be one of {sorted(ARCHITECTURES)}, got {arch!r}"
-        )
-    cls = ARCHITECTURES[arch]
+    cls = get_architecture(arch)
     import inspect
 
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "block_factory"}

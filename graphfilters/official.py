@@ -794,12 +794,3 @@ def _check_keys(sd: Mapping[str, Tensor], mapping: list, arch: str, where: str, 
         + ". Check arch and nl_type (nl, ns and a2 share their keys; snl adds w_1, dnl w_m, "
         "cgnl z/gn, cc query_conv/key_conv/value_conv)."
     )
-
-
-def _register() -> None:
-    from .models import ARCHITECTURES
-
-    ARCHITECTURES.setdefault("official", OfficialNet)
-
-
-_register()
