@@ -49,6 +49,7 @@ from graphfilters.specs import BLOCK_NAMES, BlockSpec, get_spec
 
 from . import symbols as S
 from .algebra import difference, expand_matrix
+from .base import DerivationBase, align, check_annotations
 from .generic import (
     as_filter,
     chebyshev_polynomial,
@@ -110,8 +111,8 @@ class Step:
         return self.description_latex or text_latex(self.description)[len(r"\text{"):-1]
 
 
-@dataclass(frozen=True)
-class Derivation:
+@dataclass(frozen=True, repr=False)
+class Derivation(DerivationBase):
     """A block derived from the generic Chebyshev filter, with its proof.
 
     Attributes
@@ -161,16 +162,8 @@ class Derivation:
     collapsed: sp.Basic | None = field(default=None, repr=False)
 
     @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
     def mode(self) -> str | None:
         return self.spec.mode
-
-    @property
-    def order(self) -> int:
-        return self.spec.order
 
     @property
     def closed_form(self) -> sp.Basic:
@@ -193,11 +186,6 @@ class Derivation:
         :attr:`laplacian_weights` (still in :math:`\\tilde L`)."""
         return as_filter(self.generic.xreplace(dict(self.laplacian_weights)))
 
-    @property
-    def title(self) -> str:
-        mode = f", mode {self.spec.mode}" if self.spec.mode else ""
-        return f"{self.spec.title} ['{self.spec.name}'{mode}]"
-
     def latex_lines(self, annotations: str = "short") -> list[str]:
         """The lines of the ``align`` environment (without the trailing ``\\\\``).
 
@@ -205,7 +193,7 @@ class Derivation:
         the substitution), set as ``\\intertext`` between the lines (never wider than the
         text).
         """
-        _check_annotations(annotations)
+        check_annotations(annotations)
         K = self.spec.order
         lines = [rf"F &= \sum_{{k=0}}^{{{K}}} T_{{k}}(\tilde{{L}})\, Z\, W^{{L}}_{{k}}"]
         notes = []
@@ -269,7 +257,7 @@ class Derivation:
         &= Z W_{0} + \\hat{A} Z W_{1}
         \\end{align*}
         """
-        return _align(self.latex_lines(annotations), numbered)
+        return align(self.latex_lines(annotations), numbered)
 
     def _repr_latex_(self) -> str:
         from graphfilters.display import derivation_latex
@@ -297,11 +285,8 @@ class Derivation:
             out.append(f"Collected by powers (order-1 filter): F = {pretty(self.collapsed)}")
         return "\n".join(out)
 
-    def __repr__(self) -> str:
-        return f"<Derivation {self.title}: verified={self.verified}>"
 
 
-_ANNOTATIONS = ("none", "short", "full")
 #: Paper wording of the spec values the steps name (no Python names in the LaTeX).
 _LAPLACIAN_TEXT = {"sym": "symmetric normalized Laplacian $L_{sym}$",
                    "rw": "random-walk Laplacian $L_{rw}$",
@@ -315,23 +300,6 @@ _NORMALIZATION_TEXT = {"sym": "symmetric normalization of the affinity",
 _CONSTRAINT_TEXT = {"drop_order0": "weight constraint: no order-0 term",
                     "tied": "weight constraint: tied weights $W_0 = -W_1$",
                     "free": "free weights"}
-
-
-def _check_annotations(annotations: str) -> None:
-    if annotations not in _ANNOTATIONS:
-        raise ValueError(
-            f"annotations must be one of {list(_ANNOTATIONS)}, got {annotations!r}"
-        )
-
-
-def _align(lines: list[str], numbered: bool) -> str:
-    """An ``align*`` (or ``align`` numbering only the last line) of ``lines``."""
-    if not isinstance(numbered, bool):
-        raise TypeError(f"numbered must be a bool, got {type(numbered).__name__}")
-    if numbered:
-        lines = [line + r" \nonumber" for line in lines[:-1]] + lines[-1:]
-    env = "align" if numbered else "align*"
-    return f"\\begin{{{env}}}\n" + " \\\\\n".join(lines) + f"\n\\end{{{env}}}"
 
 
 def _is_zero_matrix(expr: sp.Basic) -> bool:

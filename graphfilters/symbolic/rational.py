@@ -49,6 +49,7 @@ from graphfilters.filters import get_filter
 from graphfilters.specs import BlockSpec
 
 from . import symbols as S
+from .base import DerivationBase, check_annotations
 
 __all__ = ["RationalStep", "RationalDerivation", "derive_rational"]
 
@@ -66,8 +67,8 @@ class RationalStep:
         return f"{sp.sstr(self.expr)}    [{self.description}]"
 
 
-@dataclass(frozen=True)
-class RationalDerivation:
+@dataclass(frozen=True, repr=False)
+class RationalDerivation(DerivationBase):
     """A rational block derived on the spectrum (see the module docstring).
 
     Attributes
@@ -91,16 +92,8 @@ class RationalDerivation:
     assumptions: tuple[str, ...]
 
     @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
     def mode(self) -> None:
         return None
-
-    @property
-    def order(self) -> int:
-        return self.spec.order
 
     @property
     def verified(self) -> bool:
@@ -119,16 +112,10 @@ class RationalDerivation:
     def source(self) -> str:
         return "table"
 
-    @property
-    def title(self) -> str:
-        return f"{self.spec.title} ['{self.spec.name}']"
-
     def latex_lines(self, annotations: str = "short") -> list[str]:
         """The lines of the ``align`` environment (see :meth:`Derivation.latex_lines
         <graphfilters.symbolic.derivation.Derivation.latex_lines>`)."""
-        from .derivation import _check_annotations
-
-        _check_annotations(annotations)
+        check_annotations(annotations)
         lines = []
         for i, step in enumerate(self.steps):
             rel = "h(\\lambda) &=" if i == 0 else "&="
@@ -140,12 +127,6 @@ class RationalDerivation:
                 line = rf"\intertext{{\small {note}}}" + "\n" + line
             lines.append(line)
         return lines
-
-    def to_latex(self, numbered: bool = False, annotations: str = "short") -> str:
-        r"""``align*`` (or ``align`` numbering the last line), one line per step."""
-        from .derivation import _align
-
-        return _align(self.latex_lines(annotations), numbered)
 
     def _repr_latex_(self) -> str:
         return "$$\\begin{aligned}\n" + " \\\\\n".join(self.latex_lines("none")) \
@@ -164,8 +145,6 @@ class RationalDerivation:
             out.append(f"  check: {text}: {'ok' if ok else 'FAILED'}")
         return "\n".join(out)
 
-    def __repr__(self) -> str:
-        return f"<RationalDerivation {self.title}: verified={self.verified}>"
 
 
 def _zero(expr: sp.Expr) -> bool:
