@@ -748,38 +748,49 @@ class LowRankAffinity(Affinity):
         self.require_square()
         return LowRankAffinity(self.P, self.Q, symmetric=True, check=False)
 
+    def _factors(self) -> tuple[Array, Array]:
+        """``P, Q`` in their compute dtype (float32 for half-precision factors)."""
+        return V.upcast(self.P), V.upcast(self.Q)
+
+    def _half(self, out: Array, what: str) -> Array:
+        """``out`` back in a half-precision factor's dtype, refusing an overflow."""
+        return V.downcast(out, self.P, "the low-rank factors (P, Q; a kernel's theta, phi)",
+                          what)
+
     def degrees(self) -> Array:
-        P, Q = self.P, self.Q
+        P, Q = self._factors()
         d = P @ Q.sum(-2)[..., None]
         if self._sym:
             d = (d + Q @ P.sum(-2)[..., None]) / 2
-        return d[..., 0]
+        return self._half(d[..., 0], "degrees (row sums)")
 
     def matmul(self, Z: Array) -> Array:
         Z = _check_signal(Z, self.n_cols)
-        P, Q = self.P, self.Q
-        out = P @ (B.transpose(Q) @ Z)
+        P, Q = self._factors()
+        Zc = V.upcast(Z)
+        out = P @ (B.transpose(Q) @ Zc)
         if self._sym:
-            out = (out + Q @ (B.transpose(P) @ Z)) / 2
-        return out
+            out = (out + Q @ (B.transpose(P) @ Zc)) / 2
+        return self._half(out, "product A Z")
 
     def dense(self) -> Array:
-        M = self.P @ B.transpose(self.Q)
-        return (M + B.transpose(M)) / 2 if self._sym else M
+        P, Q = self._factors()
+        M = P @ B.transpose(Q)
+        return self._half((M + B.transpose(M)) / 2 if self._sym else M, "largest entry")
 
     def rows(self, start: int, stop: int) -> Array:
-        P, Q = self.P, self.Q
+        P, Q = self._factors()
         M = P[..., start:stop, :] @ B.transpose(Q)
         if self._sym:
             M = (M + Q[..., start:stop, :] @ B.transpose(P)) / 2
-        return M
+        return self._half(M, "largest entry")
 
     def tile(self, rows: slice, cols: slice) -> Array:
-        P, Q = self.P, self.Q
+        P, Q = self._factors()
         M = P[..., rows, :] @ B.transpose(Q[..., cols, :])
         if self._sym:
             M = (M + Q[..., rows, :] @ B.transpose(P[..., cols, :])) / 2
-        return M
+        return self._half(M, "largest entry")
 
     def nonnegative(self) -> bool:
         return self.row_stochastic or (bool((self.P >= 0).all()) and bool((self.Q >= 0).all()))

@@ -509,3 +509,22 @@ def test_half_precision_rational_blocks_refused_clearly(name):
     block = make_block(name, 8).half().eval()
     with pytest.raises(TypeError, match=f"the {name} filter solves shifted linear systems"):
         block(torch.randn(1, 8, 4, 4).half())
+
+
+def test_half_precision_dot_product_overflow_is_refused_not_inf():
+    """An fp16 dot-product kernel whose entries overflow float16 raises, naming the factors;
+    one that fits is computed in float32 and returned in float16, equal to the float32 one."""
+    import torch
+
+    from graphfilters import kernels as K
+
+    big = (torch.ones(1, 4, 8) * 200).half()
+    aff = K.dot_product(big, big)
+    for fn in (aff.dense, aff.degrees, lambda: aff.matmul(torch.ones(1, 4, 2).half())):
+        with pytest.raises(ValueError, match="float16.*theta, phi.*float32"):
+            fn()
+    small = torch.randn(1, 5, 3).half()
+    got = K.dot_product(small, small).dense()
+    ref = small.float() @ small.float().transpose(-1, -2)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), ref, rtol=1e-3, atol=1e-3)
