@@ -347,15 +347,16 @@ class AnalysisTable(list):
                              f"got {columns!r}")
         return list(columns)
 
-    def to_frame(self, columns: str | Sequence[str] = "all"):  # -> pandas.DataFrame
+    def to_frame(self, columns: str | Sequence[str] = "summary"):  # -> pandas.DataFrame
         """A pandas DataFrame, one row per block.
 
         Parameters
         ----------
-        columns : {"all", "summary"} or list of str
-            ``"all"``: every field of :class:`BlockReport` (``notes``, ``timings`` left out);
-            ``"summary"``: the headline columns (:data:`HEADLINE_COLUMNS`, at most 12, the
-            ones defined in some row), as the table displays itself.
+        columns : {"summary", "all"} or list of str
+            ``"summary"`` (default): the headline columns (:data:`HEADLINE_COLUMNS`, at most
+            12, the ones defined in some row), as the table displays itself; ``"all"``: every
+            field of :class:`BlockReport` (``notes``, ``timings`` left out) and the columns of
+            registered measures.
 
         Raises
         ------

@@ -424,7 +424,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(rows.to_records(), indent=1, default=str))
         print(f"wrote {args.json}")
     if args.csv:
-        rows.to_frame().to_csv(args.csv, index=False)
+        rows.to_frame("all").to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
     return 0
 

@@ -16,7 +16,7 @@ Two stages:
   gain); they run when ``analyze(jacobian=True)`` and the capture holds a module and input.
 
 Columns a measure fills that are not fields of :class:`~analysis.analyze.BlockReport` go to
-``row.extra`` and appear in ``to_frame()``; ``headline`` columns also appear in the summary
+``row.extra`` and appear in ``to_frame("all")``; ``headline`` columns also appear in the summary
 table, its HTML display and :meth:`~analysis.analyze.AnalysisTable.to_markdown`.
 
 Examples
@@ -33,7 +33,7 @@ Adding a measure is one function and one registration:
 ...                  headline=(("affinity_trace", "tr A", ".3f"),)))
 >>> table = analyze(make_block("snl", 4), torch.randn(2, 4, 3, 3), progress=False,
 ...                 backbone=False, jacobian=False)
->>> "tr A" in table.summary() and "affinity_trace" in table.to_frame().columns
+>>> "tr A" in table.summary() and "affinity_trace" in table.to_frame("all").columns
 True
 >>> unregister("trace")
 """

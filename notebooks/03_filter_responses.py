@@ -221,4 +221,4 @@ for name, table in tables.items():
     print(table.summary())
 columns = ["block", "status", "affinity", "spectrum_method", "lambda_max", "complex_share",
            "asymmetry", "response_class", "stability_radius", "jacobian_norm"]
-pd.concat([t.to_frame() for t in tables.values()])[columns]
+pd.concat([t.to_frame("all") for t in tables.values()])[columns]

@@ -233,7 +233,7 @@ columns = ["block", "status", "spectrum_method", "complex_share", "tao_negative_
            "tao_forced", "damping_share", "stability_radius", "stability_norm",
            "stability_norm_lower_bound", "jacobian_full", "jacobian_frozen", "affinity_share",
            "noise_gain"]
-pd.concat([t.to_frame() for t in tables.values()], ignore_index=True)[columns]
+pd.concat([t.to_frame("all") for t in tables.values()], ignore_index=True)[columns]
 
 # %% [markdown]
 # ## Reading the results

@@ -60,7 +60,7 @@ def test_analyze_rows_statuses_and_tables():
     assert math.isnan(sub.lambda_max) and math.isnan(sub.stability_radius)
     assert math.isfinite(sub.jacobian_norm)                 # still measured empirically
     assert table.accuracy is not None and set(table.accuracy) == {0.0, 0.05, 0.1, 0.2, 0.4}
-    frame = table.to_frame()
+    frame = table.to_frame("all")
     assert len(frame) == 5 and {"status", "reason", "lambda_max"} <= set(frame.columns)
     text = table.summary()
     assert "blocks.2: partial:" in text and "structured" in text

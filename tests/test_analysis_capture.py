@@ -96,7 +96,7 @@ def test_model_without_nonlocal_blocks_gives_empty_result_with_reason():
     table = analyze(model, torch.randn(2, 3, 4, 4), progress=False)
     assert len(table) == 0 and "no nonlocal module" in table.reason
     assert "no nonlocal blocks" in table.summary()
-    frame = table.to_frame()
+    frame = table.to_frame("all")
     assert len(frame) == 0 and "stability_radius" in frame.columns
 
 
