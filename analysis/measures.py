@@ -26,7 +26,7 @@ Adding a measure is one function and one registration:
 >>> import torch
 >>> from analysis import analyze
 >>> from graphfilters.blocks import make_block
->>> def trace(cap, ctx):                       # the mean diagonal of the affinity
+>>> def trace(cap, ctx):                       # the trace of the affinity, mean over samples
 ...     A = cap.dense_affinity()
 ...     return {"affinity_trace": float(A.diagonal(dim1=-2, dim2=-1).sum(-1).mean())}
 >>> register(Measure("trace", ("affinity_trace",), trace,
