@@ -531,7 +531,7 @@ class AttentionSpec(BlockSpec):
     --------
     >>> from graphfilters.specs import ATTENTION_BLOCK_NAMES, get_attention_spec
     >>> ATTENTION_BLOCK_NAMES
-    ('gfsa', 'attnscale')
+    ('gfsa', 'attnscale', 'diffattn', 'efficient')
     >>> s = get_attention_spec("attnscale")
     >>> s.order, s.projector, s.operators, s.coefficients
     (1, True, 1, ('lambda_h',))
@@ -590,6 +590,37 @@ _ATTENTION_ROWS = (
         code="VITA-Group/ViT-Anti-Oversmoothing (attnscale.py: one lambda per head, init 0)",
         affinity_latex=_SOFTMAX_LATEX + r",\ P = \mathbf{1}\mathbf{1}^{T} / N",
         filter_latex=r"F = (P + (1 + \lambda_h)(A - P)) Z W",
+    ),
+    AttentionSpec(
+        name="diffattn",
+        title="Differential attention",
+        reference=("Ye, Dong, Xia, Sun, Zhu, Huang, Wei. Differential Transformer. ICLR 2025."),
+        **_SOFTMAX_AFFINITY,
+        order=1,
+        weight_constraint="drop_order0",
+        operators=2,
+        coefficients=("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"),
+        code="microsoft/unilm (Diff-Transformer/multihead_diffattn.py: one lambda per layer, "
+             "lambda_init(depth), per-head RMSNorm)",
+        affinity_latex=(r"A_{j,h} = \operatorname{softmax}_{row}(Q_{j,h} K_{j,h}^{T} / "
+                        r"\sqrt{d}),\ j = 1, 2"),
+        filter_latex=r"F = (A_1 - \lambda A_2) Z W",
+    ),
+    AttentionSpec(
+        name="efficient",
+        title="Efficient attention",
+        reference=("Shen, Zhang, Zhao, Yi, Li. Efficient Attention: Attention with Linear "
+                   "Complexities. WACV 2021."),
+        kernel="double_attention", normalization="rw", symmetrize=False, laplacian="rw",
+        row_stochastic=True, low_rank=True,
+        order=1,
+        weight_constraint="drop_order0",
+        coefficients=(),
+        code="cmsflash/efficient-attention (efficient_attention.py: softmax over channels for "
+             "Q, over positions for K)",
+        affinity_latex=(r"A_h = \rho_q(Q_h)\, \rho_k(K_h)^{T},\ \operatorname{rank} A_h "
+                        r"\leq d"),
+        filter_latex=r"F = A Z W",
     ),
 )
 

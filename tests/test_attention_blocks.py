@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from graphfilters.blocks import ATTENTION_CLASSES, KNOWN_BLOCKS, make_block
 from graphfilters.blocks import attnscale as attnscale_module
 from graphfilters.blocks.attnscale import AttnScale
+from graphfilters.blocks.diffattn import DiffAttention
+from graphfilters.blocks.efficient import EfficientAttention
 from graphfilters.blocks.gfsa import GFSA
-from graphfilters.blocks.reference import AttnScaleRef, GFSARef
+from graphfilters.blocks.reference import (
+    AttnScaleRef,
+    DiffAttentionRef,
+    EfficientAttentionRef,
+    GFSARef,
+)
 from graphfilters.specs import ATTENTION_BLOCK_NAMES
 
 SHAPES = {1: (2, 6, 5), 2: (2, 6, 3, 2), 3: (2, 6, 2, 2, 2)}
@@ -18,6 +27,10 @@ SHAPES = {1: (2, 6, 5), 2: (2, 6, 3, 2), 3: (2, 6, 2, 2, 2)}
 CASES = {
     "gfsa": (GFSA, lambda dim: GFSARef(6, heads=2, inter_channels=4, dim=dim, K=4)),
     "attnscale": (AttnScale, lambda dim: AttnScaleRef(6, heads=2, inter_channels=4, dim=dim)),
+    "diffattn": (DiffAttention,
+                 lambda dim: DiffAttentionRef(6, heads=2, inter_channels=4, dim=dim, depth=3)),
+    "efficient": (EfficientAttention,
+                  lambda dim: EfficientAttentionRef(6, heads=2, inter_channels=4, dim=dim)),
 }
 
 
@@ -52,6 +65,9 @@ def test_identity_at_init_and_gradcheck(name):
     x = torch.randn(SHAPES[1], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(block, (x,))
     coefficients = [p for p in block.coefficients().values() if p.requires_grad]
+    if not block.spec.coefficients:                 # efficient attention: none to learn
+        assert not coefficients
+        return
     assert coefficients, "the learned scalars must receive gradients"
     y = block(x.detach())
     grads = torch.autograd.grad(y.square().sum(), coefficients)
@@ -119,3 +135,32 @@ def test_bad_input_is_a_clear_error():
         block(torch.randn(2, 5, 3, 3))
     with pytest.raises(ValueError, match="K must be"):
         GFSA(6, heads=2, K=0.5)
+
+
+def test_efficient_affinity_is_row_stochastic_low_rank_and_the_references():
+    """A = rho_q(Q) rho_k(K)^T: rows sum to 1, rank <= d, equal to the released code's map."""
+    ref = _random_ref("efficient", 1)
+    block = EfficientAttention.from_reference(ref).eval()
+    x = torch.randn(SHAPES[1], dtype=torch.float64)            # N = 5 tokens, d = 2 per head
+    op = block.operator(x)                                    # (B, H, N, N)
+    torch.testing.assert_close(op.sum(-1), torch.ones(op.shape[:-1], dtype=op.dtype),
+                               atol=1e-12, rtol=0)
+    assert int(torch.linalg.matrix_rank(op).max()) <= 2
+    t = x.flatten(2).transpose(1, 2)
+    q, k, _ = (u.transpose(1, 2) for u in ref.qkv(t).chunk(3, -1))
+    for h in range(2):
+        key = torch.softmax(k[:, 2 * h:2 * h + 2], dim=2)
+        query = torch.softmax(q[:, 2 * h:2 * h + 2], dim=1)
+        torch.testing.assert_close(op[:, h], query.transpose(1, 2) @ key, atol=1e-12, rtol=0)
+
+
+def test_diffattn_operator_is_a_difference_of_two_softmax_graphs():
+    block = DiffAttention.from_reference(_random_ref("diffattn", 2)).eval()
+    x = torch.randn(SHAPES[2], dtype=torch.float64)
+    a = block.affinities(x)                                   # (B, 2, H, N, N)
+    lam = block.lambda_full()
+    torch.testing.assert_close(block.operator(x), a[:, 0] - lam * a[:, 1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(block.operator(x).sum(-1),
+                               (1 - lam).expand(a.shape[0], a.shape[2], a.shape[3]),
+                               atol=1e-12, rtol=0)
+    assert block.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.6))

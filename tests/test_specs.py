@@ -72,7 +72,9 @@ def test_attention_rows_render_and_validate():
     for spec in ATTENTION_BLOCKS.values():
         for text in (spec.affinity_latex, spec.filter_latex):
             parser.parse(f"${text}$")
-        assert spec.coefficients and spec.code
+        assert spec.code
+        assert spec.coefficients or spec.name == "efficient"   # efficient: no learned scalar
     assert get_attention_spec("attnscale").projector
+    assert get_attention_spec("diffattn").operators == 2
     with pytest.raises(ValueError, match="unknown attention block 'nl'; known: gfsa"):
         get_attention_spec("nl")

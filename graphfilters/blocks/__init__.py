@@ -21,6 +21,8 @@ table name         class                       original form (``reference``)
 ``arma``           :class:`ARMANonlocal`       dense explicit inverse (``materialize=True``)
 ``gfsa``           :class:`GFSA`               :class:`~.reference.GFSARef`
 ``attnscale``      :class:`AttnScale`          :class:`~.reference.AttnScaleRef`
+``diffattn``       :class:`DiffAttention`      :class:`~.reference.DiffAttentionRef`
+``efficient``      :class:`EfficientAttention` :class:`~.reference.EfficientAttentionRef`
 =================  ==========================  ============================================
 
 The last rows are the multi-head attention filters of the attention table
@@ -43,7 +45,9 @@ from .attention import AttentionFilterBlock
 from .attnscale import AttnScale
 from .cc import CrissCross
 from .cgnl import CGNL
+from .diffattn import DiffAttention
 from .dnl import DisentangledNonLocal
+from .efficient import EfficientAttention
 from .factory import ATTENTION_CLASSES, BLOCK_CLASSES, KNOWN_BLOCKS, make_block
 from .gfsa import GFSA
 from .nl import NonLocal
@@ -68,6 +72,8 @@ __all__ = [
     "AttentionFilterBlock",
     "GFSA",
     "AttnScale",
+    "DiffAttention",
+    "EfficientAttention",
     "make_block",
     "BLOCK_CLASSES",
     "ATTENTION_CLASSES",

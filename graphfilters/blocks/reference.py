@@ -45,6 +45,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "DiffAttentionRef",
+    "EfficientAttentionRef",
     "NonLocalRef",
     "NonlocalStageRef",
     "DoubleAttentionRef",
@@ -631,3 +633,84 @@ class AttnScaleRef(nn.Module):
         y = (attn @ v).transpose(1, 2).reshape(b, n, h * d)
         z = self.proj(y).transpose(1, 2).reshape(x.shape)
         return x + self.bn(z)
+
+
+class DiffAttentionRef(nn.Module):
+    r"""Differential attention written as the released code computes it (``multihead_diffattn``
+    of microsoft/unilm Diff-Transformer, the non-flash path): the two softmax maps of each head
+    ``attn.view(b, H, 2, n, n)``, ``attn[:, :, 0] - lambda_full * attn[:, :, 1]``, ``@ v``, the
+    per-head RMSNorm ``subln`` (elementwise affine), ``* (1 - lambda_init)``, ``out_proj``; in
+    the blocks' convention ``x + BN(proj(...))``. ``qkv`` is one linear map ``[q1 q2 | k1 k2 |
+    v]`` (queries and keys: the two affinities outermost, then heads)."""
+
+    def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
+                 dim: int = 2, depth: int = 1) -> None:
+        super().__init__()
+        cs = inter_channels or max(in_channels // 2, heads)
+        self.in_channels, self.heads, self.inter_channels, self.dim = (
+            in_channels, heads, cs, dim)
+        self.depth = depth
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * (depth - 1))
+        d = cs // heads
+        self.qkv = nn.Linear(in_channels, 2 * cs + 2 * cs + cs)
+        self.proj = nn.Linear(cs, in_channels)
+        self.bn = _bn(dim, in_channels)
+        self.lambda_q1 = nn.Parameter(torch.zeros(d).normal_(0, 0.1))
+        self.lambda_k1 = nn.Parameter(torch.zeros(d).normal_(0, 0.1))
+        self.lambda_q2 = nn.Parameter(torch.zeros(d).normal_(0, 0.1))
+        self.lambda_k2 = nn.Parameter(torch.zeros(d).normal_(0, 0.1))
+        self.subln = nn.RMSNorm(d, eps=1e-5, elementwise_affine=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.flatten(2).transpose(1, 2)                      # (B, N, C)
+        b, n, _ = t.shape
+        h, d = self.heads, self.inter_channels // self.heads
+        q, k, v = self.qkv(t).split([2 * h * d, 2 * h * d, h * d], dim=-1)
+        q = q.reshape(b, n, 2, h, d).permute(0, 3, 2, 1, 4)   # (B, H, 2, N, d)
+        k = k.reshape(b, n, 2, h, d).permute(0, 3, 2, 1, 4)
+        v = v.reshape(b, n, h, d).transpose(1, 2)             # (B, H, N, d)
+        attn = torch.softmax(q @ k.transpose(-1, -2) * d ** -0.5, dim=-1)
+        lambda_1 = torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1, dim=-1))
+        lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dim=-1))
+        lambda_full = lambda_1 - lambda_2 + self.lambda_init
+        attn = attn[:, :, 0] - lambda_full * attn[:, :, 1]
+        attn = attn @ v
+        attn = self.subln(attn) * (1 - self.lambda_init)
+        y = attn.transpose(1, 2).reshape(b, n, h * d)
+        z = self.proj(y).transpose(1, 2).reshape(x.shape)
+        return x + self.bn(z)
+
+
+class EfficientAttentionRef(nn.Module):
+    r"""Efficient attention written as the released code computes it
+    (``efficient_attention.py`` of cmsflash/efficient-attention): per head ``i`` the keys'
+    softmax over positions ``softmax(keys[:, i], dim=2)``, the queries' over channels
+    ``softmax(queries[:, i], dim=1)``, ``context = key @ value^T``,
+    ``attended = context^T @ query``, heads concatenated, the reprojection; in the blocks'
+    convention ``x + BN(proj(...))``. ``qkv`` is one linear map ``[q | k | v]``."""
+
+    def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
+                 dim: int = 2) -> None:
+        super().__init__()
+        cs = inter_channels or max(in_channels // 2, heads)
+        self.in_channels, self.heads, self.inter_channels, self.dim = (
+            in_channels, heads, cs, dim)
+        self.qkv = nn.Linear(in_channels, 3 * cs)
+        self.proj = nn.Linear(cs, in_channels)
+        self.bn = _bn(dim, in_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.flatten(2).transpose(1, 2)                      # (B, N, C)
+        queries, keys, values = (u.transpose(1, 2) for u in self.qkv(t).chunk(3, -1))
+        hk = self.inter_channels // self.heads                # (B, C_s, N) each
+        attended = []
+        for i in range(self.heads):
+            key = torch.softmax(keys[:, i * hk:(i + 1) * hk, :], dim=2)
+            query = torch.softmax(queries[:, i * hk:(i + 1) * hk, :], dim=1)
+            value = values[:, i * hk:(i + 1) * hk, :]
+            context = key @ value.transpose(1, 2)
+            attended.append(context.transpose(1, 2) @ query)  # (B, d_v, N)
+        y = torch.cat(attended, dim=1).transpose(1, 2)        # (B, N, C_s)
+        z = self.proj(y).transpose(1, 2).reshape(x.shape)
+        return x + self.bn(z)
+

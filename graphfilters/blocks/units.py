@@ -17,7 +17,9 @@ from .a2 import DoubleAttention
 from .attnscale import AttnScale
 from .cc import CrissCross
 from .cgnl import CGNL
+from .diffattn import DiffAttention
 from .dnl import DisentangledNonLocal
+from .efficient import EfficientAttention
 from .gfsa import GFSA
 from .nl import NonLocal
 from .rational import ARMANonlocal, CayleyNonlocal
@@ -56,6 +58,8 @@ BLOCK_CLASSES: dict[str, Callable[..., ChebyshevNonlocal]] = {
 ATTENTION_CLASSES: dict[str, Callable[..., nn.Module]] = {
     "gfsa": GFSA,
     "attnscale": AttnScale,
+    "diffattn": DiffAttention,
+    "efficient": EfficientAttention,
 }
 
 #: Every name :func:`~graphfilters.blocks.make_block` knows, table order then attention table.
