@@ -239,6 +239,8 @@ class AffinityWatcher(TorchFunctionMode):
         #: outputs of applications: id -> (output, observation index, values, to rows)
         self._applied: dict[int, tuple[Tensor, int, Tensor, Callable[[Tensor], Tensor]]] = {}
         self._nodes: dict[int, tuple[weakref.ref, _Node]] = {}
+        #: products contracted over positions (``F^T V``, a context): id -> (out, F^T, V)
+        self._contexts: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         #: attention modules (by path) whose residual sum is looked for / was found
         self.pending: set[str] = set()
         self.residuals: dict[str, Residual] = {}
@@ -283,6 +285,7 @@ class AffinityWatcher(TorchFunctionMode):
         self._marks.clear()
         self._applied.clear()
         self._nodes.clear()
+        self._contexts.clear()
         self.pending, self.residuals, self._input_adds = set(), {}, {}
         self.own_residual = set()
         self.observations = []
@@ -408,10 +411,12 @@ class AffinityWatcher(TorchFunctionMode):
             return
         if func in _MATMUL and len(args) >= 2:
             a, b = args[0], args[1]
-            if (isinstance(a, Tensor) and isinstance(b, Tensor) and not _is_param(a)
-                    and not _is_param(b) and a.dim() >= 2 and b.dim() >= 2
-                    and out.shape[-2] in self._positions() and out.shape[-1] > 1):
+            acts = (isinstance(a, Tensor) and isinstance(b, Tensor) and not _is_param(a)
+                    and not _is_param(b) and a.dim() >= 2 and b.dim() >= 2)
+            if acts and out.shape[-2] in self._positions() and out.shape[-1] > 1:
                 self._mark(out, _Mark("product", path, "product of two activations"))
+            elif acts and a.shape[-1] in self._positions() and a.shape[-1] > 1:
+                self._contexts[id(out)] = (out, a, b)      # F^T V, contracted over positions
             return
         if func in _REPEAT:
             src = args[0]
@@ -452,6 +457,12 @@ class AffinityWatcher(TorchFunctionMode):
             return False, None
         ma, mb = self._get(a), self._get(b)
         pos = self._positions()
+        # rho_q(Q) @ (F^T V): a channel-softmax times a context contracted over positions is
+        # the affinity rho_q(Q) F^T applied to V (efficient attention as usually written)
+        ctx = self._contexts.get(id(b))
+        if ctx is not None and ctx[0] is b and ma is not None and ma.kind == "softmax" \
+                and not ma.transposed and a.shape[-2] in pos:
+            return True, self._factorized(func, args, kwargs, a, ctx)
         # P @ V: an affinity (n, m) applied to values (m, c)
         if ma is not None and not ma.transposed and ma.kind != "gather" and not _is_param(b):
             n, m = a.shape[-2], a.shape[-1]
@@ -566,6 +577,23 @@ class AffinityWatcher(TorchFunctionMode):
                              f"{mark.how}; einsum {eq!r}", ops[1 - pi], to_vals)
                 self._applied_output(out, ops[1 - pi], to_rows)
         return True, out
+
+    def _factorized(self, func: Callable, args: tuple, kwargs: dict, q: Tensor,
+                    ctx: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        _, ft, v = ctx
+        if self.hold:
+            self.held += 1
+            out = func(q.detach(), ft.detach() @ v)
+        else:
+            out = func(*args, **kwargs)
+        if self.record:
+            path, module, _ = self._owner()
+            with torch.no_grad():
+                aff = q.detach() @ ft.detach().to(q.dtype)                # (..., N, N)
+            self._record(path, module, "factorized", aff, v.detach(), out.detach(),
+                         "channel softmax times a context over positions: A = rho_q(Q) "
+                         "rho_k(K)^T (never formed)", v, lambda t: t)
+        return out
 
     def _distribute(self, func: Callable, args: tuple, kwargs: dict, *, g: Tensor, q: Tensor,
                     mark: _Mark, left: bool) -> Tensor:

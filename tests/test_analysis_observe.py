@@ -513,3 +513,37 @@ def test_a_recognizer_owns_how_its_attention_is_held_fixed(own_freeze):
         assert abs(row.jacobian_frozen - row.jacobian_full) > 1e-6
     else:                      # nothing held: no frozen value under the frozen name
         assert math.isnan(row.jacobian_frozen) and "jacobian_frozen" in row.reason
+
+
+def test_efficient_attention_written_with_a_channel_softmax_is_read_as_its_affinity():
+    """rho_q(Q) (rho_k(K)^T V), the channel softmax first: the watcher reads the N x N affinity
+    rho_q(Q) rho_k(K)^T (not an N x d one), and the frozen Jacobian holds it."""
+    from graphfilters.blocks import _utils as U
+    from graphfilters.blocks import make_block
+
+    torch.manual_seed(7)
+    block = make_block("efficient", 6, heads=2, inter_channels=4, dim=1).double()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.4)
+    block.eval()
+    x = torch.randn(1, 6, 5, dtype=torch.float64)
+    row = analyze(block, x, progress=False, backbone=False, heads="keep")[0]
+    cap = analyze(block, x, progress=False, backbone=False, jacobian=False,
+                  heads="keep").captures["(root)"]
+    torch.testing.assert_close(cap.dense_affinity().double(), block.operator(x).detach(),
+                               atol=1e-6, rtol=0)
+    assert row.status == "ok" and row.spectrum_method != "bipartite-svd"
+    with torch.no_grad():
+        q, k, _ = block.projections(x)
+        op = block.head_operators(q, k)
+
+    def frozen(t):
+        _, _, v = block.projections(t)
+        f = op @ v
+        b, h, n, d = f.shape
+        merged = f.permute(0, 2, 1, 3).reshape(b, n, h * d)
+        return t + block.norm(block.out(U.from_nodes(merged, (5,))))
+
+    J = torch.autograd.functional.jacobian(frozen, x).reshape(30, 30)
+    assert row.jacobian_frozen == pytest.approx(torch.linalg.matrix_norm(J, ord=2).item(),
+                                                rel=1e-5)

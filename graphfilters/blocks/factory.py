@@ -24,7 +24,8 @@ def make_block(
     ----------
     name : str
         ``nl``, ``ns``, ``a2``, ``cgnl``, ``cc``, ``dnl``, ``snl``, ``gsnl``, ``gsnl_stable``,
-        ``cayley``, ``arma``; the multi-head attention filters ``gfsa``, ``attnscale``.
+        ``cayley``, ``arma``; the multi-head attention filters ``gfsa``, ``attnscale``,
+        ``diffattn``, ``efficient``.
     in_channels : int
     dim : {1, 2, 3}
     n_units : int, optional
