@@ -361,6 +361,13 @@ class Capture:
         """Attention heads (``info["num_heads"]``; 1 where not given)."""
         return int(self.info.get("num_heads", 1) or 1)
 
+    @property
+    def heads_averaged(self) -> bool:
+        """A multi-head capture whose affinity is the head average (``heads="mean"``): its
+        filter is an approximation of the per-head one the module computes."""
+        return (self.heads == "mean" and self.num_heads > 1 and self.affinity is not None
+                and len(self.affinity.batch_shape) == 1)
+
     def dense_affinity(self, heads: str | None = None) -> Tensor:
         r"""The affinity the module applied, as a dense tensor ``(S, N, M)``.
 

@@ -225,7 +225,7 @@ NXM_NA = ("lambda_max, complex_share, max_imag, asymmetry, rank_collapse, dampin
 def _reconstruction(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
     err, how = reconstruction_error(cap)
     ctx.notes["reconstruction"] = how
-    if err > RECONSTRUCTION_TOL and "heads averaged" in how:
+    if err > RECONSTRUCTION_TOL and cap.heads_averaged:
         ctx.notes["approximate"] = (
             f"response, Tao spectrum, damping and linearized stability are of the "
             f"head-averaged filter, which reproduces the module's output only to "

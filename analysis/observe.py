@@ -163,9 +163,10 @@ class _Mark:
     owner: str
     how: str
     transposed: bool = False
-    factor: Tensor | None = None          # gather: the positions-softmax factor K_s (d, M)
+    factor: Tensor | None = None          # gather: the factor F^T (d, M) over positions
     keys: int = 0
     values: Tensor | None = None          # gather: the values V (M, c) it gathered
+    normalized: bool = False              # gather: F^T is a softmax over positions
 
 
 def positions_of(t: Any) -> set[int]:
@@ -239,8 +240,6 @@ class AffinityWatcher(TorchFunctionMode):
         #: outputs of applications: id -> (output, observation index, values, to rows)
         self._applied: dict[int, tuple[Tensor, int, Tensor, Callable[[Tensor], Tensor]]] = {}
         self._nodes: dict[int, tuple[weakref.ref, _Node]] = {}
-        #: products contracted over positions (``F^T V``, a context): id -> (out, F^T, V)
-        self._contexts: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
         #: attention modules (by path) whose residual sum is looked for / was found
         self.pending: set[str] = set()
         self.residuals: dict[str, Residual] = {}
@@ -285,7 +284,6 @@ class AffinityWatcher(TorchFunctionMode):
         self._marks.clear()
         self._applied.clear()
         self._nodes.clear()
-        self._contexts.clear()
         self.pending, self.residuals, self._input_adds = set(), {}, {}
         self.own_residual = set()
         self.observations = []
@@ -415,8 +413,12 @@ class AffinityWatcher(TorchFunctionMode):
                     and not _is_param(b) and a.dim() >= 2 and b.dim() >= 2)
             if acts and out.shape[-2] in self._positions() and out.shape[-1] > 1:
                 self._mark(out, _Mark("product", path, "product of two activations"))
-            elif acts and a.shape[-1] in self._positions() and a.shape[-1] > 1:
-                self._contexts[id(out)] = (out, a, b)      # F^T V, contracted over positions
+            elif acts and a.shape[-1] in self._positions() and a.shape[-1] > 1 \
+                    and (self._get(a) is None or self._get(a).kind == "softmax"):
+                ma = self._get(a)                          # F^T V, contracted over positions
+                self._mark(out, _Mark("gather", path, "context contracted over positions",
+                                      factor=a, keys=int(a.shape[-1]), values=b,
+                                      normalized=ma is not None and not ma.transposed))
             return
         if func in _REPEAT:
             src = args[0]
@@ -438,7 +440,7 @@ class AffinityWatcher(TorchFunctionMode):
             if (tuple(out.shape[-2:]) == tuple(t.shape[-2:])[::-1]
                     and (func in _TRANSPOSE or t.shape[-2] == 1 or t.shape[-1] == 1)):
                 self._mark(out, _Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
-                                      m.keys, m.values))
+                                      m.keys, m.values, m.normalized))
                 return
             if func is Tensor.__getitem__ and out.dim() == t.dim() \
                     and tuple(out.shape[:-1]) == tuple(t.shape[:-1]) \
@@ -457,34 +459,25 @@ class AffinityWatcher(TorchFunctionMode):
             return False, None
         ma, mb = self._get(a), self._get(b)
         pos = self._positions()
-        # rho_q(Q) @ (F^T V): a channel-softmax times a context contracted over positions is
-        # the affinity rho_q(Q) F^T applied to V (efficient attention as usually written)
-        ctx = self._contexts.get(id(b))
-        if ctx is not None and ctx[0] is b and ma is not None and ma.kind == "softmax" \
-                and not ma.transposed and a.shape[-2] in pos:
-            return True, self._factorized(func, args, kwargs, a, ctx)
+        # distribute first: Q (N, d) times a context G = F^T V (d, c) contracted over positions
+        # is the factorized affinity Q F^T applied to V (never an N x d "affinity"); one of the
+        # two factors must be a softmax (efficient attention, double attention)
+        if ma is not None and ma.kind == "gather" and ma.transposed and not _is_param(b) \
+                and b.shape[-1] in pos and self._normalized(ma, b):
+            return True, self._distribute(func, args, kwargs, g=a, q=b, mark=ma, left=True)
+        if mb is not None and mb.kind == "gather" and not mb.transposed and not _is_param(a) \
+                and a.shape[-2] in pos and self._normalized(mb, a):
+            return True, self._distribute(func, args, kwargs, g=b, q=a, mark=mb, left=False)
         # P @ V: an affinity (n, m) applied to values (m, c)
         if ma is not None and not ma.transposed and ma.kind != "gather" and not _is_param(b):
-            n, m = a.shape[-2], a.shape[-1]
+            n = a.shape[-2]
             if n in pos or n == 1:
                 return True, self._apply(func, a, b, ma, args, kwargs, transposed=False)
-            if ma.kind == "softmax" and m in pos:        # gather: K_s (d, M) @ V (M, c)
-                out = func(*args, **kwargs)
-                self._mark(out, _Mark("gather", ma.owner, "positions softmax gathered",
-                                      factor=a.detach(), keys=m, values=b.detach()))
-                return True, out
         # X @ P^T: values (c, m) times a transposed affinity (m, n)
         if mb is not None and mb.transposed and mb.kind != "gather" and not _is_param(a):
             n = b.shape[-1]
             if n in pos or n == 1:
                 return True, self._apply(func, b, a, mb, args, kwargs, transposed=True)
-        # distribute: G^T (c, d) @ Q (d, N)  or  Q^T (N, d) @ G (d, c)
-        if ma is not None and ma.kind == "gather" and ma.transposed and not _is_param(b) \
-                and b.shape[-1] in pos:
-            return True, self._distribute(func, args, kwargs, g=a, q=b, mark=ma, left=True)
-        if mb is not None and mb.kind == "gather" and not mb.transposed and not _is_param(a) \
-                and a.shape[-2] in pos:
-            return True, self._distribute(func, args, kwargs, g=b, q=a, mark=mb, left=False)
         return False, None
 
     def _call_index(self, path: str) -> int:
@@ -535,15 +528,13 @@ class AffinityWatcher(TorchFunctionMode):
         if tuple(prod.shape) != tuple(oa.output.shape):
             return
         first, last = min(ia, ib), max(ia, ib)
-        del self.observations[last]
-        del self.observations[first]
-        self._record(oa.owner, oa.owner_module, oa.kind, oa.affinity + ob.affinity, oa.values,
-                     prod, f"sum of two applications to the same values ({oa.how}; {ob.how})")
-        self.observations[-1].values_node = oa.values_node
-        self.observations[-1].values_rows = oa.values_rows
-        merged = self.observations.pop()
-        self.observations.insert(first, merged)
+        merged = self._observation(
+            oa.owner, oa.owner_module, oa.kind, oa.affinity + ob.affinity, oa.values, prod,
+            f"sum of two applications to the same values ({oa.how}; {ob.how})",
+            rows=oa.values_rows, node=oa.values_node)
         merged.call = oa.call
+        self.observations[first] = merged
+        del self.observations[last]
         for key, (t, i, v, f) in list(self._applied.items()):
             if i in (ia, ib):
                 del self._applied[key]
@@ -578,52 +569,55 @@ class AffinityWatcher(TorchFunctionMode):
                 self._applied_output(out, ops[1 - pi], to_rows)
         return True, out
 
-    def _factorized(self, func: Callable, args: tuple, kwargs: dict, q: Tensor,
-                    ctx: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        _, ft, v = ctx
-        if self.hold:
-            self.held += 1
-            out = func(q.detach(), ft.detach() @ v)
-        else:
-            out = func(*args, **kwargs)
-        if self.record:
-            path, module, _ = self._owner()
-            with torch.no_grad():
-                aff = q.detach() @ ft.detach().to(q.dtype)                # (..., N, N)
-            self._record(path, module, "factorized", aff, v.detach(), out.detach(),
-                         "channel softmax times a context over positions: A = rho_q(Q) "
-                         "rho_k(K)^T (never formed)", v, lambda t: t)
-        return out
+    def _normalized(self, gather: _Mark, q: Tensor) -> bool:
+        """A factorization is read as an affinity when one factor is a softmax: the gathered
+        ``F^T`` over positions, or ``Q`` over its channels."""
+        mq = self._get(q)
+        return gather.normalized or (mq is not None and mq.kind == "softmax"
+                                     and not mq.transposed)
 
     def _distribute(self, func: Callable, args: tuple, kwargs: dict, *, g: Tensor, q: Tensor,
                     mark: _Mark, left: bool) -> Tensor:
+        """``Q G`` with ``G = F^T V`` (``left``: ``G^T Q^T``): the affinity ``A = Q F^T``
+        applied to ``V``. Held fixed, both factors are detached and ``G`` is recomputed from
+        the live ``V`` (when ``G`` is exactly ``F^T V``; a context rescaled after the product
+        is left live and not counted)."""
+        F, V = mark.factor, mark.values                            # (..., d, M), (..., M, c)
         if self.hold:
-            self.held += 1
-            qd = q.detach()
-            args = (args[0], qd) if left else (qd, args[1])
+            with torch.no_grad():
+                G, FV = (g.transpose(-1, -2) if left else g), F @ V
+                exact = G.shape == FV.shape and torch.allclose(G, FV, rtol=1e-6, atol=0)
+            if exact:
+                self.held += 1
+                gh = F.detach() @ V
+                args = (gh.transpose(-1, -2), q.detach()) if left else (q.detach(), gh)
         out = func(*args, **kwargs)
-        if self.record and mark.factor is not None:
+        if self.record and F is not None:
             path, module, _ = self._owner()
-            K = mark.factor                                        # (..., d, M)
             Q = q.detach().transpose(-1, -2) if left else q.detach()  # (..., N, d)
-            aff = Q @ K.to(Q.dtype)                                # (..., N, M)
+            aff = Q @ F.detach().to(Q.dtype)                          # (..., N, M)
             prod = out.detach().transpose(-1, -2) if left else out.detach()   # (..., N, c)
-            vals = mark.values                                     # (..., M, c)
-            self._record(path, module, "factorized", aff, vals, prod,
-                         "gather-distribute factorization A = Q_s K_s^T (never formed)")
+            self._record(path, module, "factorized", aff, V.detach(), prod,
+                         f"factorization A = Q F^T, never formed ({mark.how})", V,
+                         lambda t: t)
         return out
 
-    def _record(self, path: str, module: nn.Module | None, kind: str, aff: Tensor,
-                vals: Tensor, prod: Tensor, how: str, source: Tensor | None = None,
-                rows: Callable[[Tensor], Tensor] | None = None) -> None:
+    def _observation(self, path: str, module: nn.Module | None, kind: str, aff: Tensor,
+                     vals: Tensor, prod: Tensor, how: str, source: Tensor | None = None,
+                     rows: Callable[[Tensor], Tensor] | None = None,
+                     node: _Node | None = None) -> Observation:
+        """An :class:`Observation` with its check, of copies (an in-place op of the model after
+        the product must not change the record)."""
         with torch.no_grad():
             ref = aff.to(torch.float64) @ vals.to(torch.float64)
             err = float((ref - prod.double()).norm() / prod.double().norm().clamp_min(1e-300))
-        # copies: an in-place op of the model after the product must not change the record
-        aff, vals, prod = aff.clone(), vals.clone(), prod.clone()
-        node = self._node(source) if isinstance(source, Tensor) else None
-        self.observations.append(Observation(path, kind, aff, vals, prod, err, how,
-                                             self._call_index(path), module, node, rows))
+        if node is None and isinstance(source, Tensor):
+            node = self._node(source)
+        return Observation(path, kind, aff.clone(), vals.clone(), prod.clone(), err, how,
+                           self._call_index(path), module, node, rows)
+
+    def _record(self, *args: Any, **kwargs: Any) -> None:
+        self.observations.append(self._observation(*args, **kwargs))
 
     def _sdpa(self, func: Callable, args: tuple, kwargs: dict) -> Tensor:
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",

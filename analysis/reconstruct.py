@@ -43,7 +43,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 
 from .capture import Capture
 from .observe import eval_mode
@@ -54,11 +53,6 @@ __all__ = ["reconstruction_error", "RECONSTRUCTION_TOL"]
 
 #: Relative error above which the filter is said not to reproduce the module.
 RECONSTRUCTION_TOL = 1e-4
-
-
-def _tokens(t: Tensor) -> Tensor:
-    """``(S, C, *spatial)`` → ``(S, N, C)``."""
-    return t.reshape(t.shape[0], t.shape[1], -1).transpose(1, 2)
 
 
 def reconstruction_error(capture: Capture, max_samples: int = 4) -> tuple[float, str]:
@@ -88,7 +82,7 @@ def reconstruction_error(capture: Capture, max_samples: int = 4) -> tuple[float,
             fn, x = block_function(capture, i)
             with eval_mode(fn):
                 outs.append(fn(x).double().cpu())
-    Y = _tokens(torch.cat(outs))
+    Y = torch.cat(outs).flatten(2).transpose(1, 2)
     if Y.shape != F.shape:
         return math.nan, (f"not checked: the module's output has {tuple(Y.shape)} "
                           f"(samples, nodes, channels), the filter {tuple(F.shape)}")
@@ -100,9 +94,8 @@ def reconstruction_error(capture: Capture, max_samples: int = 4) -> tuple[float,
     if capture.relu_after_norm:
         R = R.relu()
     if capture.residual:
-        R = _tokens(capture.input[:S].double().cpu()) + R
+        R = capture.input[:S].double().cpu().flatten(2).transpose(1, 2) + R
     err = float((R - Y).norm() / Y.norm().clamp_min(1e-300))
-    form = "heads averaged" if capture.heads == "mean" and len(
-        aff.batch_shape) == 1 and int(capture.info.get("num_heads", 1) or 1) > 1 else "as captured"
+    form = "heads averaged" if capture.heads_averaged else "as captured"
     return err, (f"the module's output rebuilt from the captured filter ({form}) against the "
                  f"re-run module on {S} sample(s): relative error {err:.1e}")

@@ -579,7 +579,7 @@ def linearized_stability(
         how += f"; radius over the computed extremes only ({spec.method})"
     if capture.relu_after_norm:
         notes["relu"] = "the ReLU after the normalization is ignored (active-set linearization)"
-    if capture.source == "attention" and capture.heads == "mean":
+    if capture.heads_averaged:
         notes["heads"] = "attention heads averaged: an approximation of the per-head filter"
     return Stability(radius, float(growth[0]), growth, radius ** np.arange(1, n_max + 1), arg,
                      len(lam), how, notes, float(bound[0]), bound, np.asarray(iters),

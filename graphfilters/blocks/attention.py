@@ -22,10 +22,25 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
+from .. import _validate as V
 from ..specs import AttentionSpec, get_attention_spec
 from . import _utils as U
 
-__all__ = ["AttentionFilterBlock", "softmax_affinity", "softmax_apply"]
+__all__ = ["AttentionFilterBlock", "softmax_affinity", "softmax_apply", "ATTENTION_PARAMS",
+           "attention_valid"]
+
+#: The constructor constraints every attention block shares (:func:`graphfilters._validate
+#: .validate_params`); a block adds its own (``{**ATTENTION_PARAMS, "K": [...]}``).
+ATTENTION_PARAMS: dict[str, list[Any]] = {
+    "in_channels": [V.POS_INT], "heads": [V.POS_INT],
+    "inter_channels": [V.POS_INT, None], "key_channels": [V.POS_INT, None],
+    "dim": [V.Options(int, (1, 2, 3))], "bias": ["boolean"], "materialize": ["boolean"],
+}
+
+
+def attention_valid() -> dict[str, Any]:
+    """A valid constructor call of every attention block (the generated validation tests)."""
+    return {"in_channels": 4, "heads": 2, "dim": 1}
 
 
 def softmax_affinity(q: Tensor, k: Tensor) -> Tensor:

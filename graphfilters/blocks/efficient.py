@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _validate as V
-from .attention import AttentionFilterBlock
+from .attention import ATTENTION_PARAMS, AttentionFilterBlock, attention_valid
 
 __all__ = ["EfficientAttention"]
 
@@ -54,12 +54,7 @@ class EfficientAttention(AttentionFilterBlock):
 
     table_name = "efficient"
 
-    @V.validate_params(
-        {"in_channels": [V.POS_INT], "heads": [V.POS_INT],
-         "inter_channels": [V.POS_INT, None], "key_channels": [V.POS_INT, None],
-         "dim": [V.Options(int, (1, 2, 3))], "bias": ["boolean"], "materialize": ["boolean"]},
-        valid=lambda: {"in_channels": 4, "heads": 2, "dim": 1},
-    )
+    @V.validate_params(ATTENTION_PARAMS, valid=attention_valid)
     def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
                  key_channels: int | None = None, dim: int = 2, bias: bool = True,
                  materialize: bool = False) -> None:

@@ -568,7 +568,28 @@ class GSNLRef(nn.Module):
         return (out, att) if return_affinity else out
 
 
-class GFSARef(nn.Module):
+class _AttentionRef(nn.Module):
+    """The frame of the attention-table references: ``C_s`` value channels split into
+    ``heads``, one linear map ``qkv`` (``qkv_factor * C_s`` outputs), ``proj`` and the blocks'
+    output ``x + BN(proj(...))``; each subclass transcribes its released code in
+    :meth:`forward`."""
+
+    def __init__(self, in_channels: int, heads: int, inter_channels: int | None, dim: int,
+                 qkv_factor: int = 3) -> None:
+        super().__init__()
+        cs = inter_channels or max(in_channels // 2, heads)
+        self.in_channels, self.heads, self.inter_channels, self.dim = (
+            in_channels, heads, cs, dim)
+        self.qkv = nn.Linear(in_channels, qkv_factor * cs)
+        self.proj = nn.Linear(cs, in_channels)
+        self.bn = _bn(dim, in_channels)
+
+    def _out(self, x: Tensor, y: Tensor) -> Tensor:
+        """``x + BN(proj(y))`` for the heads' concatenation ``y`` ``(B, N, C_s)``."""
+        return x + self.bn(self.proj(y).transpose(1, 2).reshape(x.shape))
+
+
+class GFSARef(_AttentionRef):
     r"""GFSA attention written as the released code does it (dense ``attn``, an explicit
     identity, ``(K-1)(attn - I) @ attn + attn``), with general ``w_0, w_1`` per head and
     ``lamb`` = :math:`w_K`, in the blocks' convention ``x + BN(proj(attn @ v))``. Attributes
@@ -576,13 +597,8 @@ class GFSARef(nn.Module):
 
     def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
                  dim: int = 2, K: float = 4) -> None:
-        super().__init__()
-        cs = inter_channels or max(in_channels // 2, heads)
-        self.in_channels, self.heads, self.inter_channels, self.dim, self.K = (
-            in_channels, heads, cs, dim, K)
-        self.qkv = nn.Linear(in_channels, 3 * cs)
-        self.proj = nn.Linear(cs, in_channels)
-        self.bn = _bn(dim, in_channels)
+        super().__init__(in_channels, heads, inter_channels, dim)
+        self.K = K
         self.w_0 = nn.Parameter(torch.zeros(heads))
         self.w_1 = nn.Parameter(torch.ones(heads))
         self.lamb = nn.Parameter(torch.zeros(heads))
@@ -597,12 +613,10 @@ class GFSARef(nn.Module):
         high_order = (self.K - 1) * (attn - identity) @ attn + attn
         attn = (self.w_0[None, :, None, None] * identity + self.w_1[None, :, None, None] * attn
                 + self.lamb[None, :, None, None] * high_order)
-        y = (attn @ v).transpose(1, 2).reshape(b, n, h * d)
-        z = self.proj(y).transpose(1, 2).reshape(x.shape)
-        return x + self.bn(z)
+        return self._out(x, (attn @ v).transpose(1, 2).reshape(b, n, h * d))
 
 
-class AttnScaleRef(nn.Module):
+class AttnScaleRef(_AttentionRef):
     r"""AttnScale attention written as the released code does it (``attnscale.py`` of
     VITA-Group/ViT-Anti-Oversmoothing): the dense softmax ``attn``, ``attn_d = ones / N``,
     ``attn_h = (attn - attn_d) * (1 + lamb)``, ``attn = attn_d + attn_h``, ``attn @ v``; in
@@ -611,13 +625,7 @@ class AttnScaleRef(nn.Module):
 
     def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
                  dim: int = 2) -> None:
-        super().__init__()
-        cs = inter_channels or max(in_channels // 2, heads)
-        self.in_channels, self.heads, self.inter_channels, self.dim = (
-            in_channels, heads, cs, dim)
-        self.qkv = nn.Linear(in_channels, 3 * cs)
-        self.proj = nn.Linear(cs, in_channels)
-        self.bn = _bn(dim, in_channels)
+        super().__init__(in_channels, heads, inter_channels, dim)
         self.lamb = nn.Parameter(torch.zeros(heads))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -630,12 +638,10 @@ class AttnScaleRef(nn.Module):
         attn_d = attn_d[None, None, ...]
         attn_h = (attn - attn_d) * (1. + self.lamb[None, :, None, None])
         attn = attn_d + attn_h
-        y = (attn @ v).transpose(1, 2).reshape(b, n, h * d)
-        z = self.proj(y).transpose(1, 2).reshape(x.shape)
-        return x + self.bn(z)
+        return self._out(x, (attn @ v).transpose(1, 2).reshape(b, n, h * d))
 
 
-class DiffAttentionRef(nn.Module):
+class DiffAttentionRef(_AttentionRef):
     r"""Differential attention written as the released code computes it (``multihead_diffattn``
     of microsoft/unilm Diff-Transformer, the non-flash path): the two softmax maps of each head
     ``attn.view(b, H, 2, n, n)``, ``attn[:, :, 0] - lambda_full * attn[:, :, 1]``, ``@ v``, the
@@ -645,16 +651,10 @@ class DiffAttentionRef(nn.Module):
 
     def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
                  dim: int = 2, depth: int = 1) -> None:
-        super().__init__()
-        cs = inter_channels or max(in_channels // 2, heads)
-        self.in_channels, self.heads, self.inter_channels, self.dim = (
-            in_channels, heads, cs, dim)
+        super().__init__(in_channels, heads, inter_channels, dim, qkv_factor=5)
         self.depth = depth
         self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * (depth - 1))
-        d = cs // heads
-        self.qkv = nn.Linear(in_channels, 2 * cs + 2 * cs + cs)
-        self.proj = nn.Linear(cs, in_channels)
-        self.bn = _bn(dim, in_channels)
+        d = self.inter_channels // heads
         self.lambda_q1 = nn.Parameter(torch.zeros(d).normal_(0, 0.1))
         self.lambda_k1 = nn.Parameter(torch.zeros(d).normal_(0, 0.1))
         self.lambda_q2 = nn.Parameter(torch.zeros(d).normal_(0, 0.1))
@@ -676,12 +676,10 @@ class DiffAttentionRef(nn.Module):
         attn = attn[:, :, 0] - lambda_full * attn[:, :, 1]
         attn = attn @ v
         attn = self.subln(attn) * (1 - self.lambda_init)
-        y = attn.transpose(1, 2).reshape(b, n, h * d)
-        z = self.proj(y).transpose(1, 2).reshape(x.shape)
-        return x + self.bn(z)
+        return self._out(x, attn.transpose(1, 2).reshape(b, n, h * d))
 
 
-class EfficientAttentionRef(nn.Module):
+class EfficientAttentionRef(_AttentionRef):
     r"""Efficient attention written as the released code computes it
     (``efficient_attention.py`` of cmsflash/efficient-attention): per head ``i`` the keys'
     softmax over positions ``softmax(keys[:, i], dim=2)``, the queries' over channels
@@ -691,13 +689,7 @@ class EfficientAttentionRef(nn.Module):
 
     def __init__(self, in_channels: int, heads: int = 1, inter_channels: int | None = None,
                  dim: int = 2) -> None:
-        super().__init__()
-        cs = inter_channels or max(in_channels // 2, heads)
-        self.in_channels, self.heads, self.inter_channels, self.dim = (
-            in_channels, heads, cs, dim)
-        self.qkv = nn.Linear(in_channels, 3 * cs)
-        self.proj = nn.Linear(cs, in_channels)
-        self.bn = _bn(dim, in_channels)
+        super().__init__(in_channels, heads, inter_channels, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         t = x.flatten(2).transpose(1, 2)                      # (B, N, C)
@@ -710,7 +702,5 @@ class EfficientAttentionRef(nn.Module):
             value = values[:, i * hk:(i + 1) * hk, :]
             context = key @ value.transpose(1, 2)
             attended.append(context.transpose(1, 2) @ query)  # (B, d_v, N)
-        y = torch.cat(attended, dim=1).transpose(1, 2)        # (B, N, C_s)
-        z = self.proj(y).transpose(1, 2).reshape(x.shape)
-        return x + self.bn(z)
+        return self._out(x, torch.cat(attended, dim=1).transpose(1, 2))   # (B, N, C_s)
 
