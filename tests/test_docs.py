@@ -272,6 +272,61 @@ def test_aligned_derivations_become_mathml_tables():
     assert _leaks(convert(r"\begin{aligned} F &= a \\ &= b \end{aligned}"))
 
 
+def _math_body(tex: str) -> str:
+    """The MathML the docs hook makes of ``tex`` (inline), its TeX annotation dropped."""
+    import html
+
+    mathml = _mathml_hook().to_mathml(tex, display=False)
+    return html.unescape(re.sub(r"<annotation.*?</annotation>", "", mathml, flags=re.S))
+
+
+_SIGN = '<mo form="prefix" lspace="0" rspace="0">\u2212</mo>'
+
+
+@pytest.mark.parametrize("tex", [r"-x", r"a = -b", r"(-1)^k", r"e^{-x}", r"\frac{-1}{2}",
+                                 r"a \leq -1", r"\left(-x\right)", r"a, -b",
+                                 r"\begin{aligned} F &= -a \\ & -b \end{aligned}"])
+def test_unary_minus_is_a_prefix_sign(tex):
+    """A minus at the start of a group or after an operator, relation, opening bracket or
+    alignment mark is a sign: a prefix operator with no space around it."""
+    pytest.importorskip("latex2mathml")
+    body = _math_body(tex)
+    assert _SIGN in body, body
+    assert "<mo>\u2212</mo>" not in body, body
+
+
+@pytest.mark.parametrize("tex", [r"a - b", r"(a) - b", r"x^2 - 1", r"n! - 1",
+                                 r"\left(a\right) - b"])
+def test_binary_minus_keeps_its_spacing(tex):
+    pytest.importorskip("latex2mathml")
+    body = _math_body(tex)
+    assert "<mo>\u2212</mo>" in body and _SIGN not in body, body
+
+
+@pytest.mark.parametrize(("tex", "prime"), [("x'", "\u2032"), (r"x^{\prime}", "\u2032"),
+                                            ("f''", "\u2033"), (r"x^{\prime\prime}", "\u2033")])
+def test_primes_are_superscript_operators(tex, prime):
+    pytest.importorskip("latex2mathml")
+    body = _math_body(tex)
+    base = "f" if tex.startswith("f") else "x"
+    assert f"<msup><mi>{base}</mi><mo>{prime}</mo></msup>" in body, body
+
+
+@pytest.mark.parametrize(("tex", "name"), [(r"\max_i x_i", "max"),
+                                           (r"\operatorname{softmax}(x)", "softmax"),
+                                           (r"\lambda_{\max}", "max"), (r"\lambda_{max}", "max"),
+                                           (r"\lambda_\max", "max"), (r"\log x", "log"),
+                                           (r"\operatorname*{arg\,max}_x f", "arg\u2009max")])
+def test_operator_names_are_upright(tex, name):
+    """Operator names are one upright token (``<mo>`` or ``<mi mathvariant="normal">``), never
+    italic letters or a broken ``\\operatorname``."""
+    pytest.importorskip("latex2mathml")
+    body = _math_body(tex)
+    upright = re.search(rf'<mo[^>]*>{name}</mo>|<mi mathvariant="normal">{name}</mi>', body)
+    assert upright, body
+    assert "<mo />" not in body and "<mi>m</mi><mi>a</mi>" not in body, body
+
+
 def check_math_is_rendered(site: Path) -> None:
     """Formulas are MathML in the built HTML: none is left as raw TeX for a script to typeset,
     and no alignment mark or raw TeX leaks into the MathML (notebook pages included)."""

@@ -105,6 +105,78 @@ def _convert(tex: str, display: bool) -> str:
     return f"{head}><mrow>{''.join(pieces)}</mrow></math>"
 
 
+# Operator names: ``\\operatorname{…}`` (starred or with spacing inside, which latex2mathml
+# breaks into an empty ``<mo/>`` and italic letters) and the names TeX sets upright when they
+# stand as a script alone (``\\lambda_{max}``, ``\\lambda_\\max``).
+_OPNAME = re.compile(r"\\operatorname\*?\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
+_OPMARK = "\x01op:"
+_SCRIPT_NAME = re.compile(r"([_^])\s*(?:\{\s*\\?(max|min|sup|inf|sym)\s*\}|\\(max|min|sup|inf)\b)")
+_TEX_SPACE = re.compile(r"\\[,;:! ]|\\q?quad\b|~")
+
+
+def _opname(m: re.Match[str]) -> str:
+    name = _TEX_SPACE.sub(" ", m.group(1)).replace("{", "").replace("}", "")
+    return rf"\text{{{_OPMARK}{' '.join(name.split())}}}"
+
+
+def _prepare(tex: str) -> str:
+    tex = _SCRIPT_NAME.sub(lambda m: rf"{m[1]}{{\{m[2] or m[3]}}}", tex)
+    return _OPNAME.sub(_opname, tex)
+
+
+_MINUS = "<mo>&#x02212;</mo>"
+# What a minus sign follows when it is a sign, not a difference: the start of a group (an
+# opening tag), an operator, relation, comma or opening bracket (any ``<mo>`` but a closing
+# one), an alignment mark.
+_CLOSING = {")", "]", "&#x00029;", "&#x0005D;", "&#x0007D;", "&#x0007C;", "|", "&#x02016;",
+            "&#x027E9;", "&#x02309;", "&#x0230B;", "&#x00021;", "!", "\u2032", "\u2033",
+            "\u2034"}
+_BEFORE = re.compile(r"(?:<m[a-z]+(?:\s[^>]*)?(?<!/)>|<mo(?P<attrs>\s[^>]*)?>(?P<op>[^<]*)</mo>|"
+                     r"<mi>&(?:amp;)?</mi>)$")
+_PRIMES = re.compile(r"<mi>(&#x02032;|&#x02033;|&#x02034;)</mi>")
+_PRIME_RUN = re.compile(r"<mrow>((?:<mo>[\u2032\u2033\u2034]</mo>)+)</mrow>")
+_ALONE_NAME = re.compile(r"<mrow><mo(?:\s[^>]*)?>([A-Za-z][A-Za-z ]+)</mo></mrow>")
+_WORD_MI = re.compile(r"<mi>([A-Za-z]{2,})</mi>")
+
+
+def _unary(mathml: str) -> str:
+    """Signs (``-x``, ``= -1``, ``(-1)^k``) as prefix operators with no space around."""
+    out, last = [], 0
+    for m in re.finditer(re.escape(_MINUS), mathml):
+        before = _BEFORE.search(mathml, 0, m.start())
+        if before and not (before["op"] is not None and (
+                before["op"] in _CLOSING or 'form="postfix"' in (before["attrs"] or ""))):
+            out += [mathml[last:m.start()], '<mo form="prefix" lspace="0" rspace="0">\u2212</mo>']
+            last = m.end()
+    return "".join([*out, mathml[last:]])
+
+
+def _primes(mathml: str) -> str:
+    """Primes as the operators ``′``, ``″``, ``‴`` of a superscript (not script-size letters)."""
+    mathml = _PRIMES.sub(lambda m: f"<mo>{chr(int(m[1][3:-1], 16))}</mo>", mathml)
+
+    def run(m: re.Match[str]) -> str:
+        n = sum({"\u2032": 1, "\u2033": 2, "\u2034": 3}[c] for c in m[1]
+                if c in "\u2032\u2033\u2034")
+        return "<mo>" + "\u2034" * (n // 3) + ("", "\u2032", "\u2033")[n % 3] + "</mo>"
+
+    return _PRIME_RUN.sub(run, mathml)
+
+
+def _names(mathml: str) -> str:
+    """Operator names upright: ``\\operatorname`` as one operator, a name alone in a script
+    (``λ_max``) an upright identifier, multi-letter identifiers marked upright."""
+    mathml = re.sub(rf"<mtext>{_OPMARK}([^<]*)</mtext>",
+                    lambda m: "<mo>" + re.sub(" |&#x000A0;", "&#x02009;", m[1]) + "</mo>", mathml)
+    mathml = _ALONE_NAME.sub(lambda m: f'<mrow><mi mathvariant="normal">{m[1]}</mi></mrow>',
+                             mathml)
+    return _WORD_MI.sub(r'<mi mathvariant="normal">\1</mi>', mathml)
+
+
+def _polish(mathml: str) -> str:
+    return _unary(_primes(_names(mathml)))
+
+
 def to_mathml(tex: str, *, display: bool) -> str:
     """MathML of one LaTeX formula (the ``\\(``/``\\[`` delimiters removed); ``aligned``,
     ``align``, ``gathered`` and ``split`` become ``mtable`` rows (``\\intertext`` a row of
@@ -116,7 +188,7 @@ def to_mathml(tex: str, *, display: bool) -> str:
     True
     """
     tex = _DROP.sub("", tex).strip()
-    mathml = _convert(tex, display)
+    mathml = _polish(_convert(_prepare(tex), display))
     # The source stays with the formula (screen readers, copy and paste, search engines).
     head, rest = mathml.split(">", 1)
     inner = rest.rsplit("</math>", 1)[0]
