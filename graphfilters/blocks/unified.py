@@ -434,8 +434,19 @@ class ChebyshevNonlocal(nn.Module):
         y = torch.bmm(weight.expand(xf.shape[0], *weight.shape), xf)   # (B, total, N)
         if self.bias_projections:
             y = y + torch.cat([m.bias for _, m in mods])[:, None]
-        parts = y.split([m.out_channels for _, m in mods], dim=1)
-        return {n: t.transpose(1, 2) for (n, _), t in zip(mods, parts)}  # (B, N, c) views
+        sizes = [m.out_channels for _, m in mods]
+        stack = len(mods) > 1 and mods[0][0] == "theta" and mods[1][0] == "phi"
+        if stack:   # [theta, phi] as one (B, N, 2 C_a) part: a kernel on both needs no cat
+            sizes = [sizes[0] + sizes[1], *sizes[2:]]
+        parts = list(y.split(sizes, dim=1))              # one split: one gradient, no zeros
+        out: dict[str, Tensor] = {}
+        if stack:
+            tp = parts.pop(0)
+            out["theta_phi"] = tp.transpose(1, 2)
+            parts = [*tp.split([mods[0][1].out_channels, mods[1][1].out_channels], dim=1),
+                     *parts]
+        out.update((n, t.transpose(1, 2)) for (n, _), t in zip(mods, parts))  # (B, N, c) views
+        return out
 
     def compute_affinity(self, x: Tensor) -> Affinity:
         r"""The raw affinity :math:`M` of ``x`` (symmetrized if the spec says so), structured.
@@ -467,7 +478,14 @@ class ChebyshevNonlocal(nn.Module):
             concat_weight=self.concat_weight, spatial=tuple(x.shape[2:]), groups=self.groups,
             normalization=s.normalization,
         )
-        aff = self.block_kernel.build(inputs, **self.kernel_options)
+        stacked = proj.get("theta_phi")
+        if s.kernel == "relu_dot" and stacked is not None and s.normalization in ("sym", "rw"):
+            # the relu_dot kernel (kernels._relu_dot_block) on the stacked projections: one
+            # ReLU, and U = [P, Q] stays one tensor (one product per step, no concatenation)
+            aff = LowRankAffinity.from_stacked(torch.relu(stacked), stacked.shape[-1] // 2,
+                                               check=False)
+        else:
+            aff = self.block_kernel.build(inputs, **self.kernel_options)
         if s.symmetrize:
             aff = _symmetrized(aff)
         return aff
