@@ -828,17 +828,25 @@ class LowRankAffinity(Affinity):
         Z = _check_signal(Z, self.n_cols)
         return self._matmul(Z)[0]
 
-    def _matmul(self, Z: Array) -> tuple[Array, Array | None]:
+    def _matmul(self, Z: Array, W: Array | None = None) -> tuple[Array, Array | None]:
         """``(M Z, T)``; ``T`` is the ``(..., 2r, C)`` reduction ``[P, Q]^T Z`` of the stacked
-        symmetric product (``None`` otherwise): every entry of it sums over all rows of ``Z``."""
+        symmetric product (``None`` otherwise): every entry of it sums over all rows of ``Z``.
+
+        With ``W`` ``(C, C_out)`` (stacked symmetric factors only): ``((M Z W)^T, T)``, the
+        ``(..., C_out, N)`` product with ``W`` folded into the ``2r x C_out`` factor."""
         P, Q = self.P, self.Q
         U = self._stacked_view() if self._sym else None
         if U is not None:      # [P, Q] [Q^T Z; P^T Z] / 2: two products instead of four
             T = B.transpose(U) @ Z
-            M = _swap_halves(T, P.shape[-1], -2) / 2
+            Mt = B.transpose(_swap_halves(T, P.shape[-1], -2) / 2)
+            if W is not None:
+                Mt = B.transpose(W) @ Mt
+                return Mt @ B.transpose(U), T
             # as (M^T U^T)^T: U^T is the layout blocks store (channels first), and so are the
             # result and the gradient of U (no transposed copies in backward)
-            return B.transpose(B.transpose(M) @ B.transpose(U)), T
+            return B.transpose(Mt @ B.transpose(U)), T
+        if W is not None:
+            raise ValueError("a weighted product needs stacked symmetric factors")
         out = P @ (B.transpose(Q) @ Z)
         if self._sym:
             out = (out + Q @ (B.transpose(P) @ Z)) / 2
@@ -1218,6 +1226,25 @@ class NormalizedOperator:
             self._lowrank = aff.scaled(self.left, self.right)
         return self._lowrank
 
+    @property
+    def fused(self) -> bool:
+        """Whether products run on the stacked scaled factors (see :meth:`__call__`) and
+        :meth:`matmul_weighted_t` is available."""
+        aff = self.affinity
+        return (self.left is self.right and isinstance(aff, LowRankAffinity) and aff.symmetric
+                and aff._stacked_view() is not None)
+
+    def matmul_weighted_t(self, Z: Array, W: Array) -> Array:
+        r""":math:`(\hat A Z W)^T`, shape ``(..., C_{out}, N)``, for ``Z`` ``(..., N, C)`` and
+        ``W`` ``(C, C_{out})``: :math:`W^T [\tilde Q^T Z; \tilde P^T Z]^T \tilde U^T / 2`,
+        the weight folded into the small factor (one product with :math:`\tilde U`, no
+        ``(N, C)`` intermediate). Only where :attr:`fused`; sets :attr:`reduced`."""
+        if not self.fused:
+            raise ValueError("matmul_weighted_t needs a symmetric low-rank affinity with stacked "
+                             "factors (LowRankAffinity.from_stacked) and equal left/right scales")
+        out, self.reduced = self.lowrank._matmul(_check_signal(Z, self.affinity.n_cols), W)
+        return out * self.factor if self.factor != 1.0 else out
+
     def __call__(self, Z: Array) -> Array:
         """:math:`\\hat A Z`, ``Z`` of shape ``(..., N, C)``.
 
@@ -1228,8 +1255,7 @@ class NormalizedOperator:
         :attr:`reduced` then holds :math:`\\tilde U^T Z` of the last call.
         """
         aff = self.affinity
-        if self.left is self.right and isinstance(aff, LowRankAffinity) and aff.symmetric \
-                and aff._stacked_view() is not None:
+        if self.fused:
             out, self.reduced = self.lowrank._matmul(_check_signal(Z, aff.n_cols))
             return out * self.factor if self.factor != 1.0 else out
         if self.right is not None:

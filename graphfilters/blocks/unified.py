@@ -33,6 +33,8 @@ OUT_NORMS = ("batch", "gamma", "none")
 KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {name: MappingProxyType(dict(k.options)) for name, k in kernels.BLOCK_KERNELS.items()}
 )
+#: Polynomial bases with B_0 = 1 and B_1(S) = S (an order-1 filter is Z W_0 + S Z W_1).
+_B1_IS_S = ("chebyshev", "monomial", "stable")
 #: Kernels whose keys may be sub-sampled (the NL family).
 _SUBSAMPLE_KERNELS = tuple(n for n, k in kernels.BLOCK_KERNELS.items() if k.subsample)
 
@@ -516,7 +518,17 @@ class ChebyshevNonlocal(nn.Module):
             Apply :math:`\hat A` as a dense matrix (reference path; equal to the structured
             one). Default: the constructor's ``materialize``.
         """
-        U.check_input(x, self.dim, self.in_channels, type(self).__name__, self)
+        owner = type(self).__name__
+        U.check_input(x, self.dim, self.in_channels, owner, self, finite=False)
+        try:
+            y, dense = self._forward(x, affinity, return_affinity, materialize, owner)
+        except ValueError:
+            U.check_finite_input(x, owner)       # NaN/Inf input: say so, not what it broke
+            raise
+        return (y, dense) if return_affinity else y
+
+    def _forward(self, x: Tensor, affinity: Affinity | None, return_affinity: bool,
+                 materialize: bool | None, owner: str) -> tuple[Tensor, Tensor | None]:
         spatial = tuple(x.shape[2:])
         n = U.numel(spatial)
         if affinity is None:
@@ -535,7 +547,10 @@ class ChebyshevNonlocal(nn.Module):
         dense = op.dense() if (mat or return_affinity) else None
         apply = self.graph_operator(op, dense if mat else None)
         z = proj["g"]                                         # (B, N_keys, C_s)
-        pre = self._filter(apply, z, n)                       # (B, C, N), channels first
+        pre = self._filter(apply, z, n, op)                   # (B, C, N), channels first
+        # NaN/Inf input: the small low-rank reduction D^{-1/2}[P, Q]^T Z shows it (no scan of
+        # x); other operators scan x once
+        U.check_finite_folded(x, op.reduced if not mat else None, owner)
         if self.bias is not None:
             pre = pre + self.bias[:, None]
         out = pre.reshape(*pre.shape[:2], *spatial)
@@ -548,10 +563,22 @@ class ChebyshevNonlocal(nn.Module):
         y = x + out
         if self.record:
             self.last_record = self._make_record(x, affinity, z, pre.detach())
-        return (y, dense) if return_affinity else y
+        return y, dense
 
-    def _filter(self, apply: GraphOperator, z: Tensor, n: int) -> Tensor:
+    def _filter(self, apply: GraphOperator, z: Tensor, n: int,
+                op: NormalizedOperator | None = None) -> Tensor:
         s = self.spec
+        if (op is not None and apply.dense is None and s.order == 1 and self.out_projection
+                and self.family.name in _B1_IS_S and not self.sub_sample
+                and not self.block_kernel.channel_nodes and op.fused):
+            # Z W_0 + (A Z) W_1 with W_1 folded into the low-rank factor (SNL): two products
+            # with N rows, the second accumulated into the first
+            weights = self.filter_weights()
+            zt = z.transpose(1, 2)                                       # (B, C_s, N)
+            pre = op.matmul_weighted_t(z, weights[1])                    # (B, C, N)
+            if s.weight_constraint == "drop_order0":
+                return pre
+            return torch.baddbmm(pre, weights[0].t().expand(zt.shape[0], -1, -1), zt)
         if self.sub_sample:
             terms = [None, apply(z)]
         else:
