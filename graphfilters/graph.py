@@ -829,8 +829,9 @@ class LowRankAffinity(Affinity):
         return self._matmul(Z)[0]
 
     def _matmul(self, Z: Array, W: Array | None = None) -> tuple[Array, Array | None]:
-        """``(M Z, T)``; ``T`` is the ``(..., 2r, C)`` reduction ``[P, Q]^T Z`` of the stacked
-        symmetric product (``None`` otherwise): every entry of it sums over all rows of ``Z``.
+        """``(M Z, T)``; ``T`` is the small reduction ``[P, Q]^T Z`` ``(..., 2r, C)`` of the
+        stacked symmetric product, else ``Q^T Z`` ``(..., r, C)``: every entry of it sums over
+        all rows of ``Z``.
 
         With ``W`` ``(C, C_out)`` (stacked symmetric factors only): ``((M Z W)^T, T)``, the
         ``(..., C_out, N)`` product with ``W`` folded into the ``2r x C_out`` factor."""
@@ -847,10 +848,11 @@ class LowRankAffinity(Affinity):
             return B.transpose(Mt @ B.transpose(U)), T
         if W is not None:
             raise ValueError("a weighted product needs stacked symmetric factors")
-        out = P @ (B.transpose(Q) @ Z)
+        T = B.transpose(Q) @ Z
+        out = P @ T
         if self._sym:
             out = (out + Q @ (B.transpose(P) @ Z)) / 2
-        return out, None
+        return out, T
 
     def dense(self) -> Array:
         M = self.P @ B.transpose(self.Q)
@@ -1181,10 +1183,11 @@ class NormalizedOperator:
         self.left: Array | None = None
         self.right: Array | None = None
         self.factor: float = 1.0
-        #: ``(..., 2r, C)`` reduction of the last structured low-rank product (see
-        #: :meth:`__call__`): every entry sums over all rows of ``Z`` and of the scaled
-        #: factors, so it is NaN/Inf whenever one of them is (a block checks it instead of
-        #: scanning its input); ``None`` for other structures.
+        #: The small reduction (``Q^T Z``, or ``D^{-1/2}[P, Q]^T Z`` on the stacked path of
+        #: :meth:`__call__`, ``(..., r, C)``) of the last product with a low-rank affinity:
+        #: every entry sums over all rows of ``Z`` and of the factors, so it is NaN/Inf
+        #: whenever one of them is (a block checks it instead of scanning its input); ``None``
+        #: for other structures.
         self.reduced: Array | None = None
         self._lowrank: LowRankAffinity | None = None
         if kind == "sym":
@@ -1260,7 +1263,10 @@ class NormalizedOperator:
             return out * self.factor if self.factor != 1.0 else out
         if self.right is not None:
             Z = self.right[..., None] * _check_signal(Z, aff.n_cols)
-        out = aff.matmul(Z)
+        if isinstance(aff, LowRankAffinity):
+            out, self.reduced = aff._matmul(_check_signal(Z, aff.n_cols))
+        else:
+            out = aff.matmul(Z)
         if self.left is not None:
             out = self.left[..., None] * out
         return out * self.factor if self.factor != 1.0 else out

@@ -548,9 +548,10 @@ class ChebyshevNonlocal(nn.Module):
         apply = self.graph_operator(op, dense if mat else None)
         z = proj["g"]                                         # (B, N_keys, C_s)
         pre = self._filter(apply, z, n, op)                   # (B, C, N), channels first
-        # NaN/Inf input: the small low-rank reduction D^{-1/2}[P, Q]^T Z shows it (no scan of
-        # x); other operators scan x once
-        U.check_finite_folded(x, op.reduced if not mat else None, owner)
+        # NaN/Inf input: the small low-rank reduction (D^{-1/2}[P, Q]^T Z for SNL, Q^T Z, or
+        # the Woodbury V^T Z) shows it, no scan of x; other operators scan x once
+        probe = None if mat else (op.reduced if op.reduced is not None else apply.reduced)
+        U.check_finite_folded(x, probe, owner)
         if self.bias is not None:
             pre = pre + self.bias[:, None]
         out = pre.reshape(*pre.shape[:2], *spatial)

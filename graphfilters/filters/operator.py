@@ -122,6 +122,9 @@ class GraphOperator:
         self.method = "dense" if dense is not None else ("woodbury" if factors is not None
                                                          else "iterative")
         self.iterations = 0
+        #: ``V^T Z`` ``(..., r, C)`` of the last Woodbury solve: NaN/Inf whenever ``Z`` or the
+        #: factors are (what a block checks instead of scanning its input); else ``None``.
+        self.reduced: Tensor | None = None
 
     def __call__(self, X: Tensor) -> Tensor:
         return self.apply(X)
@@ -183,7 +186,8 @@ class GraphOperator:
             eye = torch.eye(r, dtype=U.dtype, device=U.device)
             core = eye - c * (V.transpose(-1, -2) @ U)              # (..., r, r)
             Zc = Z.to(U.dtype)
-            return Zc + c * (U @ torch.linalg.solve(core, V.transpose(-1, -2) @ Zc))
+            self.reduced = V.transpose(-1, -2) @ Zc
+            return Zc + c * (U @ torch.linalg.solve(core, self.reduced))
         return self._fixed_point(c, Z)
 
     def _fixed_point(self, c: Any, Z: Tensor) -> Tensor:
