@@ -705,6 +705,7 @@ class LowRankAffinity(Affinity):
     """
 
     _fields = ("P", "Q")
+    _caches = ("_stacked",)
     has_exact_spectrum = True
 
     def __init__(self, P: Array, Q: Array, symmetric: bool = False, *, check: bool = True) -> None:
@@ -729,6 +730,69 @@ class LowRankAffinity(Affinity):
             B.check_finite(Q, "Q")
         self.P, self.Q = P, Q
         self._sym = bool(symmetric)
+        self._stacked: tuple[Array, Array, Array] | None = None   # ([P, Q], P, Q)
+
+    @classmethod
+    def from_stacked(cls, U: Array, rank: int, symmetric: bool = False, *,
+                     check: bool = True) -> LowRankAffinity:
+        r"""The affinity of the stacked factors ``U = [P, Q]`` ``(..., N, 2r)``: ``P`` and
+        ``Q`` are views of ``U`` (no copy), and the symmetric products and degrees run as
+        one product with ``U`` instead of one with each factor.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> U = np.random.default_rng(0).random((5, 4))
+        >>> op = LowRankAffinity.from_stacked(U, 2, symmetric=True)
+        >>> np.allclose(op.dense(), (U[:, :2] @ U[:, 2:].T + U[:, 2:] @ U[:, :2].T) / 2)
+        True
+        """
+        U = B.as_array(U, "U")
+        r = int(rank)
+        if U.ndim < 2 or U.shape[-1] != 2 * r or r < 1:
+            raise ValueError(
+                f"stacked factors U = [P, Q] must have shape (..., N, 2r) with r = {rank!r}, "
+                f"got shape {tuple(U.shape)}"
+            )
+        new = cls(U[..., :r], U[..., r:], symmetric=symmetric, check=check)
+        new._stacked = (U, new.P, new.Q)
+        return new
+
+    @property
+    def stacked(self) -> Array:
+        r"""``[P, Q]`` ``(..., N, 2r)``: a view when the factors were given stacked
+        (:meth:`from_stacked`), else a concatenation."""
+        U = self._stacked_view()
+        if U is not None:
+            return U
+        return (torch.cat if self.is_torch else np.concatenate)([self.P, self.Q], -1)
+
+    def _fast_stacked(self) -> Array | None:
+        """The stacked ``[P, Q]`` of symmetric factors computed in their own dtype (not half
+        precision, which goes through :meth:`_factors`), else ``None``."""
+        U = self._stacked_view() if self._sym else None
+        return U if U is not None and V.upcast(U) is U else None
+
+    def _stacked_view(self) -> Array | None:
+        """The stacked ``[P, Q]`` if ``P`` and ``Q`` are still its two halves."""
+        st = self._stacked
+        if st is None or st[1] is not self.P or st[2] is not self.Q:
+            return None
+        return st[0]
+
+    def _map(self, fn: Callable[[Array], Array]) -> Affinity:
+        U = self._stacked_view()
+        if U is None:
+            new = super()._map(fn)
+            new._stacked = None
+            return new
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        r = self.P.shape[-1]
+        mapped = fn(U)
+        new.P, new.Q = mapped[..., :r], mapped[..., r:]
+        new._stacked = (mapped, new.P, new.Q)
+        return new
 
     @property
     def symmetric(self) -> bool:
@@ -746,6 +810,9 @@ class LowRankAffinity(Affinity):
     def symmetrized(self) -> LowRankAffinity:
         r""":math:`\operatorname{sym}(PQ^T)` as a low-rank affinity."""
         self.require_square()
+        U = self._stacked_view()
+        if U is not None:
+            return LowRankAffinity.from_stacked(U, self.P.shape[-1], symmetric=True, check=False)
         return LowRankAffinity(self.P, self.Q, symmetric=True, check=False)
 
     def _factors(self) -> tuple[Array, Array]:
@@ -758,6 +825,11 @@ class LowRankAffinity(Affinity):
                           what)
 
     def degrees(self) -> Array:
+        U = self._fast_stacked()
+        if U is not None:      # [P, Q] [Q^T 1; P^T 1] / 2: one product
+            w = _swap_halves(U.sum(-2), self.P.shape[-1], -1) / 2
+            # as (w^T U^T)^T: the gradient of U comes out in U^T's (the projection's) layout
+            return (w[..., None, :] @ B.transpose(U))[..., 0, :]
         P, Q = self._factors()
         d = P @ Q.sum(-2)[..., None]
         if self._sym:
@@ -766,12 +838,34 @@ class LowRankAffinity(Affinity):
 
     def matmul(self, Z: Array) -> Array:
         Z = _check_signal(Z, self.n_cols)
+        return self._matmul(Z)[0]
+
+    def _matmul(self, Z: Array, W: Array | None = None) -> tuple[Array, Array | None]:
+        """``(M Z, T)``; ``T`` is the small reduction ``[P, Q]^T Z`` ``(..., 2r, C)`` of the
+        stacked symmetric product, else ``Q^T Z`` ``(..., r, C)``: every entry of it sums over
+        all rows of ``Z``.
+
+        With ``W`` ``(C, C_out)`` (stacked symmetric factors only): ``((M Z W)^T, T)``, the
+        ``(..., C_out, N)`` product with ``W`` folded into the ``2r x C_out`` factor."""
+        U = self._fast_stacked()
+        if U is not None:      # [P, Q] [Q^T Z; P^T Z] / 2: two products instead of four
+            T = B.transpose(U) @ Z
+            Mt = B.transpose(_swap_halves(T, self.P.shape[-1], -2) / 2)
+            if W is not None:
+                Mt = B.transpose(W) @ Mt
+                return Mt @ B.transpose(U), T
+            # as (M^T U^T)^T: U^T is the layout blocks store (channels first), and so are the
+            # result and the gradient of U (no transposed copies in backward)
+            return B.transpose(Mt @ B.transpose(U)), T
+        if W is not None:
+            raise ValueError("a weighted product needs stacked symmetric factors")
         P, Q = self._factors()
         Zc = V.upcast(Z)
-        out = P @ (B.transpose(Q) @ Zc)
+        T = B.transpose(Q) @ Zc
+        out = P @ T
         if self._sym:
             out = (out + Q @ (B.transpose(P) @ Zc)) / 2
-        return self._half(out, "product A Z")
+        return self._half(out, "product A Z"), T
 
     def dense(self) -> Array:
         P, Q = self._factors()
@@ -805,17 +899,20 @@ class LowRankAffinity(Affinity):
     def scaled(self, left: Array | None, right: Array | None) -> LowRankAffinity:
         r""":math:`\operatorname{diag}(l)\, M \operatorname{diag}(r)` as a low-rank affinity."""
         P, Q = self.P, self.Q
+        U = self._stacked_view() if self._sym and left is right else None
+        if U is not None:
+            sU = U if left is None else left[..., None] * U
+            return LowRankAffinity.from_stacked(sU, P.shape[-1], symmetric=True, check=False)
         lP = P if left is None else left[..., None] * P
         rQ = Q if right is None else right[..., None] * Q
         if not self._sym:
-            return LowRankAffinity(lP, rQ)
-        same = left is right
-        if same:
-            return LowRankAffinity(lP, rQ, symmetric=True)
+            return LowRankAffinity(lP, rQ, check=False)
+        if left is right:      # derived from checked factors and scales: no second scan
+            return LowRankAffinity(lP, rQ, symmetric=True, check=False)
         lQ = Q if left is None else left[..., None] * Q
         rP = P if right is None else right[..., None] * P
         cat = torch.cat if self.is_torch else np.concatenate
-        return LowRankAffinity(cat([lP, lQ], -1) / 2, cat([rQ, rP], -1))
+        return LowRankAffinity(cat([lP, lQ], -1) / 2, cat([rQ, rP], -1), check=False)
 
     def _structured_eigvals(self, left: Array | None, right: Array | None,
                             nonzero: bool) -> Array:
@@ -826,8 +923,7 @@ class LowRankAffinity(Affinity):
         """Exact eigenvalues of this low-rank matrix."""
         P, Q = self.P, self.Q
         if self._sym:
-            cat = torch.cat if self.is_torch else np.concatenate
-            U = cat([P, Q], -1)
+            U = self.stacked
             R = (torch.linalg.qr(U, mode="reduced") if self.is_torch else np.linalg.qr(U))[1]
             r = P.shape[-1]
             # S = 1/2 [[0, I], [I, 0]]: R S R^T = (R_1 R_2^T + R_2 R_1^T) / 2
@@ -836,7 +932,9 @@ class LowRankAffinity(Affinity):
             core = (core + B.transpose(core)) / 2
             ev = torch.linalg.eigvalsh(core) if self.is_torch else np.linalg.eigvalsh(core)
         else:
-            core = B.transpose(Q) @ P
+            # Q^T P (r x r) shares the nonzero eigenvalues of P Q^T; with r > N it has r - N
+            # extra zeros, so the N x N product is the smaller core
+            core = B.transpose(Q) @ P if P.shape[-1] <= self.n else P @ B.transpose(Q)
             ev = torch.linalg.eigvals(core) if self.is_torch else np.linalg.eigvals(core)
         if nonzero:
             return ev
@@ -852,6 +950,12 @@ class LowRankAffinity(Affinity):
         if self._sym:
             return torch.sort(full, -1).values if self.is_torch else np.sort(full, -1)
         return full
+
+
+def _swap_halves(T: Array, r: int, axis: int) -> Array:
+    """``[T_2; T_1]`` for ``T = [T_1; T_2]`` split at ``r`` along ``axis`` (a small array)."""
+    a, b = (T[..., :r], T[..., r:]) if axis == -1 else (T[..., :r, :], T[..., r:, :])
+    return (torch.cat if B.is_torch(T) else np.concatenate)([b, a], axis)
 
 
 class SoftmaxAffinity(Affinity):
@@ -1095,6 +1199,13 @@ class NormalizedOperator:
         self.left: Array | None = None
         self.right: Array | None = None
         self.factor: float = 1.0
+        #: The small reduction (``Q^T Z``, or ``D^{-1/2}[P, Q]^T Z`` on the stacked path of
+        #: :meth:`__call__`, ``(..., r, C)``) of the last product with a low-rank affinity:
+        #: every entry sums over all rows of ``Z`` and of the factors, so it is NaN/Inf
+        #: whenever one of them is (a block checks it instead of scanning its input); ``None``
+        #: for other structures.
+        self.reduced: Array | None = None
+        self._lowrank: LowRankAffinity | None = None
         if kind == "sym":
             affinity.require_square()
             s = inv_degree_power(affinity.degrees(), 0.5)
@@ -1122,11 +1233,56 @@ class NormalizedOperator:
 
         return card_html("NormalizedOperator", operator_items(self))
 
+    @property
+    def lowrank(self) -> LowRankAffinity | None:
+        r""":math:`\operatorname{diag}(l) M \operatorname{diag}(r)` as a
+        :class:`LowRankAffinity` (computed once; the factor not included), or ``None`` if the
+        affinity is not low rank or not square."""
+        if self._lowrank is None:
+            aff = self.affinity
+            if not (isinstance(aff, LowRankAffinity) and aff.n == aff.n_cols):
+                return None
+            self._lowrank = aff.scaled(self.left, self.right)
+        return self._lowrank
+
+    @property
+    def fused(self) -> bool:
+        """Whether products run on the stacked scaled factors (see :meth:`__call__`) and
+        :meth:`matmul_weighted_t` is available."""
+        aff = self.affinity
+        return (self.left is self.right and isinstance(aff, LowRankAffinity) and aff.symmetric
+                and aff._fast_stacked() is not None)
+
+    def matmul_weighted_t(self, Z: Array, W: Array) -> Array:
+        r""":math:`(\hat A Z W)^T`, shape ``(..., C_{out}, N)``, for ``Z`` ``(..., N, C)`` and
+        ``W`` ``(C, C_{out})``: :math:`W^T [\tilde Q^T Z; \tilde P^T Z]^T \tilde U^T / 2`,
+        the weight folded into the small factor (one product with :math:`\tilde U`, no
+        ``(N, C)`` intermediate). Only where :attr:`fused`; sets :attr:`reduced`."""
+        if not self.fused:
+            raise ValueError("matmul_weighted_t needs a symmetric low-rank affinity with stacked "
+                             "factors (LowRankAffinity.from_stacked) and equal left/right scales")
+        out, self.reduced = self.lowrank._matmul(_check_signal(Z, self.affinity.n_cols), W)
+        return out * self.factor if self.factor != 1.0 else out
+
     def __call__(self, Z: Array) -> Array:
-        """:math:`\\hat A Z`, ``Z`` of shape ``(..., N, C)``."""
+        """:math:`\\hat A Z`, ``Z`` of shape ``(..., N, C)``.
+
+        For a symmetric low-rank affinity with its factors stacked
+        (:meth:`LowRankAffinity.from_stacked`) and the ``sym`` normalization, the product is
+        :math:`\\tilde U [\\tilde Q^T Z; \\tilde P^T Z]/2` with the scaled factors
+        :math:`\\tilde U = D^{-1/2}[P, Q]` formed once: two products, no scaling of ``Z``;
+        :attr:`reduced` then holds :math:`\\tilde U^T Z` of the last call.
+        """
+        aff = self.affinity
+        if self.fused:
+            out, self.reduced = self.lowrank._matmul(_check_signal(Z, aff.n_cols))
+            return out * self.factor if self.factor != 1.0 else out
         if self.right is not None:
-            Z = self.right[..., None] * _check_signal(Z, self.affinity.n_cols)
-        out = self.affinity.matmul(Z)
+            Z = self.right[..., None] * _check_signal(Z, aff.n_cols)
+        if isinstance(aff, LowRankAffinity):
+            out, self.reduced = aff._matmul(_check_signal(Z, aff.n_cols))
+        else:
+            out = aff.matmul(Z)
         if self.left is not None:
             out = self.left[..., None] * out
         return out * self.factor if self.factor != 1.0 else out

@@ -49,18 +49,23 @@ def max_pool(dim: int) -> nn.Module:
     return _POOLS[dim](kernel_size=2)
 
 
-#: Scan every block input for NaN/Inf (one reduction and a device sync per forward); set to
-#: False in production loops that guard their inputs elsewhere.
+#: Refuse NaN/Inf block inputs with a clear error. Where a block's computation already
+#: reduces its input to a small tensor that is NaN/Inf whenever the input is (the low-rank
+#: product ``D^{-1/2}[P, Q]^T Z`` of SNL-type blocks, see :func:`check_finite_folded`), only
+#: that tensor is checked (one reduction of ``(B, 2 C_s, C_s)`` values and one device sync per
+#: forward); other blocks scan the whole input once. Set to False in production loops that
+#: guard their inputs elsewhere: no check at all.
 CHECK_FINITE = True
 
 
 def check_input(x: Tensor, dim: int, channels: int, owner: str,
-                module: nn.Module | None = None) -> None:
+                module: nn.Module | None = None, *, finite: bool = True) -> None:
     """Raise a clear error for a wrong input type, rank, channel count, dtype or values.
 
     Dtype policy: a block computes in the dtype of its parameters; an input of another
     floating dtype is refused (outside ``torch.autocast``, which casts per operation) with
-    the two ways out, instead of failing later inside ``matmul``.
+    the two ways out, instead of failing later inside ``matmul``. ``finite=False``: the
+    caller checks the values itself (:func:`check_finite_folded`).
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner} expects a torch.Tensor, got {type(x).__name__}")
@@ -86,8 +91,48 @@ def check_input(x: Tensor, dim: int, channels: int, owner: str,
                 f"input (x.to({p.dtype})), the block (block.to({x.dtype})), or run under "
                 "torch.autocast"
             )
+    if finite:
+        check_finite_input(x, owner)
+
+
+def check_finite_input(x: Tensor, owner: str) -> None:
+    """Scan the whole input (``CHECK_FINITE``): ``ValueError`` if it holds NaN or Inf."""
     if CHECK_FINITE and x.numel() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{owner}: the input x contains NaN or Inf")
+
+
+def check_finite_parameters(module: nn.Module, owner: str) -> None:
+    """``ValueError`` naming the first parameter of ``module`` that holds NaN or Inf."""
+    for name, p in module.named_parameters():
+        if p.numel() and not bool(torch.isfinite(p.detach()).all()):
+            raise ValueError(f"{owner}: the parameter {name!r} contains NaN or Inf")
+
+
+def check_finite_folded(x: Tensor, probe: Tensor | None, owner: str,
+                        module: nn.Module | None = None) -> None:
+    """The NaN/Inf check of a block input, folded into work already done.
+
+    ``probe`` is a small tensor of the block's computation that is NaN/Inf whenever the input
+    is: every entry of the low-rank reduction :math:`\\tilde U^T Z`
+    (:attr:`graphfilters.graph.NormalizedOperator.reduced`) sums products over all positions
+    of ``Z = g(x)``, and a non-finite ``x_i`` makes the whole row ``Z_i`` non-finite
+    (:math:`0 \\cdot \\infty` is NaN), hence every entry of the probe. Only the probe is
+    read; where it is not finite the input (and then ``module``'s parameters) is scanned
+    once to say which is at fault. Without a probe (other structures) the input is scanned.
+    No-op when ``CHECK_FINITE`` is False.
+    """
+    if not CHECK_FINITE:
+        return
+    if probe is None:
+        check_finite_input(x, owner)
+    elif not bool(torch.isfinite(probe).all()):
+        check_finite_input(x, owner)
+        if module is not None:
+            check_finite_parameters(module, owner)
+        raise ValueError(
+            f"{owner}: non-finite values inside the block although the input x is finite "
+            f"(NaN/Inf in its parameters, or an overflow in {x.dtype})"
+        )
 
 
 def to_nodes(x: Tensor) -> Tensor:

@@ -33,6 +33,8 @@ OUT_NORMS = ("batch", "gamma", "none")
 KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {name: MappingProxyType(dict(k.options)) for name, k in kernels.BLOCK_KERNELS.items()}
 )
+#: Polynomial bases with B_0 = 1 and B_1(S) = S (an order-1 filter is Z W_0 + S Z W_1).
+_B1_IS_S = ("chebyshev", "monomial", "stable")
 #: Kernels whose keys may be sub-sampled (the NL family).
 _SUBSAMPLE_KERNELS = tuple(n for n, k in kernels.BLOCK_KERNELS.items() if k.subsample)
 
@@ -434,8 +436,19 @@ class ChebyshevNonlocal(nn.Module):
         y = torch.bmm(weight.expand(xf.shape[0], *weight.shape), xf)   # (B, total, N)
         if self.bias_projections:
             y = y + torch.cat([m.bias for _, m in mods])[:, None]
-        parts = y.split([m.out_channels for _, m in mods], dim=1)
-        return {n: t.transpose(1, 2) for (n, _), t in zip(mods, parts)}  # (B, N, c) views
+        sizes = [m.out_channels for _, m in mods]
+        stack = len(mods) > 1 and mods[0][0] == "theta" and mods[1][0] == "phi"
+        if stack:   # [theta, phi] as one (B, N, 2 C_a) part: a kernel on both needs no cat
+            sizes = [sizes[0] + sizes[1], *sizes[2:]]
+        parts = list(y.split(sizes, dim=1))              # one split: one gradient, no zeros
+        out: dict[str, Tensor] = {}
+        if stack:
+            tp = parts.pop(0)
+            out["theta_phi"] = tp.transpose(1, 2)
+            parts = [*tp.split([mods[0][1].out_channels, mods[1][1].out_channels], dim=1),
+                     *parts]
+        out.update((n, t.transpose(1, 2)) for (n, _), t in zip(mods, parts))  # (B, N, c) views
+        return out
 
     def compute_affinity(self, x: Tensor) -> Affinity:
         r"""The raw affinity :math:`M` of ``x`` (symmetrized if the spec says so), structured.
@@ -467,7 +480,14 @@ class ChebyshevNonlocal(nn.Module):
             concat_weight=self.concat_weight, spatial=tuple(x.shape[2:]), groups=self.groups,
             normalization=s.normalization,
         )
-        aff = self.block_kernel.build(inputs, **self.kernel_options)
+        stacked = proj.get("theta_phi")
+        if s.kernel == "relu_dot" and stacked is not None and s.normalization in ("sym", "rw"):
+            # the relu_dot kernel (kernels._relu_dot_block) on the stacked projections: one
+            # ReLU, and U = [P, Q] stays one tensor (one product per step, no concatenation)
+            aff = LowRankAffinity.from_stacked(torch.relu(stacked), stacked.shape[-1] // 2,
+                                               check=False)
+        else:
+            aff = self.block_kernel.build(inputs, **self.kernel_options)
         if s.symmetrize:
             aff = _symmetrized(aff)
         return aff
@@ -498,7 +518,19 @@ class ChebyshevNonlocal(nn.Module):
             Apply :math:`\hat A` as a dense matrix (reference path; equal to the structured
             one). Default: the constructor's ``materialize``.
         """
-        U.check_input(x, self.dim, self.in_channels, type(self).__name__, self)
+        owner = type(self).__name__
+        U.check_input(x, self.dim, self.in_channels, owner, self, finite=False)
+        try:
+            y, dense = self._forward(x, affinity, return_affinity, materialize, owner)
+        except ValueError:
+            # a NaN/Inf input or parameter: say so, not what it broke
+            U.check_finite_input(x, owner)
+            U.check_finite_parameters(self, owner)
+            raise
+        return (y, dense) if return_affinity else y
+
+    def _forward(self, x: Tensor, affinity: Affinity | None, return_affinity: bool,
+                 materialize: bool | None, owner: str) -> tuple[Tensor, Tensor | None]:
         spatial = tuple(x.shape[2:])
         n = U.numel(spatial)
         if affinity is None:
@@ -517,7 +549,11 @@ class ChebyshevNonlocal(nn.Module):
         dense = op.dense() if (mat or return_affinity) else None
         apply = self.graph_operator(op, dense if mat else None)
         z = proj["g"]                                         # (B, N_keys, C_s)
-        pre = self._filter(apply, z, n)                       # (B, C, N), channels first
+        pre = self._filter(apply, z, n, op)                   # (B, C, N), channels first
+        # NaN/Inf input: the small low-rank reduction (D^{-1/2}[P, Q]^T Z for SNL, Q^T Z, or
+        # the Woodbury V^T Z) shows it, no scan of x; other operators scan x once
+        probe = None if mat else (op.reduced if op.reduced is not None else apply.reduced)
+        U.check_finite_folded(x, probe, owner, self)
         if self.bias is not None:
             pre = pre + self.bias[:, None]
         out = pre.reshape(*pre.shape[:2], *spatial)
@@ -530,10 +566,22 @@ class ChebyshevNonlocal(nn.Module):
         y = x + out
         if self.record:
             self.last_record = self._make_record(x, affinity, z, pre.detach())
-        return (y, dense) if return_affinity else y
+        return y, dense
 
-    def _filter(self, apply: GraphOperator, z: Tensor, n: int) -> Tensor:
+    def _filter(self, apply: GraphOperator, z: Tensor, n: int,
+                op: NormalizedOperator | None = None) -> Tensor:
         s = self.spec
+        if (op is not None and apply.dense is None and s.order == 1 and self.out_projection
+                and self.family.name in _B1_IS_S and not self.sub_sample
+                and not self.block_kernel.channel_nodes and op.fused):
+            # Z W_0 + (A Z) W_1 with W_1 folded into the low-rank factor (SNL): two products
+            # with N rows, the second accumulated into the first
+            weights = self.filter_weights()
+            zt = z.transpose(1, 2)                                       # (B, C_s, N)
+            pre = op.matmul_weighted_t(z, weights[1])                    # (B, C, N)
+            if s.weight_constraint == "drop_order0":
+                return pre
+            return torch.baddbmm(pre, weights[0].t().expand(zt.shape[0], -1, -1), zt)
         if self.sub_sample:
             terms = [None, apply(z)]
         else:

@@ -62,7 +62,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..graph import LowRankAffinity, NormalizedOperator
+from ..graph import NormalizedOperator
 
 __all__ = ["GraphOperator", "default_tolerance"]
 
@@ -81,8 +81,9 @@ class GraphOperator:
         ``apply(X) = S X`` for ``X`` of shape ``(..., N, C)``.
     dense : Tensor ``(..., N, N)``, optional
         :math:`S` as a matrix (then solves are direct).
-    factors : (Tensor, Tensor), optional
-        ``(U, V)`` with :math:`S = U V^T`, each ``(..., N, r)`` (then solves use Woodbury).
+    factors : (Tensor, Tensor) or callable returning them, optional
+        ``(U, V)`` with :math:`S = U V^T`, each ``(..., N, r)`` (then solves use Woodbury); a
+        callable is called on the first solve.
     inf_norm : callable, optional
         Returns :math:`\|S\|_\infty` (per batch element, or a scalar) for the iterative
         solve's convergence check.
@@ -111,7 +112,7 @@ class GraphOperator:
     ) -> None:
         self.apply = apply
         self.dense = dense
-        self.factors = factors
+        self._factors = factors
         self._inf_norm = inf_norm
         self._inf_norm_value: float | None = None
         self.tol = tol
@@ -121,9 +122,20 @@ class GraphOperator:
         self.method = "dense" if dense is not None else ("woodbury" if factors is not None
                                                          else "iterative")
         self.iterations = 0
+        #: ``V^T Z`` ``(..., r, C)`` of the last Woodbury solve: NaN/Inf whenever ``Z`` or the
+        #: factors are (what a block checks instead of scanning its input); else ``None``.
+        self.reduced: Tensor | None = None
 
     def __call__(self, X: Tensor) -> Tensor:
         return self.apply(X)
+
+    @property
+    def factors(self) -> tuple[Tensor, Tensor] | None:
+        """``(U, V)`` with :math:`S = UV^T` (low-rank operators), formed on first use: a
+        polynomial filter never needs them, only the Woodbury solve."""
+        if callable(self._factors):
+            self._factors = tuple(self._factors())
+        return self._factors
 
     @classmethod
     def from_normalized(
@@ -137,17 +149,8 @@ class GraphOperator:
             dense = op.dense()
         if dense is not None:
             return cls(lambda X: dense @ X, dense=dense, tol=tol, max_iter=max_iter)
-        aff = op.affinity
-        if isinstance(aff, LowRankAffinity) and aff.n == aff.n_cols:
-            lr = aff.scaled(op.left, op.right)
-            P, Q = lr.P, lr.Q
-            if lr.symmetric:
-                U, V = torch.cat([P, Q], -1), torch.cat([Q, P], -1) / 2
-            else:
-                U, V = P, Q
-            if op.factor != 1.0:
-                U = U * op.factor
-            return cls(op, factors=(U, V), tol=tol, max_iter=max_iter)
+        if op.lowrank is not None:
+            return cls(op, factors=lambda: _woodbury_factors(op), tol=tol, max_iter=max_iter)
         return cls(op, inf_norm=lambda: _inf_norm(op), tol=tol, max_iter=max_iter)
 
     # ------------------------------------------------------------------------------------
@@ -183,7 +186,8 @@ class GraphOperator:
             eye = torch.eye(r, dtype=U.dtype, device=U.device)
             core = eye - c * (V.transpose(-1, -2) @ U)              # (..., r, r)
             Zc = Z.to(U.dtype)
-            return Zc + c * (U @ torch.linalg.solve(core, V.transpose(-1, -2) @ Zc))
+            self.reduced = V.transpose(-1, -2) @ Zc
+            return Zc + c * (U @ torch.linalg.solve(core, self.reduced))
         return self._fixed_point(c, Z)
 
     def _fixed_point(self, c: Any, Z: Tensor) -> Tensor:
@@ -227,6 +231,21 @@ def _dtype(Z: Tensor, c: Any) -> torch.dtype:
     if not (complex_c or Z.is_complex()):
         return Z.dtype
     return torch.complex128 if Z.dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
+def _woodbury_factors(op: NormalizedOperator) -> tuple[Tensor, Tensor]:
+    """``(U, V)`` of the low-rank :math:`\\hat A = U V^T`: ``U = D^{-1/2}[P, Q]``,
+    ``V = D^{-1/2}[Q, P]/2`` (symmetric) or ``U = lP``, ``V = rQ``."""
+    lr = op.lowrank
+    if lr.symmetric:
+        U = lr.stacked
+        r = lr.P.shape[-1]
+        V = torch.cat([U[..., r:], U[..., :r]], -1) / 2
+    else:
+        U, V = lr.P, lr.Q
+    if op.factor != 1.0:
+        U = U * op.factor
+    return U, V
 
 
 def _inf_norm(op: NormalizedOperator) -> Tensor:
