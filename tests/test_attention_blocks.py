@@ -164,3 +164,23 @@ def test_diffattn_operator_is_a_difference_of_two_softmax_graphs():
                                (1 - lam).expand(a.shape[0], a.shape[2], a.shape[3]),
                                atol=1e-12, rtol=0)
     assert block.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.6))
+
+
+def test_efficient_forward_saves_no_n_by_n_tensor():
+    """Efficient attention's forward keeps no N x N tensor for the backward (every saved
+    tensor is recorded with ``saved_tensors_hooks``; AttnScale and DiffAttention go through
+    SDPA, whose CPU math path does); the output equals the dense ``materialize=True`` path."""
+    block = EfficientAttention.from_reference(_random_ref("efficient", 1)).eval()
+    n = 40
+    x = torch.randn(2, 6, n, dtype=torch.float64, requires_grad=True)
+    expected = block(x, materialize=True)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = block(x)
+    torch.testing.assert_close(y, expected, atol=1e-12, rtol=0)
+    assert shapes and not any(s[-2:] == (n, n) for s in shapes), shapes

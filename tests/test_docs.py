@@ -409,3 +409,25 @@ def test_mkdocs_build_strict(tmp_path, notebook_cache):
     check_math_is_rendered(site)
     check_notebook_pages_have_their_figures(site)
     shutil.rmtree(site, ignore_errors=True)
+
+
+# A row of the attention table: | `name` | affinity | operators | order | filter |
+_ATTENTION_ROW = re.compile(
+    r"^\|\s*`(?P<name>[a-z0-9_]+)`\s*\|[^|]*\|\s*(?P<operators>\d)(?P<projector> \(\+ projector\))?"
+    r"\s*\|\s*(?P<order>\d+)\s*\|"
+)
+
+
+def test_theory_attention_table_matches_the_attention_table():
+    """docs/theory.md's attention table lists graphfilters.specs.ATTENTION_BLOCKS in order,
+    with each row's number of operators, projector and order."""
+    from graphfilters.specs import ATTENTION_BLOCK_NAMES, ATTENTION_BLOCKS
+
+    text = THEORY.read_text(encoding="utf-8")
+    section = text.split("## The attention table", 1)[1].split("\n## ", 1)[0]
+    rows = [m.groupdict() for line in section.splitlines() if (m := _ATTENTION_ROW.match(line))]
+    assert [r["name"] for r in rows] == list(ATTENTION_BLOCK_NAMES)
+    for row in rows:
+        spec = ATTENTION_BLOCKS[row["name"]]
+        documented = (int(row["operators"]), row["projector"] is not None, int(row["order"]))
+        assert documented == (spec.operators, spec.projector, spec.order), row["name"]
