@@ -119,8 +119,15 @@ def _opname(m: re.Match[str]) -> str:
     return rf"\text{{{_OPMARK}{' '.join(name.split())}}}"
 
 
+def _script_name(m: re.Match[str]) -> str:
+    name = m[2] or m[3]
+    if name in ("max", "min", "sup", "inf"):       # TeX commands latex2mathml knows
+        return rf"{m[1]}{{\{name}}}"
+    return rf"{m[1]}{{\text{{{_OPMARK}{name}}}}}"  # not a TeX command (``\sym``)
+
+
 def _prepare(tex: str) -> str:
-    tex = _SCRIPT_NAME.sub(lambda m: rf"{m[1]}{{\{m[2] or m[3]}}}", tex)
+    tex = _SCRIPT_NAME.sub(_script_name, tex)
     return _OPNAME.sub(_opname, tex)
 
 
