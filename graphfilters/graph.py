@@ -1250,7 +1250,7 @@ class NormalizedOperator:
         """Whether products run on the stacked scaled factors (see :meth:`__call__`) and
         :meth:`matmul_weighted_t` is available."""
         aff = self.affinity
-        return (self.left is self.right and isinstance(aff, LowRankAffinity) and aff.symmetric
+        return (self.left is self.right and isinstance(aff, LowRankAffinity)
                 and aff._fast_stacked() is not None)
 
     def matmul_weighted_t(self, Z: Array, W: Array) -> Array:

@@ -357,6 +357,10 @@ class KernelInputs:
     normalization : str
         The block's normalization (lets ``relu_dot`` skip a validation pass the
         normalization repeats).
+    theta_phi : Tensor ``(B, N, 2 C_a)`` or None
+        ``[theta, phi]`` as one tensor when the block projects them together (``theta`` and
+        ``phi`` are then its halves); ``relu_dot`` keeps it stacked
+        (:meth:`~graphfilters.graph.LowRankAffinity.from_stacked`).
     """
 
     theta: Array | None
@@ -368,6 +372,7 @@ class KernelInputs:
     spatial: tuple[int, ...] = ()
     groups: int = 1
     normalization: str = "none"
+    theta_phi: Array | None = None
 
 
 @dataclass(frozen=True)
@@ -400,6 +405,9 @@ def _relu_dot_block(i: KernelInputs) -> Affinity:
     if i.normalization in ("sym", "rw"):
         # no finiteness pass over the (B, N, C_s) factors: the normalization checks the
         # degrees, which are NaN/Inf whenever a factor is.
+        if i.theta_phi is not None:   # one ReLU; [P, Q] stays one tensor (no concatenation)
+            return LowRankAffinity.from_stacked(B.relu(i.theta_phi), i.theta.shape[-1],
+                                                check=False)
         return LowRankAffinity(B.relu(i.theta), B.relu(i.phi), check=False)
     return relu_dot(i.theta, i.phi)
 

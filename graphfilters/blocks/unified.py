@@ -33,8 +33,6 @@ OUT_NORMS = ("batch", "gamma", "none")
 KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {name: MappingProxyType(dict(k.options)) for name, k in kernels.BLOCK_KERNELS.items()}
 )
-#: Polynomial bases with B_0 = 1 and B_1(S) = S (an order-1 filter is Z W_0 + S Z W_1).
-_B1_IS_S = ("chebyshev", "monomial", "stable")
 #: Kernels whose keys may be sub-sampled (the NL family).
 _SUBSAMPLE_KERNELS = tuple(n for n, k in kernels.BLOCK_KERNELS.items() if k.subsample)
 
@@ -223,6 +221,8 @@ class ChebyshevNonlocal(nn.Module):
                     f"{s.weight_constraint!r}"
                 )
         self.family = get_filter(s.basis)
+        #: B_0 = 1, B_1(S) = S: an order-1 filter Z W_0 + S Z W_1 may fold W_1 (see _filter)
+        self._first_order_is_operator = self.family.first_order_is_operator()
         if sign == -1 and self.family.kind != "polynomial":
             raise ValueError(
                 f"sign=-1 (weights times (-1)^k, the Laplacian form of a Chebyshev filter) is "
@@ -478,16 +478,9 @@ class ChebyshevNonlocal(nn.Module):
             theta=proj.get("theta"), phi=proj.get("phi"), x=xn, x_keys=xk,
             unary=None if unary is None else unary[..., 0],
             concat_weight=self.concat_weight, spatial=tuple(x.shape[2:]), groups=self.groups,
-            normalization=s.normalization,
+            normalization=s.normalization, theta_phi=proj.get("theta_phi"),
         )
-        stacked = proj.get("theta_phi")
-        if s.kernel == "relu_dot" and stacked is not None and s.normalization in ("sym", "rw"):
-            # the relu_dot kernel (kernels._relu_dot_block) on the stacked projections: one
-            # ReLU, and U = [P, Q] stays one tensor (one product per step, no concatenation)
-            aff = LowRankAffinity.from_stacked(torch.relu(stacked), stacked.shape[-1] // 2,
-                                               check=False)
-        else:
-            aff = self.block_kernel.build(inputs, **self.kernel_options)
+        aff = self.block_kernel.build(inputs, **self.kernel_options)
         if s.symmetrize:
             aff = _symmetrized(aff)
         return aff
@@ -572,7 +565,7 @@ class ChebyshevNonlocal(nn.Module):
                 op: NormalizedOperator | None = None) -> Tensor:
         s = self.spec
         if (op is not None and apply.dense is None and s.order == 1 and self.out_projection
-                and self.family.name in _B1_IS_S and not self.sub_sample
+                and self._first_order_is_operator and not self.sub_sample
                 and not self.block_kernel.channel_nodes and op.fused):
             # Z W_0 + (A Z) W_1 with W_1 folded into the low-rank factor (SNL): two products
             # with N rows, the second accumulated into the first

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import sympy as sp
 import torch
 
 from .._backend import Array
@@ -67,6 +68,14 @@ class FilterFamily:
     definition_latex: str = ""
 
     # -- structure -------------------------------------------------------------------------
+    def first_order_is_operator(self) -> bool:
+        """Whether :math:`B_0 = 1` and :math:`B_1(x) = x` (an order-1 filter is then
+        :math:`Z W_0 + S Z W_1`), read from :meth:`symbolic`."""
+        if self.kind != "polynomial":
+            return False
+        x = sp.Symbol("x")
+        return [sp.expand(b) for b in self.symbolic(1, x)] == [1, x]
+
     def n_terms(self, order: int) -> int:
         """Number of basis terms (weights) of a filter of this ``order``."""
         return check_order(order, self.min_order) + 1
