@@ -1,6 +1,7 @@
 r"""Analysis of nonlocal blocks in trained models: capture, spectra, responses, robustness.
 
-The main entry point is :func:`analyze`, one row per nonlocal block:
+The main entry point is :func:`analyze`, one row per nonlocal block, with its options in one
+:class:`AnalysisConfig` (:mod:`analysis.config`):
 
 >>> import torch
 >>> from analysis import analyze
@@ -26,6 +27,15 @@ from .capture import (
     find_nonlocal_modules,
     register_adapter,
     unregister_adapter,
+)
+from .config import (
+    AccuracyConfig,
+    AnalysisConfig,
+    CaptureConfig,
+    JacobianConfig,
+    NoiseConfig,
+    SpectrumConfig,
+    StabilityConfig,
 )
 from .depth import DepthProfile, DepthRow, depth_profile
 from .response import (
@@ -67,6 +77,8 @@ from .sweep import sweep
 
 __all__ = [
     "analyze", "AnalysisTable", "BlockReport",
+    "AnalysisConfig", "CaptureConfig", "SpectrumConfig", "StabilityConfig", "JacobianConfig",
+    "NoiseConfig", "AccuracyConfig",
     "capture", "Capture", "Captures", "register_adapter", "unregister_adapter",
     "find_nonlocal_modules", "MHA_SPEC",
     "spectrum", "spectral_density", "affinity_metrics", "frobenius_stats", "effective_rank",

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from graphfilters.display import card_html, fmt, pandas, table_html, table_text
 
 from .capture import SELF_CHECK_TOL, Capture, Captures, capture
+from .config import AnalysisConfig
 from .measures import APPROX_STABILITY, registered, run_measures
 from .robustness import (
     accuracy_under_noise,
@@ -56,7 +57,6 @@ from .robustness import (
     block_function,
     stage_jacobians,
 )
-from .spectra import AUTO_DENSE_LIMIT
 
 __all__ = ["BlockReport", "AnalysisTable", "analyze"]
 
@@ -474,21 +474,8 @@ def _row_base(cap: Capture) -> BlockReport:
     )
 
 
-def _analyze_one(
-    cap: Capture,
-    *,
-    method: str,
-    dense_limit: int,
-    n_max: int,
-    jacobian: bool,
-    jacobian_samples: int,
-    noise_level: float,
-    affinity_noise: float,
-    stability_samples: int = 1,
-    tol: float = 1e-4,
-    jacobian_k: int = 1,
-    measures: Sequence[str] | None = None,
-) -> BlockReport:
+def _analyze_one(cap: Capture, config: AnalysisConfig,
+                 measures: Sequence[str] | None = None) -> BlockReport:
     row = _row_base(cap)
     row.self_check_error = float(cap.self_check_error)
     if cap.self_check:
@@ -504,11 +491,7 @@ def _analyze_one(
     if cap.self_check_error > SELF_CHECK_TOL:     # the capture does not reproduce the module
         withhold = (f"self-check failed: {cap.self_check}; the measures of the captured "
                     "affinity are not reported (the Jacobians are of the module itself)")
-    options = dict(method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
-                   jacobian_samples=jacobian_samples, noise_level=noise_level,
-                   affinity_noise=affinity_noise, stability_samples=stability_samples,
-                   tol=tol, jacobian_k=jacobian_k)
-    failed = run_measures(cap, row, options,
+    failed = run_measures(cap, row, config,
                           registered() if measures is None else registered(measures), withhold)
     if failed:
         measured = not math.isnan(row.lambda_max) or row.response_class or not math.isnan(
@@ -585,31 +568,12 @@ def _first_input(data: Any) -> Tensor | None:
 def analyze(
     model: nn.Module,
     data: Tensor | Iterable[Any],
+    config: AnalysisConfig | None = None,
     *,
-    blocks: Sequence[str | type] | None = None,
-    max_samples: int = 8,
-    method: str = "auto",
-    heads: str = "mean",
-    dense_limit: int = AUTO_DENSE_LIMIT,
-    n_max: int = 10,
-    jacobian: bool = True,
-    jacobian_samples: int = 1,
-    jacobian_k: int = 1,
-    stability_samples: int = 1,
-    tol: float = 1e-3,
-    stages: bool = True,
-    backbone: bool = True,
-    noise_level: float = 0.1,
-    affinity_noise: float = 0.1,
     labels: Tensor | None = None,
-    accuracy_levels: Sequence[float] | None = None,
-    accuracy_batches: int = 8,
-    keep_captures: bool = True,
-    forward: Callable[[nn.Module, Any], Any] | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-    blas_threads: int | None = 1,
     measures: Sequence[str] | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> AnalysisTable:
     r"""Analyse every nonlocal block of ``model`` on ``data``: one :class:`BlockReport` each.
 
@@ -620,64 +584,22 @@ def analyze(
     data : Tensor, dict or iterable
         One input batch or batches (``DataLoader``, list of ``(input, target)``, dicts of
         keyword inputs such as a Hugging Face ``BatchEncoding``: ``model(**batch)``); use a
-        re-iterable object when ``accuracy_levels`` is given (it is read twice).
-    blocks : sequence of str or type, optional
-        Restrict to these module paths or types.
-    max_samples : int
-        Samples captured per block.
-    method : str
-        Spectrum method (see :func:`analysis.spectra.spectrum`; ``auto`` records its choice).
-    heads : {"mean", "keep"}
-        Attention heads averaged or kept.
-    dense_limit : int
-        Largest N solved densely by ``auto``.
-    n_max : int
-        Deepest stack of the growth curve.
-    jacobian : bool
-        Compute the Jacobian norm and the noise gain (re-runs each block with autograd).
-    jacobian_samples : int
-        Samples used for the full Jacobian norm (the max is reported).
-    jacobian_k : int
-        Top singular values kept (``jacobian_full_top``, ``jacobian_frozen_top``). Default 1:
-        the spectral norm converges in fewer products than a block of several values (on a
-        ViT-B layer, k = 3 at ``tol=1e-3`` stopped at residual 4e-2 after 60 products).
-    stability_samples : int
-        Samples over which the exact frozen norms are maximized.
-    tol : float
-        Relative residual of the matrix-free norms (stability and Jacobians): each value is
-        certified within ``tol`` times the largest one (the precision of the tables; the
-        Ritz values are usually far more accurate). Rows record the residual reached and
-        whether it converged.
-    stages : bool
-        Add one ``source="stage"`` row per shared-affinity stage (the whole stage's full and
-        frozen Jacobians).
-    backbone : bool
-        Measure the backbone's own residual units (``table.backbone``), the reference.
-    noise_level, affinity_noise : float
-        Relative sizes of the input noise and of the affinity perturbation.
+        re-iterable object when the accuracy curve runs (it is read twice).
+    config : AnalysisConfig, optional
+        Every option of the analysis (:mod:`analysis.config`: capture, spectrum, stability,
+        Jacobian, noise and accuracy sub-configurations); default ``AnalysisConfig()``.
     labels : Tensor, optional
         Targets of ``data`` when it is one input tensor (enables the accuracy curve).
-    accuracy_levels : sequence of float, optional
-        Noise standard deviations for :func:`analysis.robustness.accuracy_under_noise`.
-        Default: ``(0, 0.05, 0.1, 0.2, 0.4)`` when targets are available (``labels`` or
-        ``(input, target)`` batches); ``()`` skips it.
-    accuracy_batches : int
-        Batches used per noise level.
-    keep_captures : bool
-        Keep the captures (on the CPU) in ``table.captures`` for plots.
-    forward : callable, optional
-        ``forward(model, batch)`` for models that are not called as ``model(input)``.
-    model_kwargs : dict, optional
-        Keyword inputs added to every model call (e.g. ``{"src_key_padding_mask": mask}``).
-    blas_threads : int or None
-        numpy's BLAS threads during the analysis (threadpoolctl, if installed; ``None``
-        leaves them alone). 1 by default: the per-frequency problems are small, and BLAS
-        threads competing with torch's oversubscribe the cores (more than 10x slower on 2).
     measures : sequence of str, optional
         Run only these registered measures (:mod:`analysis.measures`; default: all, in
         registration order).
     progress : bool
         tqdm bars.
+    **options
+        Flat overrides of ``config`` by the names of :data:`analysis.config.FLAT_NAMES`
+        (``tol=1e-4`` sets ``config.stability.tol``, ``jacobian=False`` sets
+        ``config.jacobian.enabled``); an unknown name is a ``TypeError`` listing the known
+        ones.
 
     Returns
     -------
@@ -696,27 +618,31 @@ def analyze(
     ('1', 'ok', 'structured', 'all-pass')
     >>> row.stability_radius                 # BN scale 0 at initialization: the identity
     1.0
+    >>> from analysis.config import SpectrumConfig
+    >>> cfg = AnalysisConfig(spectrum=SpectrumConfig(method="eigh"))
+    >>> analyze(model, torch.randn(2, 3, 4, 4), cfg, jacobian=False,
+    ...         progress=False)[0].spectrum_method
+    'eigh'
     """
     if data is None or isinstance(data, (str, bytes)):   # issue 24: not a deep tqdm error
         raise TypeError(f"analyze: data must be a tensor or an iterable of batches, got "
                         f"{type(data).__name__}")
-    with _blas_threads(blas_threads):
-        if measures is not None:
-            if isinstance(measures, str):
-                raise TypeError("measures must be a sequence of measure names, not a str")
-            try:
-                registered(measures)
-            except ValueError as exc:
-                raise ValueError(f"measures: {exc}") from None
-        return _analyze(model, data, blocks=blocks, max_samples=max_samples, method=method,
-                        heads=heads, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
-                        jacobian_samples=jacobian_samples, jacobian_k=jacobian_k,
-                        stability_samples=stability_samples, tol=tol, stages=stages,
-                        backbone=backbone, noise_level=noise_level,
-                        affinity_noise=affinity_noise, labels=labels,
-                        accuracy_levels=accuracy_levels, accuracy_batches=accuracy_batches,
-                        keep_captures=keep_captures, forward=forward,
-                        model_kwargs=model_kwargs, measures=measures, progress=progress)
+    if config is None:
+        config = AnalysisConfig()
+    elif not isinstance(config, AnalysisConfig):
+        raise TypeError(f"analyze: config must be an AnalysisConfig, got "
+                        f"{type(config).__name__}")
+    if options:
+        config = config.replaced(options, "analyze")
+    if measures is not None:
+        if isinstance(measures, str):
+            raise TypeError("measures must be a sequence of measure names, not a str")
+        try:
+            registered(measures)
+        except ValueError as exc:
+            raise ValueError(f"measures: {exc}") from None
+    with _blas_threads(config.blas_threads):
+        return _analyze(model, data, config, labels, measures, progress)
 
 
 def _blas_threads(n: int | None) -> Any:
@@ -731,50 +657,43 @@ def _blas_threads(n: int | None) -> Any:
     return threadpool_limits(limits=int(n), user_api="blas")
 
 
-def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, method: str,
-             heads: str, dense_limit: int, n_max: int, jacobian: bool, jacobian_samples: int,
-             jacobian_k: int, stability_samples: int, tol: float, stages: bool, backbone: bool,
-             noise_level: float, affinity_noise: float, labels: Tensor | None,
-             accuracy_levels: Sequence[float] | None, accuracy_batches: int,
-             keep_captures: bool, forward: Any, model_kwargs: Any,
+def _analyze(model: nn.Module, data: Any, config: AnalysisConfig, labels: Tensor | None,
              measures: Sequence[str] | None, progress: bool) -> AnalysisTable:
+    cc, jc = config.capture, config.jacobian
     # one bar per call: the blocks, then stages/backbone/accuracy; sub-steps as its postfix
     bar = tqdm(total=None, desc="analyze", disable=not progress, leave=False, unit="step")
     bar.set_postfix_str("capture")
-    caps = capture(model, data, blocks, max_samples, heads=heads, device=None,
-                   forward=forward, model_kwargs=model_kwargs, progress=False)
+    caps = capture(model, data, cc.blocks, cc.max_samples, heads=cc.heads, device=None,
+                   forward=cc.forward, model_kwargs=cc.model_kwargs, progress=False)
     bar.total = len(caps) + 3
     bar.refresh()
     if not caps:
         table = AnalysisTable(_unread_rows(caps), reason=caps.reason,
-                              captures=caps if keep_captures else None)
+                              captures=caps if config.keep_captures else None)
     else:
         rows = []
         for cap in caps.values():
             bar.set_postfix_str(cap.path)
-            rows.append(_isolated(cap, lambda cap=cap: _analyze_one(
-                cap, method=method, dense_limit=dense_limit, n_max=n_max, jacobian=jacobian,
-                jacobian_samples=jacobian_samples, noise_level=noise_level,
-                affinity_noise=affinity_noise, stability_samples=stability_samples, tol=tol,
-                jacobian_k=jacobian_k, measures=measures)))
+            rows.append(_isolated(cap, lambda cap=cap: _analyze_one(cap, config, measures)))
             bar.update()
         rows += _unread_rows(caps)
         bar.set_postfix_str("stages")
-        if jacobian and stages:
-            rows += _stage_rows(model, caps, tol, jacobian_k)
+        if jc.enabled and jc.stages:
+            rows += _stage_rows(model, caps, config.stability.tol, jc.k)
         kept = None
-        if keep_captures:
+        if config.keep_captures:
             kept = Captures({p: c.to("cpu") for p, c in caps.items()},
                             n_samples=caps.n_samples)
         ref: list[dict[str, Any]] = []
-        if jacobian and backbone:
+        if jc.enabled and jc.backbone:
             first = next(iter(caps.values()))
             x0 = _first_input(data)
             if x0 is not None and first is not None:
                 bar.update()
                 bar.set_postfix_str("backbone")
                 try:
-                    ref = backbone_jacobians(model, x0, tol=tol, progress=False)
+                    ref = backbone_jacobians(model, x0, tol=config.stability.tol,
+                                             progress=False)
                 except (ValueError, TypeError, RuntimeError, NotImplementedError):
                     ref = []
         table = AnalysisTable(rows, captures=kept, backbone=ref)
@@ -787,10 +706,11 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
                 f"labels has {labels.shape[0]} entries but data {data.shape[0]} samples"
             )
         batches: Any = [(data[i:i + 64], labels[i:i + 64]) for i in range(0, len(data), 64)]
-    elif isinstance(data, (Tensor, Mapping)) or forward is not None or model_kwargs:
+    elif isinstance(data, (Tensor, Mapping)) or cc.forward is not None or cc.model_kwargs:
         batches = None
     else:
         batches = data
+    accuracy_levels = config.accuracy.levels
     if accuracy_levels is None:
         accuracy_levels = (0.0, 0.05, 0.1, 0.2, 0.4) if batches is not None else ()
     if accuracy_levels:
@@ -802,7 +722,7 @@ def _analyze(model: nn.Module, data: Any, *, blocks: Any, max_samples: int, meth
         bar.set_postfix_str("accuracy under noise")
         try:
             table.accuracy = accuracy_under_noise(model, batches, accuracy_levels,
-                                                  max_batches=accuracy_batches,
+                                                  max_batches=config.accuracy.batches,
                                                   progress=False)
         except (TypeError, ValueError, RuntimeError) as exc:
             table.accuracy = None

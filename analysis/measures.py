@@ -52,6 +52,7 @@ from graphfilters.graph import DenseAffinity
 
 from .bipartite import bipartite_response, bipartite_spectrum
 from .capture import Capture
+from .config import AnalysisConfig
 from .reconstruct import RECONSTRUCTION_TOL, reconstruction_error
 from .response import block_response
 from .robustness import (
@@ -121,14 +122,17 @@ class Measure:
 
 @dataclass
 class MeasureContext:
-    """What the measures of one row share: the options of :func:`analyze`, the row's notes,
-    the failures so far and the shared products (``shared["spectrum"]``...)."""
+    """What the measures of one row share: the options of :func:`analyze` (``config``, an
+    :class:`~analysis.config.AnalysisConfig`, and the same by flat name: ``ctx["tol"]`` is
+    ``ctx.config.stability.tol``), the row's notes, the failures so far and the shared
+    products (``shared["spectrum"]``...)."""
 
     options: Mapping[str, Any]
     notes: dict[str, str]
     timings: dict[str, float]
     failed: list[str] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
+    config: AnalysisConfig | None = None
 
     def fail(self, message: str) -> None:
         """Record a failure (the row becomes ``partial`` with it)."""
@@ -169,15 +173,14 @@ def registered(names: Sequence[str] | None = None) -> list[Measure]:
     return [m for m in _MEASURES if m.name in set(names)]
 
 
-def run_measures(cap: Capture, row: Any, options: Mapping[str, Any],
+def run_measures(cap: Capture, row: Any, config: AnalysisConfig,
                  measures: Sequence[Measure], withhold: str | None = None) -> list[str]:
-    """Run ``measures`` on ``cap`` into ``row`` (affinity-stage ones skipped with the reason
-    ``withhold``); returns the failures."""
-    ctx = MeasureContext(options, row.notes, row.timings)
+    """Run ``measures`` on ``cap`` into ``row`` with the options of ``config`` (affinity-stage
+    ones skipped with the reason ``withhold``); returns the failures."""
+    ctx = MeasureContext(config.flat(), row.notes, row.timings, config=config)
     if withhold:
         ctx.fail(withhold)
-    module_ok = bool(options.get("jacobian")) and cap.module is not None \
-        and cap.input is not None
+    module_ok = config.jacobian.enabled and cap.module is not None and cap.input is not None
     for m in measures:
         if (m.stage == "affinity" and withhold) or (m.stage == "module" and not module_ok):
             continue
