@@ -12,8 +12,10 @@ The main entry point is :func:`analyze`, one row per nonlocal block, with its op
 Modules: :mod:`analysis.capture` (what the blocks compute), :mod:`analysis.spectra`
 (eigenvalues, densities, affinity metrics), :mod:`analysis.depth` (oversmoothing by depth:
 rank collapse, high-frequency share, spectral gap), :mod:`analysis.response` (frequency
-responses, graph Fourier energies), :mod:`analysis.robustness` (weight spectra, linearized
-stability, Jacobians, noise), :mod:`analysis.plots` (figures, ``(fig, ax)``).
+responses, graph Fourier energies), :mod:`analysis.stability` (linearized stability, frozen
+norms, damping, Jacobians, noise; gathered under its earlier name :mod:`analysis.robustness`),
+:mod:`analysis.measures` (the registry of the table's measures), :mod:`analysis.config` (the
+options of :func:`analyze`), :mod:`analysis.plots` (figures, ``(fig, ax)``).
 """
 
 # the built-in recognizers (MultiheadAttention, transformers, timm, mmcv...) register themselves
@@ -49,7 +51,18 @@ from .response import (
     laplacian_weights,
     response_gains,
 )
-from .robustness import (
+from .spectra import (
+    AffinityMetrics,
+    SpectralDensity,
+    Spectrum,
+    affinity_metrics,
+    effective_rank,
+    frobenius_stats,
+    project_simplex,
+    spectral_density,
+    spectrum,
+)
+from .stability import (
     Stability,
     TaoSpectrum,
     accuracy_under_noise,
@@ -61,17 +74,6 @@ from .robustness import (
     noise_sensitivity,
     tao_spectrum,
     value_projection,
-)
-from .spectra import (
-    AffinityMetrics,
-    SpectralDensity,
-    Spectrum,
-    affinity_metrics,
-    effective_rank,
-    frobenius_stats,
-    project_simplex,
-    spectral_density,
-    spectrum,
 )
 from .sweep import sweep
 

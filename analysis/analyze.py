@@ -51,7 +51,7 @@ from graphfilters.display import card_html, fmt, pandas, table_html, table_text
 from .capture import SELF_CHECK_TOL, Capture, Captures, capture
 from .config import AnalysisConfig
 from .measures import APPROX_STABILITY, registered, run_measures
-from .robustness import (
+from .stability import (
     accuracy_under_noise,
     backbone_jacobians,
     block_function,
@@ -94,12 +94,12 @@ class BlockReport:
         :math:`\lambda < 2/3` (graph Fourier transform, see :mod:`analysis.response`).
     tao_negative_share, tao_negative_mass, tao_min, tao_max : float
         Tao et al. spectrum of :math:`\operatorname{sym}(G W_1 S)` (see
-        :class:`analysis.robustness.TaoSpectrum`).
+        :class:`analysis.stability.channel.TaoSpectrum`).
     tao_forced : bool or None
         The share is forced by the bottleneck (rank :math:`r \le C/2` with exactly ``r``
         negative eigenvalues, Sylvester's law): it then carries no information.
     damping_share, damping_definite_share, damping_mass : float
-        Sign-correct damping (:func:`analysis.robustness.damping`): share of graph
+        Sign-correct damping (:func:`analysis.stability.damping.damping`): share of graph
         frequencies whose step :math:`\operatorname{her}(G H(\lambda) S)` damps on balance,
         share where every direction damps, and the negative eigen-mass share.
     stability_radius : float
@@ -292,7 +292,7 @@ class AnalysisTable(list):
         The captures the rows were computed from (on the CPU), if kept.
     backbone : list of dict
         Full Jacobian norms of the backbone's own residual units
-        (:func:`analysis.robustness.backbone_jacobians`): the reference a block's value is
+        (:func:`analysis.stability.jacobian.backbone_jacobians`): the reference a block's value is
         read against.
     """
 

@@ -695,7 +695,7 @@ def _merge(pieces: list[Capture], device: torch.device | None) -> Capture:
     return cap.to(device) if device is not None else cap
 
 
-def _batch_input(batch: Any) -> Any:
+def batch_input(batch: Any) -> Any:
     if isinstance(batch, Tensor):
         return batch
     if isinstance(batch, (list, tuple)) and batch:
@@ -771,7 +771,7 @@ def run_batch(
     if isinstance(batch, Mapping) and not any(k in batch for k in _INPUT_KEYS):
         b = _to_device(batch, dev)
         return model(**b, **kw), _batch_size(b)
-    x = _to_device(_batch_input(batch), dev)
+    x = _to_device(batch_input(batch), dev)
     return model(x, **kw), _batch_size(x)
 
 
@@ -1066,7 +1066,7 @@ def capture(
             with torch.no_grad():
                 for batch in bar:
                     b = batch if forward is not None else (
-                        batch if isinstance(batch, Mapping) else _batch_input(batch))
+                        batch if isinstance(batch, Mapping) else batch_input(batch))
                     state["batch"] = _batch_size(b)
                     state["take"] = min(state["batch"], max_samples - seen)
                     state["paths"] = set()

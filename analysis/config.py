@@ -150,7 +150,7 @@ class SpectrumConfig(_Checked):
 
 @dataclass(frozen=True)
 class StabilityConfig(_Checked):
-    """The linearized stability of a block (:func:`analysis.robustness.linearized_stability`).
+    """The linearized stability of a block (:func:`analysis.stability.linear.linearized_stability`).
 
     Parameters
     ----------
@@ -211,8 +211,8 @@ class JacobianConfig(_Checked):
 
 @dataclass(frozen=True)
 class NoiseConfig(_Checked):
-    """Empirical perturbation sizes (:func:`analysis.robustness.noise_sensitivity`,
-    :func:`analysis.robustness.affinity_sensitivity`).
+    """Empirical perturbation sizes (:func:`analysis.stability.empirical.noise_sensitivity`,
+    :func:`analysis.stability.empirical.affinity_sensitivity`).
 
     Parameters
     ----------
@@ -232,7 +232,7 @@ class NoiseConfig(_Checked):
 
 @dataclass(frozen=True)
 class AccuracyConfig(_Checked):
-    """The accuracy-under-noise curve (:func:`analysis.robustness.accuracy_under_noise`).
+    """The accuracy-under-noise curve (:func:`analysis.stability.empirical.accuracy_under_noise`).
 
     Parameters
     ----------

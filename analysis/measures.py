@@ -55,7 +55,8 @@ from .capture import Capture
 from .config import AnalysisConfig
 from .reconstruct import RECONSTRUCTION_TOL, reconstruction_error
 from .response import block_response
-from .robustness import (
+from .spectra import affinity_metrics, spectrum
+from .stability import (
     affinity_sensitivity,
     block_function,
     damping,
@@ -65,7 +66,6 @@ from .robustness import (
     noise_sensitivity,
     tao_spectrum,
 )
-from .spectra import affinity_metrics, spectrum
 
 __all__ = ["Measure", "MeasureContext", "register", "unregister", "registered",
            "APPROX_STABILITY"]

@@ -12,7 +12,7 @@ rebuilt from what was captured,
 with the residual input :math:`X` when the capture is a residual map, the output scale and
 shift :math:`s, t` (BN in eval mode, LayerScale, the output projection's bias) and the ReLU
 :math:`\rho` of the official SNL classification code, and compared with the output of the
-re-run map (:func:`analysis.robustness.block_function`) on the same input:
+re-run map (:func:`analysis.stability.jacobian.block_function`) on the same input:
 :math:`\|\hat Y - Y\|_F / \|Y\|_F`.
 
 What the filter-based measures (responses, Tao spectrum, damping, linearized stability)
@@ -47,7 +47,7 @@ import torch
 from .capture import Capture
 from .observe import eval_mode
 from .response import filter_output
-from .robustness import block_function
+from .stability import block_function
 
 __all__ = ["reconstruction_error", "RECONSTRUCTION_TOL"]
 

@@ -23,10 +23,10 @@ from graphfilters.data import ImageData, get_dataset
 from graphfilters.training import load_model, resolve_device
 
 from .analyze import AnalysisTable, analyze
+from .capture_figures import plot_capture_spectra
 from .plots import (
     plot_accuracy,
     plot_affinity_rows,
-    plot_capture_spectra,
     plot_growth,
     plot_history,
 )

@@ -82,7 +82,7 @@ from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
 from graphfilters.filters import GraphOperator, filter_sum, get_filter
 from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, NormalizedOperator, as_affinity
 
-from .spectra import AUTO_DENSE_LIMIT, Spectrum, _as_torch, _samples, spectrum
+from .spectra import AUTO_DENSE_LIMIT, Spectrum, as_torch64, sample_indices, spectrum
 
 __all__ = [
     "RESPONSE_CLASSES",
@@ -106,7 +106,7 @@ __all__ = [
 RESPONSE_CLASSES = ("zero", "all-pass", "band-pass", "band-stop", "low-pass", "high-pass")
 
 
-def _weights_np(weights: Sequence[Any]) -> list[np.ndarray]:
+def weights_float64(weights: Sequence[Any]) -> list[np.ndarray]:
     out = []
     for w in weights:
         w = to_numpy(w, np.float64)
@@ -130,7 +130,7 @@ def laplacian_weights(weights: Sequence[Any]) -> list[np.ndarray]:
     >>> [float(w[0, 0]) for w in laplacian_weights([1.0, 2.0, 3.0])]
     [1.0, -2.0, 3.0]
     """
-    return [(-1) ** k * w for k, w in enumerate(_weights_np(weights))]
+    return [(-1) ** k * w for k, w in enumerate(weights_float64(weights))]
 
 
 def basis_values(
@@ -198,7 +198,7 @@ def frequency_response(
     ...             frequency_response(W, lam))
     True
     """
-    ws = _weights_np(weights)
+    ws = weights_float64(weights)
     lam = np.atleast_1d(np.asarray(lam))
     order = get_filter(basis).order_of(len(ws))
     if form == "affinity":
@@ -315,7 +315,7 @@ def pencil_gains(weights: Sequence[Any], lam: Any, *, basis: str = "chebyshev",
     >>> np.allclose(pencil_gains(W, lam), response_gains(frequency_response(W, lam)))
     True
     """
-    ws = _weights_np(weights)
+    ws = weights_float64(weights)
     lam = np.atleast_1d(np.asarray(lam))
     vals = basis_values(get_filter(basis).order_of(len(ws)), 1 - lam, basis, params)
     c_s, c_out = ws[0].shape
@@ -357,7 +357,7 @@ def head_factors(capture: Any, include_output_scale: bool = True
     if capture.weights is None or capture.value_weight is None:
         raise ValueError(f"{capture.path}: needs the filter weights and the value projection")
     H = int(capture.info.get("num_heads", 1))
-    ws = _weights_np(capture.weights)
+    ws = weights_float64(capture.weights)
     if len(ws) != 2 or np.any(ws[0] != 0):
         raise ValueError(f"{capture.path}: per-head maps need an attention filter F = A Z W_1")
     G = to_numpy(capture.value_weight, np.float64)
@@ -526,8 +526,8 @@ def graph_frequency_energy(
     aff = as_affinity(affinity)
     aff.require_square()
     kind = normalization or ("sym" if aff.symmetric else "rw")
-    t_aff = _as_torch(aff)
-    idxs = _samples(t_aff)
+    t_aff = as_torch64(aff)
+    idxs = sample_indices(t_aff)
     z = _signal(signal, aff.n, len(idxs)).to(t_aff.device)
     sym = t_aff.operator_symmetric(kind)
     freqs, energies = [], []
@@ -723,8 +723,8 @@ def filter_output(capture: Any) -> Tensor:
     if capture.weights is None or capture.z is None:
         raise ValueError(f"{capture.path}: the capture has no filter weights or signal")
     op = capture.operator()
-    if _per_head(capture):
-        zh = _head_signal(capture)                                # (S, H, N, d)
+    if keeps_heads(capture):
+        zh = head_signal(capture)                                # (S, H, N, d)
         S, H, N, d = zh.shape
         az = op(zh.to(capture.z.dtype)).permute(0, 2, 1, 3).reshape(S, N, H * d)
         return az @ capture.weights[1].to(az.dtype)
@@ -732,7 +732,7 @@ def filter_output(capture: Any) -> Tensor:
                         capture.basis_params, module=capture.module)
 
 
-def _per_head(capture: Any) -> bool:
+def keeps_heads(capture: Any) -> bool:
     """An attention capture with one affinity per head (``heads="keep"``)."""
     aff = capture.affinity
     return (capture.heads == "keep" and aff is not None and len(aff.batch_shape) == 2
@@ -740,7 +740,7 @@ def _per_head(capture: Any) -> bool:
             and len(capture.weights) == 2)
 
 
-def _head_signal(capture: Any) -> Tensor:
+def head_signal(capture: Any) -> Tensor:
     """The values split by head, ``(S, N, H d)`` → ``(S, H, N, d)``."""
     z = capture.z
     H = int(capture.info.get("num_heads", capture.affinity.batch_shape[1]))
@@ -874,7 +874,7 @@ def block_response(
     """
     if capture.weights is None:
         raise ValueError(f"{capture.path}: no filter weights captured")
-    ws = _weights_np(capture.weights)
+    ws = weights_float64(capture.weights)
     notes: dict[str, str] = {}
     if include_output_scale and capture.output_scale is not None:
         s = capture.output_scale.detach().cpu().double().numpy()
@@ -925,9 +925,9 @@ def block_response(
     e_z = e_out = None
     if energies and graph_ok and capture.z is not None and capture.affinity is not None:
         try:
-            per_head = _per_head(capture)
+            per_head = keeps_heads(capture)
             if per_head:        # each head's values in its own affinity's basis
-                zh = _head_signal(capture)
+                zh = head_signal(capture)
                 zs = zh.reshape(-1, *zh.shape[2:])
                 e_z = graph_frequency_energy(capture.affinity, zs, norm,
                                              nonsymmetric=nonsymmetric)

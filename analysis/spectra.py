@@ -128,6 +128,12 @@ from graphfilters.graph import (
 )
 from graphfilters.spectral import DEFAULT_TOL, DENSE_LIMIT, Eigs
 
+from .complex_share import (
+    ComplexShare,
+    complex_share,
+    share_center,
+)
+
 __all__ = [
     "OPERATORS",
     "SPECTRUM_METHODS",
@@ -151,6 +157,9 @@ SPECTRUM_METHODS = ("auto", "eigh", "eig", "structured", "lanczos", "arnoldi", "
 DENSITY_METHODS = ("slq", "kpm")
 #: Largest N that ``auto`` solves densely (an eig of N = 2048 takes seconds).
 AUTO_DENSE_LIMIT = 2048
+#: The spectral gap is read only where L = I - A_hat has an eigenvalue within this (relative)
+#: distance of 0, i.e. where A_hat is a normalized graph operator (eigenvalue 1).
+GAP_ZERO_TOL = 1e-6
 #: Largest row-sum deviation of an operator treated as row-stochastic (``rank_collapse``).
 ROW_STOCHASTIC_TOL = 1e-5
 
@@ -196,7 +205,7 @@ def _as_float64(aff: Affinity) -> Affinity:
     return aff.map_fields(conv)
 
 
-def _as_torch(aff: Affinity) -> Affinity:
+def as_torch64(aff: Affinity) -> Affinity:
     """Torch float64 fields (numpy affinities go to the CPU)."""
     def conv(x: Any) -> Tensor:
         if isinstance(x, Tensor):
@@ -205,7 +214,7 @@ def _as_torch(aff: Affinity) -> Affinity:
     return aff.map_fields(conv)
 
 
-def _samples(aff: Affinity) -> list[tuple[int, ...]]:
+def sample_indices(aff: Affinity) -> list[tuple[int, ...]]:
     return list(np.ndindex(*aff.batch_shape)) if aff.batch_shape else [()]
 
 
@@ -547,7 +556,7 @@ def spectrum(
             f"method 'eigh' needs a symmetric operator; {operator}/{kind} of this "
             f"{type(aff).__name__} is not symmetric: use 'eig' or 'arnoldi'"
         )
-    idxs = _samples(aff)
+    idxs = sample_indices(aff)
     bar = tqdm(idxs, desc=f"spectrum ({method})", disable=not progress or len(idxs) < 2,
                leave=False)
     if method == "lanczos" and not sym:
@@ -621,7 +630,7 @@ def _arpack(single: Affinity, operator: str, kind: str, k: int, tol: float, seed
     if n <= 3 * k + 3:
         ev = _dense_spectrum(single, operator, kind, "eigh" if sym else "eig", sym)
         return Eigs(ev, np.zeros(len(ev)), np.ones(len(ev), bool), tol)
-    t_single = _as_torch(single)
+    t_single = as_torch64(single)
     apply = _Apply(t_single, operator, kind)
 
     def certify(X: np.ndarray) -> np.ndarray:
@@ -643,7 +652,7 @@ def _block_krylov(
     tol: float, seed: int, sym: bool,
 ) -> Eigs:
     """Restarted block Krylov extremes (:func:`graphfilters.spectral.krylov_extremes`)."""
-    t_aff = _as_torch(single)
+    t_aff = as_torch64(single)
     apply = _Apply(t_aff, operator, kind)
     which = ("LA", "SA") if sym else GENERAL_WHICH
     return S.krylov_extremes(apply, single.n, k, symmetric=sym, which=which,
@@ -772,7 +781,7 @@ def spectral_density(
             f"{type(aff).__name__} is not (its spectrum is complex). Use spectrum(..., "
             "method='arnoldi' or 'block_krylov') for extremes, or a symmetrized affinity"
         )
-    aff = _as_torch(aff)
+    aff = as_torch64(aff)
     reason = ""
     if bounds is None:
         bounds = _known_bounds(operator, kind, aff)
@@ -790,7 +799,7 @@ def spectral_density(
         raise ValueError(f"bounds must satisfy lo < hi, got {bounds}")
     xs = np.linspace(a, b, int(grid)) if np.isscalar(grid) else np.asarray(grid, float)
     dens, nodes_all, weights_all = [], [], []
-    idxs = _samples(aff)
+    idxs = sample_indices(aff)
     bar = tqdm(idxs, desc=f"density ({method})", disable=not progress or len(idxs) < 2,
                leave=False)
     for i, idx in enumerate(bar):
@@ -956,7 +965,7 @@ def frobenius_stats(
     if aff.batch_shape:
         raise ValueError(f"frobenius_stats needs one sample, got batch shape {aff.batch_shape}")
     if not aff.is_torch or aff.dtype != torch.float64:
-        aff = _as_torch(aff)
+        aff = as_torch64(aff)
         op = aff.normalized(op.kind)
     left, right, factor = op.left, op.right, op.factor
     if aff.has_exact_spectrum:
@@ -1122,14 +1131,14 @@ def affinity_metrics(
     aff.require_square()
     spec = spectrum_result if spectrum_result is not None else spectrum(
         aff, "normalized", kind, method=method, dense_limit=dense_limit, progress=progress)
-    t_aff = _as_torch(aff)
+    t_aff = as_torch64(aff)
     notes: dict[str, str] = {
         "spectrum": f"{spec.method}: {spec.reason}",
         "lambda_max": "max |1 - mu| over " + ("all eigenvalues" if spec.complete or
                                               spec.method == "structured" else
                                               "the computed extremes"),
     }
-    idxs = _samples(t_aff)
+    idxs = sample_indices(t_aff)
     if len(idxs) != spec.n_samples:
         raise ValueError(
             f"the spectrum has {spec.n_samples} samples but the affinity {len(idxs)}"
@@ -1226,128 +1235,3 @@ def affinity_metrics(
         warnings.warn("some spectra were empty: lambda_max is NaN there", stacklevel=2)
     return AffinityMetrics(**arrays, normalization=kind, spectrum=spec, notes=notes)
 
-
-# ------------------------------------------------------------------------------------------
-# The complex-share rule
-# ------------------------------------------------------------------------------------------
-
-#: The spectral gap is read only where L = I - A_hat has an eigenvalue within this (relative)
-#: distance of 0, i.e. where A_hat is a normalized graph operator (eigenvalue 1).
-GAP_ZERO_TOL = 1e-6
-
-#: Default thresholds of :func:`complex_share`.
-COMPLEX_RTOL, COMPLEX_ATOL, COMPLEX_FLOOR = 1e-3, 1e-9, 1e-6
-
-
-@dataclass
-class ComplexShare:
-    r"""Result of :func:`complex_share`.
-
-    Attributes
-    ----------
-    share : float
-        Complex eigenvalues / counted eigenvalues (NaN when none is counted).
-    n_complex, n_counted, n_null : int
-        Complex ones, counted ones, and those ignored as numerical null space.
-    rtol, atol, floor : float
-        The thresholds (relative to :math:`|\mu|`, to :math:`\rho`, and the floor relative
-        to :math:`\rho`).
-    radius : float
-        :math:`\rho = \max|\mu|`.
-    """
-
-    share: float
-    n_complex: int
-    n_counted: int
-    n_null: int
-    rtol: float
-    atol: float
-    floor: float
-    radius: float
-
-    @property
-    def rule(self) -> str:
-        """The rule in words (for table notes and legends)."""
-        return (f"complex: |Im mu| > max({self.rtol:g} |mu|, {self.atol:g} rho), over "
-                f"|mu| > {self.floor:g} rho (numerical null space ignored)")
-
-
-def share_center(operator: str, kind: str = "") -> float:
-    r"""The ``center`` of :func:`complex_share` for eigenvalues of ``operator``: 1 for a
-    normalized Laplacian (``"laplacian"`` of kind ``sym``/``rw``, or of unknown kind), 0
-    otherwise (the affinity, :math:`\hat A`, a combinatorial Laplacian).
-
-    Examples
-    --------
-    >>> share_center("laplacian", "sym"), share_center("normalized", "rw")
-    (1.0, 0.0)
-    """
-    return 1.0 if operator == "laplacian" and kind in ("sym", "rw", "") else 0.0
-
-
-def complex_share(
-    eigs: Any, rtol: float = COMPLEX_RTOL, floor: float = COMPLEX_FLOOR,
-    atol: float = COMPLEX_ATOL, center: float = 0.0,
-) -> ComplexShare:
-    r"""Share of non-real eigenvalues, ignoring the numerical null space.
-
-    The rule is stated for the eigenvalues :math:`\mu` of a normalized operator
-    :math:`\hat A`. For the eigenvalues :math:`\lambda = c - \mu` of a shifted operator
-    (the normalized Laplacian :math:`L = I - \hat A`: ``center=1``) it is applied to
-    :math:`\mu = c - \lambda`, so :math:`\hat A` and :math:`I - \hat A` give the same share
-    (same eigenvalues counted, same ones complex). With :math:`\rho = \max_i |\mu_i|`, an
-    eigenvalue is *counted* when
-    :math:`|\mu| > \text{floor}\cdot\rho` and *complex* when
-    :math:`|\operatorname{Im}\mu| > \max(\text{rtol}\,|\mu|,\ \text{atol}\,\rho)`.
-    Round-off eigenvalues of a rank-deficient matrix (a low-rank or strongly contracting
-    affinity has a large numerical null space whose eigenvalues scatter in the complex plane
-    at :math:`10^{-8}`) are not counted. This is the rule of every table, legend and figure
-    of the toolkit.
-
-    Parameters
-    ----------
-    eigs : array-like
-        Eigenvalues (real or complex; NaNs are dropped).
-    rtol : float
-        Imaginary part relative to :math:`|\mu|`.
-    floor : float
-        Null-space floor relative to :math:`\rho`.
-    atol : float
-        Imaginary part relative to :math:`\rho` (round-off of the large eigenvalues).
-    center : float
-        :math:`c`: 0 for eigenvalues of :math:`\hat A`, 1 for those of
-        :math:`I - \hat A` (see :func:`share_center`).
-
-    Returns
-    -------
-    ComplexShare
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> mu = np.array([1.0, 0.5 + 0.5j, 0.5 - 0.5j, 1e-9 + 1e-9j, 1e-10j, 0.2 + 1e-7j])
-    >>> cs = complex_share(mu)
-    >>> cs.share, cs.n_complex, cs.n_counted, cs.n_null
-    (0.5, 2, 4, 2)
-    >>> complex_share(1 - mu, center=1.0).share       # L = I - Â: the same eigenvalues
-    0.5
-    """
-    for name, v in (("rtol", rtol), ("floor", floor), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
-            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-    if not (isinstance(center, (int, float)) and not isinstance(center, bool)
-            and math.isfinite(center)):
-        raise ValueError(f"center must be a finite number, got {center!r}")
-    mu = np.asarray(eigs).reshape(-1)
-    mu = mu[np.isfinite(mu)]
-    if center:
-        mu = center - mu
-    mag = np.abs(mu)
-    rho = float(mag.max(initial=0.0))
-    im = np.abs(mu.imag) if np.iscomplexobj(mu) else np.zeros(mu.shape)
-    counted = mag > floor * rho if rho > 0 else np.zeros(mu.shape, bool)
-    cplx = counted & (im > np.maximum(rtol * mag, atol * rho))
-    n_counted = int(counted.sum())
-    share = float(cplx.sum() / n_counted) if n_counted else float("nan")
-    return ComplexShare(share, int(cplx.sum()), n_counted, int(mu.size - n_counted),
-                        float(rtol), float(atol), float(floor), rho)

@@ -142,6 +142,11 @@ def to_numpy(x: Array, dtype: Any = None) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def to_numpy64(x: Array) -> np.ndarray:
+    """``x`` as a float64 numpy array (detached, on the CPU): the precision of the analyses."""
+    return to_numpy(x, np.float64)
+
+
 def eps(x: Array) -> float:
     """Machine epsilon of the dtype of ``x``."""
     if is_torch(x):

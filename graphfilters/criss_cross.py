@@ -39,7 +39,7 @@ import torch
 from . import _backend as B
 from . import _validate as V
 from ._backend import Array
-from .graph import Affinity, _check_signal
+from .graph import Affinity, check_signal
 
 __all__ = ["CrissCrossAffinity", "criss_cross"]
 
@@ -144,7 +144,7 @@ class CrissCrossAffinity(Affinity):
         return out
 
     def matmul(self, Z: Array) -> Array:
-        Z = _check_signal(Z, self.n)
+        Z = check_signal(Z, self.n)
         z = self._grid(Z)
         nb = z.ndim - len(self.spatial_shape) - 1
         out = None

@@ -306,7 +306,7 @@ def response_items(r: Any) -> dict[str, Any]:
 
 
 def stability_items(st: Any) -> dict[str, Any]:
-    """Key facts of an :class:`analysis.robustness.Stability`."""
+    """Key facts of an :class:`analysis.stability.linear.Stability`."""
     g = list(st.growth)
     return {"ρ(M) (exact)": st.radius, "‖M‖₂ (exact)": st.norm,
             f"growth ‖Mⁿ‖, n = 1..{len(g)}": (f"{g[0]:.4g} … {g[-1]:.4g}" if g else "-"),

@@ -533,7 +533,7 @@ class Affinity:
         """:math:`L X` for the Laplacian ``kind`` without forming it."""
         _check_kind(kind, LAPLACIAN_KINDS, "laplacian")
         self.require_square()
-        X = _check_signal(X, self.n, "X")
+        X = check_signal(X, self.n, "X")
         if kind == "combinatorial":
             return self.degrees()[..., None] * X - self.matmul(X)
         return X - self.normalized(kind)(X)
@@ -613,7 +613,7 @@ def _dense_eigvals(M: Array, symmetric: bool) -> Array:
     return S.dense_eigvals(M, symmetric)
 
 
-def _check_signal(Z: Array, n: int, name: str = "Z") -> Array:
+def check_signal(Z: Array, n: int, name: str = "Z") -> Array:
     Z = B.as_array(Z, name)
     if Z.ndim < 2 or Z.shape[-2] != n:
         raise ValueError(
@@ -664,7 +664,7 @@ class DenseAffinity(Affinity):
         return V.downcast(V.upcast(self.A).sum(-1), self.A, "A", "degrees (row sums)")
 
     def matmul(self, Z: Array) -> Array:
-        return self.A @ _check_signal(Z, self.n_cols)
+        return self.A @ check_signal(Z, self.n_cols)
 
     def dense(self) -> Array:
         return self.A
@@ -837,7 +837,7 @@ class LowRankAffinity(Affinity):
         return self._half(d[..., 0], "degrees (row sums)")
 
     def matmul(self, Z: Array) -> Array:
-        Z = _check_signal(Z, self.n_cols)
+        Z = check_signal(Z, self.n_cols)
         return self._matmul(Z)[0]
 
     def _matmul(self, Z: Array, W: Array | None = None) -> tuple[Array, Array | None]:
@@ -1045,7 +1045,7 @@ class SoftmaxAffinity(Affinity):
         return self._full((*self.batch_shape, self.n), 1.0)
 
     def matmul(self, Z: Array) -> Array:
-        Z = _check_signal(Z, self.n_cols)
+        Z = check_signal(Z, self.n_cols)
         if self.is_torch and (
             self.query.device.type != "cpu"
             or (torch.is_grad_enabled()
@@ -1261,7 +1261,7 @@ class NormalizedOperator:
         if not self.fused:
             raise ValueError("matmul_weighted_t needs a symmetric low-rank affinity with stacked "
                              "factors (LowRankAffinity.from_stacked) and equal left/right scales")
-        out, self.reduced = self.lowrank._matmul(_check_signal(Z, self.affinity.n_cols), W)
+        out, self.reduced = self.lowrank._matmul(check_signal(Z, self.affinity.n_cols), W)
         return out * self.factor if self.factor != 1.0 else out
 
     def __call__(self, Z: Array) -> Array:
@@ -1275,12 +1275,12 @@ class NormalizedOperator:
         """
         aff = self.affinity
         if self.fused:
-            out, self.reduced = self.lowrank._matmul(_check_signal(Z, aff.n_cols))
+            out, self.reduced = self.lowrank._matmul(check_signal(Z, aff.n_cols))
             return out * self.factor if self.factor != 1.0 else out
         if self.right is not None:
-            Z = self.right[..., None] * _check_signal(Z, aff.n_cols)
+            Z = self.right[..., None] * check_signal(Z, aff.n_cols)
         if isinstance(aff, LowRankAffinity):
-            out, self.reduced = aff._matmul(_check_signal(Z, aff.n_cols))
+            out, self.reduced = aff._matmul(check_signal(Z, aff.n_cols))
         else:
             out = aff.matmul(Z)
         if self.left is not None:

@@ -45,14 +45,16 @@ Examples
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse.linalg as spla
 import torch
+from torch import Tensor
 
 from . import _validate as V
 from ._backend import Array
@@ -70,6 +72,8 @@ __all__ = [
     "cached_extremes",
     "CACHE_BYTES",
     "ConvergenceWarning",
+    "SingularValues",
+    "top_singular_values",
 ]
 
 #: Largest N for which dense eigensolvers run (``O(N^3)`` time, ``N^2`` memory).
@@ -557,3 +561,205 @@ def power_extreme(
             f"(relative residual {worst:.1e}); the estimate may be low: raise n_iter, use "
             "method='lanczos' or a safety margin", ConvergenceWarning, stacklevel=3)
     return est, res, False
+
+
+# ------------------------------------------------------------------------------------------
+# Matrix-free singular values (Krylov-accelerated power iteration on A^T A)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SingularValues:
+    r"""Top singular values of a linear map known only through products with it and its
+    adjoint (:func:`top_singular_values`).
+
+    Attributes
+    ----------
+    values : numpy array ``(k,)``
+        Descending.
+    iterations : int
+        Products with the map (each paired with one adjoint product).
+    residual : float
+        :math:`\max_i \|A^T u_i - \sigma_i v_i\| / \sigma_1` over the ``k`` Ritz triples
+        (:math:`A v_i = \sigma_i u_i` holds exactly); a singular value lies within
+        ``residual * values[0]`` of each ``values[i]``.
+    converged : bool
+        ``residual <= tol``.
+    tol : float
+    vector : Tensor or None
+        The top right singular vector (a warm start for a related map).
+    """
+
+    values: np.ndarray
+    iterations: int
+    residual: float
+    converged: bool
+    tol: float
+    vector: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def norm(self) -> float:
+        """:math:`\\sigma_1`."""
+        return float(self.values[0])
+
+
+def top_singular_values(
+    matvec: Callable[[Tensor], Tensor],
+    rmatvec: Callable[[Tensor], Tensor],
+    like: Tensor,
+    k: int = 1,
+    tol: float = 1e-6,
+    max_iter: int = 300,
+    krylov: int = 24,
+    v0: Tensor | None = None,
+    seed: int = 0,
+    v0_mix: float = 1.0,
+) -> SingularValues:
+    r"""The ``k`` largest singular values of a linear map :math:`A`, matrix-free.
+
+    Golub–Kahan–Lanczos bidiagonalization with full reorthogonalization and explicit
+    restarts: power iteration on :math:`A^T A` accelerated by keeping its Krylov space
+    (``krylov`` vectors per cycle, restarted from the top Ritz vectors). After step ``j``,
+    :math:`A V_j = U_j B_j` exactly and the residual of the Ritz triple
+    :math:`(\sigma_i, u_i, v_i)` is :math:`\|A^T u_i - \sigma_i v_i\| = \beta_j |P_{j i}|`;
+    it stops when every one of the top ``k`` is below ``tol * sigma_1`` or after
+    ``max_iter`` products (then ``converged`` is False).
+
+    Parameters
+    ----------
+    matvec, rmatvec : callable
+        :math:`v \mapsto A v` and :math:`u \mapsto A^T u` on tensors shaped like ``like``
+        (a square map; the input and output spaces have ``like``'s shape).
+    like : Tensor
+        Shape, dtype and device of the vectors.
+    k : int
+        Number of singular values.
+    tol : float
+        Relative residual asked for.
+    max_iter : int
+        Cap on the number of products with :math:`A`.
+    krylov : int
+        Krylov space size per cycle (``>= k + 1``).
+    v0 : Tensor, optional
+        Start vector (warm start); random (``seed``) otherwise.
+    v0_mix : float
+        Weight of a random unit vector added to the normalized ``v0`` (default 1: equal
+        parts). A residual certifies *a* singular triple, not the largest: a warm start with no
+        component along the top singular vector would converge to a lower one; the random
+        part rules that out as a cold start does, at the cost of a product or two. 0: ``v0``
+        alone (when it is known to overlap the top vector).
+
+    Returns
+    -------
+    SingularValues
+
+    Examples
+    --------
+    >>> import torch
+    >>> A = torch.tensor([[3.0, 1.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> sv = top_singular_values(lambda v: A @ v, lambda u: A.T @ u, torch.zeros(2,
+    ...                          dtype=torch.float64), k=2, tol=1e-12)
+    >>> bool(abs(sv.values - torch.linalg.svdvals(A).numpy()).max() < 1e-12), sv.converged
+    (True, True)
+    """
+    k = V.positive_int(k, "k")
+    max_iter = V.positive_int(max_iter, "max_iter")
+    krylov = max(V.positive_int(krylov, "krylov"), k + 1)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    shape, dtype, dev = like.shape, like.dtype, like.device
+    dim = like.numel()
+    krylov = min(krylov, dim, max(max_iter, k + 1))        # rows that can be used
+    k = min(k, dim)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if v0 is None:
+        v = torch.randn(dim, generator=gen, dtype=dtype).to(dev)
+    else:
+        v = v0.detach().reshape(-1).to(device=dev, dtype=dtype).clone()
+    nv = v.norm()
+    if not bool(torch.isfinite(nv)) or float(nv) == 0:
+        raise ValueError("the start vector v0 is zero or not finite")
+    v = v / nv
+    if v0 is not None and v0_mix > 0:
+        # a warm start from a related map can be (near) orthogonal to this map's top
+        # singular vector (e.g. J - I and J of a symmetric J): Krylov would then certify a
+        # lower triple. A random part gives every direction its share, as a cold start does.
+        r = torch.randn(dim, generator=gen, dtype=dtype).to(dev)
+        v = v + v0_mix * r / r.norm()
+        v = v / v.norm()
+    products = 0
+    # Krylov bases as preallocated rows (no re-stacking per step); Ritz vectors formed only
+    # when a cycle ends
+    Vb = torch.empty(krylov + 1, dim, dtype=dtype, device=dev)
+    Ub: Tensor | None = None
+    best: tuple[np.ndarray, float, np.ndarray, int] | None = None
+    ritz: Tensor | None = None
+    while True:
+        Vb[0] = v
+        alphas: list[float] = []
+        betas: list[float] = []
+        for j in range(krylov):
+            y = matvec(Vb[j].reshape(shape))
+            out_shape = y.shape
+            u = y.reshape(-1).to(dtype)
+            if Ub is None:
+                Ub = torch.empty(krylov, u.numel(), dtype=dtype, device=dev)
+            out_dim = Ub.shape[1]
+            products += 1
+            if j:
+                Um = Ub[:j]
+                u = u - (Um @ u) @ Um
+                u = u - (Um @ u) @ Um
+            a = float(u.norm())
+            if a == 0 or not math.isfinite(a):
+                if not math.isfinite(a):
+                    raise FloatingPointError("the map produced a non-finite vector")
+                alphas.append(0.0)
+                betas.append(0.0)
+                break
+            Ub[j] = u / a
+            alphas.append(a)
+            w = rmatvec(Ub[j].reshape(out_shape)).reshape(-1).to(dtype)
+            Vm = Vb[:j + 1]
+            w = w - (Vm @ w) @ Vm
+            w = w - (Vm @ w) @ Vm
+            b = float(w.norm())
+            betas.append(b)
+            m = len(alphas)
+            Bm = np.diag(alphas) + np.diag(betas[:m - 1], 1)
+            P, sig, Qt = np.linalg.svd(Bm)
+            kk = min(k, m)
+            res = np.abs(b * P[m - 1, :kk])
+            rel = float(res.max() / max(sig[0], 1e-300))
+            best = (sig[:kk], rel, Qt[:kk], m)
+            ritz = None
+            # an invariant subspace (beta = 0) holds exact singular triples; with fewer than k
+            # of them the iteration goes on in its complement (a random vector orthogonal to
+            # V, beta = 0 in B: A V = U B still holds), e.g. the identity map with k = 3
+            invariant = b <= 1e-14 * max(sig[0], 1e-300)
+            enough = m >= k
+            if ((rel <= tol or invariant) and enough) or products >= max_iter \
+                    or m >= min(dim, out_dim):
+                break
+            if invariant:
+                r = torch.randn(dim, generator=gen, dtype=dtype).to(dev)
+                r = r - (Vm @ r) @ Vm
+                r = r - (Vm @ r) @ Vm
+                Vb[j + 1] = r / r.norm()
+            else:
+                Vb[j + 1] = w / b
+        if best is None:                                  # the map is zero
+            return SingularValues(np.zeros(k), products, 0.0, True, float(tol), None)
+        sig, rel, qt, m = best
+        if ritz is None:                   # (kept from the last cycle if this one made none)
+            ritz = torch.as_tensor(qt, dtype=dtype, device=dev) @ Vb[:m]    # (kk, dim)
+        done = (rel <= tol and len(alphas) >= k) or products >= max_iter \
+            or len(alphas) >= min(dim, out_dim) \
+            or (len(alphas) >= k and betas[-1] <= 1e-14 * max(float(sig[0]), 1e-300))
+        if done:
+            vals = np.zeros(k)
+            vals[:len(sig)] = sig
+            return SingularValues(vals, products, rel, rel <= tol, float(tol),
+                                  ritz[0].reshape(shape))
+        v = ritz.sum(0)
+        v = v / v.norm()

@@ -81,7 +81,7 @@ class SNL(ChebyshevNonlocal):
         return [
             ("theta.weight", f"{prefix}t.weight", 1.0),
             ("phi.weight", f"{prefix}p.weight", 1.0),
-            *_unit_map("", f"{prefix}stages.0."),
+            *unit_weight_map("", f"{prefix}stages.0."),
         ]
 
     @classmethod
@@ -230,7 +230,7 @@ class gSNL(ChebyshevNonlocal):  # noqa: N801 - the block's published name
 # official checkpoints
 
 
-def _unit_map(unified: str, source: str) -> WeightMap:
+def unit_weight_map(unified: str, source: str) -> WeightMap:
     return [
         (f"{unified}g.weight", f"{source}g.weight", 1.0),
         (f"{unified}w.0", f"{source}w_1.weight", 1.0),
@@ -339,6 +339,6 @@ def load_official_stage(
     match_module(stage, sub["t.weight"])
     mapping = [("units.0.theta.weight", "t.weight", 1.0), ("units.0.phi.weight", "p.weight", 1.0)]
     for u in range(n_units):
-        mapping += _unit_map(f"units.{u}.", f"stages.{u}.")
+        mapping += unit_weight_map(f"units.{u}.", f"stages.{u}.")
     copy_weights(stage, sub, [e for e in mapping if e[1] in sub])
     return stage

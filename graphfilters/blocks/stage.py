@@ -16,7 +16,7 @@ from ..graph import Affinity
 from ._convert import bn_map, conv_map, copy_weights, match_module
 from .record import FilterRecord
 from .reference import NonlocalStageRef, OfficialSNLStage
-from .snl import _unit_map, load_official_stage
+from .snl import load_official_stage, unit_weight_map
 from .units import unit_factory
 
 __all__ = ["NonlocalStage"]
@@ -150,7 +150,7 @@ class NonlocalStage(nn.Module):
         if isinstance(ref, OfficialSNLStage):
             m = [("units.0.theta.weight", "t.weight", 1.0), ("units.0.phi.weight", "p.weight", 1.0)]
             for u in range(len(ref.stages)):
-                m += _unit_map(f"units.{u}.", f"stages.{u}.")
+                m += unit_weight_map(f"units.{u}.", f"stages.{u}.")
             return m
         raise TypeError(
             "reference must be a NonlocalStageRef or an OfficialSNLStage, got "

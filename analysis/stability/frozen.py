@@ -1,0 +1,316 @@
+r"""The frozen-affinity block map (the affinity held fixed, the map linear in the input)
+and its exact norms, by a matrix-free Kronecker-structured SVD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from graphfilters import _validate as V
+from graphfilters.spectral import top_singular_values
+
+from ..capture import Capture
+from ..response import (
+    apply_filter,
+    basis_terms,
+    weights_float64,
+)
+from .channel import output_scale_vector, value_projection
+
+__all__ = [
+    "FrozenMap",
+    "FrozenNorms",
+    "frozen_norms",
+]
+
+
+class FrozenMap:
+    r"""The block map with the affinity fixed, on one captured sample:
+
+    .. math::
+
+        \mathcal M(X) = [X] + \Big(\sum_k B_k(\hat A)\, X G\, W_k\Big) S,
+
+    ``X`` of shape ``(N, C)`` (the identity only for residual modules; biases and output
+    shifts do not enter a linear map). With attention heads kept (``heads="keep"``) each
+    head's affinity acts on its own slice of the value channels. Nothing of size
+    :math:`NC \times NC` is formed. For ``N <= dense_limit`` the basis matrices
+    :math:`B_k(\hat A)` (polynomials; for the rational Cayley and ARMA bases the family's
+    terms with the capture's ``basis_params``, by dense shifted solves) are formed as
+    ``N x N`` matrices (per head) and the map and its
+    adjoint :math:`U \mapsto [U] + \sum_k B_k(\hat A)^T U S W_k^T G^T` are plain products
+    (:math:`G W_k S` precomputed when :math:`C_s > C/2`; zero terms skipped): one product
+    costs :math:`O(N C C_s + N^2 C_s)` per head and term. Beyond it the affinity is used only
+    through its structured matrix product (and, for rational bases, the block's shifted
+    solves: Woodbury for low-rank affinities, the fixed-point recursion otherwise), and the
+    adjoint is that product's vector-Jacobian product (one recorded forward).
+
+    Parameters
+    ----------
+    capture : Capture
+    index : int
+        Sample.
+    include_output_scale : bool
+    dtype : torch.dtype
+        Working precision (float64 by default).
+    dense_limit : int
+        Largest ``N`` whose :math:`B_k(\hat A)` are formed densely.
+
+    Shapes
+    ------
+    ``X``: ``(N, C)`` → ``(N, C_out)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import DenseAffinity
+    >>> A = DenseAffinity(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]))
+    >>> cap = Capture("b", "block", "toy", A, "none", weights=[torch.zeros(1, 1),
+    ...               torch.ones(1, 1)], value_weight=torch.ones(1, 1), n_samples=1)
+    >>> M = FrozenMap(cap)
+    >>> M(torch.tensor([[1.0], [0.0]], dtype=torch.float64)).flatten().tolist()
+    [1.0, 1.0]
+    """
+
+    def __init__(self, capture: Capture, index: int = 0, include_output_scale: bool = True,
+                 dtype: torch.dtype = torch.float64, dense_limit: int = 2048) -> None:
+        if capture.affinity is None or capture.weights is None:
+            raise ValueError(f"{capture.path}: the frozen map needs the affinity and weights")
+        if capture.layout == "channel_position":
+            raise ValueError(f"{capture.path}: CGNL filters act on a channel-position graph")
+        if capture.sub_sampled or capture.affinity.n != capture.affinity.n_cols:
+            raise ValueError(f"{capture.path}: sub-sampled keys: the map is not square")
+        nb = max(capture.n_samples, 1)
+        if not 0 <= index < nb:
+            raise ValueError(f"sample index {index} out of range [0, {nb})")
+        dev = capture.device if capture.device is not None else torch.device("cpu")
+        self.path = capture.path
+        self.residual = bool(capture.residual)
+        G, _ = value_projection(capture)
+        ws = weights_float64(capture.weights)
+        self.G = torch.as_tensor(G, dtype=dtype, device=dev)
+        self.weights = [torch.as_tensor(w, dtype=dtype, device=dev) for w in ws]
+        scale = output_scale_vector(capture, include_output_scale, ws[0].shape[1])
+        self.scale = torch.as_tensor(scale, dtype=dtype, device=dev)
+        self.basis = capture.basis
+        self.params = capture.basis_params
+        self.module = capture.module
+        aff = capture.affinity
+        keep = len(aff.batch_shape) >= 2 and capture.source == "attention"
+        one = aff.select(index).map_fields(lambda t: torch.as_tensor(t).to(device=dev, dtype=dtype))
+        self.op = one.normalized(capture.normalization)
+        self.heads = int(one.batch_shape[0]) if keep else 0
+        self.n, self.c = capture.affinity.n, self.G.shape[0]
+        self.c_out = ws[0].shape[1]
+        if self.residual and self.c_out != self.c:
+            raise ValueError(f"{capture.path}: a residual block needs C_out = C")
+        self._adj: Callable[[Tensor], Tensor] | None = None
+        self.dense = self.n <= dense_limit
+        if self.dense:
+            # B_k(A_hat) as N x N matrices (per head): products both ways are plain matmuls
+            D = self.op.dense()
+            eye = torch.eye(self.n, dtype=dtype, device=dev).expand_as(D).contiguous()
+            terms = basis_terms(self.op, eye, len(ws), self.basis, self.params, dense=D,
+                                module=self.module)
+            keep_k = [k for k, w in enumerate(ws) if np.abs(w).max(initial=0.0) > 0]
+            self.terms = [terms[k] for k in keep_k]
+            cs = self.G.shape[1]
+            # G W_k S precomputed when it is cheaper than the factors (C_s > C / 2)
+            self.fused = not self.heads and 2 * cs > self.c
+            if self.fused:
+                self.maps = [(self.G @ self.weights[k]) * self.scale for k in keep_k]
+            else:
+                self.maps = [self.weights[k] * self.scale for k in keep_k]
+        #: one Kronecker term (X -> P X W): the norms of the powers factorize
+        self.kronecker = (self.dense and not self.residual and not self.heads
+                          and len(self.terms) == 1 and self.c_out == self.c)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(N, C)``: the shape of an input."""
+        return (self.n, self.c)
+
+    def _apply_op(self, z: Tensor) -> Tensor:
+        if self.heads:
+            h = self.heads
+            zh = z.reshape(z.shape[0], h, -1).transpose(0, 1)          # (H, N, d)
+            return self.op(zh).transpose(0, 1).reshape(z.shape)
+        return self.op(z)
+
+    def _heads_apply(self, P: Tensor, z: Tensor) -> Tensor:
+        if self.heads:
+            zh = z.reshape(z.shape[0], self.heads, -1).transpose(0, 1)     # (H, N, d)
+            return (P @ zh).transpose(0, 1).reshape(z.shape)
+        return P @ z
+
+    def __call__(self, X: Tensor) -> Tensor:
+        if self.dense:
+            if not self.terms:
+                f = torch.zeros(X.shape[0], self.c_out, dtype=X.dtype, device=X.device)
+            elif self.fused:
+                f = sum(P @ (X @ Wc) for P, Wc in zip(self.terms, self.maps))
+            else:
+                z = X @ self.G
+                f = sum(self._heads_apply(P, z) @ W for P, W in zip(self.terms, self.maps))
+        else:
+            z = X @ self.G
+            op = self._apply_op if self.heads else self.op
+            f = apply_filter(op, z, self.weights, self.basis, self.params,
+                             module=self.module) * self.scale
+        return X + f if self.residual else f
+
+    def adjoint(self, U: Tensor) -> Tensor:
+        r""":math:`\mathcal M^T U` (explicit with the dense :math:`B_k(\hat A)^T`; otherwise the
+        vector-Jacobian product of the linear map)."""
+        if self.dense:
+            if not self.terms:
+                f = torch.zeros(U.shape[0], self.c, dtype=U.dtype, device=U.device)
+            elif self.fused:
+                f = sum(P.mT @ (U @ Wc.T) for P, Wc in zip(self.terms, self.maps))
+            else:
+                f = sum(self._heads_apply(P.mT, U @ W.T) for P, W in zip(self.terms, self.maps)
+                        ) @ self.G.T
+            return U + f if self.residual else f
+        if self._adj is None:
+            with torch.enable_grad():
+                x0 = torch.zeros(self.shape, dtype=self.G.dtype, device=self.G.device,
+                                 requires_grad=True)
+                y0 = self(x0)
+
+            def adj(u: Tensor) -> Tensor:
+                return torch.autograd.grad(y0, x0, u, retain_graph=True)[0]
+            self._adj = adj
+        return self._adj(U)
+
+    def power(self, n: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        r"""``(matvec, rmatvec)`` of :math:`\mathcal M^n`."""
+        def mv(x: Tensor) -> Tensor:
+            for _ in range(n):
+                x = self(x)
+            return x
+
+        def rmv(u: Tensor) -> Tensor:
+            for _ in range(n):
+                u = self.adjoint(u)
+            return u
+        return mv, rmv
+
+
+def _kronecker_norms(M: FrozenMap, n_max: int, tol: float, max_iter: int, seed: int,
+                    growth: np.ndarray, iters: np.ndarray, resid: np.ndarray) -> None:
+    """``M^n = P^n (.) W^n`` (one term, no residual, one affinity): the norm of a Kronecker
+    product is the product of the factors' norms."""
+    P, W = M.terms[0], M.maps[0]
+    if not M.fused:
+        W = M.G @ W
+    vp = vw = None
+    for n in range(1, n_max + 1):
+        def pw(A: Tensor, n: int = n) -> tuple[Callable[[Tensor], Tensor],
+                                               Callable[[Tensor], Tensor]]:
+            def mv(v: Tensor) -> Tensor:
+                for _ in range(n):
+                    v = A @ v
+                return v
+
+            def rmv(u: Tensor) -> Tensor:
+                for _ in range(n):
+                    u = A.mT @ u
+                return u
+            return mv, rmv
+        sp = top_singular_values(*pw(P), P[:, 0], 1, tol / 2, max_iter, v0=vp, seed=seed)
+        sw = top_singular_values(*pw(W), W[:, 0], 1, tol / 2, max_iter, v0=vw, seed=seed)
+        vp, vw = sp.vector, sw.vector
+        growth[n - 1] = max(growth[n - 1], sp.norm * sw.norm)
+        iters[n - 1] = max(iters[n - 1], sp.iterations + sw.iterations)
+        resid[n - 1] = max(resid[n - 1], sp.residual + sw.residual)
+
+
+@dataclass
+class FrozenNorms:
+    r"""Exact :math:`\|\mathcal M^n\|_2`, ``n = 1 .. n_max`` (:func:`frozen_norms`).
+
+    Attributes
+    ----------
+    growth : numpy array ``(n_max,)``
+        Max over the samples used.
+    iterations, residual : numpy arrays ``(n_max,)``
+        Products with :math:`\mathcal M^n` and the relative residual (max over samples).
+    converged : bool
+        Every power met ``tol``.
+    tol : float
+    samples : int
+    """
+
+    growth: np.ndarray
+    iterations: np.ndarray
+    residual: np.ndarray
+    converged: bool
+    tol: float
+    samples: int
+
+    @property
+    def norm(self) -> float:
+        return float(self.growth[0])
+
+
+def frozen_norms(
+    capture: Capture,
+    n_max: int = 10,
+    *,
+    samples: int | None = None,
+    include_output_scale: bool = True,
+    tol: float = 1e-6,
+    max_iter: int = 200,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    dense_limit: int = 2048,
+) -> FrozenNorms:
+    r"""Exact spectral norms :math:`\|\mathcal M^n\|_2`, ``n = 1 .. n_max``, of the block
+    map with the affinity frozen (:class:`FrozenMap`), for any affinity (symmetric or not).
+
+    For every ``n``: :func:`top_singular_values` on :math:`\mathcal M^n` and its adjoint
+    :math:`(\mathcal M^T)^n`, warm-started from the top right singular vector of
+    :math:`\mathcal M^{n-1}`; at most ``max_iter`` products with :math:`\mathcal M^n`, to
+    a relative residual ``tol``. A map with one term and no residual (attention with the
+    head-averaged affinity) is a Kronecker product, :math:`\mathcal M^n(X) = P^n X W^n`, whose
+    norm is :math:`\|P^n\|_2 \|W^n\|_2` (each factor by the same iteration). The maximum over
+    the first ``samples`` samples (all by default) is reported.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from graphfilters.graph import DenseAffinity
+    >>> A = DenseAffinity(torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]))   # nilpotent, not normal
+    >>> cap = Capture("b", "block", "toy", A, "none", weights=[torch.zeros(1, 1),
+    ...               torch.ones(1, 1)], value_weight=torch.ones(1, 1), n_samples=1)
+    >>> fn = frozen_norms(cap, n_max=2, tol=1e-12)   # M = I + A: |M| = 1.618, |M^2| = 2.414
+    >>> [round(float(g), 4) for g in fn.growth], fn.converged
+    ([1.618, 2.4142], True)
+    """
+    n_max = V.positive_int(n_max, "n_max")
+    nb = max(capture.n_samples, 1)
+    ns = nb if samples is None else min(V.positive_int(samples, "samples"), nb)
+    growth = np.zeros(n_max)
+    iters = np.zeros(n_max, dtype=int)
+    resid = np.zeros(n_max)
+    with torch.no_grad():
+        for i in range(ns):
+            M = FrozenMap(capture, i, include_output_scale, dtype, dense_limit)
+            like = torch.zeros(M.shape, dtype=dtype, device=M.G.device)
+            if M.kronecker:
+                _kronecker_norms(M, n_max, tol, max_iter, seed, growth, iters, resid)
+                continue
+            v0 = None
+            for n in range(1, n_max + 1):
+                mv, rmv = M.power(n)
+                sv = top_singular_values(mv, rmv, like, 1, tol, max_iter, v0=v0, seed=seed)
+                v0 = sv.vector
+                growth[n - 1] = max(growth[n - 1], sv.norm)
+                iters[n - 1] = max(iters[n - 1], sv.iterations)
+                resid[n - 1] = max(resid[n - 1], sv.residual)
+    return FrozenNorms(growth, iters, resid, bool((resid <= tol).all()), float(tol), ns)
