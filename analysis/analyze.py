@@ -58,7 +58,7 @@ from .stability import (
     stage_jacobians,
 )
 
-__all__ = ["BlockReport", "AnalysisTable", "analyze"]
+__all__ = ["BlockReport", "AnalysisTable", "analyze", "headline_columns"]
 
 _NAN = float("nan")
 
@@ -216,8 +216,10 @@ class BlockReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     def _headline_items(self) -> dict[str, str]:
-        return {_header(h, [self]): _fmt(getattr(self, k), f) for k, h, f in HEADLINE_COLUMNS[3:]
-                if k != "jacobian_vs_backbone" and _defined(getattr(self, k))}
+        cells = ((h, f, getattr(self, k) if k in _FIELDS else self.extra.get(k, _NAN))
+                 for k, h, f in headline_columns()[len(IDENTITY_COLUMNS):]
+                 if k != "jacobian_vs_backbone")
+        return {_header(h, [self]): _fmt(v, f) for h, f, v in cells if _defined(v)}
 
     def __repr__(self) -> str:
         items = ", ".join(f"{k}={v}" for k, v in self._headline_items().items())
@@ -231,27 +233,41 @@ class BlockReport:
 _FIELDS = [f.name for f in fields(BlockReport)]
 
 
-#: The headline columns (at most 12), what a reader needs first: (key, header, format). The
-#: table's display, :meth:`AnalysisTable.summary` and ``to_frame(columns="summary")`` show
-#: these; ``columns="all"`` gives every field of :class:`BlockReport` (new fields included).
-#: A forced quantity (Tao's share) is not a headline; a column undefined in every row
-#: (e.g. no backbone to compare with) is left out. ``growth@n`` names its depth ``n``.
-HEADLINE_COLUMNS = (
-    ("path", "block", "s"), ("block", "kind", "s"), ("status", "status", "s"),
-    ("spectrum_method", "spectrum", "s"), ("lambda_max", "λ_max", ".3f"),
-    ("complex_share", "complex", ".0%"), ("response_class", "response", "s"),
-    ("damping_share", "damping", ".0%"), ("stack_growth", "growth@n", ".3g"),
-    ("jacobian_full", "‖J‖ full", ".3f"),
-    ("jacobian_vs_backbone", "‖J‖ / backbone median", ".2f"),
-    ("affinity_share", "affinity share", ".2f"),
-)
+#: The columns that name a row (key, header, format), first in every headline.
+IDENTITY_COLUMNS = (("path", "block", "s"), ("block", "kind", "s"), ("status", "status", "s"))
 _LEFT = 4   # the text columns of the headline, left-aligned
 
 
+def headline_columns(measures: Sequence[str] | None = None) -> tuple[tuple[str, str, str], ...]:
+    """The headline columns, what a reader needs first: (key, header, format).
+
+    :data:`IDENTITY_COLUMNS`, then the ``headline`` declared by each registered measure
+    (:mod:`analysis.measures`; only ``measures`` when given), in registration order: the one
+    declaration read by the table's display, :meth:`AnalysisTable.summary`,
+    :meth:`AnalysisTable.to_markdown`, ``to_frame(columns="summary")`` and the report. A
+    forced quantity (Tao's share) is not a headline; a column undefined in every row (e.g.
+    no backbone to compare with) is left out. ``growth@n`` names its depth ``n``.
+
+    Examples
+    --------
+    >>> [h for _, h, _ in headline_columns(["spectrum", "metrics"])]
+    ['block', 'kind', 'status', 'spectrum', 'λ_max', 'complex']
+    """
+    return IDENTITY_COLUMNS + tuple(
+        h for m in (registered() if measures is None else registered(measures))
+        for h in m.headline)
+
+
+#: The headline of the built-in measures (at most 12 columns; :func:`headline_columns` is
+#: the live one, with measures registered later).
+HEADLINE_COLUMNS = headline_columns()
+
+
 def _headline_columns(table: Any = None) -> tuple[tuple[str, str, str], ...]:
-    """:data:`HEADLINE_COLUMNS` and the headline columns of the measures that made
-    ``table``."""
-    return HEADLINE_COLUMNS + tuple(getattr(table, "measure_headline", ()))
+    """The headline columns of the measures that made ``table`` (all registered ones for a
+    table not made by :func:`analyze`)."""
+    made = getattr(table, "measure_headline", None)
+    return IDENTITY_COLUMNS + tuple(made) if made is not None else headline_columns()
 
 
 def _approx(row: BlockReport, key: str) -> str:
@@ -306,7 +322,7 @@ class AnalysisTable(list):
         self.captures = captures
         self.backbone = list(backbone or [])
         #: headline columns of the registered measures that made this table
-        self.measure_headline: tuple[tuple[str, str, str], ...] = ()
+        self.measure_headline: tuple[tuple[str, str, str], ...] | None = None
 
     def to_records(self) -> list[dict[str, Any]]:
         """One plain dict per row (JSON-friendly: tuples become lists, notes included)."""

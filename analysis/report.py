@@ -38,23 +38,6 @@ __all__ = ["LoadedModel", "load_for_analysis", "analyse_loaded", "write_report",
 #: Standard deviations of the Gaussian noise added to the normalized inputs (unit variance).
 NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 
-#: Columns of the Markdown table (all columns go to ``table.json``); ``growth@n`` headers get
-#: the depth ``n`` filled in, ``tao`` marks a share forced by the bottleneck.
-TABLE_COLUMNS = (
-    ("path", "block", "{}"), ("block", "kind", "{}"), ("status", "status", "{}"),
-    ("n_nodes", "N", "{}"), ("spectrum_method", "spectrum", "{}"),
-    ("lambda_max", "λ_max", "{:.3f}"), ("complex_share", "complex", "{:.0%}"),
-    ("asymmetry", "asym.", "{:.3f}"), ("effective_rank", "eff. rank", "{:.1f}"),
-    ("rank_collapse", "collapse", "{:.3f}"), ("response_class", "response", "{}"),
-    ("tao_negative_share", "Tao neg. share", "tao"),
-    ("damping_share", "damping (freq.)", "{:.0%}"), ("damping_mass", "damping mass", "{:.0%}"),
-    ("stability_radius", "ρ(M)", "{:.3f}"), ("stability_norm", "‖M‖", "{:.3f}"),
-    ("stack_growth", "growth@n", "{:.3g}"),
-    ("stack_growth_lower_bound", "growth lower bound@n", "{:.3g}"),
-    ("jacobian_full", "‖J‖ full", "{:.3f}"), ("jacobian_frozen", "‖J‖ frozen", "{:.3f}"),
-    ("affinity_share", "affinity share", "{:.2f}"),
-)
-
 #: Blocks compared in the claims section.
 SNL_FAMILY = ("snl", "gsnl", "gsnl_stable")
 SOFTMAX_FAMILY = ("nl", "ns", "a2", "dnl", "cc", "mha")
