@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -123,8 +124,6 @@ class BlockReport:
     affinity_share : float
         :math:`\|J_{full} - J_{fix}\|_2 / \|J_{fix} - I\|_2` (attention without residual:
         :math:`/\|J_{fix}\|_2`).
-    jacobian_norm : float
-        Same as ``jacobian_full`` (kept for existing readers).
     n_units : int
         Units of a ``stage`` row (0 for unit rows).
     noise_gain : float
@@ -204,7 +203,6 @@ class BlockReport:
     jacobian_full_top: tuple[float, ...] = ()
     jacobian_frozen_top: tuple[float, ...] = ()
     affinity_share: float = _NAN
-    jacobian_norm: float = _NAN
     n_units: int = 0
     noise_gain: float = _NAN
     affinity_gain: float = _NAN
@@ -214,6 +212,13 @@ class BlockReport:
     notes: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def jacobian_norm(self) -> float:
+        """Deprecated: the same value as ``jacobian_full`` (read that)."""
+        warnings.warn("BlockReport.jacobian_norm is jacobian_full; read jacobian_full",
+                      DeprecationWarning, stacklevel=2)
+        return self.jacobian_full
 
     def _headline_items(self) -> dict[str, str]:
         cells = ((h, f, getattr(self, k) if k in _FIELDS else self.extra.get(k, _NAN))
@@ -511,7 +516,7 @@ def _analyze_one(cap: Capture, config: AnalysisConfig,
                           registered() if measures is None else registered(measures), withhold)
     if failed:
         measured = not math.isnan(row.lambda_max) or row.response_class or not math.isnan(
-            row.jacobian_norm)
+            row.jacobian_full)
         row.status = "partial" if measured else "skipped"
         row.reason = "; ".join(failed)
     return row
@@ -559,7 +564,7 @@ def _stage_rows(model: nn.Module, caps: Captures, tol: float, k: int) -> list[Bl
         except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
             row.status, row.reason = "skipped", f"stage jacobian: {exc}"
         else:
-            row.jacobian_full = row.jacobian_norm = rep.full.norm
+            row.jacobian_full = rep.full.norm
             row.jacobian_frozen = rep.frozen.norm
             row.jacobian_full_top = tuple(float(v) for v in rep.full.values)
             row.jacobian_frozen_top = tuple(float(v) for v in rep.frozen.values)

@@ -363,7 +363,7 @@ def _jacobian(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
     for i in range(1, min(ctx["jacobian_samples"], cap.n_samples)):
         fn, x = block_function(cap, i)
         norms.append(jacobian_singular_values(fn, x, 1, tol=tol, max_iter=60).norm)
-    out["jacobian_full"] = out["jacobian_norm"] = max(norms)
+    out["jacobian_full"] = max(norms)
     ctx.notes["jacobian"] = (
         f"Krylov power iteration on J^T J (tol {tol:g}, residual "
         f"{full.residual:.1e}{'' if full.converged else ', NOT converged'}); "
@@ -406,7 +406,7 @@ for _m in (
     Measure("affinity_sensitivity", ("affinity_gain",), _affinity_gain, when=_weights),
     Measure("filter_weights", (), _no_weights, when=lambda c, x: c.weights is None),
     Measure("jacobian", ("jacobian_full", "jacobian_frozen", "jacobian_full_top",
-                         "jacobian_frozen_top", "affinity_share", "jacobian_norm"), _jacobian,
+                         "jacobian_frozen_top", "affinity_share"), _jacobian,
             stage="module",
             headline=(("jacobian_full", "‖J‖ full", ".3f"),
                       ("jacobian_vs_backbone", "‖J‖ / backbone median", ".2f"),

@@ -14,7 +14,7 @@ eigenvector of :math:`\hat A` with eigenvalue :math:`\mu`, i.e. of the Laplacian
 the second (Laplacian) form holding for the Chebyshev basis because
 :math:`T_k(-x) = (-1)^k T_k(x)`. For ``basis="stable"`` (gSNL 2019) the block's own basis
 :math:`B_k` is used (:math:`B_2(\mu) = 2\mu - 1`, ...), evaluated by
-:func:`graphfilters.chebyshev.chebyshev_terms`. The rational bases (``cayley``, ``arma``) are
+:func:`graphfilters.chebyshev.polynomial_terms`. The rational bases (``cayley``, ``arma``) are
 evaluated with the block's learned parameters (``Capture.basis_params``: the zoom :math:`h`,
 the poles :math:`\psi_k`), their values from :meth:`graphfilters.filters.FilterFamily.values`
 and their signals from the family's shifted solves (:func:`basis_terms`). For the
@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from graphfilters._backend import to_numpy
-from graphfilters.chebyshev import chebyshev_terms, polynomial_filter
+from graphfilters.chebyshev import polynomial_filter, polynomial_terms
 from graphfilters.filters import GraphOperator, filter_sum, get_filter
 from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, NormalizedOperator, as_affinity
 
@@ -615,7 +615,7 @@ def basis_terms(
 ) -> list[Tensor]:
     r"""The terms :math:`B_k(\hat A) Z`, ``k = 0 .. n_terms - 1``, of the block's basis.
 
-    Polynomial bases: :func:`graphfilters.chebyshev.chebyshev_terms` on ``op`` (or on
+    Polynomial bases: :func:`graphfilters.chebyshev.polynomial_terms` on ``op`` (or on
     ``dense @``). Rational bases (Cayley, ARMA): the family's own
     :meth:`~graphfilters.filters.FilterFamily.terms` with ``params`` on a
     :class:`~graphfilters.filters.GraphOperator` built as the block builds it
@@ -657,7 +657,7 @@ def basis_terms(
     order = family.order_of(int(n_terms))
     if family.kind == "polynomial":
         apply = (lambda X: dense @ X) if dense is not None else op
-        return chebyshev_terms(apply, Z, order, basis)
+        return polynomial_terms(apply, Z, order, basis)
     return family.terms(_graph_operator(op, dense, module), Z, order, _params_like(params, Z))
 
 

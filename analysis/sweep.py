@@ -43,10 +43,9 @@ Jacobians. After training, :func:`analysis.analyze` runs on the first ``analysis
 test images (it captures two of them and differentiates the first, ``jacobian_samples=1``);
 per run the largest value over the model's blocks is kept: ``jacobian_full`` (affinity
 recomputed from the input) and ``jacobian_frozen`` (affinity held fixed) when the analysis
-reports them, otherwise the block Jacobian norm it reports (``jacobian_norm``: the block
-re-run on its input; units 2…k of a stage keep the stage's affinity fixed) and NaN for the
-frozen one; ``jacobian_source`` names the fields used. The per-block values are in the
-JSON rows (``blocks``).
+reports them (the block re-run on its input; units 2…k of a stage keep the stage's affinity
+fixed), NaN where it does not; ``jacobian_source`` names the fields used. The per-block
+values are in the JSON rows (``blocks``).
 
 Examples
 --------
@@ -114,7 +113,7 @@ EXECUTORS = ("local", "serial", "submitit", "submitit-local", "submitit-debug")
 
 #: Row attributes of :func:`analysis.analyze` read for the Jacobian norms, first found wins.
 _JACOBIAN_FIELDS = {
-    "full": ("jacobian_full", "jacobian_norm"),
+    "full": ("jacobian_full",),
     "frozen": ("jacobian_frozen",),
 }
 

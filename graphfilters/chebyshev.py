@@ -55,7 +55,7 @@ __all__ = [
     "chebyshev_basis",
     "chebyshev_coefficients",
     "jackson_damping",
-    "chebyshev_terms",
+    "polynomial_terms",
     "polynomial_filter",
     "chebyshev_filter",
     "spectral_filter",
@@ -204,10 +204,12 @@ def _iter_terms(
     return family.iter_terms(apply, Z, order)
 
 
-def chebyshev_terms(
+def polynomial_terms(
     apply: Callable[[Array], Array], Z: Array, order: int, basis: str = "chebyshev"
 ) -> list[Array]:
-    r"""The terms :math:`B_0(S)Z, \dots, B_K(S)Z` by the three-term recursion.
+    r"""The terms :math:`B_0(S)Z, \dots, B_K(S)Z` of a polynomial basis by its recursion
+    (earlier name ``chebyshev_terms``, kept as a deprecated alias: the basis need not be
+    Chebyshev's).
 
     ``basis="chebyshev"``: :math:`B_k = T_k`. ``basis="stable"``: Chebyshev polynomials
     under the stable hypothesis :math:`S^2 = S` (gSNL's 2019 code), which reduces every
@@ -225,12 +227,22 @@ def chebyshev_terms(
     --------
     >>> import numpy as np
     >>> S = np.array([[0.0, 1.0], [1.0, 0.0]])
-    >>> terms = chebyshev_terms(lambda X: S @ X, np.eye(2), 2)
+    >>> terms = polynomial_terms(lambda X: S @ X, np.eye(2), 2)
     >>> terms[2]                       # T_2(S) = 2 S^2 - I = I
     array([[1., 0.],
            [0., 1.]])
     """
     return list(_iter_terms(apply, Z, order, basis))
+
+
+def chebyshev_terms(apply: Callable[[Array], Array], Z: Array, order: int,
+                    basis: str = "chebyshev") -> list[Array]:
+    """Deprecated name of :func:`polynomial_terms` (``basis="monomial"`` returns monomials)."""
+    import warnings
+
+    warnings.warn("chebyshev_terms is now polynomial_terms (the basis need not be "
+                  "Chebyshev's)", DeprecationWarning, stacklevel=2)
+    return polynomial_terms(apply, Z, order, basis)
 
 
 def _check_signal(Z: Array) -> Array:
@@ -274,7 +286,7 @@ def polynomial_filter(
         Scalars, ``(C_in, C_out)`` matrices, or ``None`` for a dropped term; or an array of
         shape ``(K+1,)`` or ``(K+1, C_in, C_out)``.
     basis : {"chebyshev", "stable"}
-        See :func:`chebyshev_terms`.
+        See :func:`polynomial_terms`.
 
     Shapes
     ------

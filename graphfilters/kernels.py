@@ -431,7 +431,7 @@ def _taylor_rbf_block(i: KernelInputs, taylor_order: int, gamma: float,
                       order=taylor_order, gamma=gamma, beta=beta)
 
 
-#: Kernel name -> how a block builds it (read by :class:`graphfilters.blocks.ChebyshevNonlocal`;
+#: Kernel name -> how a block builds it (read by :class:`graphfilters.blocks.GraphFilterNonlocal`;
 #: a new kernel is its function plus one row here).
 BLOCK_KERNELS: Mapping[str, BlockKernel] = MappingProxyType({
     "embedded_gaussian": BlockKernel(

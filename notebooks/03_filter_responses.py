@@ -220,5 +220,5 @@ for name, table in tables.items():
     print(f"--- {name}")
     print(table.summary())
 columns = ["block", "status", "affinity", "spectrum_method", "lambda_max", "complex_share",
-           "asymmetry", "response_class", "stability_radius", "jacobian_norm"]
+           "asymmetry", "response_class", "stability_radius", "jacobian_full"]
 pd.concat([t.to_frame("all") for t in tables.values()])[columns]

@@ -140,7 +140,7 @@ fig.tight_layout()
 table = analyze(model, batch, progress=False)
 print(table.summary())
 frame = table.to_frame("all")
-print(frame[["path", "status", "response_class", "stability_radius", "jacobian_norm",
+print(frame[["path", "status", "response_class", "stability_radius", "jacobian_full",
              "noise_gain"]])
 
 # %% [markdown]

@@ -50,7 +50,7 @@ def test_analyze_rows_statuses_and_tables():
     assert nl.response_class == "band-stop" and len(nl.stack_growth) == 10
     for r in (snl, nl, cc):
         assert r.reason == "" and math.isfinite(r.stability_radius)
-        assert math.isfinite(r.jacobian_norm) and math.isfinite(r.tao_negative_share)
+        assert math.isfinite(r.jacobian_full) and math.isfinite(r.tao_negative_share)
     assert cgnl.status == "partial" and "channel-position" in cgnl.reason
     # sub-sampled keys: the N x M affinity is read as a bipartite graph (analysis.bipartite)
     assert sub.status == "ok" and sub.spectrum_method == "bipartite-svd", sub.reason
@@ -58,7 +58,7 @@ def test_analyze_rows_statuses_and_tables():
     assert math.isfinite(sub.singular_max) and math.isfinite(sub.spectral_gap)
     assert math.isfinite(sub.z_low_energy) and sub.response_class
     assert math.isnan(sub.lambda_max) and math.isnan(sub.stability_radius)
-    assert math.isfinite(sub.jacobian_norm)                 # still measured empirically
+    assert math.isfinite(sub.jacobian_full)                 # still measured empirically
     assert table.accuracy is not None and set(table.accuracy) == {0.0, 0.05, 0.1, 0.2, 0.4}
     frame = table.to_frame("all")
     assert len(frame) == 5 and {"status", "reason", "lambda_max"} <= set(frame.columns)
@@ -75,7 +75,7 @@ def test_analyze_preresnet_with_labels_and_model_modes():
     x = torch.randn(3, 3, 8, 8)
     table = analyze(model, x, labels=torch.tensor([0, 1, 2]), jacobian=False, progress=False)
     assert [r.path for r in table] == ["layer1.nonlocal1"]
-    assert table[0].status == "ok" and math.isnan(table[0].jacobian_norm)
+    assert table[0].status == "ok" and math.isnan(table[0].jacobian_full)
     assert model.training
     with pytest.raises(ValueError, match="targets"):
         analyze(model, x, accuracy_levels=(0.1,), progress=False)

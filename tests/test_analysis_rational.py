@@ -206,7 +206,7 @@ def test_rational_capture_without_params_says_what_is_missing():
 def test_saved_and_reloaded_cayley_model_analyses_ok(tmp_path):
     from analysis.cli import main
     from analysis.report import analyse_loaded, load_for_analysis
-    from graphfilters.blocks import ChebyshevNonlocal
+    from graphfilters.blocks import GraphFilterNonlocal
     from graphfilters.data import get_dataset
     from graphfilters.models import PreResNet
     from graphfilters.training import save_checkpoint
@@ -214,7 +214,7 @@ def test_saved_and_reloaded_cayley_model_analyses_ok(tmp_path):
     data = get_dataset({"name": "long_range", "n_train": 8, "n_test": 4, "size": 8})
     model = PreResNet(depth=8, width=4, in_channels=data.in_channels,
                       num_classes=data.num_classes, block="cayley", block_positions=(1,))
-    blocks = [m for m in model.modules() if isinstance(m, ChebyshevNonlocal)]
+    blocks = [m for m in model.modules() if isinstance(m, GraphFilterNonlocal)]
     assert blocks
     for b in blocks:
         randomize(b, 4)

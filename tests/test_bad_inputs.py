@@ -317,7 +317,7 @@ CASES = {
                    ValueError, "basis"),
     "poly-Z-nan": (lambda: chebyshev.polynomial_filter(lambda x: x, np.full((3, 1), np.nan),
                                                        [1.0]), ValueError, "Z contains NaN"),
-    "terms-order": (lambda: chebyshev.chebyshev_terms(lambda x: x, Z3, -1), ValueError,
+    "terms-order": (lambda: chebyshev.polynomial_terms(lambda x: x, Z3, -1), ValueError,
                     "order"),
     "basis-order": (lambda: chebyshev.chebyshev_basis(-2, np.ones(3)), ValueError, "order"),
     "jackson-order": (lambda: chebyshev.jackson_damping(-1), ValueError, "order"),

@@ -14,11 +14,11 @@ import torch
 from graphfilters.blocks import (
     CGNL,
     SNL,
-    ChebyshevNonlocal,
     CrissCross,
     DisentangledNonLocal,
     DoubleAttention,
     FilterRecord,
+    GraphFilterNonlocal,
     NonLocal,
     NonlocalStage,
     gSNL,
@@ -267,7 +267,7 @@ def test_new_table_row_is_enough():
         normalization="sym", symmetrize=True, laplacian="sym", order=3,
         weight_constraint="free", affinity_latex="", filter_latex="",
     )
-    block = randomize(ChebyshevNonlocal.from_spec(spec, C), seed=2).double().eval()
+    block = randomize(GraphFilterNonlocal.from_spec(spec, C), seed=2).double().eval()
     assert block.spec is spec and len(block.w) == 4
     x = torch.randn(2, C, 4, 4, dtype=torch.float64)
     with torch.no_grad():
@@ -282,18 +282,18 @@ def test_new_table_row_is_enough():
 
 
 def test_overrides_build_other_configurations():
-    block = ChebyshevNonlocal(C, spec="nl", order=2, weight_constraint="free")
+    block = GraphFilterNonlocal(C, spec="nl", order=2, weight_constraint="free")
     assert block.spec.order == 2 and set(block.w) == {"0", "1", "2"}
-    tied = ChebyshevNonlocal(C, kernel="embedded_gaussian", symmetrize=False,
+    tied = GraphFilterNonlocal(C, kernel="embedded_gaussian", symmetrize=False,
                              normalization="rw", weight_constraint="tied")
     assert tied.spec.kernel == "embedded_gaussian" and set(tied.w) == {"1"}
-    sym_softmax = randomize(ChebyshevNonlocal(C, spec="nl", symmetrize=True,
+    sym_softmax = randomize(GraphFilterNonlocal(C, spec="nl", symmetrize=True,
                                               normalization="sym")).double()
     x = torch.randn(1, C, 3, 3, dtype=torch.float64)
     y, a = sym_softmax(x, return_affinity=True)
     torch.testing.assert_close(a, a.transpose(1, 2), **TOL)
     assert y.shape == x.shape
-    assert ChebyshevNonlocal.from_spec("gsnl_stable", C).spec.basis == "stable"
+    assert GraphFilterNonlocal.from_spec("gsnl_stable", C).spec.basis == "stable"
 
 
 def test_repr_names_block_and_configuration():

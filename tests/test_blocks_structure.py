@@ -12,9 +12,9 @@ from torch.utils._pytree import tree_flatten
 from graphfilters import kernels
 from graphfilters.blocks import (
     SNL,
-    ChebyshevNonlocal,
     CrissCross,
     DisentangledNonLocal,
+    GraphFilterNonlocal,
     NonLocal,
     NonlocalStage,
     make_block,
@@ -287,11 +287,11 @@ def test_non_finite_input_is_reported():
 
 def test_construction_errors():
     with pytest.raises(ValueError, match="order must be an integer >= 0"):
-        ChebyshevNonlocal(C, order=-1)
+        GraphFilterNonlocal(C, order=-1)
     with pytest.raises(ValueError, match="order must be an integer >= 0"):
         make_block("snl", C, order=1.5)
     with pytest.raises(ValueError, match="unknown kernel 'rbf'"):
-        ChebyshevNonlocal(C, kernel="rbf")
+        GraphFilterNonlocal(C, kernel="rbf")
     with pytest.raises(ValueError, match="known blocks: nl, ns, a2"):
         make_block("transformer", C)
     with pytest.raises(ValueError, match="only 'nl' has modes"):
@@ -299,7 +299,7 @@ def test_construction_errors():
     with pytest.raises(ValueError, match="unknown mode"):
         make_block("nl", C, mode="cosine")
     with pytest.raises(ValueError, match="kernel option"):
-        ChebyshevNonlocal(C, kernel_options={"temperature": 2})
+        GraphFilterNonlocal(C, kernel_options={"temperature": 2})
     with pytest.raises(ValueError, match="sub_sample=True is only"):
         make_block("snl", C, sub_sample=True)
     with pytest.raises(ValueError, match="order-1 filter with W_0 = 0"):
@@ -321,7 +321,7 @@ def test_construction_errors():
     with pytest.raises(ValueError, match="temperature"):
         DisentangledNonLocal(C, temperature=0)
     with pytest.raises(ValueError, match="needs inter_channels == in_channels"):
-        ChebyshevNonlocal(C, 4, out_projection=False)
+        GraphFilterNonlocal(C, 4, out_projection=False)
     with pytest.raises(TypeError, match="fixes its spec"):
         SNL(C, spec="nl")
     with pytest.raises(TypeError, match="block name must be a str"):

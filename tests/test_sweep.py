@@ -29,7 +29,7 @@ def _row(block, k, placement, lr, diverged, acc=0.9, seed=0):
     return {"block": block, "k": k, "placement": placement, "lr": lr, "seed": seed,
             "diverged": diverged, "final_accuracy": 0.1 if diverged else acc,
             "max_grad_norm": 1.0, "jacobian_full": math.nan if diverged else 1.0 + k,
-            "jacobian_frozen": math.nan, "jacobian_source": "full=jacobian_norm"}
+            "jacobian_frozen": math.nan, "jacobian_source": "full=jacobian_full"}
 
 
 def test_grid_dedups_k1_and_keys_are_stable_and_distinct():

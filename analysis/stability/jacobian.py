@@ -197,7 +197,7 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
                     ) -> Callable[[Tensor], Tensor]:
     r"""``fn`` with its affinity computed from ``x`` and then held fixed.
 
-    Supported: graphfilters blocks (:class:`~graphfilters.blocks.unified.ChebyshevNonlocal`
+    Supported: graphfilters blocks (:class:`~graphfilters.blocks.unified.GraphFilterNonlocal`
     and everything with ``compute_affinity`` and an ``affinity`` argument), stages
     (:class:`~graphfilters.blocks.NonlocalStage`: one affinity of the stage input for all
     units), a shared-affinity unit as returned by :func:`block_function` (already frozen),

@@ -1,6 +1,6 @@
 r"""Nonlocal blocks as PyTorch modules: one unified Chebyshev block and every named block.
 
-:class:`ChebyshevNonlocal` computes :math:`Y = X + \operatorname{Norm}(\sum_k B_k(\hat A) Z
+:class:`GraphFilterNonlocal` computes :math:`Y = X + \operatorname{Norm}(\sum_k B_k(\hat A) Z
 W_k)` for any row of the block table (:mod:`graphfilters.specs`); the named blocks are its
 configurations, each with an original-form twin in :mod:`graphfilters.blocks.reference` and a
 ``from_reference`` converter, and :func:`make_block` builds any of them by table name.
@@ -55,10 +55,10 @@ from .rational import ARMANonlocal, CayleyNonlocal
 from .record import FilterRecord, OutputAffine
 from .snl import SNL, gSNL
 from .stage import NonlocalStage
-from .unified import KERNEL_OPTIONS, OUT_NORMS, ChebyshevNonlocal
+from .unified import KERNEL_OPTIONS, OUT_NORMS, GraphFilterNonlocal
 
 __all__ = [
-    "ChebyshevNonlocal",
+    "GraphFilterNonlocal",
     "NonlocalStage",
     "NonLocal",
     "DoubleAttention",
@@ -84,3 +84,15 @@ __all__ = [
     "OUT_NORMS",
     "reference",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``ChebyshevNonlocal``, the earlier name of :class:`GraphFilterNonlocal` (it also runs
+    Cayley and ARMA filters), still importable with a ``DeprecationWarning``."""
+    if name == "ChebyshevNonlocal":
+        import warnings
+
+        warnings.warn("ChebyshevNonlocal is now GraphFilterNonlocal (it runs every filter "
+                      "family, not only Chebyshev polynomials)", DeprecationWarning, stacklevel=2)
+        return GraphFilterNonlocal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,12 +6,12 @@ from typing import Any
 
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import DoubleAttentionRef
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["DoubleAttention"]
 
 
-class DoubleAttention(ChebyshevNonlocal):
+class DoubleAttention(GraphFilterNonlocal):
     r"""Double attention block (Chen, Kalantidis, Li, Yan, Feng, NeurIPS 2018).
 
     .. math::
@@ -53,7 +53,7 @@ class DoubleAttention(ChebyshevNonlocal):
         **options: Any,
     ) -> None:
         if "spec" in options:
-            raise TypeError("DoubleAttention fixes its spec; use ChebyshevNonlocal(spec=...)")
+            raise TypeError("DoubleAttention fixes its spec; use GraphFilterNonlocal(spec=...)")
         c_m = options.pop("inter_channels", None) or c_m
         c_n = options.pop("affinity_channels", None) or c_n
         options.setdefault("bias", True)

@@ -7,12 +7,12 @@ from typing import Any
 
 from ._convert import WeightMap, conv_map, copy_weights, match_module
 from .reference import CrissCrossRef
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["CrissCross"]
 
 
-class CrissCross(ChebyshevNonlocal):
+class CrissCross(GraphFilterNonlocal):
     r"""Criss-cross attention (Huang, Wang, Huang, Huang, Wei, Liu, ICCV 2019).
 
     .. math::
@@ -51,7 +51,7 @@ class CrissCross(ChebyshevNonlocal):
         self, in_channels: int, qk_channels: int | None = None, dim: int = 2, **options: Any
     ) -> None:
         if "spec" in options:
-            raise TypeError("CrissCross fixes its spec; use ChebyshevNonlocal(spec=...) instead")
+            raise TypeError("CrissCross fixes its spec; use GraphFilterNonlocal(spec=...) instead")
         inter = options.pop("inter_channels", None)
         if inter is not None and inter != in_channels:
             raise ValueError(

@@ -10,12 +10,12 @@ from torch import Tensor, nn
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .record import OutputAffine
 from .reference import CGNLRef
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["CGNL"]
 
 
-class CGNL(ChebyshevNonlocal):
+class CGNL(GraphFilterNonlocal):
     r"""Compact generalized non-local block (Yue, Sun, Yuan, Zhou, Ding, Xu, NeurIPS 2018).
 
     The graph's nodes are the (channel, position) pairs of each of ``groups`` channel groups
@@ -81,7 +81,7 @@ class CGNL(ChebyshevNonlocal):
         **options: Any,
     ) -> None:
         if "spec" in options:
-            raise TypeError("CGNL fixes its spec; use ChebyshevNonlocal(spec=...) instead")
+            raise TypeError("CGNL fixes its spec; use GraphFilterNonlocal(spec=...) instead")
         if norm not in ("batch", "group"):
             raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
         if norm == "group" and options.get("out_norm") not in (None, "none"):
@@ -114,7 +114,7 @@ class CGNL(ChebyshevNonlocal):
             super().reset_parameters()
 
     def output_affine(self, pre: Tensor) -> OutputAffine:
-        """As :meth:`ChebyshevNonlocal.output_affine`; for ``norm="group"`` the GroupNorm's
+        """As :meth:`GraphFilterNonlocal.output_affine`; for ``norm="group"`` the GroupNorm's
         statistics are per sample: the affine of the first sample of the batch."""
         if not isinstance(self.norm, nn.GroupNorm):
             return super().output_affine(pre)

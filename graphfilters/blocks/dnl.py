@@ -14,12 +14,12 @@ from ..specs import BlockSpec, get_spec
 from . import _utils as U
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import DisentangledNonLocalRef
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["DisentangledNonLocal", "UnitAffinity"]
 
 
-class DisentangledNonLocal(ChebyshevNonlocal):
+class DisentangledNonLocal(GraphFilterNonlocal):
     r"""Disentangled non-local block (Yin, Yao, Cao, Li, Zhang, Lin, Hu, ECCV 2020).
 
     .. math::
@@ -90,7 +90,8 @@ class DisentangledNonLocal(ChebyshevNonlocal):
         **options: Any,
     ) -> None:
         if "spec" in options:
-            raise TypeError("DisentangledNonLocal fixes its spec; use ChebyshevNonlocal(spec=...)")
+            raise TypeError("DisentangledNonLocal fixes its spec; use "
+                            "GraphFilterNonlocal(spec=...)")
         self.pairwise_normalization: str | None = None
         if pairwise is not None:
             self._init_pairwise(in_channels, inter_channels, dim, pairwise, options)
@@ -143,7 +144,7 @@ class DisentangledNonLocal(ChebyshevNonlocal):
         return text
 
     def forward(self, x: Tensor, affinity: Affinity | None = None, **kwargs: Any):
-        """As :meth:`ChebyshevNonlocal.forward`; with ``pairwise=``, ``affinity`` (raw, as a
+        """As :meth:`GraphFilterNonlocal.forward`; with ``pairwise=``, ``affinity`` (raw, as a
         stage passes it) is normalized by the pairwise spec and the unary term of this
         unit's input is added."""
         if self.pairwise_normalization is None:

@@ -38,7 +38,7 @@ def make_block(
 
     Returns
     -------
-    ChebyshevNonlocal, NonlocalStage or AttentionFilterBlock
+    GraphFilterNonlocal, NonlocalStage or AttentionFilterBlock
 
     Raises
     ------

@@ -7,12 +7,12 @@ from typing import Any
 from ..specs import get_spec
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import NonLocalRef
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["NonLocal"]
 
 
-class NonLocal(ChebyshevNonlocal):
+class NonLocal(GraphFilterNonlocal):
     r"""Non-local block (Wang, Girshick, Gupta, He, CVPR 2018).
 
     .. math::
@@ -36,7 +36,7 @@ class NonLocal(ChebyshevNonlocal):
     dim : {1, 2, 3}
     sub_sample : bool
     **options
-        Other :class:`ChebyshevNonlocal` arguments.
+        Other :class:`GraphFilterNonlocal` arguments.
 
     Shapes
     ------
@@ -61,7 +61,7 @@ class NonLocal(ChebyshevNonlocal):
         **options: Any,
     ) -> None:
         if "spec" in options:
-            raise TypeError("NonLocal fixes its spec; use ChebyshevNonlocal(spec=...) instead")
+            raise TypeError("NonLocal fixes its spec; use GraphFilterNonlocal(spec=...) instead")
         options.setdefault("bias", True)
         super().__init__(in_channels, inter_channels, dim=dim, sub_sample=sub_sample,
                          spec=get_spec("nl", mode=mode), **options)

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["CayleyNonlocal", "ARMANonlocal", "RATIONAL_AFFINITIES"]
 
@@ -51,7 +51,7 @@ RATIONAL_AFFINITIES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
 
 def _rational_options(spec: str, affinity: str, options: dict[str, Any]) -> dict[str, Any]:
     if "spec" in options:
-        raise TypeError(f"the {spec} block fixes its spec; use ChebyshevNonlocal(spec=...)")
+        raise TypeError(f"the {spec} block fixes its spec; use GraphFilterNonlocal(spec=...)")
     if affinity not in RATIONAL_AFFINITIES:
         raise ValueError(
             f"unknown affinity {affinity!r}; choose one of {list(RATIONAL_AFFINITIES)}"
@@ -62,7 +62,7 @@ def _rational_options(spec: str, affinity: str, options: dict[str, Any]) -> dict
     return options
 
 
-class CayleyNonlocal(ChebyshevNonlocal):
+class CayleyNonlocal(GraphFilterNonlocal):
     r"""Nonlocal block with a Cayley filter of order ``order`` (``2 order + 1`` weights) and a
     learned zoom :math:`h = \operatorname{softplus}(\eta) > 0`.
 
@@ -75,7 +75,7 @@ class CayleyNonlocal(ChebyshevNonlocal):
     affinity : {"snl", "softmax"}
     dim : {1, 2, 3}
     **options
-        Other :class:`~graphfilters.blocks.ChebyshevNonlocal` arguments (``solver_tol``, ...).
+        Other :class:`~graphfilters.blocks.GraphFilterNonlocal` arguments (``solver_tol``, ...).
 
     Shapes
     ------
@@ -90,7 +90,7 @@ class CayleyNonlocal(ChebyshevNonlocal):
         self.affinity = affinity
 
 
-class ARMANonlocal(ChebyshevNonlocal):
+class ARMANonlocal(GraphFilterNonlocal):
     r"""Nonlocal block with a parallel ARMA filter of ``order`` poles
     :math:`|\psi_k| < 0.95` (``order + 1`` weights).
 
@@ -103,7 +103,7 @@ class ARMANonlocal(ChebyshevNonlocal):
     affinity : {"snl", "softmax"}
     dim : {1, 2, 3}
     **options
-        Other :class:`~graphfilters.blocks.ChebyshevNonlocal` arguments.
+        Other :class:`~graphfilters.blocks.GraphFilterNonlocal` arguments.
 
     Shapes
     ------

@@ -3,7 +3,7 @@ r"""Original-form reference implementations of the nonlocal blocks.
 Each module here is written from its paper (or, for SNL, the official code), in plain dense
 torch, the way the authors wrote it: it forms the ``N x N`` affinity and knows nothing of graph
 filters. These modules exist so that the equivalence of every block with its configuration of
-:class:`~graphfilters.blocks.ChebyshevNonlocal` is *tested*, not assumed (see
+:class:`~graphfilters.blocks.GraphFilterNonlocal` is *tested*, not assumed (see
 ``tests/test_blocks.py`` and each named block's ``from_reference``). They deliberately import
 nothing from :mod:`graphfilters` (not the graph, Chebyshev or kernel code).
 

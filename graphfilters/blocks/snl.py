@@ -11,12 +11,12 @@ from torch import Tensor
 
 from ._convert import BN_KEYS, WeightMap, bn_map, copy_weights, match_module
 from .reference import GSNLRef, OfficialSNL
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["SNL", "gSNL"]
 
 
-class SNL(ChebyshevNonlocal):
+class SNL(GraphFilterNonlocal):
     r"""Spectral nonlocal block (Zhu, She, Li, Lu, Kang, Hu, Wang, ICCV 2021).
 
     .. math::
@@ -41,7 +41,7 @@ class SNL(ChebyshevNonlocal):
     relu_after_norm : bool
     sign : {+1, -1}
     **options
-        Other :class:`ChebyshevNonlocal` arguments (e.g. ``order=3`` for a longer filter).
+        Other :class:`GraphFilterNonlocal` arguments (e.g. ``order=3`` for a longer filter).
 
     Shapes
     ------
@@ -69,7 +69,7 @@ class SNL(ChebyshevNonlocal):
         **options: Any,
     ) -> None:
         if "spec" in options:
-            raise TypeError("SNL fixes its spec; use ChebyshevNonlocal(spec=...) instead")
+            raise TypeError("SNL fixes its spec; use GraphFilterNonlocal(spec=...) instead")
         options.setdefault("bias", False)
         super().__init__(in_channels, inter_channels, dim=dim, relu_after_norm=relu_after_norm,
                          sign=sign, spec="snl", **options)
@@ -164,7 +164,7 @@ class SNL(ChebyshevNonlocal):
         return block
 
 
-class gSNL(ChebyshevNonlocal):  # noqa: N801 - the block's published name
+class gSNL(GraphFilterNonlocal):  # noqa: N801 - the block's published name
     r"""Generalized spectral nonlocal block: the order-2 filter on SNL's affinity.
 
     .. math::
@@ -201,7 +201,7 @@ class gSNL(ChebyshevNonlocal):  # noqa: N801 - the block's published name
         **options: Any,
     ) -> None:
         if "spec" in options:
-            raise TypeError("gSNL fixes its spec; use ChebyshevNonlocal(spec=...) instead")
+            raise TypeError("gSNL fixes its spec; use GraphFilterNonlocal(spec=...) instead")
         options.setdefault("bias", False)
         super().__init__(in_channels, inter_channels, dim=dim,
                          spec="gsnl_stable" if stable else "gsnl", **options)

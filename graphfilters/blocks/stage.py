@@ -49,7 +49,7 @@ class NonlocalStage(nn.Module):
 
     Attributes
     ----------
-    units : nn.ModuleList of ChebyshevNonlocal
+    units : nn.ModuleList of GraphFilterNonlocal
     spec : BlockSpec
         The units' spec.
     record : bool
@@ -110,7 +110,7 @@ class NonlocalStage(nn.Module):
 
     def filter_weights(self, unit: int = 0) -> list[Tensor]:
         """The affinity-form weights of unit ``unit`` (see
-        :meth:`ChebyshevNonlocal.filter_weights`)."""
+        :meth:`GraphFilterNonlocal.filter_weights`)."""
         return self.units[unit].filter_weights()
 
     def reset_parameters(self) -> None:

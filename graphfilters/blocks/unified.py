@@ -1,7 +1,7 @@
 r"""The unified nonlocal block: a graph filter on the affinity graph.
 
 Every nonlocal block of :mod:`graphfilters.specs` is a configuration of
-:class:`ChebyshevNonlocal` (its basis, polynomial or rational, from
+:class:`GraphFilterNonlocal` (its basis, polynomial or rational, from
 :mod:`graphfilters.filters`); :class:`~graphfilters.blocks.stage.NonlocalStage` shares one
 affinity between several of them. This module imports no other block module.
 """
@@ -23,7 +23,7 @@ from ..specs import BlockSpec, get_spec
 from . import _utils as U
 from .record import FilterRecord, OutputAffine
 
-__all__ = ["ChebyshevNonlocal", "OUT_NORMS", "KERNEL_OPTIONS"]
+__all__ = ["GraphFilterNonlocal", "OUT_NORMS", "KERNEL_OPTIONS"]
 
 #: Output normalizations: ``batch`` (BatchNorm, zero-initialized scale), ``gamma`` (a learned
 #: scalar, zero-initialized; CCNet), ``none``.
@@ -37,7 +37,7 @@ KERNEL_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 _SUBSAMPLE_KERNELS = tuple(n for n, k in kernels.BLOCK_KERNELS.items() if k.subsample)
 
 
-class ChebyshevNonlocal(nn.Module):
+class GraphFilterNonlocal(nn.Module):
     r"""Nonlocal block as a Chebyshev graph filter on the affinity graph.
 
     .. math::
@@ -137,10 +137,10 @@ class ChebyshevNonlocal(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from graphfilters.blocks import ChebyshevNonlocal
-    >>> block = ChebyshevNonlocal(16, spec="gsnl")
+    >>> from graphfilters.blocks import GraphFilterNonlocal
+    >>> block = GraphFilterNonlocal(16, spec="gsnl")
     >>> block
-    ChebyshevNonlocal(
+    GraphFilterNonlocal(
       block=gsnl, in_channels=16, inter_channels=8, kernel=relu_dot, ...
     )
     >>> x = torch.randn(2, 16, 8, 8)
@@ -292,14 +292,14 @@ class ChebyshevNonlocal(nn.Module):
     @classmethod
     def from_spec(
         cls, spec: str | BlockSpec, in_channels: int, **options: Any
-    ) -> ChebyshevNonlocal:
+    ) -> GraphFilterNonlocal:
         """The block of a table row: ``spec`` decides kernel, normalization, order,
         constraint and basis; ``options`` are the other constructor arguments.
 
         Examples
         --------
         >>> from graphfilters.specs import get_spec
-        >>> ChebyshevNonlocal.from_spec(get_spec("snl", order=3), 8).spec.n_terms
+        >>> GraphFilterNonlocal.from_spec(get_spec("snl", order=3), 8).spec.n_terms
         4
         """
         if "spec" in options:
@@ -684,3 +684,15 @@ def _resolve_kernel_options(kernel: str, options: Mapping[str, Any] | None) -> d
         )
     allowed.update(given)
     return allowed
+
+
+def __getattr__(name: str) -> object:
+    """``ChebyshevNonlocal``, the earlier name of :class:`GraphFilterNonlocal` (it also runs
+    Cayley and ARMA filters), still importable with a ``DeprecationWarning``."""
+    if name == "ChebyshevNonlocal":
+        import warnings
+
+        warnings.warn("ChebyshevNonlocal is now GraphFilterNonlocal (it runs every filter "
+                      "family, not only Chebyshev polynomials)", DeprecationWarning, stacklevel=2)
+        return GraphFilterNonlocal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,21 +24,21 @@ from .gfsa import GFSA
 from .nl import NonLocal
 from .rational import ARMANonlocal, CayleyNonlocal
 from .snl import SNL, gSNL
-from .unified import ChebyshevNonlocal
+from .unified import GraphFilterNonlocal
 
 __all__ = ["BLOCK_CLASSES", "ATTENTION_CLASSES", "KNOWN_BLOCKS", "unit_factory"]
 
 
-def _ns_unit(in_channels: int, dim: int = 2, **options: Any) -> ChebyshevNonlocal:
+def _ns_unit(in_channels: int, dim: int = 2, **options: Any) -> GraphFilterNonlocal:
     """A unit of Tao et al.'s nonlocal stage (biases, as NL)."""
     if "spec" in options:
         raise TypeError("the ns unit fixes its spec")
     options.setdefault("bias", True)
-    return ChebyshevNonlocal(in_channels, dim=dim, spec="ns", **options)
+    return GraphFilterNonlocal(in_channels, dim=dim, spec="ns", **options)
 
 
 #: Table name -> constructor of one block (``ns`` -> one unit; its block is a stage).
-BLOCK_CLASSES: dict[str, Callable[..., ChebyshevNonlocal]] = {
+BLOCK_CLASSES: dict[str, Callable[..., GraphFilterNonlocal]] = {
     "nl": NonLocal,
     "ns": _ns_unit,
     "a2": DoubleAttention,
@@ -76,7 +76,7 @@ def block_key(name: str) -> str:
     return key
 
 
-def unit_factory(name: str) -> Callable[..., ChebyshevNonlocal]:
+def unit_factory(name: str) -> Callable[..., GraphFilterNonlocal]:
     """The constructor of one unit of block ``name`` (``ns``: a unit of the stage)."""
     key = block_key(name)
     if key in ATTENTION_CLASSES:

@@ -106,7 +106,7 @@ class FilterFamily:
         """Check that ``params`` holds exactly the family's parameters, with their shapes.
 
         A rational filter's response depends on them, so they are never silently defaulted:
-        pass a block's :meth:`~graphfilters.blocks.ChebyshevNonlocal.filter_parameters`, a
+        pass a block's :meth:`~graphfilters.blocks.GraphFilterNonlocal.filter_parameters`, a
         record's ``params`` or :meth:`default_parameters`.
         """
         shapes = self.parameter_shapes(order)
