@@ -2,7 +2,7 @@ r"""One call: :func:`analyze` a model's nonlocal blocks, one row per block.
 
 For every nonlocal module that :func:`~analysis.capture.capture` finds, :func:`analyze`
 computes the spectrum of :math:`\hat A` (method picked by structure and size and recorded),
-the affinity metrics of :func:`~analysis.spectra.affinity_metrics`, the frequency response
+the affinity metrics of :func:`~analysis.metrics.affinity_metrics`, the frequency response
 and its class (:func:`~analysis.response.block_response`), Tao et al.'s weight spectrum,
 the linearized stability and stack growth (:mod:`analysis.robustness`), the Jacobian's
 spectral norm, and the output changes under input noise and affinity perturbation.
@@ -81,10 +81,10 @@ class BlockReport:
     symmetric : bool or None
         Whether :math:`\hat A` is symmetric.
     spectrum_method, spectrum_reason : str
-        The eigen-solver used and why (see :func:`analysis.spectra.spectrum`).
+        The eigen-solver used and why (see :func:`analysis.eigen.spectrum`).
     lambda_max, spectral_gap, complex_share, max_imag, asymmetry, row_sum_deviation,
     effective_rank, rank_collapse : float
-        :func:`analysis.spectra.affinity_metrics` (max over samples for ``lambda_max``,
+        :func:`analysis.metrics.affinity_metrics` (max over samples for ``lambda_max``,
         ``max_imag``, ``asymmetry``, ``row_sum_deviation``; mean for the others).
     response_class : str
         :func:`analysis.response.classify_response` of the filter's largest singular value.

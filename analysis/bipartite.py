@@ -107,7 +107,7 @@ class BipartiteSpectrum:
     @property
     def effective_rank(self) -> np.ndarray:
         """Entropy effective rank of the singular values per sample
-        (:func:`analysis.spectra.effective_rank`)."""
+        (:func:`analysis.metrics.effective_rank`)."""
         return np.array([effective_rank(s) for s in self.singular_values])
 
     def summary(self) -> dict[str, float]:

@@ -1,6 +1,6 @@
 r"""Figures computed from a capture: the solves they need, then :mod:`analysis.plots` to draw.
 
-:mod:`analysis.plots` only draws results it is given (a :class:`~analysis.spectra.Spectrum`,
+:mod:`analysis.plots` only draws results it is given (a :class:`~analysis.eigen.Spectrum`,
 a :class:`~analysis.response.BlockResponse`, ...); a figure that runs the solves itself lives
 here, above both, so that the results' ``.plot()`` methods and the drawing functions do not
 import each other.
@@ -31,7 +31,7 @@ def plot_capture_spectra(
 
     The Laplacian's eigenvalues are :math:`1 - \mu` of the same eigen-solve (no second one)
     for a ``sym``/``rw`` normalization; both panels count complex eigenvalues with one rule
-    (:func:`analysis.spectra.complex_share`), so they report the same share.
+    (:func:`analysis.complex_share.complex_share`), so they report the same share.
 
     Parameters
     ----------

@@ -130,7 +130,7 @@ class CaptureConfig(_Checked):
 
 @dataclass(frozen=True)
 class SpectrumConfig(_Checked):
-    """How each captured affinity's spectrum is computed (:func:`analysis.spectra.spectrum`).
+    """How each captured affinity's spectrum is computed (:func:`analysis.eigen.spectrum`).
 
     Parameters
     ----------

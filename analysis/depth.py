@@ -42,8 +42,8 @@ capture knows the map adds its input.
 modulus (the largest is 1 for a row-stochastic matrix). :math:`\hat A_h^k \to \mathbf 1
 \pi^T` as :math:`(1 - \gamma_h)^k`: a large gap is a fast-mixing, strongly smoothing graph.
 Defined only for square, nonnegative, row-stochastic affinities (row sums within
-:data:`~analysis.spectra.ROW_STOCHASTIC_TOL`); elsewhere ``n/a`` with the reason. This is
-not the ``spectral_gap`` of :func:`~analysis.spectra.affinity_metrics` (the gap
+:data:`~analysis.metrics.ROW_STOCHASTIC_TOL`); elsewhere ``n/a`` with the reason. This is
+not the ``spectral_gap`` of :func:`~analysis.metrics.affinity_metrics` (the gap
 :math:`\operatorname{Re}\lambda_{(2)} - \operatorname{Re}\lambda_{(1)}` of the Laplacian).
 An affinity applied twice in one call (GFSA's :math:`A(AV)`) is one graph: counted once.
 

@@ -218,7 +218,7 @@ def plot_spectrum(
     row-stochastic matrix's spectrum lies inside it); for its Laplacian
     :math:`\lambda = 1 - \mu` it is :math:`|\lambda - 1| = 1`. An array of unknown origin
     gets no circle. Axes are equal, so the circle is a circle. The legend gives the share of
-    complex eigenvalues by :func:`analysis.spectra.complex_share` (one rule for
+    complex eigenvalues by :func:`analysis.complex_share.complex_share` (one rule for
     :math:`\hat A` and :math:`I - \hat A`).
 
     Examples

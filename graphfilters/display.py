@@ -277,7 +277,7 @@ def _range(values: Any) -> str:
 
 
 def spectrum_items(s: Any) -> dict[str, Any]:
-    """Key facts of an :class:`analysis.spectra.Spectrum`."""
+    """Key facts of an :class:`analysis.eigen.Spectrum`."""
     per = {len(e) for e in s.eigenvalues}
     out = {"operator": f"{s.operator} ({s.kind})", "nodes": s.n,
            "samples": s.n_samples, "eigenvalues per sample": ", ".join(map(str, sorted(per))),

@@ -1307,7 +1307,7 @@ class NormalizedOperator:
             raise ValueError(
                 "nonzero=True needs a low-rank affinity (LowRankAffinity); use nonzero=False"
             )
-        S.check_dense_size(self.n, "eigvals", "use analysis.spectra.spectrum (matrix-free, "
+        S.check_dense_size(self.n, "eigvals", "use analysis.eigen.spectrum (matrix-free, "
                            "certified extremes) or a LowRankAffinity")
         return _dense_eigvals(self.dense(), self.symmetric)
 
