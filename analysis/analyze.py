@@ -139,7 +139,7 @@ class BlockReport:
         ``nan`` otherwise.
     self_check_error : float
         How well the capture reproduces what the module computed
-        (:attr:`analysis.capture.Capture.self_check_error`, what was compared in
+        (:attr:`analysis.capture_record.Capture.self_check_error`, what was compared in
         ``notes["self_check"]``); ``nan`` where not checked.
     reconstruction_error : float
         The module's output rebuilt from the captured filter against the module's own

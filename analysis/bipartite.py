@@ -166,8 +166,8 @@ def bipartite_spectrum(affinity: Any, *, vectors: bool = False) -> BipartiteSpec
     Parameters
     ----------
     affinity : Affinity, NormalizedOperator or tensor ``(..., N, M)``
-        :math:`\hat A` (a capture's :meth:`~analysis.capture.Capture.operator`, or
-        :meth:`~analysis.capture.Capture.dense_affinity`); leading axes are samples.
+        :math:`\hat A` (a capture's :meth:`~analysis.capture_record.Capture.operator`, or
+        :meth:`~analysis.capture_record.Capture.dense_affinity`); leading axes are samples.
     vectors : bool
         Keep the singular vectors (for :func:`bipartite_energy`).
 

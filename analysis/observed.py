@@ -97,7 +97,7 @@ def observed_capture(path: str, module: nn.Module | None, obs: list[Observation]
                      residual: Residual | None = None,
                      layer_args: tuple[tuple, dict] | None = None,
                      own_residual: bool = False) -> dict[str, Any]:
-    r"""The fields of the :class:`~analysis.capture.Capture` of the observations ``obs`` of
+    r"""The fields of the :class:`~analysis.capture_record.Capture` of the observations ``obs`` of
     one module call (a batch of ``batch`` samples). Several applications in one call (heads
     computed in a loop) are stacked as heads when they have one shape.
 

@@ -3,7 +3,7 @@ libraries read as graph filters, without adapters.
 
 Each recognizer recomputes the attention map from the call's inputs and the module's own
 weights (fused kernels such as ``F.scaled_dot_product_attention`` never form it), with the
-call's masks, and fills a :class:`~analysis.capture.Capture`:
+call's masks, and fills a :class:`~analysis.capture_record.Capture`:
 
 - the affinity :math:`A = \operatorname{softmax}_{row}(s\,QK^T + \text{mask})`: per head
   (``heads="keep"``, batch shape ``(S, H)``) or the head average (``heads="mean"``, what

@@ -1,6 +1,6 @@
 r"""The output-level self-check: does the captured filter reproduce what the module computes?
 
-The affinity-level check (:attr:`analysis.capture.Capture.self_check_error`) says that the
+The affinity-level check (:attr:`analysis.capture_record.Capture.self_check_error`) says that the
 captured affinity is the one the model applied. This one goes further: the module's output is
 rebuilt from what was captured,
 

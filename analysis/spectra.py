@@ -3,7 +3,7 @@ r"""Eigenvalue spectra and per-affinity metrics of captured (or hand-made) affin
 Operators
 ---------
 For an affinity :math:`M` (any :class:`graphfilters.graph.Affinity`, a dense array, or a
-:class:`~analysis.capture.Capture`) three operators are offered: ``"affinity"`` (:math:`M`),
+:class:`~analysis.capture_record.Capture`) three operators are offered: ``"affinity"`` (:math:`M`),
 ``"normalized"`` (:math:`\hat A`, normalization ``kind`` in ``sym``, ``rw``, ``size``,
 ``none``) and ``"laplacian"`` (``kind`` in ``combinatorial``, ``sym``, ``rw``). All
 normalization and Laplacian formulas are those of :mod:`graphfilters.graph`.

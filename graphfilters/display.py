@@ -315,7 +315,7 @@ def stability_items(st: Any) -> dict[str, Any]:
 
 
 def capture_items(c: Any) -> dict[str, Any]:
-    """Key facts of an :class:`analysis.capture.Capture`."""
+    """Key facts of an :class:`analysis.capture_record.Capture`."""
     out = {"module": f"{c.module_type} ({c.source})",
            "block": c.spec.name if c.spec is not None else "-",
            "affinity": (f"{type(c.affinity).__name__} {tuple(c.affinity.shape)}"
