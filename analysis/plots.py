@@ -574,7 +574,7 @@ def plot_energy(
     range_: tuple[float, float] = (0.0, 2.0),
 ) -> tuple[Figure, Axes]:
     r"""Share of a signal's energy per graph-frequency band (from
-    :func:`analysis.response.graph_frequency_energy`), averaged over samples.
+    :func:`analysis.energy.graph_frequency_energy`), averaged over samples.
 
     Examples
     --------
