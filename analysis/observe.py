@@ -53,7 +53,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import combinations
 from typing import Any
 
 import torch
@@ -61,6 +60,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from .attention_ops import (
+    Mark,
+    einsum_affinity,
+    einsum_parts,
+    repeat_kv,
+    sdpa_affinity,
+    swaps_last_two,
+)
 
 __all__ = ["Observation", "AffinityWatcher", "observe", "reading", "positions_of",
            "module_stack_hooks", "sdpa_affinity", "hold_affinities", "mha_fastpath",
@@ -82,8 +90,6 @@ _LAYOUT = {Tensor.index_select, torch.index_select, Tensor.gather, torch.gather,
            torch.unbind, Tensor.chunk, torch.chunk, Tensor.split, torch.split}
 #: maps that act on the last axis of each token alone (the token layout is kept)
 _TOKENWISE = {F.linear, F.layer_norm} | ({F.rms_norm} if hasattr(F, "rms_norm") else set())
-#: the most entries an affinity read from an ``einsum`` may have (it is formed densely)
-EINSUM_MAX_ENTRIES = 2 ** 26
 _REPEAT = {Tensor.repeat, Tensor.expand, Tensor.expand_as, torch.tile, Tensor.repeat_interleave}
 #: ops whose output swaps the last two axes of their input (a transposed mark)
 _TRANSPOSE = {Tensor.transpose, torch.transpose, Tensor.permute, torch.permute, Tensor.mT,
@@ -157,16 +163,6 @@ class _Node:
     input_of: str | None = None       # the path of a module whose input this tensor is
 
 
-@dataclass
-class _Mark:
-    kind: str
-    owner: str
-    how: str
-    transposed: bool = False
-    factor: Tensor | None = None          # gather: the factor F^T (d, M) over positions
-    keys: int = 0
-    values: Tensor | None = None          # gather: the values V (M, c) it gathered
-    normalized: bool = False              # gather: F^T is a softmax over positions
 
 
 def positions_of(t: Any) -> set[int]:
@@ -236,7 +232,7 @@ class AffinityWatcher(TorchFunctionMode):
         self.stack: list[tuple[str, nn.Module | None, set[int]]] = []
         self.calls: dict[str, int] = {}
         self.call_args: dict[str, tuple[tuple, dict]] = {}
-        self._marks: dict[int, tuple[Tensor, _Mark]] = {}
+        self._marks: dict[int, tuple[Tensor, Mark]] = {}
         #: outputs of applications: id -> (output, observation index, values, to rows)
         self._applied: dict[int, tuple[Tensor, int, Tensor, Callable[[Tensor], Tensor]]] = {}
         self._nodes: dict[int, tuple[weakref.ref, _Node]] = {}
@@ -259,11 +255,11 @@ class AffinityWatcher(TorchFunctionMode):
             return _ANY
         return self._owner()[2] | self.fixed_positions
 
-    def _mark(self, t: Any, mark: _Mark) -> None:
+    def _mark(self, t: Any, mark: Mark) -> None:
         if isinstance(t, Tensor):
             self._marks[id(t)] = (t, mark)
 
-    def _get(self, t: Any) -> _Mark | None:
+    def _get(self, t: Any) -> Mark | None:
         if not isinstance(t, Tensor):
             return None
         hit = self._marks.get(id(t))
@@ -405,18 +401,18 @@ class AffinityWatcher(TorchFunctionMode):
                 src = self._get(args[0])
                 how = "softmax over the last axis" + (
                     f" of a {src.how}" if src is not None and src.kind == "product" else "")
-                self._mark(out, _Mark("softmax", path, how))
+                self._mark(out, Mark("softmax", path, how))
             return
         if func in _MATMUL and len(args) >= 2:
             a, b = args[0], args[1]
             acts = (isinstance(a, Tensor) and isinstance(b, Tensor) and not _is_param(a)
                     and not _is_param(b) and a.dim() >= 2 and b.dim() >= 2)
             if acts and out.shape[-2] in self._positions() and out.shape[-1] > 1:
-                self._mark(out, _Mark("product", path, "product of two activations"))
+                self._mark(out, Mark("product", path, "product of two activations"))
             elif acts and a.shape[-1] in self._positions() and a.shape[-1] > 1 \
                     and (self._get(a) is None or self._get(a).kind == "softmax"):
                 ma = self._get(a)                          # F^T V, contracted over positions
-                self._mark(out, _Mark("gather", path, "context contracted over positions",
+                self._mark(out, Mark("gather", path, "context contracted over positions",
                                       factor=a, keys=int(a.shape[-1]), values=b,
                                       normalized=ma is not None and not ma.transposed))
             return
@@ -426,7 +422,7 @@ class AffinityWatcher(TorchFunctionMode):
                     and 1 in tuple(src.shape[-2:]) and out.shape[-2:] != src.shape[-2:])
             if grid and out.shape[-2] in self._positions() and out.shape[-1] > 1 \
                     and self._get(src) is None:
-                self._mark(out, _Mark("product", path, "broadcast pairwise grid"))
+                self._mark(out, Mark("product", path, "broadcast pairwise grid"))
             return
         # carry a mark through ops that keep (or swap) the last two axes
         for t in tree_leaves((args, kwargs)):
@@ -434,22 +430,23 @@ class AffinityWatcher(TorchFunctionMode):
             if m is None:
                 continue
             if tuple(out.shape[-2:]) == tuple(t.shape[-2:]) and not (
-                    func in _TRANSPOSE and t.shape[-1] == t.shape[-2] and _swaps(func, args)):
+                    func in _TRANSPOSE and t.shape[-1] == t.shape[-2]
+                    and swaps_last_two(func, args)):
                 self._mark(out, m)
                 return
             if (tuple(out.shape[-2:]) == tuple(t.shape[-2:])[::-1]
                     and (func in _TRANSPOSE or t.shape[-2] == 1 or t.shape[-1] == 1)):
-                self._mark(out, _Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
+                self._mark(out, Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
                                       m.keys, m.values, m.normalized))
                 return
             if func is Tensor.__getitem__ and out.dim() == t.dim() \
                     and tuple(out.shape[:-1]) == tuple(t.shape[:-1]) \
                     and out.shape[-1] < t.shape[-1] and not m.transposed:
-                self._mark(out, _Mark(m.kind, m.owner, m.how + ", keys sliced"))
+                self._mark(out, Mark(m.kind, m.owner, m.how + ", keys sliced"))
                 return
             if func in (Tensor.unsqueeze, torch.unsqueeze) and out.shape[-1] == 1 \
                     and out.shape[-2] == t.shape[-1] and t.shape[-2] == 1:
-                self._mark(out, _Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
+                self._mark(out, Mark(m.kind, m.owner, m.how, not m.transposed, m.factor,
                                       m.keys, m.values))
                 return
 
@@ -483,7 +480,7 @@ class AffinityWatcher(TorchFunctionMode):
     def _call_index(self, path: str) -> int:
         return self.calls.get(path, 0)
 
-    def _apply(self, func: Callable, P: Tensor, V: Tensor, mark: _Mark, args: tuple,
+    def _apply(self, func: Callable, P: Tensor, V: Tensor, mark: Mark, args: tuple,
                kwargs: dict, *, transposed: bool) -> Tensor:
         if self.hold:
             self.held += 1
@@ -546,11 +543,11 @@ class AffinityWatcher(TorchFunctionMode):
         """An affinity applied by ``torch.einsum``: one factor a marked affinity whose key
         axis is summed against a values tensor, the values' channels kept. The affinity over
         the flattened positions is the einsum applied to a basis of the values' positions."""
-        read = _einsum_affinity(args, self._get, self._positions())
+        read = einsum_affinity(args, self._get, self._positions())
         if read is None:
             return False, None
         pi, mark, read_map = read
-        eq, ops = _einsum_parts(args)
+        eq, ops = einsum_parts(args)
         if self.hold:
             self.held += 1
             ops = list(ops)
@@ -569,7 +566,7 @@ class AffinityWatcher(TorchFunctionMode):
                 self._applied_output(out, ops[1 - pi], to_rows)
         return True, out
 
-    def _normalized(self, gather: _Mark, q: Tensor) -> bool:
+    def _normalized(self, gather: Mark, q: Tensor) -> bool:
         """A factorization is read as an affinity when one factor is a softmax: the gathered
         ``F^T`` over positions, or ``Q`` over its channels."""
         mq = self._get(q)
@@ -577,7 +574,7 @@ class AffinityWatcher(TorchFunctionMode):
                                      and not mq.transposed)
 
     def _distribute(self, func: Callable, args: tuple, kwargs: dict, *, g: Tensor, q: Tensor,
-                    mark: _Mark, left: bool) -> Tensor:
+                    mark: Mark, left: bool) -> Tensor:
         """``Q G`` with ``G = F^T V`` (``left``: ``G^T Q^T``): the affinity ``A = Q F^T``
         applied to ``V``. Held fixed, both factors are detached and ``G`` is recomputed from
         the live ``V`` (when ``G`` is exactly ``F^T V``; a context rescaled after the product
@@ -631,7 +628,7 @@ class AffinityWatcher(TorchFunctionMode):
             raise ValueError("attention held fixed: dropout in attention (run in eval mode)")
         with torch.no_grad():
             P, how = sdpa_affinity(q, k, mask, causal, scale, gqa)
-        kk, vv = _repeat_kv(q, k, v, gqa)
+        kk, vv = repeat_kv(q, k, v, gqa)
         if self.hold:
             self.held += 1
             out = P.to(vv.dtype).detach() @ vv
@@ -640,7 +637,7 @@ class AffinityWatcher(TorchFunctionMode):
         if self.record:
             path, module, _ = self._owner()
             self._record(path, module, "sdpa", P.to(q.dtype), vv.detach(), out.detach(),
-                         how, v, lambda t: _repeat_kv(q, t, t, gqa)[1])
+                         how, v, lambda t: repeat_kv(q, t, t, gqa)[1])
         return out
 
 
@@ -745,162 +742,6 @@ def _replayed_order(chain: list[_Node], rows: Callable[[Tensor], Tensor],
         if torch.unique(p).numel() != T:
             return None
     return p
-
-
-def _swaps(func: Callable, args: tuple) -> bool:
-    """Whether a transpose/permute call swaps the last two axes."""
-    if func in (Tensor.t, torch.t, Tensor.mT):
-        return True
-    try:
-        if func in (Tensor.permute, torch.permute):
-            dims = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else ())
-            dims = tuple(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) \
-                else tuple(dims)
-            nd = len(dims)
-            return nd >= 2 and dims[-1] % nd == nd - 2 and dims[-2] % nd == nd - 1
-        d0, d1 = int(args[1]), int(args[2])
-        nd = args[0].dim()
-        return {d0 % nd, d1 % nd} == {nd - 1, nd - 2}
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _einsum_parts(args: tuple) -> tuple[str, list[Any]]:
-    """``(equation, operands)`` of ``torch.einsum(eq, *ops)`` or ``torch.einsum(eq, [ops])``."""
-    eq = args[0] if args and isinstance(args[0], str) else ""
-    rest = list(args[1:])
-    ops = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
-    return eq, ops
-
-
-def _einsum_affinity(args: tuple, get: Callable[[Any], _Mark | None], pos: Any
-                     ) -> tuple[int, _Mark, Callable[[], tuple]] | None:
-    """Read ``einsum(eq, P, V)`` as an affinity application, or ``None``.
-
-    ``P`` is a marked affinity whose last (key) letter is summed and appears in ``V``; the
-    letters of ``V`` kept in the output and absent from ``P`` are channels; batch letters are
-    the largest set of letters shared by all three that leaves a row count (the product of
-    the output's other letters) among the module's positions. Returns the index of ``P``, its
-    mark, and a function giving ``(affinity (*batch, N, M), values (*batch, M, c), to_rows)``
-    with ``to_rows`` laying the einsum output out as ``(*batch, N, c)``.
-    """
-    eq, ops = _einsum_parts(args)
-    eq = eq.replace(" ", "")
-    if "..." in eq or "->" not in eq or len(ops) != 2 \
-            or not all(isinstance(o, Tensor) for o in ops):
-        return None
-    lhs, osub = eq.split("->")
-    subs = lhs.split(",")
-    if len(subs) != 2 or any(len(s) != o.dim() or len(set(s)) != len(s)
-                             for s, o in zip(subs, ops)):
-        return None
-    for pi in (0, 1):
-        P, V = ops[pi], ops[1 - pi]
-        mark = get(P)
-        if mark is None or mark.kind == "gather" or mark.transposed or _is_param(V):
-            continue
-        ps, vs = subs[pi], subs[1 - pi]
-        key = ps[-1]
-        chan = [c for c in vs if c in osub and c not in ps]
-        if key in osub or key not in vs or not chan:
-            continue
-        size = {c: int(P.shape[i]) for i, c in enumerate(ps)}
-        size.update({c: int(V.shape[i]) for i, c in enumerate(vs)})
-        shared = [c for c in osub if c in ps and c in vs]
-        for k in range(len(shared), -1, -1):
-            for batch in combinations(shared, k):
-                rows = [c for c in osub if c not in chan and c not in batch]
-                cols = [c for c in vs if c not in chan and c not in batch]
-                if not all(c in ps for c in rows + cols) \
-                        or set(ps) - set(batch) - set(rows) - set(cols):
-                    continue
-                n = math.prod(size[c] for c in rows)
-                if not rows or not (n in pos or n == 1):
-                    continue
-                return pi, mark, _einsum_reader(P, V, ps, vs, osub, list(batch), rows, cols,
-                                                chan, size)
-    return None
-
-
-def _einsum_reader(P: Tensor, V: Tensor, ps: str, vs: str, osub: str, batch: list[str],
-                   rows: list[str], cols: list[str], chan: list[str], size: dict[str, int]
-                   ) -> Callable[[], tuple]:
-    bs = [size[c] for c in batch]
-    n = math.prod(size[c] for c in rows)
-    m = math.prod(size[c] for c in cols)
-    c_out = math.prod(size[c] for c in chan)
-
-    def to_rows(out: Tensor) -> Tensor:
-        perm = [osub.index(c) for c in batch + rows + chan]
-        return out.permute(perm).reshape(*bs, n, c_out)
-
-    def to_vals(t: Tensor) -> Tensor:
-        return t.permute([vs.index(c) for c in batch + cols + chan]).reshape(*bs, m, c_out)
-
-    def read() -> tuple:
-        vals = to_vals(V.detach())
-        if math.prod(bs) * n * m > EINSUM_MAX_ENTRIES:
-            return None, vals, to_rows, to_vals
-        fresh = next(c for c in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA"
-                     if c not in ps + vs + osub)
-        basis = torch.eye(m, dtype=P.dtype, device=P.device).reshape(
-            *[size[c] for c in cols], m).expand(*bs, *[size[c] for c in cols], m)
-        eq = f"{ps},{''.join(batch + cols)}{fresh}->{''.join(batch + rows)}{fresh}"
-        aff = torch.einsum(eq, P.detach(), basis).reshape(*bs, n, m)
-        return aff, vals, to_rows, to_vals
-
-    return read
-
-
-def _repeat_kv(q: Tensor, k: Tensor, v: Tensor, gqa: bool) -> tuple[Tensor, Tensor]:
-    if gqa and k.dim() >= 3 and k.shape[-3] != q.shape[-3]:
-        rep = q.shape[-3] // k.shape[-3]
-        return k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
-    return k, v
-
-
-def sdpa_affinity(q: Tensor, k: Tensor, attn_mask: Tensor | None = None,
-                  is_causal: bool = False, scale: float | None = None,
-                  enable_gqa: bool = False) -> tuple[Tensor, str]:
-    r"""The attention map that :func:`torch.nn.functional.scaled_dot_product_attention`
-    applies, :math:`\operatorname{softmax}(s\,QK^T + M)`, and a description of what was read.
-
-    Boolean masks: ``True`` attends; float masks are added; ``is_causal`` keeps the lower
-    triangle (top-left aligned, as SDPA); ``enable_gqa`` repeats the key heads. Rows with no
-    key left are 0 (SDPA's math path gives NaN there).
-
-    Shapes
-    ------
-    ``q`` ``(..., L, E)``, ``k`` ``(..., S, E)`` → ``(..., L, S)`` in at least float32.
-
-    Examples
-    --------
-    >>> q = torch.randn(1, 2, 3, 4)
-    >>> P, how = sdpa_affinity(q, q, is_causal=True)
-    >>> bool(P[0, 0, 0, 1] == 0), how
-    (True, 'sdpa: is_causal, scale 0.5')
-    """
-    dt = torch.promote_types(q.dtype, torch.float32)
-    kk, _ = _repeat_kv(q, k, k, enable_gqa)
-    L, S = q.shape[-2], kk.shape[-2]
-    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    logits = (q.to(dt) @ kk.to(dt).transpose(-2, -1)) * s
-    parts = []
-    if is_causal:
-        keep = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
-        logits = logits.masked_fill(~keep, float("-inf"))
-        parts.append("is_causal")
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            logits = logits.masked_fill(~attn_mask, float("-inf"))
-            parts.append("boolean mask")
-        else:
-            logits = logits + attn_mask.to(dt)
-            parts.append("float mask")
-    if enable_gqa and kk.shape[-3] != k.shape[-3]:
-        parts.append(f"keys repeated {kk.shape[-3] // k.shape[-3]}x (GQA)")
-    P = torch.softmax(logits, -1).nan_to_num(0.0)
-    return P, "sdpa: " + ", ".join(parts + [f"scale {s:.4g}"])
 
 
 def module_stack_hooks(model: nn.Module, watcher: AffinityWatcher,
