@@ -312,11 +312,20 @@ def test_primes_are_superscript_operators(tex, prime):
     assert f"<msup><mi>{base}</mi><mo>{prime}</mo></msup>" in body, body
 
 
+def test_index_pairs_stay_italic():
+    """``A_{ij}`` is two indices, not a name: italic letters, unlike ``L_{rw}``."""
+    pytest.importorskip("latex2mathml")
+    body = _math_body("A_{ij}")
+    assert '<mi mathvariant="normal">' not in body and "<mi>i</mi>" in body, body
+
+
 @pytest.mark.parametrize(("tex", "name"), [(r"\max_i x_i", "max"),
                                            (r"\operatorname{softmax}(x)", "softmax"),
                                            (r"\lambda_{\max}", "max"), (r"\lambda_{max}", "max"),
                                            (r"\lambda_\max", "max"), (r"\log x", "log"),
                                            (r"L_{sym}", "sym"), (r"L_{\sym}", "sym"),
+                                           (r"L_{rw}", "rw"), (r"\lambda_{init}", "init"),
+                                           (r"\operatorname{softmax}_{row}(x)", "row"),
                                            (r"\operatorname*{arg\,max}_x f", "arg\u2009max")])
 def test_operator_names_are_upright(tex, name):
     """Operator names are one upright token (``<mo>`` or ``<mi mathvariant="normal">``), never

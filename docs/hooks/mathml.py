@@ -107,10 +107,15 @@ def _convert(tex: str, display: bool) -> str:
 
 # Operator names: ``\\operatorname{…}`` (starred or with spacing inside, which latex2mathml
 # breaks into an empty ``<mo/>`` and italic letters) and the names TeX sets upright when they
-# stand as a script alone (``\\lambda_{max}``, ``\\lambda_\\max``).
+# stand as a script alone (``\\lambda_{max}``, ``\\lambda_\\max``, ``L_{rw}``).
 _OPNAME = re.compile(r"\\operatorname\*?\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
 _OPMARK = "\x01op:"
-_SCRIPT_NAME = re.compile(r"([_^])\s*(?:\{\s*\\?(max|min|sup|inf|sym)\s*\}|\\(max|min|sup|inf)\b)")
+#: Words that are names, not products of indices, when they stand alone as a script
+#: (``L_{rw}``, ``\lambda_{init}``, ``\operatorname{softmax}_{row}``); ``A_{ij}`` stays italic.
+_SCRIPT_WORDS = ("max", "min", "sup", "inf", "sym", "rw", "row", "out", "fix", "full", "init",
+                 "eff", "kind", "index")
+_SCRIPT_NAME = re.compile(rf"([_^])\s*(?:\{{\s*\\?({'|'.join(_SCRIPT_WORDS)})\s*\}}|"
+                          r"\\(max|min|sup|inf)\b)")
 _TEX_SPACE = re.compile(r"\\[,;:! ]|\\q?quad\b|~")
 
 
