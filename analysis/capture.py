@@ -58,12 +58,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from numbers import Real  # noqa: F401
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from graphfilters import _validate as V
 from graphfilters.graph import (
     Affinity,
     DenseAffinity,
@@ -135,6 +137,12 @@ def _kind(module: nn.Module) -> str | None:
     if recognizer_for(module) is not None:
         return "attention"
     return None
+
+
+def _example_model() -> nn.Module:
+    from graphfilters.blocks import make_block
+
+    return nn.Sequential(make_block("snl", 4))
 
 
 def find_nonlocal_modules(
@@ -449,6 +457,14 @@ def _affinity_batch(aff: Affinity | None, default: int) -> int:
     return int(aff.batch_shape[0])
 
 
+@V.validate_params(
+    {"blocks": [V.InstanceOf((list, tuple), "a sequence of module paths or types"), None],
+     "max_samples": [V.POS_INT], "heads": [V.StrOptions(("mean", "keep"))],
+     "forward": ["callable", None], "model_kwargs": [V.InstanceOf(Mapping, "a mapping"), None],
+     "progress": ["boolean"]},
+    valid=lambda: {"model": _example_model(), "inputs_or_loader": torch.randn(1, 4, 3, 3),
+                   "progress": False},
+)
 def capture(
     model: nn.Module,
     inputs_or_loader: Tensor | Iterable[Any],

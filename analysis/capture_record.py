@@ -25,7 +25,7 @@ from graphfilters.graph import (
 )
 from graphfilters.specs import BlockSpec
 
-__all__ = ["Capture", "Captures", "SELF_CHECK_TOL", "affinity_rows"]
+__all__ = ["Capture", "Captures", "SELF_CHECK_TOL", "affinity_rows", "example_capture"]
 
 #: Largest self-check error (relative) of a capture that is used (float32 rounding of
 #: softmax maps is ~1e-7; a missed bias or mask is orders of magnitude above).
@@ -359,6 +359,27 @@ def _raw_rows(aff: Affinity, idx: list[int]) -> np.ndarray:
     """Rows ``idx`` of the raw affinity ``M`` of one sample, ``(*extra, R, N_keys)``, by the
     affinity's own :meth:`~graphfilters.graph.Affinity.rows` (no N x N matrix)."""
     return np.concatenate([_to_np(aff.rows(i, i + 1)) for i in idx], -2)
+
+
+def example_capture(n: int = 10, channels: int = 2, seed: int = 0) -> Capture:
+    r"""A small capture of a symmetric low-rank affinity with weights :math:`W_0 = I/2`,
+    :math:`W_1 = 0`, an identity value projection and a value signal: the valid argument of
+    the declared checks (:mod:`graphfilters._validate`) and of short examples.
+
+    Examples
+    --------
+    >>> cap = example_capture()
+    >>> cap.affinity.n, cap.n_samples, len(cap.weights)
+    (10, 1, 2)
+    """
+    from graphfilters.graph import LowRankAffinity
+
+    g = torch.Generator().manual_seed(seed)
+    aff = LowRankAffinity(torch.rand(1, n, channels, generator=g),
+                          torch.rand(1, n, channels, generator=g), symmetric=True)
+    eye = torch.eye(channels)
+    return Capture("b", "block", "toy", aff, "sym", weights=[0.5 * eye, 0.0 * eye],
+                   value_weight=eye, z=torch.rand(1, n, channels, generator=g), n_samples=1)
 
 
 class Captures(dict):

@@ -65,26 +65,6 @@ class _Checked:
                     type(self).__name__)
 
 
-def _levels(value: Any) -> bool:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        return False
-    return all(V.Interval(Real, 0, None, closed="left").is_satisfied_by(v) for v in value)
-
-
-class _Levels(V.Constraint):
-    def is_satisfied_by(self, value: Any) -> bool:
-        return _levels(value)
-
-    def kind_ok(self, value: Any) -> bool:
-        return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-
-    def __str__(self) -> str:
-        return "a sequence of finite noise levels >= 0"
-
-    def invalid_values(self) -> list[Any]:
-        return ["0.1", (-0.1,), (float("nan"),), 0.1]
-
-
 class _Paths(V.Constraint):
     def is_satisfied_by(self, value: Any) -> bool:
         return (isinstance(value, Sequence) and not isinstance(value, (str, bytes))
@@ -144,7 +124,7 @@ class SpectrumConfig(_Checked):
     dense_limit: int = AUTO_DENSE_LIMIT
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "method": [V.StrOptions(SPECTRUM_METHODS)], "dense_limit": [V.POS_INT],
+        "method": [V.StrOptions(SPECTRUM_METHODS)], "dense_limit": [V.NONNEG_INT],
     }
 
 
@@ -247,7 +227,7 @@ class AccuracyConfig(_Checked):
     batches: int = 8
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "levels": [_Levels(), None], "batches": [V.POS_INT],
+        "levels": [V.NoiseLevels(), None], "batches": [V.POS_INT],
     }
 
 

@@ -396,6 +396,31 @@ class InstanceOf(Constraint):
         return ["x", 1.5]
 
 
+class NoiseLevels(Constraint):
+    """A sequence (not a string) of finite numbers ``>= 0``: noise levels, standard
+    deviations.
+
+    Examples
+    --------
+    >>> NoiseLevels().is_satisfied_by((0.0, 0.1)), NoiseLevels().is_satisfied_by((-1,))
+    (True, False)
+    """
+
+    _level = Interval(Real, 0, None, closed="left")
+
+    def kind_ok(self, value: Any) -> bool:
+        return isinstance(value, (list, tuple, np.ndarray)) and not isinstance(value, str)
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return self.kind_ok(value) and all(self._level.is_satisfied_by(v) for v in value)
+
+    def __str__(self) -> str:
+        return "a sequence of finite noise levels >= 0"
+
+    def invalid_values(self) -> list[Any]:
+        return ["0.1", (-0.1,), (math.nan,), 0.1]
+
+
 _NAMED: dict[str, Constraint] = {
     "boolean": _Boolean(),
     "callable": _Callable(),
@@ -568,3 +593,5 @@ POS_INT = Interval(Integral, 1, None, closed="left")
 POS_REAL = Interval(Real, 0, None, closed="neither")
 NONNEG_REAL = Interval(Real, 0, None, closed="left")
 REAL = Interval(Real, None, None)
+#: a relative tolerance: a finite real in (0, 1)
+UNIT_TOL = Interval(Real, 0, 1, closed="neither")

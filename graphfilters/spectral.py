@@ -603,6 +603,14 @@ class SingularValues:
         return float(self.values[0])
 
 
+@V.validate_params(
+    {"matvec": ["callable"], "rmatvec": ["callable"], "like": [V.InstanceOf(torch.Tensor)],
+     "k": [V.POS_INT], "tol": [V.UNIT_TOL],
+     "max_iter": [V.POS_INT], "krylov": [V.POS_INT], "v0": [V.InstanceOf(torch.Tensor), None],
+     "seed": [V.NONNEG_INT], "v0_mix": [V.Interval(V.Real, 0, 1, closed="both")]},
+    valid=lambda: {"matvec": lambda v: 2 * v, "rmatvec": lambda u: 2 * u,
+                   "like": torch.zeros(3, dtype=torch.float64)},
+)
 def top_singular_values(
     matvec: Callable[[Tensor], Tensor],
     rmatvec: Callable[[Tensor], Tensor],
@@ -662,9 +670,7 @@ def top_singular_values(
     >>> bool(abs(sv.values - torch.linalg.svdvals(A).numpy()).max() < 1e-12), sv.converged
     (True, True)
     """
-    k = V.positive_int(k, "k")
-    max_iter = V.positive_int(max_iter, "max_iter")
-    krylov = max(V.positive_int(krylov, "krylov"), k + 1)
+    krylov = max(krylov, k + 1)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
     shape, dtype, dev = like.shape, like.dtype, like.device

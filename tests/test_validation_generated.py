@@ -19,11 +19,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import analysis.spectra  # noqa: F401  (registers its declarations)
+import analysis  # noqa: F401  (every analysis module registers its declarations)
+import analysis.config  # noqa: F401
+import analysis.spectra  # noqa: F401
 import graphfilters.blocks  # noqa: F401  (the attention blocks declare their arguments)
 import graphfilters.chebyshev  # noqa: F401
 import graphfilters.graph  # noqa: F401
 import graphfilters.kernels  # noqa: F401
+import graphfilters.spectral  # noqa: F401
 from graphfilters import _validate as V
 from graphfilters.chebyshev import chebyshev_filter
 from graphfilters.graph import DenseAffinity, LowRankAffinity, lambda_max

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphfilters import _validate as V
 from graphfilters._backend import to_numpy64
 
 from ..capture import Capture
+from ..capture_record import example_capture
 from ..response import (
     weights_float64,
 )
@@ -143,6 +145,11 @@ class TaoSpectrum:
     forced: bool = False
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "term": [V.NONNEG_INT, None],
+     "include_output_scale": ["boolean"], "tol": [V.NONNEG_REAL]},
+    valid=lambda: {"capture": example_capture()},
+)
 def tao_spectrum(
     capture: Capture, term: int | None = None, include_output_scale: bool = True,
     tol: float = 1e-9,

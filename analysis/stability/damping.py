@@ -8,9 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graphfilters import _validate as V
 from graphfilters.filters import get_filter
 
 from ..capture import Capture
+from ..capture_record import example_capture
+from ..eigen import SPECTRUM_METHODS
 from ..response import (
     basis_values,
     frequency_response,
@@ -74,6 +77,13 @@ def _hermitian_eigs_low_rank(G: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.concatenate([ev, np.zeros((n, c - 2 * cs))], 1)
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "include_output_scale": ["boolean"],
+     "method": [V.StrOptions(SPECTRUM_METHODS)], "dense_limit": [V.NONNEG_INT],
+     "chunk": [V.POS_INT],
+     "max_frequencies": [V.POS_INT, None], "max_work": [V.POS_REAL]},
+    valid=lambda: {"capture": example_capture()},
+)
 def damping(
     capture: Capture,
     spectrum_result: Spectrum | None = None,

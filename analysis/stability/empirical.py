@@ -14,9 +14,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from graphfilters import _validate as V
 from graphfilters.graph import Affinity
 
 from ..capture import Capture, batch_input, model_device
+from ..capture_record import example_capture
 from ..observe import eval_mode
 from ..response import (
     apply_filter,
@@ -32,6 +34,11 @@ __all__ = [
 ]
 
 
+@V.validate_params(
+    {"fn": ["callable"], "x": [V.InstanceOf(Tensor)], "level": [V.POS_REAL],
+     "n_draws": [V.POS_INT], "seed": [V.NONNEG_INT]},
+    valid=lambda: {"fn": nn.Linear(3, 3), "x": torch.randn(2, 3)},
+)
 def noise_sensitivity(
     fn: Callable[[Tensor], Tensor] | nn.Module,
     x: Tensor,
@@ -77,6 +84,11 @@ def _perturb(aff: Affinity, level: float, gen: torch.Generator) -> Affinity:
     return aff.map_fields(noisy)
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "level": [V.POS_REAL], "n_draws": [V.POS_INT],
+     "seed": [V.NONNEG_INT]},
+    valid=lambda: {"capture": example_capture()},
+)
 def affinity_sensitivity(
     capture: Capture, level: float = 0.1, n_draws: int = 4, seed: int = 0
 ) -> dict[str, float]:
@@ -139,6 +151,13 @@ def affinity_sensitivity(
             "gain": out_c / op_c if op_c > 0 else float("nan")}
 
 
+@V.validate_params(
+    {"model": [V.InstanceOf(nn.Module)], "levels": [V.NoiseLevels()], "relative": ["boolean"],
+     "max_batches": [V.POS_INT, None], "seed": [V.NONNEG_INT], "progress": ["boolean"]},
+    valid=lambda: {"model": nn.Sequential(nn.Flatten(), nn.Linear(4, 2)),
+                   "data": [(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))],
+                   "progress": False},
+)
 def accuracy_under_noise(
     model: nn.Module,
     data: Iterable[Any],

@@ -15,6 +15,7 @@ from graphfilters import _validate as V
 from graphfilters.spectral import top_singular_values
 
 from ..capture import Capture
+from ..capture_record import example_capture
 from ..response import (
     apply_filter,
     basis_terms,
@@ -258,6 +259,12 @@ class FrozenNorms:
         return float(self.growth[0])
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "n_max": [V.POS_INT], "samples": [V.POS_INT, None],
+     "include_output_scale": ["boolean"], "tol": [V.UNIT_TOL], "max_iter": [V.POS_INT],
+     "dtype": [V.InstanceOf(torch.dtype)], "seed": [V.NONNEG_INT], "dense_limit": [V.NONNEG_INT]},
+    valid=lambda: {"capture": example_capture(), "n_max": 3},
+)
 def frozen_norms(
     capture: Capture,
     n_max: int = 10,
@@ -292,9 +299,8 @@ def frozen_norms(
     >>> [round(float(g), 4) for g in fn.growth], fn.converged
     ([1.618, 2.4142], True)
     """
-    n_max = V.positive_int(n_max, "n_max")
     nb = max(capture.n_samples, 1)
-    ns = nb if samples is None else min(V.positive_int(samples, "samples"), nb)
+    ns = nb if samples is None else min(samples, nb)
     growth = np.zeros(n_max)
     iters = np.zeros(n_max, dtype=int)
     resid = np.zeros(n_max)

@@ -117,6 +117,11 @@ def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]
     return _Bound(module, lambda m, t: m(t)), x
 
 
+@V.validate_params(
+    {"n_iter": [V.POS_INT], "tol": [V.UNIT_TOL], "seed": [V.NONNEG_INT],
+     "mode": [V.StrOptions(("autograd", "func"))], "affinity": [V.StrOptions(("full", "frozen"))]},
+    valid=lambda: {"fn": nn.Linear(3, 3), "x": torch.randn(1, 3)},
+)
 def jacobian_spectral_norm(
     fn: Callable[[Tensor], Tensor] | nn.Module,
     x: Tensor,
@@ -153,8 +158,6 @@ def jacobian_spectral_norm(
     >>> bool(abs(est - torch.linalg.matrix_norm(lin.weight, 2).item()) < 1e-4)
     True
     """
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
     return jacobian_singular_values(fn, x, 1, affinity=affinity, tol=tol, max_iter=n_iter,
                                     seed=seed, mode=mode).norm
 
@@ -315,6 +318,12 @@ def _products(fn: Callable[[Tensor], Tensor], x: Tensor, mode: str
     return _func_products(fn, x)
 
 
+@V.validate_params(
+    {"k": [V.POS_INT], "affinity": [V.StrOptions(("full", "frozen"))], "tol": [V.UNIT_TOL],
+     "max_iter": [V.POS_INT], "seed": [V.NONNEG_INT],
+     "mode": [V.StrOptions(("autograd", "func"))]},
+    valid=lambda: {"fn": nn.Linear(3, 3), "x": torch.randn(1, 3)},
+)
 def jacobian_singular_values(
     fn: Callable[[Tensor], Tensor] | nn.Module,
     x: Tensor,
@@ -347,7 +356,6 @@ def jacobian_singular_values(
     """
     if affinity not in AFFINITY_MODES:
         raise ValueError(f"affinity must be one of {AFFINITY_MODES}, got {affinity!r}")
-    max_iter = V.positive_int(max_iter, "max_iter")
     x = x.detach()
     with eval_mode(fn) if isinstance(fn, nn.Module) else nullcontext():
         f = frozen_function(fn, x) if affinity == "frozen" else fn

@@ -11,7 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from graphfilters import _validate as V
+
 from ..capture import Capture
+from ..capture_record import example_capture
+from ..eigen import SPECTRUM_METHODS
 from ..response import (
     frequency_response,
     weights_float64,
@@ -199,6 +203,15 @@ def per_frequency_stability(
     return radius, arg, bound
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "spectrum_result": [V.InstanceOf(Spectrum), None],
+     "n_max": [V.POS_INT], "include_output_scale": ["boolean"],
+     "method": [V.StrOptions(SPECTRUM_METHODS)], "dense_limit": [V.NONNEG_INT],
+     "chunk": [V.POS_INT],
+     "exact": [V.StrOptions(("auto", "eigenbasis", "matrix-free"))],
+     "samples": [V.POS_INT, None], "tol": [V.UNIT_TOL], "max_iter": [V.POS_INT]},
+    valid=lambda: {"capture": example_capture()},
+)
 def linearized_stability(
     capture: Capture,
     spectrum_result: Spectrum | None = None,
@@ -265,10 +278,6 @@ def linearized_stability(
         )
     if capture.sub_sampled:
         raise ValueError(f"{capture.path}: sub-sampled keys: no square graph, no spectrum")
-    if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
-        raise ValueError(f"n_max must be a positive integer, got {n_max!r}")
-    if exact not in ("auto", "eigenbasis", "matrix-free"):
-        raise ValueError(f"exact must be 'auto', 'eigenbasis' or 'matrix-free', got {exact!r}")
     spec = spectrum_result if spectrum_result is not None else spectrum(
         capture.affinity, "normalized", capture.normalization, method=method,
         dense_limit=dense_limit, progress=False)
