@@ -87,12 +87,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """``ChebyshevNonlocal``, the earlier name of :class:`GraphFilterNonlocal` (it also runs
-    Cayley and ARMA filters), still importable with a ``DeprecationWarning``."""
+    """``ChebyshevNonlocal``, the earlier name of :class:`GraphFilterNonlocal`, through the
+    one deprecation shim of :mod:`graphfilters.blocks.unified`."""
     if name == "ChebyshevNonlocal":
-        import warnings
+        from . import unified
 
-        warnings.warn("ChebyshevNonlocal is now GraphFilterNonlocal (it runs every filter "
-                      "family, not only Chebyshev polynomials)", DeprecationWarning, stacklevel=2)
-        return GraphFilterNonlocal
+        return unified.__getattr__(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
