@@ -36,6 +36,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import stats as _st
 
+from graphfilters import _validate as V
+
 __all__ = ["CONFIDENCE", "VERDICTS", "log_mean_ci", "mean_ci", "median_spread",
            "proportion_ci", "verdict"]
 
@@ -49,10 +51,8 @@ VERDICTS = ("held", "did not hold", "not separated")
 PROPORTION_METHODS = ("wilson", "exact")
 
 
-def _check_confidence(confidence: float) -> float:
-    if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    return float(confidence)
+#: The declared constraint of every ``confidence`` argument.
+_CONFIDENCE = [V.UNIT_TOL]
 
 
 def _finite(values: Iterable[float], name: str) -> np.ndarray:
@@ -63,6 +63,11 @@ def _finite(values: Iterable[float], name: str) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
+@V.validate_params(
+    {"k": [V.NONNEG_INT], "n": [V.POS_INT], "confidence": _CONFIDENCE,
+     "method": [V.StrOptions(PROPORTION_METHODS)]},
+    valid=lambda: {"k": 1, "n": 2},
+)
 def proportion_ci(k: int, n: int, confidence: float = CONFIDENCE, method: str = "wilson"
                   ) -> tuple[float, float]:
     r"""Interval for a binomial rate from ``k`` successes in ``n`` trials.
@@ -92,18 +97,13 @@ def proportion_ci(k: int, n: int, confidence: float = CONFIDENCE, method: str = 
     >>> [round(v, 4) for v in proportion_ci(0, 5, method="exact")]
     [0.0, 0.5218]
     """
-    for name, v in (("k", k), ("n", n)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{name} must be an int, got {v!r}")
-    if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    if method not in PROPORTION_METHODS:
-        raise ValueError(f"method must be one of {PROPORTION_METHODS}, got {method!r}")
-    ci = _st.binomtest(int(k), int(n)).proportion_ci(_check_confidence(confidence),
-                                                      method=method)
+    if k > n:
+        raise ValueError(f"proportion_ci: need k <= n, got k={k}, n={n}")
+    ci = _st.binomtest(int(k), int(n)).proportion_ci(float(confidence), method=method)
     return float(ci.low), float(ci.high)
 
 
+@V.validate_params({"confidence": _CONFIDENCE}, valid=lambda: {"values": [0.8, 0.9, 1.0]})
 def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE
             ) -> tuple[float, tuple[float, float]]:
     r"""Mean and Student-t interval :math:`\bar x \pm t_{1-\alpha/2,\,n-1}\,s/\sqrt n`.
@@ -122,7 +122,7 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE
     (0.9, 0.652, 1.148)
     """
     x = _finite(values, "values")
-    conf = _check_confidence(confidence)
+    conf = float(confidence)
     if x.size == 0:
         return math.nan, (math.nan, math.nan)
     mean = float(x.mean())
@@ -135,6 +135,7 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE
     return mean, (float(lo), float(hi))
 
 
+@V.validate_params({"confidence": _CONFIDENCE}, valid=lambda: {"values": [0.8, 0.9, 1.0]})
 def log_mean_ci(values: Iterable[float], confidence: float = CONFIDENCE
                 ) -> tuple[float, tuple[float, float]]:
     r"""Geometric mean and the t interval of :math:`\log x` mapped back by :math:`\exp`.

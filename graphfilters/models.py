@@ -66,6 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _validate as V
 from .architectures import ARCHITECTURES as _ARCHITECTURES
 from .architectures import get_architecture
 
@@ -462,6 +463,11 @@ def _unit_output_scale(block: nn.Module) -> None:
                 gamma.fill_(1.0)
 
 
+@V.validate_params(
+    {"k": [V.POS_INT], "placement": [V.StrOptions(PLACEMENTS)], "stage": [V.POS_INT],
+     "position": [V.NONNEG_INT, None]},
+    valid=lambda: {"k": 3, "placement": "spread", "depth": 8},
+)
 def stacking_config(
     k: int,
     placement: str = "stage",
@@ -514,10 +520,6 @@ def stacking_config(
     >>> stacking_config(10, "spread", depth=8)["placements"]
     [[1, 0, 2], [1, 1, 2], [2, 0, 2], [2, 1, 2], [3, 0, 1], [3, 1, 1]]
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
         raise ValueError(f"depth must be 6n + 2 with n >= 1, got {depth!r}")
     n = (depth - 2) // 6

@@ -99,7 +99,7 @@ def test_verdict_rule():
 def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="k <= n"):
         proportion_ci(3, 2)
-    with pytest.raises(ValueError, match="n must be an int"):
+    with pytest.raises(TypeError, match="proportion_ci: n must be an integer >= 1"):
         proportion_ci(1, 2.0)
     with pytest.raises(ValueError, match="method"):
         proportion_ci(1, 2, method="wald")

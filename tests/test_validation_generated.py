@@ -26,6 +26,7 @@ import graphfilters.blocks  # noqa: F401  (the attention blocks declare their ar
 import graphfilters.chebyshev  # noqa: F401
 import graphfilters.graph  # noqa: F401
 import graphfilters.kernels  # noqa: F401
+import graphfilters.models  # noqa: F401
 import graphfilters.spectral  # noqa: F401
 from graphfilters import _validate as V
 from graphfilters.chebyshev import chebyshev_filter
