@@ -201,6 +201,26 @@ class Capture:
         return int(self.info.get("num_heads", 1) or 1)
 
     @property
+    def layernorm(self) -> str | None:
+        """Where the captured transformer layer normalizes: ``"pre"`` (pre-LN, folded into
+        the filter at one scale), ``"post"`` (after the residual sum, outside the filter) or
+        ``None`` (no LayerNorm; ``info["layernorm"]``)."""
+        where = self.info.get("layernorm")
+        return None if where is None else str(where)
+
+    @property
+    def repeated_calls(self) -> int:
+        """How many times the module ran per forward when more than once (shared weights;
+        its first call is the one captured), else 0 (``info["repeated_calls"]``)."""
+        return int(self.info.get("repeated_calls", 0) or 0)
+
+    @property
+    def applications(self) -> int:
+        """How many times one observed call applied its affinity (GFSA's :math:`A(AV)`
+        applies it twice; ``info["applications"]``, 1 by default)."""
+        return int(self.info.get("applications", 1) or 1)
+
+    @property
     def heads_averaged(self) -> bool:
         """A multi-head capture whose affinity is the head average (``heads="mean"``): its
         filter is an approximation of the per-head one the module computes."""

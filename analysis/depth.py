@@ -583,8 +583,8 @@ def _row(depth: int, cap: Capture) -> DepthRow:
         notes["absolute_gap"] = why_gap
         if fin.size < per_head.size:
             missing.append(f"absolute_gap: {why_gap}")
-    if cap.info.get("repeated_calls"):
-        notes["repeated_calls"] = (f"the module ran {cap.info['repeated_calls']} times per "
+    if cap.repeated_calls:
+        notes["repeated_calls"] = (f"the module ran {cap.repeated_calls} times per "
                                    "forward (shared weights): its first call is measured")
     if missing:
         measured = any(math.isfinite(v) for v in (row.residual_in, row.absolute_gap))
@@ -598,7 +598,7 @@ def _distinct_heads(cap: Capture) -> tuple[list[int], str]:
     several times (GFSA's ``A(AV)``) stacks it once per application."""
     batch = cap.affinity.batch_shape
     total = batch[1] if len(batch) >= 2 else 1
-    apps = int(cap.info.get("applications", 1) or 1)
+    apps = cap.applications
     if apps <= 1 or total % apps or len(batch) < 2:
         return list(range(total)), ""
     per = total // apps

@@ -316,7 +316,7 @@ def _stability(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
                               samples=ctx["stability_samples"], tol=ctx["tol"])
     ctx.notes["stability"] = st.how
     ctx.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
-    if cap.info.get("layernorm") == "pre":
+    if cap.layernorm == "pre":
         ctx.notes[APPROX_STABILITY] = (
             "stability_radius, stability_norm and stack_growth are of the "
             "filter with the pre-LN LayerNorm folded at one mean scale ("

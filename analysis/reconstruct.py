@@ -68,7 +68,7 @@ def reconstruction_error(capture: Capture, max_samples: int = 4) -> tuple[float,
         return math.nan, "not checked: no filter weights captured"
     if capture.module is None or capture.input is None:
         return math.nan, "not checked: no module or input to re-run"
-    if capture.info.get("layernorm") == "post":
+    if capture.layernorm == "post":
         return math.nan, ("not checked: post-LN layer (the LayerNorm after the residual sum "
                           "is not part of the filter)")
     aff = capture.affinity

@@ -347,7 +347,7 @@ def head_factors(capture: Any, include_output_scale: bool = True
     """
     if capture.weights is None or capture.value_weight is None:
         raise ValueError(f"{capture.path}: needs the filter weights and the value projection")
-    H = int(capture.info.get("num_heads", 1))
+    H = capture.num_heads
     ws = weights_float64(capture.weights)
     if len(ws) != 2 or np.any(ws[0] != 0):
         raise ValueError(f"{capture.path}: per-head maps need an attention filter F = A Z W_1")
