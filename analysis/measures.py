@@ -345,6 +345,23 @@ def _no_weights(cap: Capture, ctx: MeasureContext) -> None:
         ctx.fail("response/stability: no filter weights captured")
 
 
+def _learned(cap: Capture, ctx: MeasureContext) -> bool:
+    coefficients = getattr(cap.module, "coefficients", None)
+    return callable(coefficients) and bool(coefficients())
+
+
+def _coefficients(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
+    r"""The learned scalars of an attention filter block (GFSA's :math:`w`'s, AttnScale's
+    :math:`\lambda_h`, Differential attention's :math:`\lambda` and its four vectors), per
+    head, as the block's ``coefficients()`` gives them."""
+    module = cap.module
+    values = {name: [float(v) for v in torch.as_tensor(t).detach().reshape(-1).cpu()]
+              for name, t in module.coefficients().items()}
+    if callable(getattr(module, "lambda_full", None)):
+        values["lambda"] = float(module.lambda_full().detach())
+    return {"coefficients": values}
+
+
 def _jacobian(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
     tol, k = ctx["tol"], ctx["jacobian_k"]
     out: dict[str, Any] = {}
@@ -405,6 +422,7 @@ for _m in (
             needs=("spectrum",), when=_weights, headline=(("stack_growth", "growth@n", ".3g"),)),
     Measure("affinity_sensitivity", ("affinity_gain",), _affinity_gain, when=_weights),
     Measure("filter_weights", (), _no_weights, when=lambda c, x: c.weights is None),
+    Measure("coefficients", ("coefficients",), _coefficients, when=_learned),
     Measure("jacobian", ("jacobian_full", "jacobian_frozen", "jacobian_full_top",
                          "jacobian_frozen_top", "affinity_share"), _jacobian,
             stage="module",

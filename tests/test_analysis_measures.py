@@ -70,3 +70,30 @@ def test_measures_select_and_unknown_names_are_refused():
         analyze(block, x, progress=False, measures=["spectrum", "nope"])
     with pytest.raises(ValueError, match="before='nope'"):
         register(Measure("x", (), _trace), before="nope")
+
+
+@pytest.mark.parametrize("name", ["gfsa", "attnscale", "diffattn"])
+def test_learned_coefficients_of_attention_filters_are_in_the_row(name):
+    """GFSA's w's, AttnScale's lambda_h and Differential attention's lambda (issue 22), read
+    from the trained block, per head, in the row's ``coefficients`` column."""
+    from graphfilters.blocks import make_block
+
+    torch.manual_seed(0)
+    block = make_block(name, 8, heads=2)
+    with torch.no_grad():
+        for p in block.coefficients().values():
+            p.copy_(torch.randn_like(p))
+    table = analyze(torch.nn.Sequential(block), torch.randn(2, 8, 4, 4), progress=False,
+                    jacobian=False)
+    got = table[0].extra["coefficients"]
+    for key, value in block.coefficients().items():
+        assert got[key] == pytest.approx(value.detach().reshape(-1).tolist(), abs=0)
+    if name == "diffattn":
+        assert got["lambda"] == pytest.approx(float(block.lambda_full()), abs=0)
+    assert "coefficients" in table.to_frame("all").columns
+
+
+def test_blocks_without_learned_coefficients_have_no_column():
+    table = analyze(make_block("snl", 4), torch.randn(1, 4, 3, 3), progress=False,
+                    jacobian=False)
+    assert "coefficients" not in table[0].extra
