@@ -429,12 +429,26 @@ _METRICS = (("accuracy", "final test accuracy"), ("divergence_rate", "divergence
             ("jacobian_full", "block Jacobian norm (median of max)"))
 
 
+def _band(cell: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    """The shaded band of ``metric`` in one cell: the 95% interval of the accuracy mean
+    (Student t) and of the divergence rate (Wilson), the interquartile range of the Jacobian
+    norms; NaN where the cell has none."""
+    if metric == "jacobian_full":
+        spread = cell.get("jacobian_full_spread") or {}
+        return float(spread.get("q25", math.nan)), float(spread.get("q75", math.nan))
+    lo, hi = cell.get({"accuracy": "accuracy_ci", "divergence_rate": "divergence_ci"}[metric],
+                      (math.nan, math.nan))
+    return max(float(lo), 0.0), min(float(hi), 1.0)      # (drawn within [0, 1]; NaN stays)
+
+
 def plot_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None) -> tuple[Any, Any]:
     """Accuracy, divergence rate and Jacobian norm against ``k``: one column per learning rate.
 
     One line per (block, placement); ``k = 1`` is shared by both placements; a grey dotted
     line marks the plain backbone's accuracy (when the rows hold it). The Jacobian axis is
-    logarithmic (diverged runs are left out of it).
+    logarithmic (diverged runs are left out of it). Shaded: the 95% interval of each cell
+    (accuracy: t interval of the mean, drawn within [0, 1]; divergence rate: Wilson) and the
+    interquartile range of the Jacobian norms, where the cell has enough seeds for one.
 
     Parameters
     ----------
@@ -485,6 +499,12 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None) -> tuple[Any, 
                 ls, marker = styles.get(placement, (":", "^"))
                 a.plot([p[0] for p in pts], [p[1] for p in pts], ls=ls, marker=marker,
                        color=colors[block], label=f"{block} {placement}")
+                band = sorted((c["k"], *_band(c, metric)) for c in agg if c["lr"] == lr
+                              and c["block"] == block and c["placement"] == placement)
+                band = [b for b in band if math.isfinite(b[1]) and math.isfinite(b[2])]
+                if len(band) >= 1:
+                    a.fill_between([b[0] for b in band], [b[1] for b in band],
+                                   [b[2] for b in band], color=colors[block], alpha=0.15, lw=0)
             ref = _mean(r["final_accuracy"] for r in base if float(r["lr"]) == lr)
             if metric == "accuracy" and math.isfinite(ref):
                 a.axhline(ref, color="0.5", ls=":", lw=1, label="no block")

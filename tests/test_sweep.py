@@ -223,3 +223,23 @@ def test_compare_two_synthetic_outputs(tmp_path):
     assert "Held in both runs" in compare_markdown(same)
     with pytest.raises(ValueError, match="no summary.json"):
         compare(tmp_path / "missing", tmp_path / "a")
+
+
+def test_plot_sweep_shades_each_cells_interval():
+    """The figure's bands are the cells' intervals: Wilson for the divergence rate, the t
+    interval for the accuracy (issue 21)."""
+    from matplotlib.collections import PolyCollection
+
+    from analysis.stats import proportion_ci
+
+    rows = [_row("snl", k, "stage", 0.1, diverged=(s == 0 and k == 3), acc=0.8 + 0.05 * s,
+                 seed=s) for k in (1, 3) for s in range(4)]
+    fig, axes = plot_sweep(rows)
+    bands = [c for c in axes[1, 0].collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    lo1, hi1 = proportion_ci(0, 4)
+    lo3, hi3 = proportion_ci(1, 4)
+    assert min(ys) == pytest.approx(min(lo1, lo3)) and max(ys) == pytest.approx(max(hi1, hi3))
+    acc = [c for c in axes[0, 0].collections if isinstance(c, PolyCollection)]
+    assert len(acc) == 1 and max(acc[0].get_paths()[0].vertices[:, 1]) > 0.9
