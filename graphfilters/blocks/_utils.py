@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .. import _validate as V
+
 DIMS = (1, 2, 3)
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BNS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -23,9 +25,8 @@ def check_dim(dim: int) -> int:
 
 
 def check_channels(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
+    """``value`` as a channel count ``>= 1``, in the wording of every declared check."""
+    return V.positive_int(value, what)
 
 
 def conv1x1(dim: int, c_in: int, c_out: int, bias: bool = True, groups: int = 1) -> nn.Module:

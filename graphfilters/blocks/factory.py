@@ -6,12 +6,18 @@ from typing import Any
 
 from torch import nn
 
+from .. import _validate as V
 from .stage import NonlocalStage
 from .units import ATTENTION_CLASSES, BLOCK_CLASSES, KNOWN_BLOCKS, block_key, unit_factory
 
 __all__ = ["make_block", "unit_factory", "BLOCK_CLASSES", "ATTENTION_CLASSES", "KNOWN_BLOCKS"]
 
 
+@V.validate_params(
+    {"name": [V.InstanceOf(str, "a block name (str)")], "in_channels": [V.POS_INT],
+     "n_units": [V.POS_INT, None]},
+    valid=lambda: {"name": "snl", "in_channels": 4},
+)
 def make_block(
     name: str, in_channels: int, dim: int = 2, n_units: int | None = None, **options: Any
 ) -> nn.Module:
