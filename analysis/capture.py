@@ -139,6 +139,22 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
+class _ModulePaths(V.Constraint):
+    """A sequence (not a string) of module paths (str) or module types."""
+
+    def kind_ok(self, value: Any) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return self.kind_ok(value) and all(isinstance(v, (str, type)) for v in value)
+
+    def __str__(self) -> str:
+        return "a sequence of module paths (str) or module types"
+
+    def invalid_values(self) -> list[Any]:
+        return ["layer1", (3,)]
+
+
 def _example_model() -> nn.Module:
     from graphfilters.blocks import make_block
 
@@ -458,7 +474,7 @@ def _affinity_batch(aff: Affinity | None, default: int) -> int:
 
 
 @V.validate_params(
-    {"blocks": [V.InstanceOf((list, tuple), "a sequence of module paths or types"), None],
+    {"blocks": [_ModulePaths(), None],
      "max_samples": [V.POS_INT], "heads": [V.StrOptions(("mean", "keep"))],
      "forward": ["callable", None], "model_kwargs": [V.InstanceOf(Mapping, "a mapping"), None],
      "progress": ["boolean"]},

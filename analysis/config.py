@@ -4,14 +4,12 @@ Every option of an analysis lives in exactly one place, is documented once (in i
 sub-configuration's docstring) and is checked once, from a declaration (the constraints of
 :mod:`graphfilters._validate`) when the configuration is built:
 
-=================  ===================================================================
-``capture``        :class:`CaptureConfig`: which modules, how many samples, heads, calls
-``spectrum``       :class:`SpectrumConfig`: the eigen-solver and its dense limit
-``stability``      :class:`StabilityConfig`: growth curve, frozen norms, their tolerance
-``jacobian``       :class:`JacobianConfig`: block, stage and backbone Jacobians
-``noise``          :class:`NoiseConfig`: sizes of the input and affinity perturbations
-``accuracy``       :class:`AccuracyConfig`: the accuracy-under-noise curve
-=================  ===================================================================
+- ``capture``: :class:`CaptureConfig`, which modules, how many samples, heads, calls;
+- ``spectrum``: :class:`SpectrumConfig`, the eigen-solver and its dense limit;
+- ``stability``: :class:`StabilityConfig`, growth curve, frozen norms, their tolerance;
+- ``jacobian``: :class:`JacobianConfig`, block, stage and backbone Jacobians;
+- ``noise``: :class:`NoiseConfig`, sizes of the input and affinity perturbations;
+- ``accuracy``: :class:`AccuracyConfig`, the accuracy-under-noise curve;
 
 plus two fields of the run itself (``keep_captures``, ``blas_threads``).
 
@@ -40,12 +38,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import Any, ClassVar
 
 from graphfilters import _validate as V
 
-from .spectra import AUTO_DENSE_LIMIT, SPECTRUM_METHODS
+from .capture import capture
+from .eigen import AUTO_DENSE_LIMIT, spectrum
+from .stability.empirical import accuracy_under_noise, affinity_sensitivity, noise_sensitivity
+from .stability.jacobian import jacobian_singular_values
+from .stability.linear import linearized_stability
 
 __all__ = [
     "AccuracyConfig", "AnalysisConfig", "CaptureConfig", "FLAT_NAMES", "JacobianConfig",
@@ -55,7 +56,8 @@ __all__ = [
 
 class _Checked:
     """A frozen dataclass whose fields are checked against ``constraints`` (a class-level
-    mapping field name -> constraint list) when it is built."""
+    mapping field name -> constraint list) when it is built; a field passed on unchanged to
+    a function reuses that function's declaration (:func:`graphfilters._validate.declared`)."""
 
     constraints: ClassVar[dict[str, list[Any]]] = {}
 
@@ -63,18 +65,6 @@ class _Checked:
         for name, cs in self.constraints.items():
             V.check(getattr(self, name), name, [V.make_constraint(c) for c in cs],
                     type(self).__name__)
-
-
-class _Paths(V.Constraint):
-    def is_satisfied_by(self, value: Any) -> bool:
-        return (isinstance(value, Sequence) and not isinstance(value, (str, bytes))
-                and all(isinstance(v, (str, type)) for v in value))
-
-    def __str__(self) -> str:
-        return "a sequence of module paths (str) or module types"
-
-    def invalid_values(self) -> list[Any]:
-        return ["layer1", (3,)]
 
 
 @dataclass(frozen=True)
@@ -102,10 +92,8 @@ class CaptureConfig(_Checked):
     model_kwargs: Mapping[str, Any] | None = None
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "blocks": [_Paths(), None], "max_samples": [V.POS_INT],
-        "heads": [V.StrOptions(("mean", "keep"))], "forward": ["callable", None],
-        "model_kwargs": [V.InstanceOf(Mapping, "a mapping"), None],
-    }
+        name: V.declared(capture, name)
+        for name in ("blocks", "max_samples", "heads", "forward", "model_kwargs")}
 
 
 @dataclass(frozen=True)
@@ -124,8 +112,7 @@ class SpectrumConfig(_Checked):
     dense_limit: int = AUTO_DENSE_LIMIT
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "method": [V.StrOptions(SPECTRUM_METHODS)], "dense_limit": [V.NONNEG_INT],
-    }
+        name: V.declared(spectrum, name) for name in ("method", "dense_limit")}
 
 
 @dataclass(frozen=True)
@@ -150,9 +137,8 @@ class StabilityConfig(_Checked):
     tol: float = 1e-3
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "n_max": [V.POS_INT], "samples": [V.POS_INT],
-        "tol": [V.Interval(Real, 0, 1, closed="neither")],
-    }
+        "n_max": V.declared(linearized_stability, "n_max"), "samples": [V.POS_INT],
+        "tol": V.declared(linearized_stability, "tol")}
 
 
 @dataclass(frozen=True)
@@ -184,7 +170,8 @@ class JacobianConfig(_Checked):
     backbone: bool = True
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "enabled": ["boolean"], "samples": [V.POS_INT], "k": [V.POS_INT],
+        "enabled": ["boolean"], "samples": [V.POS_INT],
+        "k": V.declared(jacobian_singular_values, "k"),
         "stages": ["boolean"], "backbone": ["boolean"],
     }
 
@@ -206,8 +193,8 @@ class NoiseConfig(_Checked):
     affinity: float = 0.1
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "level": [V.POS_REAL], "affinity": [V.POS_REAL],
-    }
+        "level": V.declared(noise_sensitivity, "level"),
+        "affinity": V.declared(affinity_sensitivity, "level")}
 
 
 @dataclass(frozen=True)
@@ -227,7 +214,7 @@ class AccuracyConfig(_Checked):
     batches: int = 8
 
     constraints: ClassVar[dict[str, list[Any]]] = {
-        "levels": [V.NoiseLevels(), None], "batches": [V.POS_INT],
+        "levels": [*V.declared(accuracy_under_noise, "levels"), None], "batches": [V.POS_INT],
     }
 
 

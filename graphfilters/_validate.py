@@ -570,6 +570,26 @@ def validate_params(
     return decorate
 
 
+def declared(func: Callable[..., Any], name: str) -> list[Constraint]:
+    """The constraints ``func`` declares for its argument ``name`` (with
+    :func:`validate_params`), for a declaration that passes the argument on unchanged (a
+    configuration field, a wrapper) to state it once.
+
+    Examples
+    --------
+    >>> @validate_params({"order": [Interval(Integral, 0, None, closed="left")]})
+    ... def f(order=3):
+    ...     return order
+    >>> [str(c) for c in declared(f, "order")]
+    ['an integer >= 0']
+    """
+    table = getattr(func, "__wrapped_constraints__", None)
+    if table is None or name not in table:
+        raise ValueError(f"{getattr(func, '__qualname__', func)!r} declares no constraint for "
+                         f"{name!r}")
+    return list(table[name])
+
+
 def invalid_values(constraints: list[Constraint]) -> list[Any]:
     """Values that satisfy none of ``constraints`` (each constraint's proposals and a few
     generic wrong kinds, filtered), for the generated invalid-input tests."""

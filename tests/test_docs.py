@@ -418,7 +418,17 @@ def test_mkdocs_build_strict(tmp_path, notebook_cache):
     check_no_external_script(site)
     check_math_is_rendered(site)
     check_notebook_pages_have_their_figures(site)
+    check_no_raw_rst_tables(site)
     shutil.rmtree(site, ignore_errors=True)
+
+
+def check_no_raw_rst_tables(site: Path) -> None:
+    """No docstring table reaches a page as its raw ``=====`` rules (an RST simple table the
+    docstring converter did not turn into a table)."""
+    for page in sorted((site / "api").glob("*/index.html")):
+        text = re.sub(r"<pre.*?</pre>|<code.*?</code>", "", page.read_text(encoding="utf-8"),
+                      flags=re.S)
+        assert "=====" not in text, f"{page.parent.name}: a raw RST table rule on the page"
 
 
 # A row of the attention table: | `name` | affinity | operators | order | filter |

@@ -7,8 +7,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import _validate as V
-
 DIMS = (1, 2, 3)
 _CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BNS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -22,11 +20,6 @@ def check_dim(dim: int) -> int:
             f"dim must be 1 (sequences), 2 (images) or 3 (videos), got {dim!r}"
         )
     return int(dim)
-
-
-def check_channels(value: object, what: str) -> int:
-    """``value`` as a channel count ``>= 1``, in the wording of every declared check."""
-    return V.positive_int(value, what)
 
 
 def conv1x1(dim: int, c_in: int, c_out: int, bias: bool = True, groups: int = 1) -> nn.Module:
@@ -149,12 +142,6 @@ def from_nodes(z: Tensor, spatial: tuple[int, ...]) -> Tensor:
 def kaiming_(weight: Tensor) -> None:
     """The default init of a conv/linear weight (kaiming uniform, ``a = sqrt(5)``)."""
     nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-
-
-def conv_weight_matrix(conv: nn.Module) -> Tensor:
-    """The ``(C_out, C_in / groups)`` matrix of a 1×1 convolution."""
-    w = conv.weight
-    return w.reshape(w.shape[0], w.shape[1])
 
 
 def numel(shape: tuple[int, ...] | torch.Size) -> int:

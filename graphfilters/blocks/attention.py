@@ -101,12 +101,12 @@ class AttentionFilterBlock(nn.Module):
         super().__init__()
         self.spec: AttentionSpec = get_attention_spec(self.table_name)
         self.dim = U.check_dim(dim)
-        self.in_channels = C = U.check_channels(in_channels, "in_channels")
-        self.heads = H = U.check_channels(heads, "heads")
-        self.inter_channels = Cs = U.check_channels(
+        self.in_channels = C = V.positive_int(in_channels, "in_channels")
+        self.heads = H = V.positive_int(heads, "heads")
+        self.inter_channels = Cs = V.positive_int(
             max(C // 2, H) if inter_channels is None else inter_channels, "inter_channels"
         )
-        self.key_channels = Ck = U.check_channels(
+        self.key_channels = Ck = V.positive_int(
             Cs if key_channels is None else key_channels, "key_channels"
         )
         if Cs % H or Ck % H:

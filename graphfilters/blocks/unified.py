@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import _validate as V
 from .. import kernels
 from ..filters import GraphOperator, filter_sum, get_filter
 from ..graph import Affinity, DenseAffinity, LowRankAffinity, NormalizedOperator
@@ -186,15 +187,15 @@ class GraphFilterNonlocal(nn.Module):
         )
         s = self.spec
         self.dim = U.check_dim(dim)
-        self.in_channels = C = U.check_channels(in_channels, "in_channels")
+        self.in_channels = C = V.positive_int(in_channels, "in_channels")
         default_cs = C if not out_projection else max(C // 2, 1)
-        self.inter_channels = Cs = U.check_channels(
+        self.inter_channels = Cs = V.positive_int(
             default_cs if inter_channels is None else inter_channels, "inter_channels"
         )
-        self.affinity_channels = Ca = U.check_channels(
+        self.affinity_channels = Ca = V.positive_int(
             Cs if affinity_channels is None else affinity_channels, "affinity_channels"
         )
-        self.groups = U.check_channels(groups, "groups")
+        self.groups = V.positive_int(groups, "groups")
         if Cs % self.groups or C % self.groups:
             raise ValueError(
                 f"groups={groups} must divide inter_channels={Cs} and in_channels={C}"
@@ -252,7 +253,7 @@ class GraphFilterNonlocal(nn.Module):
         if solver_tol is not None and not (isinstance(solver_tol, float) and solver_tol > 0):
             raise ValueError(f"solver_tol must be a positive float, got {solver_tol!r}")
         self.solver_tol = solver_tol
-        self.solver_max_iter = U.check_channels(solver_max_iter, "solver_max_iter")
+        self.solver_max_iter = V.positive_int(solver_max_iter, "solver_max_iter")
         self.bias_projections = bool(bias)
         out_bias = self.bias_projections if out_bias is None else bool(out_bias)
 
