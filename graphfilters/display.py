@@ -210,6 +210,10 @@ def _identification_forms(ident: Any) -> list[tuple[str, str]]:
 
     from graphfilters.symbolic.printing import latex
 
+    if hasattr(ident, "operators"):  # a projector term or two graphs (attention table)
+        return [("Terms", " + ".join(
+            rf"{' '.join(latex_op(w) for w in word) or 'I'}\, Z \left({sp.latex(c)}\right)"
+            for word, c in ident.coefficients.items()))]
     X = latex(ident.operator)
     if hasattr(ident, "poles"):     # a rational (ARMA) identification
         terms = " + ".join(rf"(I - {sp.latex(p)} {X})^{{-1}} Z\, {sp.latex(w)}"
@@ -220,6 +224,12 @@ def _identification_forms(ident: Any) -> list[tuple[str, str]]:
     cheb = " + ".join(rf"T_{{{k}}}({X}) Z \left({sp.latex(c)}\right)"
                       for k, c in ident.chebyshev_coefficients.items())
     return [("Power basis", power), ("Chebyshev basis (affinity form)", cheb)]
+
+
+def latex_op(name: str) -> str:
+    """LaTeX of an operator name of the attention table (``A_1`` -> ``A_{1}``)."""
+    base, _, sub = name.partition("_")
+    return f"{base}_{{{sub}}}" if sub else base
 
 
 def identification_latex(ident: Any) -> str:
@@ -243,6 +253,18 @@ def identification_markdown(ident: Any) -> str:
     """
     from graphfilters.symbolic.printing import latex
 
+    if hasattr(ident, "operators"):  # a projector term or two graphs (attention table)
+        lines = [f"**Filter of order {ident.order}** on "
+                 + ", ".join(f"${latex_op(o)}$" for o in ident.operators), ""]
+        lines += [f"{label}: $$ F = {eq} $$" for label, eq in _identification_forms(ident)]
+        if ident.scalars is not None:
+            lines += ["", f"Gain on the constant vector (DC): ${latex(ident.dc_gain())}$."]
+        lines += ["", "Attention-table rows: "
+                  + (", ".join(f"`{m}`" for m in ident.matches) or "none") + "."]
+        if ident.note:
+            lines += ["", f"Note: {ident.note}"]
+        lines += [f"- assumed: {a}" for a in ident.assumptions]
+        return "\n".join(lines) + "\n"
     X = latex(ident.operator)
     rational = hasattr(ident, "poles")
     lines = [f"**Rational (ARMA) filter** with {ident.order} pole(s) in ${X}$" if rational

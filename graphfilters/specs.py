@@ -604,7 +604,7 @@ _ATTENTION_ROWS = (
              "lambda_init(depth), per-head RMSNorm)",
         affinity_latex=(r"A_{j,h} = \operatorname{softmax}_{row}(Q_{j,h} K_{j,h}^{T} / "
                         r"\sqrt{d}),\ j = 1, 2"),
-        filter_latex=r"F = (A_1 - \lambda A_2) Z W",
+        filter_latex=r"F = (A_1 - \lambda_d A_2) Z W",
     ),
     AttentionSpec(
         name="efficient",

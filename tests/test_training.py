@@ -315,3 +315,29 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert results[0][3] == "3" and results[0][4] == "False"
     assert (tmp_path / "ddp.pt").is_file()
     assert load_checkpoint(tmp_path / "ddp.pt")["history"][0]["steps"] == 3
+
+
+def test_a_model_whose_evaluation_overflows_is_a_divergence_not_a_crash(digits8, monkeypatch):
+    # seen in the default sweep: the training step's loss was finite, but the eval-mode
+    # forward (BN running statistics) gave a block an infinite input; the block refuses it
+    import graphfilters.training as T
+
+    def overflowing(*args, **kwargs):
+        raise ValueError("NonLocal: the input x contains NaN or Inf")
+
+    monkeypatch.setattr(T, "evaluate", overflowing)
+    result = train(TINY, TrainConfig(epochs=2, batch_size=64, lr=0.1, progress=False),
+                   data=digits8)
+    assert result.diverged
+    last = result.history[-1]
+    assert last == result.divergence and last["diverged"] is True
+    assert last["reason"].startswith("evaluation hit non-finite values (NonLocal")
+    assert last["epoch"] == 1 and f"step {last['step']}" in last["reason"]
+    assert not result.history[-2]["diverged"]          # the epoch's record is kept
+
+    def other_error(*args, **kwargs):
+        raise ValueError("something else")
+
+    monkeypatch.setattr(T, "evaluate", other_error)
+    with pytest.raises(ValueError, match="something else"):
+        train(TINY, TrainConfig(epochs=1, batch_size=64, lr=0.1, progress=False), data=digits8)

@@ -48,6 +48,7 @@ from .generic import (
     scaled_laplacian,
 )
 from .identify import Identification, RationalIdentification, identify
+from .identify_attention import MultiOperatorIdentification
 from .numeric import evaluate
 from .parsing import parse_equation, parse_filter
 from .printing import latex, latex_to_text, pretty
@@ -90,7 +91,8 @@ __all__ = [
     "generic_filter", "chebyshev_polynomial", "laplacian", "scaled_laplacian",
     "default_lambda_max", "as_filter", "collect_powers",
     # reverse direction, responses, facts
-    "identify", "Identification", "response", "response_function", "operator_eigenvalue",
+    "identify", "Identification", "MultiOperatorIdentification",
+    "response", "response_function", "operator_eigenvalue",
     "Fact", "Evidence", "normalized_laplacian_spectrum", "softmax_row_stochastic",
     "chebyshev_parity", "stable_hypothesis_collapse", "all_facts",
     # expressions

@@ -32,10 +32,17 @@ from types import MappingProxyType
 import sympy as sp
 from sympy import Inverse, MatAdd, MatMul, ZeroMatrix
 
-from graphfilters.specs import BLOCK_NAMES, get_spec
+from graphfilters.specs import ATTENTION_BLOCKS, BLOCK_NAMES, get_spec
 
 from . import symbols as S
 from .algebra import expand_matrix, terms
+from .identify_attention import (
+    MULTI_OPERATORS,
+    MultiOperatorIdentification,
+    _shared_scalars,
+    degeneracy,
+    identify_multi,
+)
 from .limits import MAX_TERMS, SymbolicLimitError, check_limit
 from .parsing import check_shapes, parse_equation, parse_filter
 from .printing import pretty
@@ -112,6 +119,11 @@ class Identification:
     note: str = ""
     #: Substitutions made before matching (Laplacian symbols in the operator).
     assumptions: tuple[str, ...] = ()
+    #: Rows of the attention table (:data:`graphfilters.specs.ATTENTION_BLOCKS`) of this form.
+    attention_matches: tuple[str, ...] = ()
+    #: Where the order holds when the leading coefficient has symbolic scalars (GFSA's
+    #: ``K != 1``; :func:`~graphfilters.symbolic.identify_attention.degeneracy`).
+    conditions: tuple[str, ...] = ()
 
     @property
     def relations_text(self) -> tuple[str, ...]:
@@ -146,6 +158,10 @@ class Identification:
             f"  Chebyshev basis:   F = {cheb}   (affinity form)",
             f"  weight constraint: {self.weight_constraint} (relations: {rel})",
             f"  table rows:        {', '.join(self.matches) or 'none'}",
+            *([f"  attention rows:    {', '.join(self.attention_matches)}"]
+              if self.attention_matches else []),
+            *([f"  order holds if:    {', '.join(self.conditions)}"] if self.conditions
+              else []),
             *([f"  note:              {self.note}"] if self.note else []),
             *[f"  assumed:           {a}" for a in self.assumptions],
         ])
@@ -200,7 +216,8 @@ def _coefficients(combo: sp.Basic, weights: list) -> list[sp.Expr]:
     return [sp.simplify(coeffs[w]) for w in weights]
 
 
-def identify(expression: sp.Basic | str) -> Identification | RationalIdentification:
+def identify(expression: sp.Basic | str
+             ) -> Identification | RationalIdentification | MultiOperatorIdentification:
     """Identify ``expression`` as a Chebyshev filter: order, coefficients, constraint, rows.
 
     Parameters
@@ -212,7 +229,10 @@ def identify(expression: sp.Basic | str) -> Identification | RationalIdentificat
 
     Returns
     -------
-    Identification, or RationalIdentification for an expression with resolvents
+    Identification, MultiOperatorIdentification for a filter with the DC projector ``P`` or
+    the two graphs ``A_1``, ``A_2`` of the attention table (see
+    :mod:`graphfilters.symbolic.identify_attention`), or RationalIdentification for an
+    expression with resolvents
     :math:`(aI + bX)^{-1} Z W` (an ARMA filter). Laplacian symbols (``L``, ``L_sym``,
     ``L_rw``, ``Ltilde``) are rewritten in :math:`\\hat A` first (listed in ``assumptions``);
     ``A`` and ``Ahat`` are kept distinct when matching table rows, and ``note`` says what
@@ -253,6 +273,8 @@ def identify(expression: sp.Basic | str) -> Identification | RationalIdentificat
     if isinstance(expression, MatAdd):
         check_limit(len(expression.args), MAX_TERMS, "number of terms", "MAX_TERMS")
     expression, substituted = _laplacians_to_operator(expression)
+    if {a.name for a in expression.atoms(sp.MatrixSymbol)} & set(MULTI_OPERATORS):
+        return identify_multi(expression, _fail, substituted)
     if expression.has(Inverse):
         return _identify_rational(expression, substituted)
     try:
@@ -301,6 +323,13 @@ def identify(expression: sp.Basic | str) -> Identification | RationalIdentificat
                 "raw affinity, Ahat the normalized one)")
     elif not same:
         note = f"no table row has order {order} with the weight constraint {constraint!r}"
+    shared = _shared_scalars({p: c for p, c in power_coeffs.items() if c != zero})
+    attention = tuple(
+        n for n, row in ATTENTION_BLOCKS.items()
+        if row.operators == 1 and not row.projector and row.order == order
+        and (row.weight_constraint == constraint
+             or (row.weight_constraint == "free" and shared is not None and order >= 1)))
+    conditions = degeneracy(power_coeffs[order]) if order >= 1 else ()
     return Identification(
         expression=expression,
         operator=op,
@@ -313,6 +342,8 @@ def identify(expression: sp.Basic | str) -> Identification | RationalIdentificat
         matches=matches,
         note=note,
         assumptions=substituted,
+        attention_matches=attention,
+        conditions=conditions,
     )
 
 

@@ -43,7 +43,12 @@ _TOKENS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\\hat\s*(?:\{\s*A\s*\}|A(?![A-Za-z]))|Ahat(?![A-Za-z0-9_])"), "Ahat"),
     (re.compile(r"\\tilde\s*(?:\{\s*L\s*\}|L(?![A-Za-z]))|Ltilde(?![A-Za-z0-9_])"), "Ltilde"),
     (re.compile(r"W\s*\^\s*\{?\s*L\s*\}?\s*_\s*\{?\s*(\d+)\s*\}?"), "WL"),
+    (re.compile(r"A_\{?\s*([12])\s*\}?(?![A-Za-z0-9_])"), "Aj"),
+    (re.compile(r"W_\{?\s*P\s*\}?(?![A-Za-z0-9_])"), "W_P"),
+    (re.compile(r"V_\{?\s*1\s*\}?(?![A-Za-z0-9_])"), "V_1"),
     (re.compile(r"W_\{\s*(\d+)\s*\}|W_?(\d+)"), "Wk"),
+    (re.compile(r"w_\{?\s*(0|1|K)\s*\}?(?![A-Za-z0-9_])"), "wk"),
+    (re.compile(r"\\?lambda_\{?\s*([hd])\s*\}?(?![A-Za-z0-9_])"), "lambda_hd"),
     (re.compile(r"\\lambda_\{?\s*(?:\\max|\\mathrm\{max\}|max)\s*\}?|lambda_max(?![A-Za-z0-9_])"),
      "lambda_max"),
     (re.compile(r"\\gamma(?![A-Za-z])|gamma(?![A-Za-z0-9_])"), "gamma"),
@@ -56,8 +61,8 @@ _TOKENS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"[A-Za-z][A-Za-z0-9_]*"), "ident"),
     (re.compile(r"\*\*|[-+*/^(){}]"), "op"),
 ]
-_SINGLE = {"A": S.A, "D": S.D, "I": S.I, "L": S.L, "Z": S.Z, "W": S.W}
-_SPLIT = re.compile(r"Ahat|Ltilde|W_?\d+|[ADILZW]")
+_SINGLE = {"A": S.A, "D": S.D, "I": S.I, "L": S.L, "Z": S.Z, "W": S.W, "P": S.P, "K": S.K}
+_SPLIT = re.compile(r"Ahat|Ltilde|W_?\d+|[ADILZWPK]")
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,14 @@ def _symbol_token(kind: str, match: re.Match) -> sp.Basic:
         return S.weight(int(match.group(1) or match.group(2)))
     if kind == "lambda_max":
         return S.lambda_max
+    if kind == "Aj":
+        return S.A_1 if match.group(1) == "1" else S.A_2
+    if kind in ("W_P", "V_1"):
+        return S.SYMBOLS[kind]
+    if kind == "wk":
+        return S.SYMBOLS[f"w_{match.group(1)}"]
+    if kind == "lambda_hd":
+        return S.lambda_h if match.group(1) == "h" else S.lambda_d
     if kind == "psi":                     # an ARMA pole (graphfilters.filters.arma)
         return sp.Symbol(f"psi_{match.group(1)}", real=True)
     if kind == "gamma":

@@ -44,6 +44,7 @@ __all__ = [
     "A", "Ahat", "D", "L", "L_sym", "L_rw", "Ltilde", "I", "Z", "W",
     "W0", "W1", "W2", "W3", "WL0", "WL1", "WL2",
     "lambda_max", "gamma", "lam",
+    "P", "A_1", "A_2", "W_P", "V_1", "w_0", "w_1", "w_K", "K", "lambda_h", "lambda_d",
     "weight", "laplacian_weight", "weight_index", "is_weight", "is_laplacian_weight",
     "SYMBOLS",
 ]
@@ -64,6 +65,26 @@ I = Identity(N)
 Z = MatrixSymbol("Z", N, C_s)
 #: The single learned weight of blocks written ``F = A Z W``.
 W = MatrixSymbol("W", C_s, C_out)
+
+# The attention table (graphfilters.specs.ATTENTION_BLOCKS):
+#: The DC projector :math:`P = \mathbf 1\mathbf 1^T/N` (AttnScale). For a row-stochastic
+#: affinity :math:`X`, :math:`XP = P`; :math:`P^2 = P`.
+P = MatrixSymbol("P", N, N)
+#: The two affinities of differential attention.
+A_1 = MatrixSymbol("A_1", N, N)
+A_2 = MatrixSymbol("A_2", N, N)
+#: Weight of a projector term :math:`P Z W_P`, and of the second graph's term
+#: :math:`A_2 Z V_1`, in the generic filter extended for the attention table.
+W_P = MatrixSymbol("W_P", C_s, C_out)
+V_1 = MatrixSymbol("V_1", C_s, C_out)
+#: GFSA's learned scalars and its order :math:`K` (:math:`A^K` approximated to first order).
+w_0 = sp.Symbol("w_0", real=True)
+w_1 = sp.Symbol("w_1", real=True)
+w_K = sp.Symbol("w_K", real=True)
+K = sp.Symbol("K", integer=True, positive=True)
+#: AttnScale's per-head scale and differential attention's :math:`\lambda`.
+lambda_h = sp.Symbol("lambda_h", real=True)
+lambda_d = sp.Symbol("lambda_d", real=True)
 
 #: :math:`\lambda_{max}` of the Laplacian (a positive scalar).
 lambda_max = sp.Symbol("lambda_max", positive=True)
@@ -143,5 +164,16 @@ SYMBOLS: Mapping[str, sp.Basic] = MappingProxyType(
         "W": W,
         "lambda_max": lambda_max,
         "gamma": gamma,
+        "P": P,
+        "A_1": A_1,
+        "A_2": A_2,
+        "W_P": W_P,
+        "V_1": V_1,
+        "w_0": w_0,
+        "w_1": w_1,
+        "w_K": w_K,
+        "K": K,
+        "lambda_h": lambda_h,
+        "lambda_d": lambda_d,
     }
 )

@@ -1,0 +1,126 @@
+"""identify() on the attention table: GFSA's symbolic K, AttnScale's projector term and
+differential attention's two graphs, checked against the blocks' own operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+from graphfilters.blocks import make_block
+from graphfilters.specs import ATTENTION_BLOCKS
+from graphfilters.symbolic import MultiOperatorIdentification, identify
+from graphfilters.symbolic import symbols as S
+from graphfilters.symbolic.algebra import terms
+from graphfilters.symbolic.identify_attention import degeneracy
+
+GFSA_FREE = (S.Z * S.W0 + S.A * S.Z * S.W1
+             + ((S.K - 1) * S.A**2 + (2 - S.K) * S.A) * S.Z * S.W2)
+
+
+def test_gfsa_is_order_two_for_symbolic_k_and_says_where():
+    r = identify(GFSA_FREE)
+    assert r.order == 2 and r.weight_constraint == "free"
+    assert r.attention_matches == ("gfsa",)
+    assert r.conditions == ("K != 1",)
+    assert sp.simplify(r.power_coefficients[2] - (S.K - 1) * S.W2) == sp.ZeroMatrix(S.C_s, S.C_out)
+    # the condition is the truth: at K = 1 the order drops, at K = 4 it is 2
+    assert identify(GFSA_FREE.subs(S.K, 1)).order == 1
+    assert identify(GFSA_FREE.subs(S.K, 4)).order == 2
+    assert identify(GFSA_FREE.subs(S.K, 4)).conditions == ()
+
+
+@pytest.mark.parametrize("name", list(ATTENTION_BLOCKS))
+def test_every_attention_row_is_identified_as_itself(name):
+    r = identify(ATTENTION_BLOCKS[name].filter_latex.split("=", 1)[1])
+    assert name in r.attention_matches
+    assert r.order == ATTENTION_BLOCKS[name].order
+    assert isinstance(r, MultiOperatorIdentification) == (
+        ATTENTION_BLOCKS[name].projector or ATTENTION_BLOCKS[name].operators == 2)
+
+
+def _numeric(r, ops: dict[str, np.ndarray], subs: dict) -> np.ndarray:
+    """Sum over words of scalar * product of the numeric operators."""
+    n = next(iter(ops.values())).shape[0]
+    out = np.zeros((n, n))
+    items = r.scalars.items() if hasattr(r, "scalars") else (
+        (("A",) * p, c) for p, c in _power_scalars(r).items())
+    for word, c in items:
+        m = np.eye(n)
+        for name in word:
+            m = m @ ops[name]
+        out += float(sp.sympify(c).subs(subs)) * m
+    return out
+
+
+def _power_scalars(r):
+    """The scalar of each power of a one-weight polynomial filter."""
+    out = {}
+    for p, c in r.power_coefficients.items():
+        (_, scalar), = terms(c).items()
+        out[p] = scalar
+    return out
+
+
+@torch.no_grad()
+def test_identified_forms_equal_the_blocks_operators():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    n = 12
+    P = np.full((n, n), 1.0 / n)
+    # GFSA at K = 4 with random learned scalars: p(A) of the identified form = the block's
+    g = make_block("gfsa", 6, heads=2, inter_channels=4, dim=2).double()
+    g.w_K.copy_(torch.randn_like(g.w_K))
+    q, k, _ = g.projections(x)
+    a = g.base_affinities(q, k)[0, 0]                # (H, N, N) of sample 0
+    op = g.operator(x)[0]
+    r = identify(ATTENTION_BLOCKS["gfsa"].filter_latex.split("=", 1)[1])
+    for h in range(2):
+        subs = {S.w_0: float(g.w_0[h]), S.w_1: float(g.w_1[h]), S.w_K: float(g.w_K[h]),
+                S.K: g.K}
+        np.testing.assert_allclose(_numeric(r, {"A": a[h].numpy()}, subs), op[h].numpy(),
+                                   atol=1e-12, rtol=0)
+    # AttnScale: lambda_h A + ... with the projector term
+    s = make_block("attnscale", 6, heads=2, inter_channels=4, dim=2).double()
+    s.lambda_h.copy_(torch.randn_like(s.lambda_h))
+    q, k, _ = s.projections(x)
+    a = s.base_affinities(q, k)[0, 0]
+    op = s.operator(x)[0]
+    r = identify(ATTENTION_BLOCKS["attnscale"].filter_latex.split("=", 1)[1])
+    for h in range(2):
+        got = _numeric(r, {"A": a[h].numpy(), "P": P}, {S.lambda_h: float(s.lambda_h[h])})
+        np.testing.assert_allclose(got, op[h].numpy(), atol=1e-12, rtol=0)
+        # the DC gain: the block maps the constant vector to itself
+        np.testing.assert_allclose(op[h].numpy() @ np.ones(n), float(r.dc_gain()) * np.ones(n),
+                                   atol=1e-12)
+    # differential attention: A_1 - lambda_d A_2, DC gain 1 - lambda_d
+    d = make_block("diffattn", 6, heads=2, inter_channels=4, dim=2).double()
+    q, k, _ = d.projections(x)
+    a = d.base_affinities(q, k)[0]                  # (m=2, H, N, N)
+    lam = float(d.lambda_full())
+    op = d.operator(x)[0]
+    r = identify(ATTENTION_BLOCKS["diffattn"].filter_latex.split("=", 1)[1])
+    for h in range(2):
+        got = _numeric(r, {"A_1": a[0, h].numpy(), "A_2": a[1, h].numpy()}, {S.lambda_d: lam})
+        np.testing.assert_allclose(got, op[h].numpy(), atol=1e-12, rtol=0)
+    assert sp.simplify(r.dc_gain() - (1 - S.lambda_d)) == 0
+
+
+def test_projector_algebra_and_what_is_not_a_row():
+    r = identify(r"(A P + P^2 + A_1) Z W")           # A P = P, P^2 = P
+    assert dict(r.coefficients) == {("A_1",): S.W, ("P",): 2 * S.W}
+    assert r.matches == () and "no attention-table row" in r.note
+    r = identify(r"P A Z W")                          # P A is not reduced (A not column-stochastic)
+    assert tuple(r.coefficients) == (("P", "A"),) and r.order == 2
+    with pytest.raises(ValueError, match="cannot be combined with a projector"):
+        identify(r"(\hat A + P) Z W")
+    with pytest.raises(ValueError, match="zero filter"):
+        identify(r"(A P - P) Z W")
+
+
+def test_degeneracy_of_several_weights_is_joint():
+    a = sp.Symbol("a")
+    # the order drops only where every weight's coefficient vanishes
+    assert degeneracy((a - 1) * S.W1 + (a - 1) * (a + 2) * S.W2) == ("a != 1",)
+    assert degeneracy(S.W1 + (a - 1) * S.W2) == ()
