@@ -45,7 +45,7 @@ from sympy import MatAdd, MatMul
 
 from graphfilters import _validate as V
 from graphfilters.filters import get_filter
-from graphfilters.specs import BLOCK_NAMES, BlockSpec, get_spec
+from graphfilters.specs import ATTENTION_BLOCKS, BLOCK_NAMES, BlockSpec, get_spec
 
 from . import symbols as S
 from .algebra import difference, expand_matrix
@@ -404,6 +404,11 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     if isinstance(overrides.get("order"), int):       # before any work: fail in microseconds
         check_limit(overrides["order"], MAX_ORDER, "order", "MAX_ORDER",
                     "the numeric blocks take any order; the symbolic expansion grows with it")
+    if isinstance(name, str) and name.lower() in ATTENTION_BLOCKS and not (
+            mode or overrides or closed_form is not None):
+        from .attention_derivation import derive_attention
+
+        return derive_attention(name.lower())
     spec = get_spec(name, mode=mode, **overrides)
     check_limit(spec.order, MAX_ORDER, "order", "MAX_ORDER")
     if get_filter(spec.basis).kind == "rational":
