@@ -74,6 +74,7 @@ def _check_order(order: int) -> int:
     return int(V.check(order, "order", [ORDER]))
 
 
+@V.validate_params({"k": [ORDER]}, valid=lambda: {"k": 2, "x": [0.0, 0.5]})
 def chebyshev_T(k: int, x: Array) -> Array:
     r"""Values of the Chebyshev polynomial :math:`T_k(x)` (any real ``x``).
 
@@ -85,6 +86,7 @@ def chebyshev_T(k: int, x: Array) -> Array:
     return chebyshev_basis(k, x)[..., -1]
 
 
+@V.validate_params({"order": [ORDER]}, valid=lambda: {"order": 2, "x": [0.0, 0.5]})
 def chebyshev_basis(order: int, x: Array) -> Array:
     r"""Values :math:`T_0(x), \dots, T_K(x)` stacked on a new last axis.
 
@@ -97,7 +99,7 @@ def chebyshev_basis(order: int, x: Array) -> Array:
     >>> chebyshev_basis(3, 0.5)
     array([ 1. ,  0.5, -0.5, -1. ])
     """
-    order = _check_order(order)
+    order = int(order)
     x = B.as_array(x, "x")
     terms = [B.ones(tuple(x.shape), x), x]
     for _ in range(2, order + 1):
@@ -106,6 +108,7 @@ def chebyshev_basis(order: int, x: Array) -> Array:
     return B.xp(x).stack(terms, -1) if B.is_torch(x) else np.stack(terms, -1)
 
 
+@V.validate_params({"order": [ORDER]}, valid=lambda: {"order": 3})
 def jackson_damping(order: int) -> np.ndarray:
     r"""Jackson damping factors :math:`g_k` that suppress Gibbs oscillations.
 
@@ -118,13 +121,18 @@ def jackson_damping(order: int) -> np.ndarray:
     >>> float(jackson_damping(3)[0])
     1.0
     """
-    order = _check_order(order)
+    order = int(order)
     m = order + 2
     k = np.arange(order + 1)
     a = np.pi / m
     return ((m - k) * np.cos(k * a) + np.sin(k * a) / np.tan(a)) / m
 
 
+@V.validate_params(
+    {"h": ["callable"], "order": [ORDER], "lambda_max": [V.POS_REAL],
+     "n_points": [V.POS_INT, None], "damping": [V.StrOptions({"jackson"}), None]},
+    valid=lambda: {"h": lambda lam: 1 - lam, "order": 2},
+)
 def chebyshev_coefficients(
     h: Callable[[np.ndarray], np.ndarray],
     order: int,
@@ -166,11 +174,8 @@ def chebyshev_coefficients(
     >>> np.round(c, 12) + 0.0
     array([ 0., -1.])
     """
-    order = _check_order(order)
-    lambda_max = V.positive_float(lambda_max, "lambda_max")
-    if not callable(h):
-        raise TypeError(f"h must be a callable h(lambda), got {type(h).__name__}")
-    n = order + 1 if n_points is None else V.positive_int(n_points, "n_points")
+    order, lambda_max = int(order), float(lambda_max)
+    n = order + 1 if n_points is None else int(n_points)
     if n < order + 1:
         raise ValueError(f"n_points must be >= order + 1 = {order + 1}, got {n}")
     theta = np.pi * (np.arange(n) + 0.5) / n
@@ -184,11 +189,7 @@ def chebyshev_coefficients(
         raise ValueError("h returned NaN or Inf on [0, lambda_max]")
     c = 2.0 / n * np.cos(np.outer(np.arange(order + 1), theta)) @ values
     c[0] /= 2
-    if damping is None:
-        return c
-    if damping != "jackson":
-        raise ValueError(f"unknown damping {damping!r}; choose None or 'jackson'")
-    return c * jackson_damping(order)
+    return c if damping is None else c * jackson_damping(order)
 
 
 def _iter_terms(
