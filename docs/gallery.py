@@ -78,7 +78,7 @@ affinities = {
 block_of = {"NL": "nl", "A²": "a2", "CGNL": "cgnl", "DNL": "dnl", "SNL": "snl"}
 queries = [(9, 12), (4, 32), (25, 20)]
 
-fig, axes = plt.subplots(len(queries), len(affinities), figsize=(15, 7.6), layout="constrained")
+fig, axes = plt.subplots(len(queries), len(affinities), figsize=(15, 6.0), layout="constrained")
 for col, (name, aff) in enumerate(affinities.items()):
     cap = Capture(name, "adapter", BLOCKS[block_of[name]].kernel, aff,
                   BLOCKS[block_of[name]].normalization, spatial_shape=(H, W), n_samples=1)
