@@ -132,6 +132,45 @@ fig, axes = plot_block_responses()            # every row of the block table
 plt.show()
 
 # %% [markdown]
+# ## Today's attention as graph filters
+#
+# The attention table's rows, derived and read back symbolically: GFSA's per-head polynomial
+# $p(\mu) = w_0 + w_1\mu + w_K(\mu + (K - 1)(\mu^2 - \mu))$ on the eigenvalues $\mu$ of a
+# softmax affinity ($K = 4$, as the released code), and AttnScale's $(1 + \lambda_h)\mu$ on
+# every eigenvalue but the DC one, which it keeps at 1 (the black dot). Both read from
+# `identify(derive(name).derived)`; the real interval $[-1, 1]$ holds the real eigenvalues
+# (complex ones lie in the unit disk).
+
+# %%
+import sympy as sp
+
+from graphfilters.symbolic import derive, identify
+from graphfilters.symbolic import symbols as S
+
+mu = np.linspace(-1, 1, 201)
+fig, (ax_g, ax_s) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+gfsa = identify(derive("gfsa").derived).scalars            # {power: scalar}
+for w_K in (-0.5, 0.0, 0.5, 1.0):
+    p = sum(c.subs({S.w_0: 0, S.w_1: 1, S.w_K: w_K, S.K: 4}) * sp.Symbol("x")**e
+            for e, c in gfsa.items())
+    ax_g.plot(mu, sp.lambdify(sp.Symbol("x"), p)(mu), label=rf"$w_K = {w_K:g}$")
+ax_g.set(title=r"GFSA, $K = 4$, $w_0 = 0$, $w_1 = 1$", xlabel=r"eigenvalue $\mu$ of $A$",
+         ylabel=r"gain $p(\mu)$")
+ax_g.legend(fontsize="small")
+attn = identify(derive("attnscale").derived)               # words A and P, DC gain 1
+for lam in (-0.5, 0.0, 0.5, 1.0):
+    ax_s.plot(mu, float(attn.scalars[("A",)].subs(S.lambda_h, lam)) * mu,
+              label=rf"$\lambda_h = {lam:g}$")
+ax_s.plot([1], [float(attn.dc_gain())], "o", color="k", label="DC, every $\\lambda_h$")
+ax_s.set(title=r"AttnScale: $(1 + \lambda_h)\mu$, DC kept at 1",
+         xlabel=r"eigenvalue $\mu$ of $A$ (non-DC)", ylabel="gain")
+ax_s.legend(fontsize="small")
+for ax in (ax_g, ax_s):
+    ax.axhline(0, color="0.8", lw=0.8)
+    ax.grid(alpha=0.3)
+plt.show()
+
+# %% [markdown]
 # ## Does SNL make stacking robust?
 #
 # The stacking-robustness figure comes from a training sweep (blocks stacked 1 to 8 deep,

@@ -126,6 +126,22 @@ class Identification:
     conditions: tuple[str, ...] = ()
 
     @property
+    def scalars(self) -> Mapping[int, sp.Expr] | None:
+        """The scalar of each power :math:`p` when every :math:`C_p` is a multiple of one
+        weight :math:`W` (the filter is :math:`p(X) Z W`, as GFSA's per head); else ``None``.
+
+        Examples
+        --------
+        >>> identify(r"(w_0 I + w_1 A) Z W").scalars
+        {0: w_0, 1: w_1}
+        >>> identify("Z*W0 + A*Z*W1").scalars is None
+        True
+        """
+        zero = sp.ZeroMatrix(S.C_s, S.C_out)
+        return _shared_scalars({p: c for p, c in self.power_coefficients.items()
+                                if c != zero})
+
+    @property
     def relations_text(self) -> tuple[str, ...]:
         """The relations as plain-text equations (``W'_0 - 3*W'_2 = 0``)."""
         return tuple(f"{sp.sstr(r.lhs)} = {sp.sstr(r.rhs)}" for r in self.relations)
