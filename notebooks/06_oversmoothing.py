@@ -209,8 +209,9 @@ coefficients
 # pure-attention stack falls by orders of magnitude within three layers (0.96, 0.48, 5e-4 on
 # the build machine); with skips and MLPs it stays of order one, as Dong et al. argue. In the
 # three trained models the residual of the tokens falls with depth in every one (about 0.88
-# at the first attention layer to about 0.71-0.73 after the last) and the heads' spectral gap
-# shrinks with depth. GFSA and AttnScale learned mostly *positive* $w_K$ and $\lambda_h$,
+# at the first attention layer to about 0.71-0.73 after the last). The heads' spectral gap
+# shrinks with depth in the plain and GFSA models (about 0.92 to 0.65); AttnScale's drops to
+# about 0.77 after the first layer and stays there. GFSA and AttnScale learned mostly *positive* $w_K$ and $\lambda_h$,
 # i.e. to keep more high frequency than plain attention, yet their final residuals are no
 # higher than the plain model's, and the three test accuracies are within 0.03 of each
 # other (about 0.85). These are small models on an easy task, one seed each: the numbers
