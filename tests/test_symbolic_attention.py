@@ -159,3 +159,30 @@ def test_gfsa_symbolic_response_matches_the_blocks_eigenvalues():
         got = np.linalg.eigvals(op[h]).astype(complex)
         gap = np.abs(want[:, None] - got[None, :])          # each value found, both ways
         assert gap.min(1).max() < 1e-10 and gap.min(0).max() < 1e-10
+
+
+@torch.no_grad()
+def test_attnscale_response_is_the_operators_spectrum_but_the_dc_and_diffattn_has_none():
+    # eigenvalues of (1 + l) A - l P = {DC gain 1} and h(lambda) = (1 + l)(1 - lambda) at the
+    # other eigenvalues mu = 1 - lambda of A (one eigenvalue 1 of A is the DC one)
+    from graphfilters.symbolic import response
+
+    torch.manual_seed(2)
+    s = make_block("attnscale", 6, heads=2, inter_channels=4, dim=1).double()
+    s.lambda_h.copy_(torch.randn_like(s.lambda_h))
+    x = torch.randn(1, 6, 9, dtype=torch.float64)
+    q, k, _ = s.projections(x)
+    a = s.base_affinities(q, k)[0, 0].numpy()
+    op = s.operator(x)[0].numpy()
+    h = sp.lambdify((S.lam, S.lambda_h), response("attnscale"))
+    for head in range(2):
+        mu = np.linalg.eigvals(a[head]).astype(complex)
+        dc = int(np.argmin(np.abs(mu - 1)))
+        rest = np.delete(mu, dc)
+        want = np.concatenate([[1.0], h(1 - rest, float(s.lambda_h[head]))])
+        got = np.linalg.eigvals(op[head]).astype(complex)
+        gap = np.abs(want[:, None] - got[None, :])
+        assert gap.min(1).max() < 1e-10 and gap.min(0).max() < 1e-10
+    with pytest.raises(ValueError, match="two graphs"):
+        response("diffattn")
+    assert response("efficient") == 1 - S.lam

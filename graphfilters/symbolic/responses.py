@@ -94,7 +94,16 @@ def response(name: str, mode: str | None = None, *, unit_weight: bool = True) ->
     Returns
     -------
     sympy expression in ``lambda`` (:data:`graphfilters.symbolic.symbols.lam`), weights
-    ``w_k`` and, for CGNL, ``lambda_max``.
+    ``w_k`` and, for CGNL, ``lambda_max``. For ``attnscale`` (a DC projector term
+    :math:`P Z W_P`), the response on every eigenvalue but the DC one: the constant vector
+    spans an invariant subspace of both :math:`A` and :math:`P` (:math:`A\mathbf 1 =
+    P\mathbf 1 = \mathbf 1`), and on the quotient :math:`P` vanishes, so the operator's
+    eigenvalues are the DC gain and :math:`h` at the other eigenvalues of :math:`A`.
+
+    Raises
+    ------
+    ValueError
+        For ``diffattn``: two graphs have no common spectrum.
 
     Examples
     --------
@@ -106,6 +115,12 @@ def response(name: str, mode: str | None = None, *, unit_weight: bool = True) ->
     d = _derivation(name, mode)
     if isinstance(d, RationalDerivation):      # derived on the spectrum already
         return d.derived
+    names = {a.name for a in d.derived.atoms(sp.MatrixSymbol)}
+    if names & {"A_1", "A_2"}:
+        raise ValueError(
+            f"response: {name!r} filters two graphs (A_1, A_2) with no common eigenbasis, so it "
+            "has no scalar frequency response; its gain on the constant vector is "
+            "identify(derive(name).derived).dc_gain()")
     mu = operator_eigenvalue(d)
     split = weight_terms(d.derived)
     if split is None:  # pragma: no cover - every derived filter has this form
@@ -114,6 +129,10 @@ def response(name: str, mode: str | None = None, *, unit_weight: bool = True) ->
     for weight, poly in split.items():
         value = sp.Integer(0)
         for word, coeff in poly.items():
+            if any(b.name == "P" for b, _ in word):
+                if len(word) != 1:      # pragma: no cover - no row has P next to A
+                    raise ValueError(f"response: {name!r} has a projector term other than P Z W")
+                continue                # P Z W only moves the DC eigenvalue (see above)
             power = sum(int(e) for _, e in word)
             value += coeff * mu**power
         h += value * scalar_weight(weight)
