@@ -212,7 +212,7 @@ def _identification_forms(ident: Any) -> list[tuple[str, str]]:
 
     if hasattr(ident, "operators"):  # a projector term or two graphs (attention table)
         return [("Terms", " + ".join(
-            rf"{' '.join(latex_op(w) for w in word) or 'I'}\, Z \left({sp.latex(c)}\right)"
+            rf"{' '.join(_latex_op(w) for w in word) or 'I'}\, Z \left({sp.latex(c)}\right)"
             for word, c in ident.coefficients.items()))]
     X = latex(ident.operator)
     if hasattr(ident, "poles"):     # a rational (ARMA) identification
@@ -226,10 +226,12 @@ def _identification_forms(ident: Any) -> list[tuple[str, str]]:
     return [("Power basis", power), ("Chebyshev basis (affinity form)", cheb)]
 
 
-def latex_op(name: str) -> str:
-    """LaTeX of an operator name of the attention table (``A_1`` -> ``A_{1}``)."""
-    base, _, sub = name.partition("_")
-    return f"{base}_{{{sub}}}" if sub else base
+def _latex_op(name: str) -> str:
+    """LaTeX of an operator by its symbol name (``A_1`` -> ``A_{1}``)."""
+    from graphfilters.symbolic.printing import latex
+    from graphfilters.symbolic.symbols import SYMBOLS
+
+    return latex(SYMBOLS[name])
 
 
 def identification_latex(ident: Any) -> str:
@@ -255,7 +257,7 @@ def identification_markdown(ident: Any) -> str:
 
     if hasattr(ident, "operators"):  # a projector term or two graphs (attention table)
         lines = [f"**Filter of order {ident.order}** on "
-                 + ", ".join(f"${latex_op(o)}$" for o in ident.operators), ""]
+                 + ", ".join(f"${_latex_op(o)}$" for o in ident.operators), ""]
         lines += [f"{label}: $$ F = {eq} $$" for label, eq in _identification_forms(ident)]
         if ident.scalars is not None:
             lines += ["", f"Gain on the constant vector (DC): ${latex(ident.dc_gain())}$."]

@@ -652,6 +652,19 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
             "time_s": time.perf_counter() - t0,
             "diverged": False,
         }
+        last = epoch == config.epochs or (
+            config.max_steps is not None and step >= config.max_steps)
+        if divergence is None and (epoch % config.eval_every == 0 or last):
+            try:
+                metrics = evaluate(model, test_loader, device, amp=use_amp)
+                record["test_loss"], record["test_acc"] = metrics["loss"], metrics["accuracy"]
+            except ValueError as exc:   # eval-mode statistics (BN running stats) overflowed
+                if "NaN or Inf" not in str(exc):
+                    raise
+                divergence = {"epoch": epoch, "step": step, "diverged": True,
+                              "reason": "evaluation hit non-finite values "
+                                        f"({str(exc).split(';')[0]}) at epoch {epoch}, "
+                                        f"step {step}", "loss": math.nan}
         if divergence is not None:
             if count:
                 history.append(record)
@@ -661,25 +674,6 @@ def _fit(model: nn.Module, data: ImageData, config: TrainConfig, ctx: Distribute
                 tqdm.write(f"diverged: {divergence['reason']}")
             logger.warning("training diverged: %s", divergence["reason"])
             break
-        last = epoch == config.epochs or (
-            config.max_steps is not None and step >= config.max_steps)
-        if epoch % config.eval_every == 0 or last:
-            try:
-                metrics = evaluate(model, test_loader, device, amp=use_amp)
-            except ValueError as exc:   # eval-mode statistics (BN running stats) overflowed
-                if "NaN or Inf" not in str(exc):
-                    raise
-                divergence = {"epoch": epoch, "step": step, "diverged": True,
-                              "reason": "evaluation hit non-finite values "
-                                        f"({str(exc).split(';')[0]}) at epoch {epoch}, "
-                                        f"step {step}",
-                              "loss": math.nan, "time_s": record["time_s"]}
-                history += [record, divergence]
-                if show:
-                    tqdm.write(f"diverged: {divergence['reason']}")
-                logger.warning("training diverged: %s", divergence["reason"])
-                break
-            record["test_loss"], record["test_acc"] = metrics["loss"], metrics["accuracy"]
         history.append(record)
         line = _format_record(record)
         logger.info(line)

@@ -136,29 +136,36 @@ def test_a_wrong_attention_closed_form_is_not_verified():
     assert not d.verified and "NOT" in str(d)
 
 
+def _captured_heads(name: str, coefficient: str, seed: int):
+    """A 1D block with random learned ``coefficient``: (block, per-head A_h, operator)."""
+    torch.manual_seed(seed)
+    block = make_block(name, 6, heads=2, inter_channels=4, dim=1).double()
+    getattr(block, coefficient).copy_(torch.randn_like(getattr(block, coefficient)))
+    x = torch.randn(1, 6, 9, dtype=torch.float64)
+    q, k, _ = block.projections(x)
+    return block, block.base_affinities(q, k)[0, 0].numpy(), block.operator(x)[0].numpy()
+
+
+def _same_values(want: np.ndarray, got: np.ndarray, tol: float = 1e-10) -> None:
+    """Each eigenvalue of one set is within ``tol`` of one of the other, both ways."""
+    gap = np.abs(np.asarray(want, complex)[:, None] - np.asarray(got, complex)[None, :])
+    assert gap.min(1).max() < tol and gap.min(0).max() < tol
+
+
 @torch.no_grad()
 def test_gfsa_symbolic_response_matches_the_blocks_eigenvalues():
     # eigenvalues of the block's per-head operator p(A_h) = p(eigenvalues of A_h), p read
     # from the derivation (captured A_h of a random input, random learned w_K)
     from graphfilters.symbolic import derive
 
-    torch.manual_seed(1)
-    g = make_block("gfsa", 6, heads=2, inter_channels=4, dim=1).double()
-    g.w_K.copy_(torch.randn_like(g.w_K))
-    x = torch.randn(1, 6, 9, dtype=torch.float64)
-    q, k, _ = g.projections(x)
-    a = g.base_affinities(q, k)[0, 0].numpy()
-    op = g.operator(x)[0].numpy()
+    g, a, op = _captured_heads("gfsa", "w_K", seed=1)
     scalars = identify(derive("gfsa").derived).scalars
     mu = sp.Symbol("mu")
     p = sum(c * mu**e for e, c in scalars.items())
     for h in range(2):
         f = sp.lambdify(mu, p.subs({S.w_0: float(g.w_0[h]), S.w_1: float(g.w_1[h]),
                                      S.w_K: float(g.w_K[h]), S.K: g.K}))
-        want = np.asarray(f(np.linalg.eigvals(a[h])), dtype=complex)
-        got = np.linalg.eigvals(op[h]).astype(complex)
-        gap = np.abs(want[:, None] - got[None, :])          # each value found, both ways
-        assert gap.min(1).max() < 1e-10 and gap.min(0).max() < 1e-10
+        _same_values(f(np.linalg.eigvals(a[h])), np.linalg.eigvals(op[h]))
 
 
 @torch.no_grad()
@@ -167,22 +174,14 @@ def test_attnscale_response_is_the_operators_spectrum_but_the_dc_and_diffattn_ha
     # other eigenvalues mu = 1 - lambda of A (one eigenvalue 1 of A is the DC one)
     from graphfilters.symbolic import response
 
-    torch.manual_seed(2)
-    s = make_block("attnscale", 6, heads=2, inter_channels=4, dim=1).double()
-    s.lambda_h.copy_(torch.randn_like(s.lambda_h))
-    x = torch.randn(1, 6, 9, dtype=torch.float64)
-    q, k, _ = s.projections(x)
-    a = s.base_affinities(q, k)[0, 0].numpy()
-    op = s.operator(x)[0].numpy()
+    s, a, op = _captured_heads("attnscale", "lambda_h", seed=2)
     h = sp.lambdify((S.lam, S.lambda_h), response("attnscale"))
     for head in range(2):
         mu = np.linalg.eigvals(a[head]).astype(complex)
         dc = int(np.argmin(np.abs(mu - 1)))
         rest = np.delete(mu, dc)
         want = np.concatenate([[1.0], h(1 - rest, float(s.lambda_h[head]))])
-        got = np.linalg.eigvals(op[head]).astype(complex)
-        gap = np.abs(want[:, None] - got[None, :])
-        assert gap.min(1).max() < 1e-10 and gap.min(0).max() < 1e-10
+        _same_values(want, np.linalg.eigvals(op[head]))
     with pytest.raises(ValueError, match="two graphs"):
         response("diffattn")
     assert response("efficient") == 1 - S.lam

@@ -311,6 +311,11 @@ _CONSTRAINT_TEXT = {"drop_order0": "weight constraint: no order-0 term",
                     "free": "free weights"}
 
 
+def _rule_tex(mapping: Mapping) -> str:
+    """A substitution in LaTeX: ``old \to new`` pairs."""
+    return r",\ ".join(rf"{latex(k)} \to {latex(v)}" for k, v in mapping.items())
+
+
 def _is_zero_matrix(expr: sp.Basic) -> bool:
     return isinstance(expr, sp.ZeroMatrix) or expr == 0
 
@@ -434,21 +439,18 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
                           paper))
         return expr
 
-    def rule_tex(mapping: Mapping) -> str:
-        return r",\ ".join(rf"{latex(k)} \to {latex(v)}" for k, v in mapping.items())
-
     expr = record("Chebyshev recursion",
                   r"T_{0} = I,\ T_{1} = \tilde{L},\ T_{k+1} = 2 \tilde{L} T_{k} - T_{k-1}",
                   {}, generic_filter(K, stage="ltilde"))
     sub = {S.Ltilde: MatAdd(MatMul(2 / S.lambda_max, S.L), MatMul(-1, S.I))}
-    expr = record("scaled Laplacian", rule_tex(sub), sub, expr.xreplace(sub))
+    expr = record("scaled Laplacian", _rule_tex(sub), sub, expr.xreplace(sub))
     if spec.lambda_max is not None:
         sub = {S.lambda_max: lam}
         expr = record("lambda_max of the normalized Laplacian (spectrum in [0, 2])",
-                      rule_tex(sub), sub, expr.xreplace(sub),
+                      _rule_tex(sub), sub, expr.xreplace(sub),
                       r"$\lambda_{\max}$ of the normalized Laplacian (spectrum in $[0, 2]$)")
     sub = {S.L: laplacian(spec.laplacian)}
-    expr = record(f"Laplacian '{spec.laplacian}'", rule_tex(sub), sub, expr.xreplace(sub),
+    expr = record(f"Laplacian '{spec.laplacian}'", _rule_tex(sub), sub, expr.xreplace(sub),
                   _LAPLACIAN_TEXT[spec.laplacian])
     drule = degree_rule(spec)
     if drule is not None:
@@ -483,7 +485,7 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
                           {op**2: op}, expr)
     sub = constraint_substitution(spec)
     if sub:
-        expr = record(f"weight constraint '{spec.weight_constraint}'", rule_tex(sub), sub,
+        expr = record(f"weight constraint '{spec.weight_constraint}'", _rule_tex(sub), sub,
                       expr.xreplace(sub), _CONSTRAINT_TEXT.get(spec.weight_constraint, ""))
         weights = {k: v.xreplace(sub) for k, v in weights.items()}
 
@@ -502,7 +504,7 @@ def derive(name: str | BlockSpec, mode: str | None = None, *,
     rename = _rename_single_weight(expr, applied, spec)
     if rename is not None:
         sub, description = rename
-        expr = record(description, rule_tex(sub), sub, expr.xreplace(sub),
+        expr = record(description, _rule_tex(sub), sub, expr.xreplace(sub),
                       description.replace(" W", " $W$").replace("gamma", r"$\gamma$"))
         weights = {k: v.xreplace(sub) for k, v in weights.items()}
 
@@ -600,8 +602,8 @@ def gfsa_chebyshev_coefficients() -> tuple[sp.Expr, sp.Expr, sp.Expr]:
 
 
 def _step(description: str, paper: str, sub: dict, expr: sp.Basic) -> Step:
-    rule = r",\ ".join(rf"{latex(k)} \to {latex(v)}" for k, v in sub.items())
-    return Step(description, rule, sub, as_filter(expand_matrix(expr)), paper)
+    return Step(description, _rule_tex(sub), MappingProxyType(dict(sub)),
+                as_filter(expand_matrix(expr)), paper)
 
 
 def derive_attention(name: str | AttentionSpec) -> Derivation:

@@ -146,24 +146,23 @@ def identify_multi(expression: sp.Basic, fail, substituted: tuple[str, ...] = ()
     by_word: dict[tuple[str, ...], list] = {}
     used_rule = False
     for word, coeff in poly.items():
-        names = [b.name for b, e in word for _ in range(int(e) if sp.sympify(e).is_Integer
-                                                         and e > 0 else 1)]
-        if "Z" not in names or names.count("Z") != 1:
-            raise fail(f"the term {pretty(MatMul(*[b**e for b, e in word]))} does not use Z "
-                       "exactly once")
+        if not all(sp.sympify(e).is_Integer and e > 0 for _, e in word):
+            raise fail("only positive integer powers of the operators are polynomial")
+        factors = [b for b, e in word for _ in range(int(e))]   # A**2 -> A, A
+        names = [b.name for b in factors]
+        if names.count("Z") != 1:
+            raise fail(f"the term {pretty(MatMul(*factors))} does not use Z exactly once")
         iz = names.index("Z")
-        ops, after = names[:iz], names[iz + 1:]
+        ops, after = names[:iz], factors[iz + 1:]
         bad = [n for n in ops if n not in ("A", *MULTI_OPERATORS)]
         if bad:
             raise fail(f"the operator {bad[0]} cannot be combined with a projector or a "
                        "second graph (use A, P, A_1, A_2)")
-        if len(after) != 1 or not (S.is_weight(S.SYMBOLS.get(after[0], sp.Integer(0)))
-                                   or after[0] in ("W_P", "V_1")
-                                   or after[0].startswith("W_")):
+        if len(after) != 1 or not (S.is_weight(after[0]) or after[0] in (S.W_P, S.V_1)):
             raise fail("Z must be followed by exactly one weight")
         reduced = _reduce(tuple(ops))
         used_rule |= reduced != tuple(ops)
-        weight = next(b for b, _ in word if b.name == after[0])
+        weight = after[0]
         by_word.setdefault(reduced, []).append(MatMul(coeff, weight) if coeff != 1 else weight)
     coefficients = {}
     for w, items in sorted(by_word.items(), key=lambda kv: (len(kv[0]), kv[0])):

@@ -61,7 +61,6 @@ _TOKENS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"[A-Za-z][A-Za-z0-9_]*"), "ident"),
     (re.compile(r"\*\*|[-+*/^(){}]"), "op"),
 ]
-_SINGLE = {"A": S.A, "D": S.D, "I": S.I, "L": S.L, "Z": S.Z, "W": S.W, "P": S.P, "K": S.K}
 _SPLIT = re.compile(r"Ahat|Ltilde|W_?\d+|[ADILZWPK]")
 
 
