@@ -21,6 +21,7 @@ options of :func:`analyze`), :mod:`analysis.plots` (figures, ``(fig, ax)``).
 # the built-in recognizers (MultiheadAttention, transformers, timm, mmcv...) register themselves
 from . import recognizers as _recognizers  # noqa: F401
 from .analyze import AnalysisTable, BlockReport, analyze
+from .attention_response import attention_response
 from .capture import (
     MHA_SPEC,
     Capture,
@@ -87,7 +88,7 @@ __all__ = [
     "project_simplex", "Spectrum", "SpectralDensity", "AffinityMetrics",
     "frequency_response", "laplacian_weights", "response_gains", "classify_response",
     "graph_frequency_energy", "block_response", "filter_output", "BlockResponse",
-    "FrequencyEnergy",
+    "FrequencyEnergy", "attention_response",
     "tao_spectrum", "effective_channel_map", "value_projection", "linearized_stability",
     "jacobian_spectral_norm", "noise_sensitivity", "affinity_sensitivity",
     "accuracy_under_noise", "block_function", "TaoSpectrum", "Stability",

@@ -247,7 +247,8 @@ def headline_columns(measures: Sequence[str] | None = None) -> tuple[tuple[str, 
     """The headline columns, what a reader needs first: (key, header, format).
 
     :data:`IDENTITY_COLUMNS`, then the ``headline`` declared by each registered measure
-    (:mod:`analysis.measures`; only ``measures`` when given), in registration order: the one
+    (:mod:`analysis.measures`; only ``measures`` when given), in registration order (a column
+    that two measures fill for different captures, once, at its first place): the one
     declaration read by the table's display, :meth:`AnalysisTable.summary`,
     :meth:`AnalysisTable.to_markdown`, ``to_frame(columns="summary")`` and the report. A
     forced quantity (Tao's share) is not a headline; a column undefined in every row (e.g.
@@ -258,9 +259,11 @@ def headline_columns(measures: Sequence[str] | None = None) -> tuple[tuple[str, 
     >>> [h for _, h, _ in headline_columns(["spectrum", "metrics"])]
     ['block', 'kind', 'status', 'spectrum', 'λ_max', 'complex']
     """
-    return IDENTITY_COLUMNS + tuple(
-        h for m in (registered() if measures is None else registered(measures))
-        for h in m.headline)
+    cols: dict[str, tuple[str, str, str]] = {}
+    for m in registered() if measures is None else registered(measures):
+        for h in m.headline:
+            cols.setdefault(h[0], h)
+    return IDENTITY_COLUMNS + tuple(cols.values())
 
 
 #: The headline of the built-in measures (at most 12 columns; :func:`headline_columns` is

@@ -50,6 +50,7 @@ import torch
 
 from graphfilters.graph import DenseAffinity
 
+from .attention_response import attention_response, is_attention_filter
 from .bipartite import bipartite_response, bipartite_spectrum
 from .capture import Capture
 from .config import AnalysisConfig
@@ -338,11 +339,26 @@ def _affinity_gain(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
 def _no_weights(cap: Capture, ctx: MeasureContext) -> None:
     if cap.source == "observed":
         ctx.notes["n/a"] = ("" if _square(cap) else NXM_NA + "; ") + (
-            "response, Tao spectrum, damping, linearized stability and affinity "
-            "sensitivity: observed attention (the owner's weights are not read; its "
-            "Jacobians are measured as a black box)")
+            ("" if _attention_filter(cap, ctx) else "response, ")
+            + "Tao spectrum, damping, linearized stability and affinity sensitivity: "
+            "observed attention (the owner's weights are not read; its Jacobians are "
+            "measured as a black box)")
     else:
         ctx.fail("response/stability: no filter weights captured")
+
+
+def _attention_filter(cap: Capture, ctx: MeasureContext) -> bool:
+    return is_attention_filter(cap.module) and cap.module.table_name != "diffattn"
+
+
+def _attention_response(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
+    spec = ctx.shared.get("spectrum")
+    eigs = None if spec is None else [1 - np.asarray(mu) for mu in spec.eigenvalues]
+    resp = attention_response(cap.module, eigenvalues=eigs)
+    ctx.notes.update({f"response.{k}": v for k, v in resp.notes.items()})
+    ctx.notes["response.heads"] = ", ".join(resp.head_labels)
+    return {"response_class": resp.label, "response_low": resp.stats["low"],
+            "response_mid": resp.stats["mid"], "response_high": resp.stats["high"]}
 
 
 def _learned(cap: Capture, ctx: MeasureContext) -> bool:
@@ -423,6 +439,9 @@ for _m in (
     Measure("affinity_sensitivity", ("affinity_gain",), _affinity_gain, when=_weights),
     Measure("filter_weights", (), _no_weights, when=lambda c, x: c.weights is None),
     Measure("coefficients", ("coefficients",), _coefficients, when=_learned),
+    Measure("attention_response", ("response_class", "response_low", "response_mid",
+                                   "response_high"), _attention_response,
+            when=_attention_filter, headline=(("response_class", "response", "s"),)),
     Measure("jacobian", ("jacobian_full", "jacobian_frozen", "jacobian_full_top",
                          "jacobian_frozen_top", "affinity_share"), _jacobian,
             stage="module",

@@ -291,7 +291,8 @@ def plot_response(
     Parameters
     ----------
     response : BlockResponse or (lam, gains)
-        ``gains`` is ``(G,)`` or ``(G, r)`` (singular values, descending).
+        ``gains`` is ``(G,)`` or ``(G, r)`` (singular values, descending; for an attention
+        filter's per-head response, ``form == "heads"``, the head mean then the heads).
     eigenvalues : array, optional
         Laplacian eigenvalues to mark (default: the response's captured ones, real parts).
     all_singular_values : bool
@@ -305,10 +306,10 @@ def plot_response(
     >>> len(ax.lines) >= 2
     True
     """
-    label = None
+    label, form = None, "filter"
     if hasattr(response, "lam") and hasattr(response, "gains"):
         lam, gains = response.lam, response.gains
-        label = response.label
+        label, form = response.label, response.form
         if eigenvalues is None and response.eigenvalues:
             eigenvalues = np.concatenate([np.real(e) for e in response.eigenvalues])
     else:
@@ -324,14 +325,16 @@ def plot_response(
     fig, ax = _fig_ax(ax)
     if all_singular_values and gains.shape[1] > 1:
         ax.plot(lam, gains[:, 1:], color="C0", lw=0.6, alpha=0.35)
-    ax.plot(lam, gains[:, 0], color="C0", lw=2, label=r"$\sigma_1(H(\lambda))$")
+    ax.plot(lam, gains[:, 0], color="C0", lw=2,
+            label=r"head mean $|h_h(\lambda)|$ (thin: heads)" if form == "heads"
+            else r"$\sigma_1(H(\lambda))$")
     if eigenvalues is not None:
         ev = np.real(np.asarray(eigenvalues)).ravel()
         ev = ev[np.isfinite(ev)]
         ax.plot(ev, np.zeros_like(ev), "|", color="C3", ms=10, alpha=0.5,
                 transform=ax.get_xaxis_transform(), label="captured eigenvalues")
     ax.set_xlabel(r"Laplacian eigenvalue $\lambda$")
-    ax.set_ylabel("gain (singular values)")
+    ax.set_ylabel("gain |h|" if form == "heads" else "gain (singular values)")
     ax.set_xlim(lam.min(), lam.max())
     ax.set_ylim(bottom=0, top=1.25 * float(np.nanmax(gains, initial=0.0)) or 1.0)
     ax.legend(fontsize="x-small", loc="upper center", ncols=2, borderaxespad=0.3)
