@@ -603,6 +603,19 @@ class SingularValues:
         return float(self.values[0])
 
 
+def _orthogonalize(x: Tensor, basis: Tensor) -> Tensor:
+    """``x`` minus its projection on the orthonormal rows of ``basis``: classical Gram-Schmidt,
+    repeated when the first pass removed more than half of ``x``'s norm squared (the DGKS
+    criterion, Daniel et al. 1976: one pass then leaves an error of the order of the
+    rounding times the norm lost, so a second one restores orthogonality to working
+    precision; otherwise one pass already does)."""
+    before = x.norm()
+    x = x - (basis @ x) @ basis
+    if x.norm() < 0.7071 * before:
+        x = x - (basis @ x) @ basis
+    return x
+
+
 @V.validate_params(
     {"matvec": ["callable"], "rmatvec": ["callable"], "like": [V.InstanceOf(torch.Tensor)],
      "k": [V.POS_INT], "tol": [V.UNIT_TOL],
@@ -713,9 +726,7 @@ def top_singular_values(
             out_dim = Ub.shape[1]
             products += 1
             if j:
-                Um = Ub[:j]
-                u = u - (Um @ u) @ Um
-                u = u - (Um @ u) @ Um
+                u = _orthogonalize(u, Ub[:j])
             a = float(u.norm())
             if a == 0 or not math.isfinite(a):
                 if not math.isfinite(a):
@@ -727,8 +738,7 @@ def top_singular_values(
             alphas.append(a)
             w = rmatvec(Ub[j].reshape(out_shape)).reshape(-1).to(dtype)
             Vm = Vb[:j + 1]
-            w = w - (Vm @ w) @ Vm
-            w = w - (Vm @ w) @ Vm
+            w = _orthogonalize(w, Vm)
             b = float(w.norm())
             betas.append(b)
             m = len(alphas)

@@ -189,7 +189,20 @@ class FrozenMap:
         return self._adj(U)
 
     def power(self, n: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
-        r"""``(matvec, rmatvec)`` of :math:`\mathcal M^n`."""
+        r"""``(matvec, rmatvec)`` of :math:`\mathcal M^n`.
+
+        Dense and factored (:math:`\mathcal M(X) = [X] + \sum_k T_k(XG) W_k`, :math:`T_k`
+        the basis matrix per head), the powers run in the value space: with
+        :math:`z_0 = XG` and :math:`z_{j+1} = [z_j] + \sum_k T_k(z_j)\,(W_k G)`,
+        :math:`\mathcal M^n X = [X] + \sum_k \big(\sum_{j<n} T_k(z_j)\big) W_k` (without the
+        residual: :math:`\sum_k T_k(z_{n-1}) W_k`); the adjoint likewise with the
+        transposes. :math:`n + 2` products with a ``C x C_s`` matrix instead of :math:`2n`
+        (one term).
+        """
+        if self.dense and not self.fused and self.terms and n > 2 and (
+                self.c_out == self.c):
+            return self._value_space_power(n)
+
         def mv(x: Tensor) -> Tensor:
             for _ in range(n):
                 x = self(x)
@@ -199,6 +212,48 @@ class FrozenMap:
             for _ in range(n):
                 u = self.adjoint(u)
             return u
+        return mv, rmv
+
+
+    def _value_space_power(self, n: int
+                           ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        terms, maps, G = self.terms, self.maps, self.G
+        loops = [W @ G for W in maps]                  # W_k G: (C_s, C_s)
+        res = self.residual
+
+        def step(z: Tensor, acc: list[Tensor] | None) -> Tensor:
+            out = z if res else None                 # z -> [z] + sum_k T_k(z) W_k G
+            for k, (P, L) in enumerate(zip(terms, loops)):
+                t = self._heads_apply(P, z)
+                if acc is not None:
+                    acc[k] = acc[k] + t
+                out = t @ L if out is None else out + t @ L
+            return out
+
+        def mv(x: Tensor) -> Tensor:
+            z = x @ G
+            acc = [torch.zeros_like(z) for _ in terms] if res else None
+            for _ in range(n - 1):
+                z = step(z, acc)
+            last = [self._heads_apply(P, z) for P in terms]
+            if not res:
+                return sum(t @ W for t, W in zip(last, maps))
+            return x + sum((a + t) @ W for a, t, W in zip(acc, last, maps))
+
+        tT = [P.mT for P in terms]
+        lT = [L.mT for L in loops]
+
+        def rstep(r: Tensor) -> Tensor:           # r -> [r] + sum_k T_k^T(r (W_k G)^T)
+            out = sum(self._heads_apply(P, r @ L) for P, L in zip(tT, lT))
+            return r + out if res else out
+
+        def rmv(u: Tensor) -> Tensor:
+            r = sum(self._heads_apply(P, u @ W.T) for P, W in zip(tT, maps))
+            acc = r
+            for _ in range(n - 1):
+                r = rstep(r)
+                acc = acc + r
+            return u + acc @ G.T if res else r @ G.T
         return mv, rmv
 
 
