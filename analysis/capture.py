@@ -474,7 +474,7 @@ def _affinity_batch(aff: Affinity | None, default: int) -> int:
 
 
 @V.validate_params(
-    {"blocks": [_ModulePaths(), None],
+    {"model": [V.InstanceOf(nn.Module, "a torch.nn.Module")], "blocks": [_ModulePaths(), None],
      "max_samples": [V.POS_INT], "heads": [V.StrOptions(("mean", "keep"))],
      "forward": ["callable", None], "model_kwargs": [V.InstanceOf(Mapping, "a mapping"), None],
      "progress": ["boolean"]},
@@ -538,14 +538,6 @@ def capture(
     >>> len(caps), caps.reason[:24]
     (0, 'no nonlocal module found')
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-        raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
-    if heads not in ("mean", "keep"):
-        raise ValueError(f"heads must be 'mean' or 'keep', got {heads!r}")
-    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
-        raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
     missing_error: ValueError | None = None
     try:
         found = find_nonlocal_modules(model, blocks)

@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from . import _validate as V
+
 __all__ = [
     "BatchTransform",
     "ImageData",
@@ -475,6 +477,14 @@ def _render_long_range(n: int, size: int, patterns: np.ndarray, noise: float, mi
     return images, labels
 
 
+@V.validate_params(
+    {"n_train": [V.POS_INT], "n_test": [V.POS_INT], "size": [V.POS_INT],
+     "mark_size": [V.Interval(V.Integral, 2, None, closed="left")],
+     "n_patterns": [V.Interval(V.Integral, 2, None, closed="left")],
+     "noise": [V.NONNEG_REAL], "min_distance": [V.NONNEG_INT, None], "seed": [V.NONNEG_INT],
+     "receptive_field": [V.POS_INT, None]},
+    valid=lambda: {"n_train": 4, "n_test": 2, "size": 16},
+)
 def long_range_task(
     n_train: int = 2000,
     n_test: int = 500,
@@ -553,16 +563,9 @@ def long_range_task(
     >>> long_range_task(n_train=8, n_test=8, size=40, receptive_field=25).options["min_distance"]
     28
     """
-    if n_patterns < 2:
-        raise ValueError(f"n_patterns must be >= 2 (two classes), got {n_patterns}")
-    if mark_size < 2 or mark_size > size // 2:
+    if mark_size > size // 2:
         raise ValueError(f"mark_size must be in 2..size//2 = {size // 2}, got {mark_size}")
-    if n_train < 1 or n_test < 1:
-        raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
     if receptive_field is not None:
-        if isinstance(receptive_field, bool) or not isinstance(receptive_field, int) \
-                or receptive_field < 1:
-            raise ValueError(f"receptive_field must be a positive int, got {receptive_field!r}")
         beyond = receptive_field + mark_size - 1
         if min_distance is not None and min_distance < beyond:
             raise ValueError(

@@ -684,8 +684,6 @@ def top_singular_values(
     (True, True)
     """
     krylov = max(krylov, k + 1)
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol!r}")
     shape, dtype, dev = like.shape, like.dtype, like.device
     dim = like.numel()
     krylov = min(krylov, dim, max(max_iter, k + 1))        # rows that can be used

@@ -168,7 +168,7 @@ def test_capture_argument_errors():
         capture(model, torch.randn(1, 3, 2, 2), max_samples=0)
     with pytest.raises(ValueError, match="heads"):
         capture(model, torch.randn(1, 3, 2, 2), heads="sum")
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         capture("model", torch.randn(1, 3, 2, 2))
 
 

@@ -24,6 +24,7 @@ import analysis.config  # noqa: F401
 import analysis.spectra  # noqa: F401
 import graphfilters.blocks  # noqa: F401  (the attention blocks declare their arguments)
 import graphfilters.chebyshev  # noqa: F401
+import graphfilters.data  # noqa: F401
 import graphfilters.graph  # noqa: F401
 import graphfilters.kernels  # noqa: F401
 import graphfilters.models  # noqa: F401

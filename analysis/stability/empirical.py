@@ -61,8 +61,6 @@ def noise_sensitivity(
     >>> round(out["relative_change"], 6), round(out["gain"], 6)
     (0.1, 1.0)
     """
-    if not level > 0:
-        raise ValueError(f"level must be > 0, got {level!r}")
     x = x.detach()
     with eval_mode(fn) if isinstance(fn, nn.Module) else nullcontext():
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -152,8 +150,9 @@ def affinity_sensitivity(
 
 
 @V.validate_params(
-    {"model": [V.InstanceOf(nn.Module)], "levels": [V.NoiseLevels()], "relative": ["boolean"],
-     "max_batches": [V.POS_INT, None], "seed": [V.NONNEG_INT], "progress": ["boolean"]},
+    {"model": [V.InstanceOf(nn.Module, "a torch.nn.Module")], "levels": [V.NoiseLevels()],
+     "relative": ["boolean"], "max_batches": [V.POS_INT, None], "seed": [V.NONNEG_INT],
+     "progress": ["boolean"]},
     valid=lambda: {"model": nn.Sequential(nn.Flatten(), nn.Linear(4, 2)),
                    "data": [(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))],
                    "progress": False},
@@ -197,11 +196,7 @@ def accuracy_under_noise(
     >>> accuracy_under_noise(model, [(x, y)], levels=(0.0,), progress=False)
     {0.0: 1.0}
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     levels = [float(s) for s in levels]
-    if any(s < 0 for s in levels):
-        raise ValueError(f"noise levels must be >= 0, got {levels}")
     dev = model_device(model)
     batches = []
     for i, batch in enumerate(data):

@@ -354,8 +354,6 @@ def jacobian_singular_values(
     >>> bool(abs(sv.values - ref).max() < 1e-8)
     True
     """
-    if affinity not in AFFINITY_MODES:
-        raise ValueError(f"affinity must be one of {AFFINITY_MODES}, got {affinity!r}")
     x = x.detach()
     with eval_mode(fn) if isinstance(fn, nn.Module) else nullcontext():
         f = frozen_function(fn, x) if affinity == "frozen" else fn

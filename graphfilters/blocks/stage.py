@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .. import _validate as V
 from ..graph import Affinity
 from ._convert import bn_map, conv_map, copy_weights, match_module
 from .record import FilterRecord
@@ -70,13 +71,13 @@ class NonlocalStage(nn.Module):
     (True, 3, True)
     """
 
+    @V.validate_params({"in_channels": [V.POS_INT], "n_units": [V.POS_INT]},
+                       valid=lambda: {"in_channels": 4})
     def __init__(
         self, in_channels: int, n_units: int = 1, block: str = "ns", dim: int = 2,
         **options: Any,
     ) -> None:
         super().__init__()
-        if isinstance(n_units, bool) or not isinstance(n_units, int) or n_units < 1:
-            raise ValueError(f"n_units must be an integer >= 1, got {n_units!r}")
         if "shared_affinity" in options:
             raise TypeError("NonlocalStage sets shared_affinity itself; do not pass it")
         make = unit_factory(block)

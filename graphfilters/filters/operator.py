@@ -62,6 +62,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import _validate as V
 from ..graph import NormalizedOperator
 
 __all__ = ["GraphOperator", "default_tolerance"]
@@ -100,6 +101,9 @@ class GraphOperator:
         Iterations of the last iterative solve (0 otherwise).
     """
 
+    @V.validate_params({"apply": ["callable"], "max_iter": [V.POS_INT],
+                        "tol": [V.UNIT_TOL, None]},
+                       valid=lambda: {"apply": lambda X: X})
     def __init__(
         self,
         apply: Callable[[Tensor], Tensor],
@@ -116,8 +120,6 @@ class GraphOperator:
         self._inf_norm = inf_norm
         self._inf_norm_value: float | None = None
         self.tol = tol
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
         self.max_iter = max_iter
         self.method = "dense" if dense is not None else ("woodbury" if factors is not None
                                                          else "iterative")
