@@ -270,6 +270,8 @@ def _weight_list(weights: Sequence | Array) -> list:
     return weights
 
 
+@V.validate_params({"apply": ["callable"], "basis": [V.InstanceOf(str, "a basis name")]},
+                   valid=lambda: {"apply": lambda X: X, "Z": np.ones((2, 1)), "weights": [1.0]})
 def polynomial_filter(
     apply: Callable[[Array], Array],
     Z: Array,
@@ -301,8 +303,6 @@ def polynomial_filter(
     array([[0.5],
            [0.5]])
     """
-    if not callable(apply):
-        raise TypeError(f"apply must be a callable X -> S X, got {type(apply).__name__}")
     Z = _check_signal(Z)
     ws = _weight_list(weights)
     for k, w in enumerate(ws):
@@ -315,6 +315,8 @@ def polynomial_filter(
     return filter_sum(_iter_terms(apply, Z, len(ws) - 1, basis), ws)
 
 
+@V.validate_params({"lambda_max": [V.POS_REAL]},
+                   valid=lambda: {"L": np.eye(2), "Z": np.ones((2, 1)), "weights": [1.0]})
 def chebyshev_filter(
     L: Array | Callable[[Array], Array],
     Z: Array,
@@ -340,7 +342,7 @@ def chebyshev_filter(
     array([[ 0.],
            [-1.]])
     """
-    lambda_max = V.positive_float(lambda_max, "lambda_max")
+    lambda_max = float(lambda_max)
     Z = _check_signal(Z)
     if callable(L):
         matmul = L

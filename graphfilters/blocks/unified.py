@@ -151,6 +151,19 @@ class GraphFilterNonlocal(nn.Module):
     [(8, 16), (8, 16), (8, 16)]
     """
 
+    @V.validate_params(
+        {"in_channels": [V.POS_INT], "inter_channels": [V.POS_INT, None],
+         "order": [V.NONNEG_INT, None], "symmetrize": ["boolean", None],
+         "shared_affinity": ["boolean", None], "dim": [V.Options(int, (1, 2, 3))],
+         "sub_sample": ["boolean"], "out_norm": [V.StrOptions(OUT_NORMS), None],
+         "relu_after_norm": ["boolean"], "sign": [V.Options(int, (1, -1))],
+         "affinity_channels": [V.POS_INT, None], "groups": [V.POS_INT], "bias": ["boolean"],
+         "out_bias": ["boolean", None], "out_projection": ["boolean"],
+         "kernel_options": [V.InstanceOf(Mapping, "a mapping"), None],
+         "materialize": ["boolean"], "solver_tol": [V.POS_REAL, None],
+         "solver_max_iter": [V.POS_INT]},
+        valid=lambda: {"in_channels": 4},
+    )
     def __init__(
         self,
         in_channels: int,
@@ -186,16 +199,12 @@ class GraphFilterNonlocal(nn.Module):
             weight_constraint=weight_constraint, normalization=normalization, basis=basis,
         )
         s = self.spec
-        self.dim = U.check_dim(dim)
-        self.in_channels = C = V.positive_int(in_channels, "in_channels")
+        self.dim = int(dim)
+        self.in_channels = C = int(in_channels)
         default_cs = C if not out_projection else max(C // 2, 1)
-        self.inter_channels = Cs = V.positive_int(
-            default_cs if inter_channels is None else inter_channels, "inter_channels"
-        )
-        self.affinity_channels = Ca = V.positive_int(
-            Cs if affinity_channels is None else affinity_channels, "affinity_channels"
-        )
-        self.groups = V.positive_int(groups, "groups")
+        self.inter_channels = Cs = default_cs if inter_channels is None else int(inter_channels)
+        self.affinity_channels = Ca = Cs if affinity_channels is None else int(affinity_channels)
+        self.groups = int(groups)
         if Cs % self.groups or C % self.groups:
             raise ValueError(
                 f"groups={groups} must divide inter_channels={Cs} and in_channels={C}"
@@ -236,11 +245,7 @@ class GraphFilterNonlocal(nn.Module):
             )
         self.out_norm = {"batchnorm": "batch"}.get(s.output, s.output) if out_norm is None \
             else out_norm
-        if self.out_norm not in OUT_NORMS:
-            raise ValueError(f"unknown out_norm {out_norm!r}; choose one of {list(OUT_NORMS)}")
         self.relu_after_norm = bool(relu_after_norm)
-        if sign not in (1, -1) or isinstance(sign, bool):
-            raise ValueError(f"sign must be +1 or -1, got {sign!r}")
         self.sign = int(sign)
         self.out_projection = bool(out_projection)
         if not self.out_projection and (Cs != C or self.groups != 1):
@@ -250,10 +255,8 @@ class GraphFilterNonlocal(nn.Module):
             )
         self.kernel_options = _resolve_kernel_options(s.kernel, kernel_options)
         self.materialize = bool(materialize)
-        if solver_tol is not None and not (isinstance(solver_tol, float) and solver_tol > 0):
-            raise ValueError(f"solver_tol must be a positive float, got {solver_tol!r}")
-        self.solver_tol = solver_tol
-        self.solver_max_iter = V.positive_int(solver_max_iter, "solver_max_iter")
+        self.solver_tol = None if solver_tol is None else float(solver_tol)
+        self.solver_max_iter = int(solver_max_iter)
         self.bias_projections = bool(bias)
         out_bias = self.bias_projections if out_bias is None else bool(out_bias)
 
