@@ -61,6 +61,7 @@ from .stability import (
     affinity_sensitivity,
     block_function,
     damping,
+    frozen_map_starts,
     jacobian_singular_values,
     jacobians,
     linearized_stability,
@@ -316,6 +317,7 @@ def _stability(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
     st = linearized_stability(cap, spectrum_result=ctx.shared["spectrum"], n_max=ctx["n_max"],
                               samples=ctx["stability_samples"], tol=ctx["tol"])
     ctx.notes["stability"] = st.how
+    ctx.shared["frozen_vector"] = st.vector         # a warm start for the Jacobians
     ctx.notes.update({f"stability.{k}": v for k, v in st.notes.items()})
     if cap.layernorm == "pre":
         ctx.notes[APPROX_STABILITY] = (
@@ -382,8 +384,10 @@ def _jacobian(cap: Capture, ctx: MeasureContext) -> dict[str, Any]:
     tol, k = ctx["tol"], ctx["jacobian_k"]
     out: dict[str, Any] = {}
     fn, x = block_function(cap, 0)
+    starts = (frozen_map_starts(cap, x, tol, top=ctx.shared.get("frozen_vector"))
+              if cap.weights is not None else None)
     try:
-        rep = jacobians(fn, x, k, residual=cap.residual, tol=tol, max_iter=60)
+        rep = jacobians(fn, x, k, residual=cap.residual, tol=tol, max_iter=60, starts=starts)
     except ValueError as exc:          # no frozen form of this module: full only
         ctx.fail(f"jacobian_frozen: {exc}")
         full = jacobian_singular_values(fn, x, k, tol=tol, max_iter=60)

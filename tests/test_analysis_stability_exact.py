@@ -27,6 +27,7 @@ from analysis.robustness import (
     top_singular_values,
 )
 from analysis.spectra import complex_share
+from analysis.stability import frozen_map_starts
 from graphfilters.blocks import NonlocalStage, make_block
 from graphfilters.graph import DenseAffinity
 
@@ -171,6 +172,39 @@ def test_frozen_map_powers_in_the_value_space_equal_repeated_application(name, r
             a, b = M(a), M.adjoint(b)
         assert float((mv(X) - a).norm() / a.norm()) < 1e-12
         assert float((rmv(U) - b).norm() / b.norm()) < 1e-12
+
+
+def test_jacobians_from_the_frozen_map_starts_are_the_same_values_in_fewer_products():
+    # warm starts from the frozen map built from the captured weights (a pre-LN layer's
+    # LayerNorm folded at one scale: a model of J_fix) change the cost, not the values
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True,
+                                                   norm_first=True)).double().eval()
+    cap = capture(net, torch.randn(1, 12, 16, dtype=torch.float64), progress=False)[
+        "0.self_attn"]
+    fn, x0 = block_function(cap, 0)
+    starts = frozen_map_starts(cap, x0, tol=1e-10)
+    assert all(s is not None and s.shape == x0.shape for s in starts)
+    J, J_fix = _dense(fn, x0), _dense(frozen_function(fn, x0), x0)
+    eye = torch.eye(len(J), dtype=J.dtype)
+    cold = jacobians(fn, x0, k=1, tol=1e-8, max_iter=300)
+    warm = jacobians(fn, x0, k=1, tol=1e-8, max_iter=300, starts=starts)
+    for rep in (cold, warm):
+        assert rep.frozen.norm == pytest.approx(float(torch.linalg.matrix_norm(J_fix, 2)),
+                                                rel=1e-6)
+        share = float(torch.linalg.matrix_norm(J - J_fix, 2)
+                      / torch.linalg.matrix_norm(J_fix - eye, 2))
+        assert rep.affinity_share == pytest.approx(share, rel=1e-6)
+    # the saving shows at a width where Lanczos needs more than a few products
+    wide = nn.Sequential(nn.TransformerEncoderLayer(64, 2, 128, batch_first=True,
+                                                    norm_first=True)).double().eval()
+    cap = capture(wide, torch.randn(1, 50, 64, dtype=torch.float64), progress=False)[
+        "0.self_attn"]
+    fn, x0 = block_function(cap, 0)
+    cold = jacobians(fn, x0, k=1, tol=1e-3)
+    warm = jacobians(fn, x0, k=1, tol=1e-3, starts=frozen_map_starts(cap, x0))
+    assert warm.frozen.iterations < cold.frozen.iterations
+    assert warm.frozen.norm == pytest.approx(cold.frozen.norm, rel=1e-4)
 
 
 def test_top_singular_values_certify_their_residual():

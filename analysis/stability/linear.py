@@ -103,6 +103,9 @@ class Stability:
         Products and relative residual of the matrix-free norms (zeros for the eigenbasis).
     converged : bool
         Every norm met ``tol``.
+    vector : Tensor or None
+        The top right singular vector of :math:`\mathcal M` on sample 0 (``(N, C)``;
+        matrix-free path only): a warm start for the Jacobians of the same block.
     """
 
     radius: float
@@ -118,6 +121,7 @@ class Stability:
     iterations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
     converged: bool = True
+    vector: Any = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         from graphfilters.display import short_repr
@@ -306,6 +310,7 @@ def linearized_stability(
                 if dtype == dtypes[-1]:
                     raise
         growth, iters, resid, conv = fz.growth, fz.iterations, fz.residual, fz.converged
+        vector = fz.vector
         how = (f"matrix-free: Krylov power iteration on the frozen map and its adjoint "
                f"({'float32' if dtype == torch.float32 else 'float64'} products, "
                f"tol {tol:g}, <= {max_iter} products per power, max residual "
@@ -315,6 +320,7 @@ def linearized_stability(
             notes["convergence"] = "some norms did not reach the tolerance"
     else:
         growth, iters, resid, conv = bound.copy(), np.zeros(n_max, int), np.zeros(n_max), True
+        vector = None
         how = "symmetric: exact in the orthonormal eigenbasis"
     if not spec.symmetric:
         notes["lower_bound"] = ("norm_lower_bound/growth_lower_bound: Schur diagonal blocks, "
@@ -333,4 +339,4 @@ def linearized_stability(
         notes["heads"] = "attention heads averaged: an approximation of the per-head filter"
     return Stability(radius, float(growth[0]), growth, radius ** np.arange(1, n_max + 1), arg,
                      len(lam), how, notes, float(bound[0]), bound, np.asarray(iters),
-                     np.asarray(resid), bool(conv))
+                     np.asarray(resid), bool(conv), vector)
