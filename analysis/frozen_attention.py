@@ -64,13 +64,19 @@ def _held() -> bool:
     return getattr(_HELD, "depth", 0) > 0
 
 
+def _held_parts() -> tuple[bool, bool]:
+    """``(affinity, values)``: what the innermost context of this thread holds."""
+    modes = getattr(_HELD, "modes", None)
+    return modes[-1] if modes else (True, False)
+
+
 def held_count() -> int:
     """How many softmax/SDPA results the wrappers detached in this thread."""
     return getattr(_HELD, "count", 0)
 
 
 def _detached(out: Tensor) -> Tensor:
-    if not _held():
+    if not _held() or not _held_parts()[0]:
         return out
     _HELD.count = held_count() + 1
     return out.detach()
@@ -97,6 +103,14 @@ def _held_sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | No
                              is_causal=is_causal, scale=scale, **extra)
     if dropout_p:
         raise ValueError("attention_held_fixed: dropout in attention (run in eval mode)")
+    affinity, values = _held_parts()
+    if values:
+        value = value.detach()
+    if not affinity:                 # the values held alone: SDPA itself (its fast kernels)
+        _HELD.count = held_count() + 1
+        extra = {"enable_gqa": True} if enable_gqa else {}
+        return _ORIGINALS[3](query, key, value, attn_mask=attn_mask, is_causal=is_causal,
+                             scale=scale, **extra)
     L, S = query.shape[-2], key.shape[-2]
     if enable_gqa and key.shape[-3] != query.shape[-3]:
         rep = query.shape[-3] // key.shape[-3]
@@ -113,8 +127,14 @@ def _held_sdpa(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | No
 
 
 @contextmanager
-def attention_held_fixed() -> Iterable[None]:
+def attention_held_fixed(affinity: bool = True, values: bool = False) -> Iterable[None]:
     r"""Within this context, attention probabilities are constants for autograd.
+
+    ``values=True`` also holds the values SDPA applies them to; ``affinity=False,
+    values=True`` holds the values alone (the probabilities live: the Jacobian through the
+    affinity, see :func:`~analysis.stability.jacobian.affinity_path`). The values of an
+    eager ``softmax(...) @ V`` are not seen here (:func:`~analysis.observe.hold_values`
+    holds them where the computation is watched).
 
     Every way the supported libraries form attention probabilities is wrapped so that its
     result is detached: ``torch.softmax``, ``torch.nn.functional.softmax`` and
@@ -151,9 +171,13 @@ def attention_held_fixed() -> Iterable[None]:
             F.scaled_dot_product_attention = _held_sdpa
         _PATCH_USERS += 1
     _HELD.depth = getattr(_HELD, "depth", 0) + 1
+    if not hasattr(_HELD, "modes"):
+        _HELD.modes = []
+    _HELD.modes.append((bool(affinity), bool(values)))
     try:
         yield
     finally:
+        _HELD.modes.pop()
         _HELD.depth -= 1
         with _PATCH_LOCK:
             _PATCH_USERS -= 1

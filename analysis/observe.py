@@ -71,7 +71,7 @@ from .attention_ops import (
 )
 
 __all__ = ["Observation", "AffinityWatcher", "observe", "reading", "positions_of",
-           "module_stack_hooks", "sdpa_affinity", "hold_affinities", "mha_fastpath",
+           "module_stack_hooks", "sdpa_affinity", "hold_affinities", "hold_values", "mha_fastpath",
            "eval_mode", "token_order", "Residual", "StopAtInputSum"]
 
 _SOFTMAX = {torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax}
@@ -204,6 +204,10 @@ class AffinityWatcher(TorchFunctionMode):
     ----------
     hold : bool
         Detach each applied affinity (frozen-affinity Jacobians). Default ``False``.
+    hold_values : bool
+        Detach the values each affinity is applied to (the affinity stays live): the
+        Jacobian then runs through the affinity alone, :math:`J_{full} - J_{fix}` plus what
+        bypasses the attention (:func:`~analysis.stability.jacobian.affinity_path`).
     record : bool
         Keep an :class:`Observation` per application (``observations``).
     positions : set of int, optional
@@ -214,17 +218,19 @@ class AffinityWatcher(TorchFunctionMode):
     ----------
     observations : list of Observation
     held : int
-        Number of affinity applications held fixed.
+        Number of affinity applications held fixed (their affinity, values or both).
     stack : list
         ``(path, module, positions)`` of the modules running (maintained by
         :func:`module_stack_hooks`).
     """
 
     def __init__(self, *, hold: bool = False, record: bool = True,
-                 positions: set[int] | None = None, any_positions: bool = False) -> None:
+                 positions: set[int] | None = None, any_positions: bool = False,
+                 hold_values: bool = False) -> None:
         super().__init__()
         self.any_positions = any_positions
         self.hold = hold
+        self.hold_values = hold_values
         self.record = record
         self.fixed_positions = set(positions or ())
         self.observations: list[Observation] = []
@@ -482,10 +488,11 @@ class AffinityWatcher(TorchFunctionMode):
 
     def _apply(self, func: Callable, P: Tensor, V: Tensor, mark: Mark, args: tuple,
                kwargs: dict, *, transposed: bool) -> Tensor:
-        if self.hold:
+        if self.hold or self.hold_values:
             self.held += 1
-            held = P.detach()
-            args = (args[0], held) if transposed else (held, args[1])
+            held_p = P.detach() if self.hold else P
+            held_v = V.detach() if self.hold_values else V
+            args = (held_v, held_p) if transposed else (held_p, held_v)
         out = func(*args, **kwargs)
         if self.record:
             path, module, _ = self._owner()
@@ -548,10 +555,13 @@ class AffinityWatcher(TorchFunctionMode):
             return False, None
         pi, mark, read_map = read
         eq, ops = einsum_parts(args)
-        if self.hold:
+        if self.hold or self.hold_values:
             self.held += 1
             ops = list(ops)
-            ops[pi] = ops[pi].detach()
+            if self.hold:
+                ops[pi] = ops[pi].detach()
+            if self.hold_values:
+                ops[1 - pi] = ops[1 - pi].detach()
             out = func(eq, *ops, **kwargs)
         else:
             out = func(*args, **kwargs)
@@ -580,14 +590,15 @@ class AffinityWatcher(TorchFunctionMode):
         the live ``V`` (when ``G`` is exactly ``F^T V``; a context rescaled after the product
         is left live and not counted)."""
         F, V = mark.factor, mark.values                            # (..., d, M), (..., M, c)
-        if self.hold:
+        if self.hold or self.hold_values:
             with torch.no_grad():
                 G, FV = (g.transpose(-1, -2) if left else g), F @ V
                 exact = G.shape == FV.shape and torch.allclose(G, FV, rtol=1e-6, atol=0)
             if exact:
                 self.held += 1
-                gh = F.detach() @ V
-                args = (gh.transpose(-1, -2), q.detach()) if left else (q.detach(), gh)
+                fh, qh = (F.detach(), q.detach()) if self.hold else (F, q)
+                gh = fh @ (V.detach() if self.hold_values else V)
+                args = (gh.transpose(-1, -2), qh) if left else (qh, gh)
         out = func(*args, **kwargs)
         if self.record and F is not None:
             path, module, _ = self._owner()
@@ -624,14 +635,21 @@ class AffinityWatcher(TorchFunctionMode):
         q, k, v = a["query"], a["key"], a["value"]
         mask, causal, scale = a.get("attn_mask"), bool(a.get("is_causal", False)), a.get("scale")
         gqa = bool(a.get("enable_gqa", False))
-        if self.hold and float(a.get("dropout_p", 0.0) or 0.0) > 0:
+        if (self.hold or self.hold_values) and float(a.get("dropout_p", 0.0) or 0.0) > 0:
             raise ValueError("attention held fixed: dropout in attention (run in eval mode)")
         with torch.no_grad():
             P, how = sdpa_affinity(q, k, mask, causal, scale, gqa)
         kk, vv = repeat_kv(q, k, v, gqa)
         if self.hold:
             self.held += 1
-            out = P.to(vv.dtype).detach() @ vv
+            out = P.to(vv.dtype).detach() @ (vv.detach() if self.hold_values else vv)
+        elif self.hold_values:             # the affinity live: SDPA itself, values detached
+            self.held += 1
+            if "value" in kwargs:
+                kwargs = {**kwargs, "value": v.detach()}
+            else:
+                args = args[:2] + (v.detach(),) + tuple(args[3:])
+            out = func(*args, **kwargs)
         else:
             out = func(*args, **kwargs)
         if self.record:
@@ -827,6 +845,14 @@ def hold_affinities(positions: Sequence[int] = ()) -> AffinityWatcher:
     ``positions`` any row count is accepted. ``.held`` counts what it held."""
     return AffinityWatcher(hold=True, record=False, positions=set(positions),
                            any_positions=not positions)
+
+
+def hold_values(positions: Sequence[int] = (), affinities: bool = False) -> AffinityWatcher:
+    """A watcher that holds the values of every applied affinity fixed (the affinity stays
+    live; with ``affinities`` both are held), as :func:`hold_affinities` does the affinity.
+    ``.held`` counts the applications it held."""
+    return AffinityWatcher(hold=affinities, hold_values=True, record=False,
+                           positions=set(positions), any_positions=not positions)
 
 
 class _Any:

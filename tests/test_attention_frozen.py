@@ -10,6 +10,7 @@ from torch import nn
 
 from analysis.capture import capture
 from analysis.robustness import attention_held_fixed, block_function, frozen_function, jacobians
+from analysis.stability.jacobian import affinity_path
 
 
 def _reference(layer: nn.TransformerEncoderLayer, x0: torch.Tensor):
@@ -127,3 +128,83 @@ def test_held_sdpa_computes_what_sdpa_computes(case):
         got = F.scaled_dot_product_attention(q, k, v, **kw)
     torch.testing.assert_close(got, ref.detach(), rtol=1e-12, atol=1e-12)
     assert not got.requires_grad                          # q enters only through the map
+
+
+class _EagerAttention(nn.Module):
+    """Someone else's attention: eager softmax, a residual, and optionally a gate that
+    bypasses the attention (``x + sigmoid(W_g x) * Attn(x)``) or a second attention whose
+    values are the first one's output (then a held value depends on a held affinity)."""
+
+    def __init__(self, c: int, gate: bool = False, twice: bool = False) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(c, c) for _ in range(4))
+        self.g = nn.Linear(c, c) if gate else None
+        self.twice = twice
+
+    def attend(self, h: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / math.sqrt(h.shape[-1]), -1)
+        return w @ self.v(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attend(x)
+        if self.twice:
+            a = self.attend(a)
+        if self.g is not None:
+            a = torch.sigmoid(self.g(x)) * a
+        return x + self.o(a)
+
+
+def _dense_parts(fn, x0):
+    jac = torch.autograd.functional.jacobian
+    n = x0.numel()
+    return (jac(fn, x0).reshape(n, n), jac(frozen_function(fn, x0), x0).reshape(n, n))
+
+
+@pytest.mark.parametrize("case", ["pre-LN", "post-LN", "eager", "gated", "twice"])
+def test_affinity_path_is_the_difference_of_the_full_and_frozen_jacobians(case):
+    # J_full - J_fix by one values-held function (minus the both-held one): equal to the
+    # dense difference where no held value depends on a held affinity; where one does
+    # (two attentions in a row) the identity fails and jacobians() differentiates the
+    # difference itself: the share is right either way
+    torch.manual_seed(0)
+    if case.endswith("LN"):
+        model = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                           norm_first=case == "pre-LN")
+    else:
+        model = _EagerAttention(6, gate=case == "gated", twice=case == "twice")
+    model = model.double().eval()
+    x = torch.randn(2, 5, model.q.in_features if case not in ("pre-LN", "post-LN") else 8,
+                    dtype=torch.float64)
+    cap = next(iter(capture(model, x, progress=False).values()))
+    fn, x0 = block_function(cap, 0)
+    J, J_fix = _dense_parts(fn, x0)
+    g, b = affinity_path(fn, x0)
+    jac = torch.autograd.functional.jacobian
+    n = x0.numel()
+    J_path = jac(g, x0).reshape(n, n) - jac(b, x0).reshape(n, n)
+    exact = torch.allclose(J_path, J - J_fix, atol=1e-12, rtol=0)
+    assert exact == (case != "twice")
+    assert (J - J_fix).abs().max() > 1e-3                 # the affinity's part is not zero
+    rep = jacobians(fn, x0, 1, residual=cap.residual, tol=1e-10, max_iter=300)
+    eye = torch.eye(n, dtype=J.dtype)
+    share = float(torch.linalg.matrix_norm(J - J_fix, 2)
+                  / torch.linalg.matrix_norm(J_fix - eye, 2))
+    assert rep.affinity_share == pytest.approx(share, rel=1e-6)
+    assert rep.affinity_path == exact                    # one product where it is exact
+
+
+def test_attention_held_fixed_holds_the_values_alone_or_with_the_affinity():
+    import torch.nn.functional as F
+
+    q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    for affinity, grads in ((True, (False, False, True)), (False, (True, True, False))):
+        with attention_held_fixed(affinity=affinity, values=not affinity):
+            out = F.scaled_dot_product_attention(q, k, v)
+        got = torch.autograd.grad(out.sum(), (q, k, v), allow_unused=True)
+        assert tuple(g is not None and bool(g.abs().max() > 0) for g in got) == grads
+    with attention_held_fixed(affinity=True, values=True):
+        assert not F.scaled_dot_product_attention(q, k, v).requires_grad
+        assert not torch.softmax(q, -1).requires_grad
+    with attention_held_fixed(affinity=False, values=True):
+        assert torch.softmax(q, -1).requires_grad           # the softmax stays live

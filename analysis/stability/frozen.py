@@ -136,6 +136,17 @@ class FrozenMap:
         """``(N, C)``: the shape of an input."""
         return (self.n, self.c)
 
+    def kronecker_factors(self) -> tuple[Tensor, Tensor] | None:
+        r"""``(P, W)`` when :math:`\mathcal M - [I]` is one Kronecker term
+        :math:`X \mapsto P X W` (dense, one affinity, one nonzero term, ``C_out = C``; with
+        or without the residual), else ``None``. Its top singular triple is then that of
+        the factors: :math:`\|P X W\|` is largest at :math:`X = p\,w^T`, ``p`` the top
+        right singular vector of ``P`` and ``w`` the top left one of ``W``."""
+        if not self.dense or self.heads or len(self.terms) != 1 or self.c_out != self.c:
+            return None
+        W = self.maps[0] if self.fused else self.G @ self.maps[0]
+        return self.terms[0], W
+
     def _apply_op(self, z: Tensor) -> Tensor:
         if self.heads:
             h = self.heads
@@ -275,9 +286,7 @@ def _kronecker_norms(M: FrozenMap, n_max: int, tol: float, max_iter: int, seed: 
                     growth: np.ndarray, iters: np.ndarray, resid: np.ndarray) -> None:
     """``M^n = P^n (.) W^n`` (one term, no residual, one affinity): the norm of a Kronecker
     product is the product of the factors' norms."""
-    P, W = M.terms[0], M.maps[0]
-    if not M.fused:
-        W = M.G @ W
+    P, W = M.kronecker_factors()
     vp = vw = None
     for n in range(1, n_max + 1):
         def pw(A: Tensor, n: int = n) -> tuple[Callable[[Tensor], Tensor],

@@ -20,11 +20,12 @@ from graphfilters.spectral import SingularValues, top_singular_values
 
 from ..capture import Capture, model_device
 from ..frozen_attention import attention_held_fixed, held_count, mha_frozen
-from ..observe import eval_mode, hold_affinities
+from ..observe import eval_mode, hold_affinities, hold_values
 
 __all__ = [
     "AFFINITY_MODES",
     "BACKBONE_UNITS",
+    "affinity_path",
     "block_function",
     "frozen_map_starts",
     "jacobian_spectral_norm",
@@ -168,6 +169,9 @@ def _autograd_products(fn: Callable[[Tensor], Tensor], x: Tensor
     with torch.enable_grad():
         xr = x.clone().requires_grad_(True)
         y = fn(xr)
+        if not y.requires_grad:                  # a constant: its Jacobian is zero
+            zero_out, zero_in = torch.zeros_like(y), torch.zeros_like(x)
+            return (lambda v: zero_out.clone()), (lambda u: zero_in.clone())
         u0 = torch.zeros_like(y, requires_grad=True)
         (gx,) = torch.autograd.grad(y, xr, u0, create_graph=True)
 
@@ -281,6 +285,49 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
     )
 
 
+def affinity_path(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
+                  ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
+    r"""``(g, b)``: attention of another library re-run (:func:`block_function`) with the
+    *values* of each applied affinity held at ``x`` (the affinity live), and with both held.
+    By the chain rule at ``x``, with :math:`F_X` the derivative that bypasses the attention
+    (the residual), :math:`F_A A'` the one through the affinity and :math:`F_V V'` through
+    its values,
+
+    .. math::
+
+        J_{full} - J_{fix} = (F_X + F_A A' + F_V V') - (F_X + F_V V') = F_A A'
+        = J_g - J_b,
+
+    so one product with :math:`g` (and a trivial one with :math:`b`, the identity for a
+    residual layer) replaces a full and a frozen one. Exact when every affinity held in
+    :math:`J_{fix}` is applied to values held here and no held value depends on a held
+    affinity (one attention per call); :func:`jacobians` checks the identity on a random
+    vector and otherwise differentiates :math:`J_{full} - J_{fix}` itself. ``None``
+    where the affinity is not held by watching the computation (graphfilters blocks,
+    stages, stacks, ``nn.MultiheadAttention`` called directly, a recognizer's own hold).
+    """
+    if not isinstance(fn, _Bound) or isinstance(fn.inner, nn.MultiheadAttention) \
+            or fn.freeze is not None or getattr(fn.inner, "shared_affinity", False) \
+            or hasattr(fn.inner, "compute_affinity"):
+        return None
+
+    def watched(affinities: bool) -> Callable[[Tensor], Tensor]:
+        def run(t: Tensor) -> Tensor:
+            watcher = hold_values(affinities=affinities)
+            before = held_count()
+            with attention_held_fixed(affinity=affinities, values=True), watcher:
+                out = fn(t)
+            if watcher.held == 0 and held_count() == before:
+                raise _NoAffinityPath("no affinity application seen")
+            return out
+        return run
+    return watched(False), watched(True)
+
+
+class _NoAffinityPath(RuntimeError):
+    """The values-held function saw no affinity application."""
+
+
 class StackFunction(nn.Module):
     r"""Modules applied one after another (a trained stack of blocks), as one function.
 
@@ -375,12 +422,16 @@ class JacobianReport:
         :math:`/\|J_{fix}\|_2` otherwise): how much the affinity's dependence on the input
         adds, relative to what the block adds with the affinity fixed.
     residual : bool
+    affinity_path : bool
+        :math:`J_{full} - J_{fix}` was multiplied through the values-held function
+        (:func:`affinity_path`, one product instead of two), not as the difference.
     """
 
     full: SingularValues
     frozen: SingularValues
     affinity_share: float
     residual: bool
+    affinity_path: bool = False
 
 
 def jacobians(
@@ -431,10 +482,54 @@ def jacobians(
         frozen = top_singular_values(jz, vz, x, k, tol, max_iter, v0=start, seed=seed)
         base = rest.norm if residual else frozen.norm
         full = top_singular_values(jf, vf, x, k, tol, max_iter, v0=frozen.vector, seed=seed)
-        diff = top_singular_values(lambda v: jf(v) - jz(v), lambda u: vf(u) - vz(u), x, 1,
-                                   tol, max_iter, seed=seed)
+        jd, vd, by_path = _affinity_products(fn, x, mode, (jf, vf), (jz, vz), tol, seed)
+        diff = top_singular_values(jd, vd, x, 1, tol, max_iter, seed=seed)
     share = diff.norm / base if base > 0 else (0.0 if diff.norm == 0 else float("inf"))
-    return JacobianReport(full, frozen, float(share), residual)
+    return JacobianReport(full, frozen, float(share), residual, by_path)
+
+
+def _affinity_products(fn: Callable[[Tensor], Tensor], x: Tensor, mode: str,
+                       full: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
+                       frozen: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
+                       tol: float, seed: int
+                       ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], bool]:
+    r"""Products with :math:`J_{full} - J_{fix}`: :math:`J_g - J_b` of :func:`affinity_path`
+    when it applies and agrees with the difference on a random vector (to ``tol / 10``
+    relative), otherwise the difference of the full and frozen products; and which."""
+    (jf, vf), (jz, vz) = full, frozen
+
+    def difference() -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], bool]:
+        return (lambda v: jf(v) - jz(v)), (lambda u: vf(u) - vz(u)), False
+
+    paths = affinity_path(fn, x)
+    if paths is None:
+        return difference()
+    try:
+        (jg, vg), (jb, vb) = _products(paths[0], x, mode), _products(paths[1], x, mode)
+    except (_NoAffinityPath, RuntimeError, NotImplementedError):
+        return difference()
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    r = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    ref = jf(r) - jz(r)                 # equal maps: one side checks both (same graphs)
+    if float((jg(r) - jb(r) - ref).norm()) > tol / 10 * float(ref.norm()):
+        return difference()
+    return (lambda v: jg(v) - jb(v)), (lambda u: vg(u) - vb(u)), True
+
+
+def _rest_start(M: Any, like: Tensor, tol: float, max_iter: int) -> Tensor:
+    r"""The top right singular vector of :math:`\mathcal M - I`: of its two factors when it is
+    one Kronecker term (:meth:`~analysis.stability.frozen.FrozenMap.kronecker_factors`; an
+    ``N x N`` and a ``C x C`` problem), else by products with the whole map."""
+    factors = M.kronecker_factors()
+    if factors is None:
+        return top_singular_values(lambda v: M(v) - v, lambda u: M.adjoint(u) - u, like, 1,
+                                   tol, max_iter).vector
+    P, W = factors
+    p = top_singular_values(lambda v: P @ v, lambda u: P.T @ u, P[:, 0], 1, tol,
+                            max_iter).vector
+    w = top_singular_values(lambda v: W.T @ v, lambda u: W @ u, W[0], 1, tol,
+                            max_iter).vector
+    return p[:, None] * w[None, :]
 
 
 def frozen_map_starts(capture: Capture, x: Tensor, tol: float = 1e-3, max_iter: int = 60,
@@ -443,7 +538,8 @@ def frozen_map_starts(capture: Capture, x: Tensor, tol: float = 1e-3, max_iter: 
     r"""Warm starts for :func:`jacobians` of a filter capture: the top right singular
     vectors of :math:`\mathcal M - I` and :math:`\mathcal M`, :math:`\mathcal M` the frozen
     map built from the captured weights (:class:`~analysis.stability.frozen.FrozenMap`,
-    float32; for a pre-LN layer its LayerNorm folded at one scale, so a model of
+    float32; :math:`\mathcal M - I` from its two factors when it is one Kronecker term;
+    for a pre-LN layer its LayerNorm folded at one scale, so a model of
     :math:`J_{fix}`, not :math:`J_{fix}` itself), put in the layout of ``x``
     (``(1, C, *spatial)``). Its products are a few times cheaper than the autograd
     products of :math:`J_{fix}` (ViT-B layer: about 4 ms against 29 ms), and from these
@@ -482,8 +578,7 @@ def frozen_map_starts(capture: Capture, x: Tensor, tol: float = 1e-3, max_iter: 
         try:
             if top is None or top.shape != M.shape:
                 top = top_singular_values(M, M.adjoint, like, 1, tol, max_iter).vector
-            rest = top_singular_values(lambda v: M(v) - v, lambda u: M.adjoint(u) - u, like,
-                                       1, tol, max_iter).vector if M.residual else None
+            rest = _rest_start(M, like, tol, max_iter) if M.residual else None
         except FloatingPointError:                 # float32 overflow: no starts
             return None
     return laid_out(rest), laid_out(top)
