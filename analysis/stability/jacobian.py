@@ -305,6 +305,21 @@ def affinity_path(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
     vector and otherwise differentiates :math:`J_{full} - J_{fix}` itself. ``None``
     where the affinity is not held by watching the computation (graphfilters blocks,
     stages, stacks, ``nn.MultiheadAttention`` called directly, a recognizer's own hold).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from analysis.capture import capture
+    >>> layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+    ...                                          norm_first=True).double().eval()
+    >>> cap = capture(layer, torch.randn(1, 5, 8, dtype=torch.float64),
+    ...               progress=False)["self_attn"]
+    >>> fn, x = block_function(cap)
+    >>> g, b = affinity_path(fn, x)
+    >>> jac = lambda f: torch.autograd.functional.jacobian(f, x).reshape(40, 40)
+    >>> diff = jac(fn) - jac(frozen_function(fn, x))
+    >>> bool(torch.allclose(jac(g) - jac(b), diff, atol=1e-12)), bool(jac(b).equal(torch.eye(40)))
+    (True, True)
     """
     if not isinstance(fn, _Bound) or isinstance(fn.inner, nn.MultiheadAttention) \
             or fn.freeze is not None or getattr(fn.inner, "shared_affinity", False) \
