@@ -54,20 +54,26 @@ def mha_frozen(module: nn.MultiheadAttention, x: Tensor) -> Callable[[Tensor], T
     return fn
 
 
-_HELD = threading.local()            # per thread: how deep inside attention_held_fixed()
+_HELD = threading.local()            # per thread: the attention_held_fixed() contexts entered
 _PATCH_LOCK = threading.Lock()
 _PATCH_USERS = 0
 _ORIGINALS: tuple[Any, ...] = ()
 
 
+def _modes() -> list[tuple[bool, bool]]:
+    """``(affinity, values)`` of each context this thread is inside, innermost last."""
+    if not hasattr(_HELD, "modes"):
+        _HELD.modes = []
+    return _HELD.modes
+
+
 def _held() -> bool:
-    return getattr(_HELD, "depth", 0) > 0
+    return bool(_modes())
 
 
 def _held_parts() -> tuple[bool, bool]:
     """``(affinity, values)``: what the innermost context of this thread holds."""
-    modes = getattr(_HELD, "modes", None)
-    return modes[-1] if modes else (True, False)
+    return _modes()[-1]
 
 
 def held_count() -> int:
@@ -170,15 +176,11 @@ def attention_held_fixed(affinity: bool = True, values: bool = False) -> Iterabl
                 _held_softmax, _held_f_softmax, _held_t_softmax)
             F.scaled_dot_product_attention = _held_sdpa
         _PATCH_USERS += 1
-    _HELD.depth = getattr(_HELD, "depth", 0) + 1
-    if not hasattr(_HELD, "modes"):
-        _HELD.modes = []
-    _HELD.modes.append((bool(affinity), bool(values)))
+    _modes().append((bool(affinity), bool(values)))
     try:
         yield
     finally:
-        _HELD.modes.pop()
-        _HELD.depth -= 1
+        _modes().pop()
         with _PATCH_LOCK:
             _PATCH_USERS -= 1
             if _PATCH_USERS == 0:

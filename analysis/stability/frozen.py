@@ -127,14 +127,21 @@ class FrozenMap:
                 self.maps = [(self.G @ self.weights[k]) * self.scale for k in keep_k]
             else:
                 self.maps = [self.weights[k] * self.scale for k in keep_k]
-        #: one Kronecker term (X -> P X W): the norms of the powers factorize
-        self.kronecker = (self.dense and not self.residual and not self.heads
-                          and len(self.terms) == 1 and self.c_out == self.c)
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(N, C)``: the shape of an input."""
         return (self.n, self.c)
+
+    @property
+    def kronecker(self) -> bool:
+        """One Kronecker term and no residual (:math:`X \\mapsto P X W`): the norms of the
+        powers factorize."""
+        return not self.residual and self._one_term()
+
+    def _one_term(self) -> bool:
+        return (self.dense and not self.heads and len(self.terms) == 1
+                and self.c_out == self.c)
 
     def kronecker_factors(self) -> tuple[Tensor, Tensor] | None:
         r"""``(P, W)`` when :math:`\mathcal M - [I]` is one Kronecker term
@@ -142,7 +149,7 @@ class FrozenMap:
         or without the residual), else ``None``. Its top singular triple is then that of
         the factors: :math:`\|P X W\|` is largest at :math:`X = p\,w^T`, ``p`` the top
         right singular vector of ``P`` and ``w`` the top left one of ``W``."""
-        if not self.dense or self.heads or len(self.terms) != 1 or self.c_out != self.c:
+        if not self._one_term():
             return None
         W = self.maps[0] if self.fused else self.G @ self.maps[0]
         return self.terms[0], W

@@ -254,17 +254,7 @@ def frozen_function(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
                 return out
             return own
 
-        def held(t: Tensor) -> Tensor:                    # attention of another library
-            watcher = hold_affinities()
-            before = held_count()
-            with attention_held_fixed(), watcher:
-                out = fn(t)
-            if watcher.held == 0 and held_count() == before:
-                raise ValueError(
-                    f"{type(inner).__name__}: no affinity was held fixed in its forward (none "
-                    "seen applied), so its frozen Jacobian would be the full one")
-            return out
-        return held
+        return _watched(fn, affinity=True, values=False)      # attention of another library
     if isinstance(fn, NonlocalStage):
         with torch.no_grad():
             aff = fn.compute_affinity(x).detach()
@@ -321,26 +311,34 @@ def affinity_path(fn: Callable[[Tensor], Tensor] | nn.Module, x: Tensor
     >>> bool(torch.allclose(jac(g) - jac(b), diff, atol=1e-12)), bool(jac(b).equal(torch.eye(40)))
     (True, True)
     """
-    if not isinstance(fn, _Bound) or isinstance(fn.inner, nn.MultiheadAttention) \
-            or fn.freeze is not None or getattr(fn.inner, "shared_affinity", False) \
-            or hasattr(fn.inner, "compute_affinity"):
+    if not _held_by_watching(fn):
         return None
-
-    def watched(affinities: bool) -> Callable[[Tensor], Tensor]:
-        def run(t: Tensor) -> Tensor:
-            watcher = hold_values(affinities=affinities)
-            before = held_count()
-            with attention_held_fixed(affinity=affinities, values=True), watcher:
-                out = fn(t)
-            if watcher.held == 0 and held_count() == before:
-                raise _NoAffinityPath("no affinity application seen")
-            return out
-        return run
-    return watched(False), watched(True)
+    return _watched(fn, affinity=False, values=True), _watched(fn, affinity=True, values=True)
 
 
-class _NoAffinityPath(RuntimeError):
-    """The values-held function saw no affinity application."""
+def _held_by_watching(fn: Any) -> bool:
+    """Whether :func:`frozen_function` holds ``fn``'s affinity by watching its computation
+    (a re-run of another library's attention, not one of the forms it knows)."""
+    inner = fn.inner if isinstance(fn, _Bound) else None
+    return (inner is not None and not isinstance(inner, nn.MultiheadAttention)
+            and not getattr(inner, "shared_affinity", False)
+            and not hasattr(inner, "compute_affinity") and fn.freeze is None)
+
+
+def _watched(fn: _Bound, *, affinity: bool, values: bool) -> Callable[[Tensor], Tensor]:
+    """``fn`` run with its applied affinities and/or their values held fixed (the SDPA and
+    softmax wrappers and a watcher of the applications); a run that held nothing raises."""
+    def run(t: Tensor) -> Tensor:
+        watcher = hold_values(affinities=affinity) if values else hold_affinities()
+        before = held_count()
+        with attention_held_fixed(affinity=affinity, values=values), watcher:
+            out = fn(t)
+        if watcher.held == 0 and held_count() == before:
+            raise ValueError(
+                f"{type(fn.inner).__name__}: no affinity was held fixed in its forward (none "
+                "seen applied), so its frozen Jacobian would be the full one")
+        return out
+    return run
 
 
 class StackFunction(nn.Module):
@@ -521,7 +519,7 @@ def _affinity_products(fn: Callable[[Tensor], Tensor], x: Tensor, mode: str,
         return difference()
     try:
         (jg, vg), (jb, vb) = _products(paths[0], x, mode), _products(paths[1], x, mode)
-    except (_NoAffinityPath, RuntimeError, NotImplementedError):
+    except (ValueError, RuntimeError, NotImplementedError):
         return difference()
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     r = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
