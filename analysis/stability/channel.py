@@ -109,6 +109,25 @@ def effective_channel_map(
     return G @ W * output_scale_vector(capture, include_output_scale, W.shape[1])[None, :]
 
 
+def single_term(capture: Capture) -> int | None:
+    """The index of the filter's only nonzero term, or ``None`` (no weights, several terms or
+    none).
+
+    Examples
+    --------
+    >>> import torch
+    >>> cap = Capture("b", "block", "toy", None, weights=[torch.zeros(1, 1), torch.ones(1, 1)],
+    ...               value_weight=torch.ones(1, 1))
+    >>> single_term(cap)
+    1
+    """
+    if capture.weights is None:
+        return None
+    nonzero = [k for k, w in enumerate(weights_float64(capture.weights))
+               if np.abs(w).max(initial=0.0) > 0]
+    return nonzero[0] if len(nonzero) == 1 else None
+
+
 @dataclass
 class TaoSpectrum:
     """Eigenvalues of :math:`\\operatorname{sym}(G W_k S)` (ascending) and their signs.

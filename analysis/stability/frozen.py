@@ -22,12 +22,89 @@ from ..response import (
     weights_float64,
 )
 from .channel import output_scale_vector, value_projection
+from .schur import DenseFactor, QuasiTriangular, schur_pays
 
 __all__ = [
     "FrozenMap",
     "FrozenNorms",
+    "SchurKroneckerMap",
     "frozen_norms",
 ]
+
+
+def _powers(apply: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor], Tensor], n: int
+            ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """``(matvec, rmatvec)`` of the ``n``-th power of a map given by its two products."""
+    def mv(x: Tensor) -> Tensor:
+        for _ in range(n):
+            x = apply(x)
+        return x
+
+    def rmv(u: Tensor) -> Tensor:
+        for _ in range(n):
+            u = adjoint(u)
+        return u
+    return mv, rmv
+
+
+class SchurKroneckerMap:
+    r"""A frozen map :math:`X \mapsto X + P X W` (residual, one Kronecker term) in real Schur
+    coordinates: with :math:`P = Q_P T_P Q_P^T` and :math:`W = Q_W T_W Q_W^T`,
+
+    .. math::
+
+        \tilde X \mapsto \tilde X + T_P \tilde X T_W, \qquad
+        \tilde X = Q_P^T X Q_W,
+
+    orthogonally similar to the map, so every power has the same singular values, and a
+    product is two triangular ones (BLAS ``trmm``, :class:`~analysis.stability.schur.
+    QuasiTriangular`): about half the work of the dense products (ViT-B layer, float32:
+    1.7 ms against 3.1 ms). A factor whose decomposition would not pay
+    (:func:`~analysis.stability.schur.schur_pays`) stays dense.
+
+    Shapes
+    ------
+    ``X``: ``(N, C)`` → ``(N, C)``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> P, W = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(
+    ...     3, 3, generator=g, dtype=torch.float64)
+    >>> S = SchurKroneckerMap(QuasiTriangular(P.numpy(), torch.float64),
+    ...                       QuasiTriangular(W.numpy(), torch.float64))
+    >>> X = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    >>> Y = S.from_coordinates(S(S.to_coordinates(X)))
+    >>> bool(torch.allclose(Y, X + P @ X @ W))
+    True
+    """
+
+    def __init__(self, left: QuasiTriangular | DenseFactor,
+                 right: QuasiTriangular | DenseFactor) -> None:
+        self.left, self.right = left, right
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.left.n, self.right.n)
+
+    def to_coordinates(self, X: Tensor) -> Tensor:
+        r""":math:`Q_P^T X Q_W`."""
+        return self.right.to_schur_right(self.left.to_schur_left(X))
+
+    def from_coordinates(self, X: Tensor) -> Tensor:
+        r""":math:`Q_P X Q_W^T`."""
+        return self.right.from_schur_right(self.left.from_schur_left(X))
+
+    def __call__(self, X: Tensor) -> Tensor:
+        return X + self.left.left(self.right.right(X))
+
+    def adjoint(self, U: Tensor) -> Tensor:
+        return U + self.left.left_t(self.right.right_t(U))
+
+    def power(self, n: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """``(matvec, rmatvec)`` of the ``n``-th power (in the coordinates)."""
+        return _powers(self, self.adjoint, n)
 
 
 class FrozenMap:
@@ -220,17 +297,31 @@ class FrozenMap:
         if self.dense and not self.fused and self.terms and n > 2 and (
                 self.c_out == self.c):
             return self._value_space_power(n)
+        return _powers(self, self.adjoint, n)
 
-        def mv(x: Tensor) -> Tensor:
-            for _ in range(n):
-                x = self(x)
-            return x
-
-        def rmv(u: Tensor) -> Tensor:
-            for _ in range(n):
-                u = self.adjoint(u)
-            return u
-        return mv, rmv
+    def schur_form(self, channel: QuasiTriangular | None = None) -> SchurKroneckerMap | None:
+        r"""This map in real Schur coordinates (:class:`SchurKroneckerMap`) when it is
+        :math:`X \mapsto X + P X W` with :math:`G W_k S` precomputed (residual, one term,
+        :math:`C_s > C/2`), on the CPU and where a decomposition pays; else ``None``.
+        ``channel``: the Schur form of :math:`W = G W_k S` when it is known (the radius
+        needs its eigenvalues), not computed again."""
+        factors = self.kronecker_factors()
+        if factors is None or not self.residual or not self.fused or (
+                self.G.device.type != "cpu"):
+            return None
+        P, W = factors
+        n, c = self.shape
+        dt = self.G.dtype
+        if channel is not None and channel.n == c:
+            right: QuasiTriangular | DenseFactor = channel.to(dt)
+        elif schur_pays(c, n):
+            right = QuasiTriangular(W.double().numpy(), dt)
+        else:
+            right = DenseFactor(W)
+        left = QuasiTriangular(P.double().numpy(), dt) if schur_pays(n, c) else DenseFactor(P)
+        if isinstance(left, DenseFactor) and isinstance(right, DenseFactor):
+            return None
+        return SchurKroneckerMap(left, right)
 
 
     def _value_space_power(self, n: int
@@ -350,7 +441,8 @@ class FrozenNorms:
 @V.validate_params(
     {"capture": [V.InstanceOf(Capture)], "n_max": [V.POS_INT], "samples": [V.POS_INT, None],
      "include_output_scale": ["boolean"], "tol": [V.UNIT_TOL], "max_iter": [V.POS_INT],
-     "dtype": [V.InstanceOf(torch.dtype)], "seed": [V.NONNEG_INT], "dense_limit": [V.NONNEG_INT]},
+     "dtype": [V.InstanceOf(torch.dtype)], "seed": [V.NONNEG_INT], "dense_limit": [V.NONNEG_INT],
+     "channel": [V.InstanceOf(QuasiTriangular), None]},
     valid=lambda: {"capture": example_capture(), "n_max": 3},
 )
 def frozen_norms(
@@ -364,6 +456,7 @@ def frozen_norms(
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     dense_limit: int = 2048,
+    channel: QuasiTriangular | None = None,
 ) -> FrozenNorms:
     r"""Exact spectral norms :math:`\|\mathcal M^n\|_2`, ``n = 1 .. n_max``, of the block
     map with the affinity frozen (:class:`FrozenMap`), for any affinity (symmetric or not).
@@ -373,8 +466,11 @@ def frozen_norms(
     :math:`\mathcal M^{n-1}`; at most ``max_iter`` products with :math:`\mathcal M^n`, to
     a relative residual ``tol``. A map with one term and no residual (attention with the
     head-averaged affinity) is a Kronecker product, :math:`\mathcal M^n(X) = P^n X W^n`, whose
-    norm is :math:`\|P^n\|_2 \|W^n\|_2` (each factor by the same iteration). The maximum over
-    the first ``samples`` samples (all by default) is reported.
+    norm is :math:`\|P^n\|_2 \|W^n\|_2` (each factor by the same iteration). With the
+    residual (:math:`X \mapsto X + P X W`, a pre-LN attention layer) the products run in real
+    Schur coordinates on the CPU (:meth:`FrozenMap.schur_form`: the same singular values,
+    half the work); ``channel`` is the Schur form of :math:`W` when the caller has it. The
+    maximum over the first ``samples`` samples (all by default) is reported.
 
     Examples
     --------
@@ -400,14 +496,17 @@ def frozen_norms(
             if M.kronecker:
                 _kronecker_norms(M, n_max, tol, max_iter, seed, growth, iters, resid)
                 continue
+            S = M.schur_form(channel)
+            op: FrozenMap | SchurKroneckerMap = M if S is None else S
             v0 = prev = None
             for n in range(1, n_max + 1):
-                mv, rmv = M.power(n)
+                mv, rmv = op.power(n)
                 sv = top_singular_values(mv, rmv, like, 1, tol, max_iter,
                                          v0=_extrapolated(v0, prev), seed=seed)
                 prev, v0 = v0, sv.vector
                 if i == 0 and n == 1:
-                    top = sv.vector
+                    top = sv.vector if S is None or sv.vector is None else (
+                        S.from_coordinates(sv.vector))
                 growth[n - 1] = max(growth[n - 1], sv.norm)
                 iters[n - 1] = max(iters[n - 1], sv.iterations)
                 resid[n - 1] = max(resid[n - 1], sv.residual)

@@ -25,9 +25,11 @@ from .channel import (
     distinct_values,
     effective_channel_map,
     output_scale_vector,
+    single_term,
     value_projection,
 )
 from .frozen import frozen_norms
+from .schur import QuasiTriangular
 
 __all__ = [
     "linear_maps",
@@ -137,14 +139,15 @@ class Stability:
 
 def per_frequency_stability(
     capture: Capture, lam: Any, n_max: int = 10, include_output_scale: bool = True,
-    chunk: int = 1024, max_work: float = 5e9,
+    chunk: int = 1024, max_work: float = 5e9, channel: QuasiTriangular | None = None,
 ) -> tuple[float, complex, np.ndarray]:
     r"""``(radius, argmax_lambda, growth_lower_bound)`` from the per-frequency maps
     :math:`M(\lambda)` (:func:`linear_maps`): :math:`\max_\lambda \rho(M(\lambda))` and
     :math:`\max_\lambda \|M(\lambda)^n\|_2`, ``n = 1 .. n_max``. The latter is the exact
     growth for a symmetric :math:`\hat A` and a lower bound (Schur diagonal blocks)
     otherwise. A filter with one nonzero term needs one eigen-solve of :math:`G W_k S`
-    (and, without residual, one norm per ``n``). Otherwise one ``C x C`` eigen-solve per
+    (and, without residual, one norm per ``n``; ``channel``: its real Schur form when the
+    caller has it, whose eigenvalues are used). Otherwise one ``C x C`` eigen-solve per
     frequency: when ``frequencies * C**3`` exceeds ``max_work`` the values are NaN (too
     costly; the exact norms do not need them).
 
@@ -161,17 +164,21 @@ def per_frequency_stability(
     radius, arg = -1.0, 0j
     bound = np.zeros(n_max)
     ws = weights_float64(capture.weights) if capture.weights is not None else []
-    nonzero = [k for k, w in enumerate(ws) if np.abs(w).max(initial=0.0) > 0]
-    if len(nonzero) == 1 and lam.size:
+    k = single_term(capture)
+    if k is not None and lam.size:
         # one term: M(lambda) = [I +] b(mu) K, K = G W_k S. Eigenvalues [1 +] b(mu) nu(K):
         # one eigen-solve; without residual ||M^n|| = |b|^n ||K^n|| (one norm per n)
-        k = nonzero[0]
         unit = [np.zeros((1, 1))] * len(ws)
         unit[k] = np.ones((1, 1))
         b = frequency_response(unit, lam, basis=capture.basis,
                                params=capture.basis_params)[:, 0, 0]
         K = effective_channel_map(capture, k, include_output_scale)
-        nu = np.linalg.eigvals(K) if K.shape[0] == K.shape[1] else np.zeros(1)
+        if K.shape[0] != K.shape[1]:
+            nu = np.zeros(1)
+        elif channel is not None and channel.n == K.shape[0]:
+            nu = channel.eigenvalues
+        else:
+            nu = np.linalg.eigvals(K)
         ev = np.abs((1.0 if capture.residual else 0.0) + b[:, None] * nu[None, :]).max(1)
         i = int(ev.argmax())
         radius, arg = float(ev[i]), complex(lam[i])
@@ -287,8 +294,14 @@ def linearized_stability(
         dense_limit=dense_limit, progress=False)
     mus = distinct_values(np.concatenate([np.asarray(e) for e in spec.eigenvalues]))
     lam = 1 - mus
+    # one term with the residual: the Schur form of G W_k S gives the radius's eigenvalues
+    # and the frozen norms' coordinates (one decomposition for both)
+    k = single_term(capture) if capture.residual else None
+    K = None if k is None else effective_channel_map(capture, k, include_output_scale)
+    channel = QuasiTriangular(K, torch.float64) if K is not None and (
+        K.shape[0] == K.shape[1]) else None
     radius, arg, bound = per_frequency_stability(capture, lam, n_max, include_output_scale,
-                                                 chunk)
+                                                 chunk, channel=channel)
     complete = spec.complete or spec.method == "structured"
     heads_kept = capture.source == "attention" and capture.heads == "keep"
     eig_exact = spec.symmetric and complete and not heads_kept and bool(np.isfinite(bound).all())
@@ -304,7 +317,7 @@ def linearized_stability(
             try:
                 fz = frozen_norms(capture, n_max, samples=samples,
                                   include_output_scale=include_output_scale, tol=tol,
-                                  max_iter=max_iter, dtype=dtype)
+                                  max_iter=max_iter, dtype=dtype, channel=channel)
                 break
             except FloatingPointError:            # float32 overflow: the float64 products
                 if dtype == dtypes[-1]:
