@@ -280,9 +280,13 @@ def test_damping_paths_match_dense_eigenvalues(Cs):
     ws = [torch.tensor(rng.standard_normal((Cs, C))) for _ in range(3)]
     ws[1] = torch.zeros_like(ws[1])                  # a zero term is skipped, not mis-indexed
     A = torch.rand(1, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    A = A * 0.2 + torch.roll(torch.eye(5, dtype=torch.float64), 1, 1)   # near a 5-cycle
     cap = Capture("b", "block", "toy", DenseAffinity(A), "rw", weights=ws, value_weight=G,
                   n_samples=1)
     d = damping(cap)
+    # a non-symmetric affinity: real frequencies (a real eigen-solve on the pencil path) and
+    # complex ones (a complex Hermitian one) in the same call
+    assert np.any(np.imag(d.frequencies) != 0) and np.any(np.imag(d.frequencies) == 0)
     from analysis.response import frequency_response
     H = frequency_response([w.numpy() for w in ws], d.frequencies)
     K = np.einsum("ci,nio->nco", G.numpy(), H)

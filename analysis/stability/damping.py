@@ -163,10 +163,17 @@ def damping(
         else:
             order = get_filter(capture.basis).order_of(len(ws))
             b = basis_values(order, 1 - sel, capture.basis, params)[:, nz]       # (n, terms)
-            her = np.einsum("nt,tij->nij", b.real, sym_maps, optimize=True)
-            if np.iscomplexobj(b) and np.any(b.imag != 0):
-                her = her + 1j * np.einsum("nt,tij->nij", b.imag, skew_maps, optimize=True)
-            ev = np.linalg.eigvalsh(her)
+            # a real b gives a real symmetric her(K): a real eigen-solve, a quarter of the
+            # work of the complex Hermitian one the complex frequencies need
+            cplx = np.any(b.imag != 0, axis=1) if np.iscomplexobj(b) else np.zeros(len(b), bool)
+            ev = np.empty((len(b), maps.shape[1]))
+            for rows in (~cplx, cplx):
+                if rows.any():
+                    her = np.einsum("nt,tij->nij", b[rows].real, sym_maps, optimize=True)
+                    if rows is cplx:
+                        her = her + 1j * np.einsum("nt,tij->nij", b[rows].imag, skew_maps,
+                                                   optimize=True)
+                    ev[rows] = np.linalg.eigvalsh(her)
         neg.append(np.where(ev < 0, -ev, 0).sum(1))
         pos.append(np.where(ev > 0, ev, 0).sum(1))
         lo.append(ev.min(1))

@@ -367,12 +367,13 @@ def _products(fn: Callable[[Tensor], Tensor], x: Tensor, mode: str
     if mode not in ("autograd", "func"):
         raise ValueError(f"mode must be 'autograd' or 'func', got {mode!r}")
     if mode == "autograd":
-        try:
-            return _autograd_products(fn, x)
-        except (RuntimeError, NotImplementedError):
-            # fused attention kernels lack double backward: retry with the math kernel
+        # the fused attention kernels (flash, memory-efficient; CPU and CUDA) have no double
+        # backward, which the Jacobian-vector products need: PyTorch's math kernel first
+        # (a forward with a fused kernel would only fail at the first product, its forward
+        # and backward wasted), then the default kernels, then forward-mode AD
+        for kernels in ([SDPBackend.MATH], None):
             try:
-                with sdpa_kernel([SDPBackend.MATH]):
+                with sdpa_kernel(kernels) if kernels else nullcontext():
                     return _autograd_products(fn, x)
             except (RuntimeError, NotImplementedError):
                 pass
