@@ -102,13 +102,14 @@ def test_frozen_norms_in_schur_coordinates_equal_the_dense_norms():
     ref0 = [float(torch.linalg.matrix_norm(torch.linalg.matrix_power(D0, k), 2))
             for k in range(1, 7)]
     fz = frozen_norms(cap, 6, tol=1e-11)
-    assert fz.converged
+    assert fz.converged and fz.schur
     assert np.allclose(fz.growth, np.maximum(ref, ref0), rtol=1e-8)
     # its top vector is returned in the original coordinates (sample 0)
     v = fz.vector.reshape(-1)
     assert float(torch.linalg.vector_norm(D0 @ v)) == pytest.approx(ref0[0], rel=1e-8)
     # the radius from the same decomposition is the spectral radius of the dense map
     st_ = linearized_stability(cap, n_max=3, tol=1e-11, samples=1)
+    assert "real Schur coordinates" in st_.how
     assert st_.radius == pytest.approx(float(torch.linalg.eigvals(D0).abs().max()), rel=1e-9)
 
 

@@ -423,6 +423,8 @@ class FrozenNorms:
     samples : int
     vector : Tensor or None
         The top right singular vector of :math:`\mathcal M` (``n = 1``) on sample 0.
+    schur : bool
+        The products ran in real Schur coordinates (:meth:`FrozenMap.schur_form`).
     """
 
     growth: np.ndarray
@@ -432,6 +434,7 @@ class FrozenNorms:
     tol: float
     samples: int
     vector: Tensor | None = field(default=None, repr=False)
+    schur: bool = False
 
     @property
     def norm(self) -> float:
@@ -489,6 +492,7 @@ def frozen_norms(
     iters = np.zeros(n_max, dtype=int)
     resid = np.zeros(n_max)
     top = None
+    schur = False
     with torch.no_grad():
         for i in range(ns):
             M = FrozenMap(capture, i, include_output_scale, dtype, dense_limit)
@@ -498,6 +502,7 @@ def frozen_norms(
                 continue
             S = M.schur_form(channel)
             op: FrozenMap | SchurKroneckerMap = M if S is None else S
+            schur = schur or S is not None
             v0 = prev = None
             for n in range(1, n_max + 1):
                 mv, rmv = op.power(n)
@@ -510,4 +515,5 @@ def frozen_norms(
                 growth[n - 1] = max(growth[n - 1], sv.norm)
                 iters[n - 1] = max(iters[n - 1], sv.iterations)
                 resid[n - 1] = max(resid[n - 1], sv.residual)
-    return FrozenNorms(growth, iters, resid, bool((resid <= tol).all()), float(tol), ns, top)
+    return FrozenNorms(growth, iters, resid, bool((resid <= tol).all()), float(tol), ns, top,
+                       schur)

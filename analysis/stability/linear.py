@@ -325,7 +325,8 @@ def linearized_stability(
         growth, iters, resid, conv = fz.growth, fz.iterations, fz.residual, fz.converged
         vector = fz.vector
         how = (f"matrix-free: Krylov power iteration on the frozen map and its adjoint "
-               f"({'float32' if dtype == torch.float32 else 'float64'} products, "
+               f"({'float32' if dtype == torch.float32 else 'float64'} products"
+               f"{' in real Schur coordinates' if fz.schur else ''}, "
                f"tol {tol:g}, <= {max_iter} products per power, max residual "
                f"{float(resid.max()):.1e}, {'converged' if conv else 'NOT converged'}; "
                f"max over {fz.samples} sample(s))")
