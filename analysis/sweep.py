@@ -79,6 +79,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from graphfilters import _validate as V
+
 from .sweep_results import (
     SweepResult,
     aggregate,
@@ -273,9 +275,8 @@ def make_grid(
     for p in placements:
         if p not in PLACEMENTS:
             raise ValueError(f"placements: {p!r} is not one of {PLACEMENTS}")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"ks: stacked units must be positive ints, got {k!r}")
+    for k in ks:                                     # stacked units per run
+        V.integer(k, "ks", minimum=1)
     for lr in lrs:
         if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lrs: learning rates must be positive, got {lr!r}")

@@ -667,11 +667,7 @@ def _resolve_spec(spec: str | BlockSpec | None, **overrides: Any) -> BlockSpec:
         )
     changes = {k: v for k, v in overrides.items() if v is not None}
     if "order" in changes:
-        o = changes["order"]
-        if isinstance(o, bool) or not isinstance(o, int) or o < 0:
-            raise ValueError(
-                f"order must be an integer >= 0 (the polynomial degree; K + 1 terms), got {o!r}"
-            )
+        V.integer(changes["order"], "order", minimum=0)     # the degree K: K + 1 terms
     if "kernel" in changes and changes["kernel"] != base.kernel and base.mode is not None:
         changes["mode"] = None
     return get_spec(base, **changes) if changes else base

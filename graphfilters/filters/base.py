@@ -33,16 +33,16 @@ import numpy as np
 import sympy as sp
 import torch
 
+from .. import _validate as V
 from .._backend import Array
 
 __all__ = ["FilterFamily", "filter_sum", "check_order"]
 
 
 def check_order(order: int, minimum: int = 0, what: str = "order") -> int:
-    """Validate an integer order ``>= minimum`` (bools rejected)."""
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {order!r}")
-    return int(order)
+    """Validate an integer order ``>= minimum`` (bools rejected): the declared integer
+    check (:func:`graphfilters._validate.integer`), named ``what``."""
+    return V.integer(order, what, minimum=minimum)
 
 
 class FilterFamily:
