@@ -276,6 +276,13 @@ def _orth_against(W: torch.Tensor, Vb: torch.Tensor | None, drop: float) -> torc
     return Q
 
 
+@V.validate_params(
+    {"apply": ["callable"], "n": [V.POS_INT], "k": [V.POS_INT], "symmetric": ["boolean"],
+     "block_size": [V.POS_INT], "n_blocks": [V.POS_INT], "tol": [V.POS_REAL],
+     "max_restarts": [V.POS_INT], "seed": [V.NONNEG_INT], "warn": ["boolean"],
+     "start": [V.InstanceOf(torch.Tensor), None]},
+    valid=lambda: {"apply": lambda X: 2 * X, "n": 8, "symmetric": True},
+)
 def krylov_extremes(
     apply: Callable[[torch.Tensor], torch.Tensor],
     n: int,
@@ -325,12 +332,6 @@ def krylov_extremes(
     -------
     Eigs
     """
-    V.positive_int(n, "n")
-    V.positive_int(k, "k")
-    V.positive_int(block_size, "block_size")
-    V.positive_int(n_blocks, "n_blocks")
-    V.positive_int(max_restarts, "max_restarts")
-    V.positive_float(tol, "tol")
     for w in which:
         if w not in WHICH:
             raise ValueError(f"which must hold some of {list(WHICH)}, got {w!r}")
@@ -507,6 +508,11 @@ def cached_extremes(
 # ------------------------------------------------------------------------------------------
 
 
+@V.validate_params(
+    {"apply": ["callable"], "n_iter": [V.POS_INT], "tol": [V.POS_REAL],
+     "symmetric": ["boolean"], "warn": ["boolean"]},
+    valid=lambda: {"apply": lambda x: 2 * x, "x0": torch.ones(3, 1, dtype=torch.float64)},
+)
 def power_extreme(
     apply: Callable[[Array], Array],
     x0: Array,
@@ -535,8 +541,6 @@ def power_extreme(
     -------
     (estimate ``(...,)``, relative residual ``(...,)``, converged)
     """
-    V.positive_int(n_iter, "n_iter")
-    V.positive_float(tol, "tol")
     x = x0
     est = res = None
     for _ in range(n_iter):
