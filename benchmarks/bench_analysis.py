@@ -35,7 +35,10 @@ per measure summed over the layers, and on one layer the frequency responses by 
 path (pencil gains, per-head ``2d x 2d`` layer maps) against the per-eigenvalue dense path
 (one ``C_s x C_out`` SVD per captured eigenvalue, one ``C x C`` SVD per head and frequency),
 with their largest difference. ``--vit-layers`` and ``--vit-skip`` (registered measures to
-leave out, e.g. ``stability``, to time the rest) adjust it.
+leave out, e.g. ``stability``, to time the rest) adjust it. The previous round's code
+(``--previous REV``, default the revision in ``_util.PREVIOUS_ROUND``, extracted with
+``git archive``; ``--previous none`` skips it) runs the same ``analyze()`` case in the same
+run, so that a regression shows as a ratio beside the current one.
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
 import warnings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import PREVIOUS_ROUND, ROOT, previous_tree  # noqa: E402
 
 
 def _rss_mib() -> float:
@@ -166,7 +171,8 @@ def stability_comparison(n: int, threads: int) -> None:
           f"lower bound {b['growth'][-1]:.4g} (largest exact / bound over n: {gap:.2f})")
 
 
-def run_vit_case(layers: int, threads: int, skip: tuple[str, ...] = ()) -> dict:
+def run_vit_case(layers: int, threads: int, skip: tuple[str, ...] = (),
+                 analyze_only: bool = False) -> dict:
     """ViT-B/16 geometry: ``analyze()`` with defaults, and structured vs dense responses."""
     import numpy as np
     import torch
@@ -191,12 +197,14 @@ def run_vit_case(layers: int, threads: int, skip: tuple[str, ...] = ()) -> dict:
         nn.TransformerEncoderLayer(d, heads, 4 * d, batch_first=True, norm_first=True,
                                    activation="gelu"), layers, enable_nested_tensor=False).eval()
     x = torch.randn(n_in, n_tok, d)
-    from analysis.measures import registered
+    measures = None
+    if skip:                        # the registry of measures (not in older trees)
+        from analysis.measures import registered
 
-    unknown = set(skip) - {m.name for m in registered()}
-    if unknown:
-        raise SystemExit(f"--vit-skip: unknown measure(s) {sorted(unknown)}")
-    measures = None if not skip else [m.name for m in registered() if m.name not in skip]
+        unknown = set(skip) - {m.name for m in registered()}
+        if unknown:
+            raise SystemExit(f"--vit-skip: unknown measure(s) {sorted(unknown)}")
+        measures = [m.name for m in registered() if m.name not in skip]
     # the reference, in the same run: one forward+backward of the encoder on the same inputs
     xr = x.clone().requires_grad_(True)
     fb = []
@@ -206,17 +214,19 @@ def run_vit_case(layers: int, threads: int, skip: tuple[str, ...] = ()) -> dict:
         fb.append(time.perf_counter() - t0)
     enc.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
-    table = analyze(enc, x, measures=measures, progress=False)
+    table = analyze(enc, x, progress=False, **({"measures": measures} if skip else {}))
     total = time.perf_counter() - t0
     per: dict = {}
     for row in table:
-        for k, v in row.timings.items():
+        for k, v in getattr(row, "timings", {}).items():
             per[k] = per.get(k, 0.0) + v
     out = {"case": "vit", "layers": layers, "analyze_s": total, "forward_backward_s": min(fb),
            "baseline_mib": base,
            "peak_mib": _rss_mib(), "per_measure_s": per,
            "status": sorted({r.status for r in table}),
            "classes": sorted({r.response_class for r in table})}
+    if analyze_only:
+        return out
     # one layer: structured vs per-eigenvalue dense responses
     cap = capture(enc, x, blocks=["layers.0.self_attn"], progress=False)["layers.0.self_attn"]
     spec = spectrum(cap.affinity, "normalized", "rw", progress=False)
@@ -237,14 +247,31 @@ def run_vit_case(layers: int, threads: int, skip: tuple[str, ...] = ()) -> dict:
     return out
 
 
-def _vit_main(layers: int, threads: int, skip: tuple[str, ...]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=ROOT)
+def _vit_run(layers: int, threads: int, skip: tuple[str, ...], path: str,
+             analyze_only: bool = False) -> dict:
+    """The ViT case in a subprocess importing ``graphfilters`` and ``analysis`` from
+    ``path``; ``{"error": ...}`` where it fails (e.g. an older tree without an API used)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=path)
     cmd = [sys.executable, os.path.abspath(__file__), "--case", "vit", "--n", str(layers),
-           "--threads", str(threads)] + (["--vit-skip", ",".join(skip)] if skip else [])
+           "--threads", str(threads)] + (["--vit-skip", ",".join(skip)] if skip else []) + (
+           ["--vit-analyze-only"] if analyze_only else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"vit case failed:\n{proc.stderr[-2000:]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:120]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _vit_main(layers: int, threads: int, skip: tuple[str, ...], previous: str) -> None:
+    r = _vit_run(layers, threads, skip, ROOT)
+    if "error" in r:
+        raise RuntimeError(f"vit case failed: {r['error']}")
+    prev = previous_tree(previous, ("graphfilters", "analysis"))
+    try:
+        old = _vit_run(layers, threads, skip, prev, analyze_only=True) if prev else {
+            "error": "skipped"}
+    finally:
+        if prev:
+            shutil.rmtree(prev, ignore_errors=True)
     print(f"ViT-B/16 geometry ({r['layers']} layers, d = 768, 12 heads, N = 197, 4 inputs), "
           f"{threads} torch thread(s), {os.cpu_count()} CPU cores"
           + (f"; left out: {', '.join(skip)}" if skip else ""))
@@ -252,6 +279,13 @@ def _vit_main(layers: int, threads: int, skip: tuple[str, ...]) -> None:
           f"one forward+backward of the encoder ({r['forward_backward_s']:.2f} s, same run; "
           f"target <= x12), peak RSS {r['peak_mib']:.0f} MiB "
           f"(baseline {r['baseline_mib']:.0f}); rows {r['status']}, classes {r['classes']}")
+    if "error" in old:
+        print(f"previous round ({previous}): n/a ({old['error']})")
+    else:
+        print(f"previous round ({previous}), same run: analyze() {old['analyze_s']:.1f} s = "
+              f"x{old['analyze_s'] / old['forward_backward_s']:.1f} one forward+backward "
+              f"({old['forward_backward_s']:.2f} s), peak RSS {old['peak_mib']:.0f} MiB; rows "
+              f"{old['status']}")
     per = sorted(r["per_measure_s"].items(), key=lambda kv: -kv[1])
     print("seconds per measure (all layers): "
           + ", ".join(f"{k} {v:.2f}" for k, v in per))
@@ -293,18 +327,22 @@ def main() -> None:
     parser.add_argument("--vit-skip", default="",
                         help="measures to leave out of the ViT case, comma-separated "
                              "(stability, tao, response)")
+    parser.add_argument("--previous", default=PREVIOUS_ROUND,
+                        help="git revision of the previous round's code, timed in the same "
+                             "run beside the ViT case, or none")
+    parser.add_argument("--vit-analyze-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     skip = tuple(s for s in args.vit_skip.split(",") if s)
     if args.case == "vit":
-        print(json.dumps(run_vit_case(args.n, args.threads, skip)))
+        print(json.dumps(run_vit_case(args.n, args.threads, skip, args.vit_analyze_only)))
         return
     if args.case:
         print(json.dumps(run_case(args.case, args.n, args.threads)))
         return
     if args.vit:
-        _vit_main(args.vit_layers, args.threads, skip)
+        _vit_main(args.vit_layers, args.threads, skip, args.previous)
         return
     div, ddiv = (4, 2) if args.quick else (1, 1)
     if args.stability_only:

@@ -56,13 +56,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import PREVIOUS_ROUND, ROOT, previous_tree  # noqa: E402
+
 #: Blocks of the floor table.
 FLOOR_BLOCKS = ("snl", "gsnl", "nl", "a2", "cgnl", "cayley", "arma")
 
@@ -311,25 +312,10 @@ def _run_floor_cases(spec: dict, path: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _previous_tree(rev: str) -> str | None:
-    """The previous round's ``graphfilters`` in a temporary folder (``git archive``)."""
-    if rev.lower() == "none":
-        return None
-    out = tempfile.mkdtemp(prefix="gf_prev_")
-    try:
-        archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "graphfilters"],
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"previous round {rev!r} not available ({exc}); prev columns skipped")
-        return None
-    return out
-
-
 def floor_table(args) -> None:
     side = args.sides[0] if args.sides else (32 if args.quick else 64)
     repeat = 3 if args.quick else 7
-    prev = _previous_tree(args.previous)
+    prev = previous_tree(args.previous)
     threads = args.threads[0]
     where = torch.cuda.get_device_name() if args.device == "cuda" else (
         f"CPU ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}), {threads} "
@@ -407,7 +393,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=B, help="batch size B")
     parser.add_argument("--dense", action="store_true",
                         help="the fast paths against the dense formulations instead")
-    parser.add_argument("--previous", default="3cdef92",
+    parser.add_argument("--previous", default=PREVIOUS_ROUND,
                         help="git revision of the previous round's code (floor table), or none")
     parser.add_argument("--diff-side", type=int, default=32,
                         help="map side of the accuracy check against the reference")

@@ -344,3 +344,38 @@ def test_report_claims_are_computed_from_the_numbers():
     assert close[1] == "not separated" and close[4] == "inconclusive"
     clear = [v for _, v, _ in claims({"nl": table("nl", 2.0, 1.1, 3.0, 0.8, 1.3)})]
     assert clear[4] == "held"
+
+
+class _CubeOnce(torch.autograd.Function):
+    """x**3 with a backward that is not differentiable again (no double backward) and a
+    forward-mode rule: the autograd products must fall back to forward-mode AD."""
+
+    @staticmethod
+    def forward(x):
+        return x ** 3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.x = inputs[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * x * x * g
+
+    @staticmethod
+    def jvp(ctx, t):
+        return 3 * ctx.x * ctx.x * t
+
+
+def test_jacobian_products_fall_back_when_double_backward_is_missing():
+    from analysis.stability.jacobian import _autograd_products
+
+    x = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    jvp, _ = _autograd_products(_CubeOnce.apply, x, check=False)
+    with pytest.raises(RuntimeError):                   # the double-backward product fails
+        jvp(torch.ones_like(x))
+    sv = jacobian_singular_values(_CubeOnce.apply, x, k=2, tol=1e-12)
+    assert sv.converged and np.allclose(sv.values, [12.0, 3.0], rtol=1e-12)   # 3 x^2

@@ -164,7 +164,7 @@ def jacobian_spectral_norm(
                                     seed=seed, mode=mode).norm
 
 
-def _autograd_products(fn: Callable[[Tensor], Tensor], x: Tensor
+def _autograd_products(fn: Callable[[Tensor], Tensor], x: Tensor, check: bool = True
                        ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     with torch.enable_grad():
         xr = x.clone().requires_grad_(True)
@@ -181,7 +181,8 @@ def _autograd_products(fn: Callable[[Tensor], Tensor], x: Tensor
     def vjp(u: Tensor) -> Tensor:
         return torch.autograd.grad(y, xr, u, retain_graph=True)[0].detach()
 
-    jvp(torch.zeros_like(x))                     # fail now if double backward is missing
+    if check:
+        jvp(torch.zeros_like(x))                 # fail now if double backward is missing
     return jvp, vjp
 
 
@@ -370,14 +371,47 @@ def _products(fn: Callable[[Tensor], Tensor], x: Tensor, mode: str
         # the fused attention kernels (flash, memory-efficient; CPU and CUDA) have no double
         # backward, which the Jacobian-vector products need: PyTorch's math kernel first
         # (a forward with a fused kernel would only fail at the first product, its forward
-        # and backward wasted), then the default kernels, then forward-mode AD
-        for kernels in ([SDPBackend.MATH], None):
+        # and backward wasted). Its products are checked by their first Jacobian-vector
+        # product (no separate check pass): one that fails falls back to the default
+        # kernels, then to forward-mode AD
+        def fallback() -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
             try:
-                with sdpa_kernel(kernels) if kernels else nullcontext():
-                    return _autograd_products(fn, x)
+                return _autograd_products(fn, x)
             except (RuntimeError, NotImplementedError):
-                pass
+                return _func_products(fn, x)
+
+        try:
+            with sdpa_kernel([SDPBackend.MATH]):
+                first = _autograd_products(fn, x, check=False)
+        except (RuntimeError, NotImplementedError):
+            return fallback()
+        return _checked_on_first_use(first, fallback)
     return _func_products(fn, x)
+
+
+def _checked_on_first_use(
+    products: tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]],
+    fallback: Callable[[], tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]],
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """``products`` whose first Jacobian-vector product, if it fails (no double backward for
+    some operation), switches both products to ``fallback()`` for good (the same Jacobian:
+    vector-Jacobian products already returned stay valid)."""
+    state = {"jvp": products[0], "vjp": products[1], "ok": False}
+
+    def jvp(v: Tensor) -> Tensor:
+        if state["ok"]:
+            return state["jvp"](v)
+        try:
+            out = state["jvp"](v)
+        except (RuntimeError, NotImplementedError):
+            state["jvp"], state["vjp"] = fallback()
+            out = state["jvp"](v)
+        state["ok"] = True
+        return out
+
+    def vjp(u: Tensor) -> Tensor:
+        return state["vjp"](u)
+    return jvp, vjp
 
 
 @V.validate_params(
