@@ -13,7 +13,7 @@ from torch import nn
 from analysis import capture
 from analysis.stability import FrozenMap, frozen_norms, linearized_stability
 from analysis.stability.frozen import SchurKroneckerMap
-from analysis.stability.schur import DenseFactor, QuasiTriangular, schur_eigenvalues, schur_pays
+from analysis.stability.schur import DenseFactor, QuasiTriangular, real_schur, schur_pays
 
 
 @settings(max_examples=30, deadline=None)
@@ -38,10 +38,11 @@ def test_quasi_triangular_products_equal_dense_products(n, m, seed):
 
 def test_schur_eigenvalues_of_a_rotation_block_and_a_real_one():
     T = np.array([[1.0, 2.0, 5.0], [-2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
-    assert np.allclose(schur_eigenvalues(T), [1 + 2j, 1 - 2j, 3])
+    _, _, ev = real_schur(T)
+    assert np.allclose(np.sort_complex(ev), np.sort_complex([1 + 2j, 1 - 2j, 3]))
 
 
-def test_float32_products_and_the_dense_fallback_agree():
+def test_float32_products_agree_with_float64_ones():
     rng = np.random.default_rng(0)
     A = rng.standard_normal((30, 30))
     S64 = QuasiTriangular(A, torch.float64)
@@ -51,10 +52,6 @@ def test_float32_products_and_the_dense_fallback_agree():
     ref = x @ torch.from_numpy(S64.T)
     assert float((S32.right(x.float()).double() - ref).abs().max()) < 1e-5 * float(
         ref.abs().max())
-    dense = S64.to(torch.float64)
-    dense._blas = False                                         # the off-CPU branch
-    for f in ("right", "right_t"):
-        assert torch.allclose(getattr(dense, f)(x), getattr(S64, f)(x), atol=1e-12)
     with pytest.raises(ValueError, match="square"):
         QuasiTriangular(np.ones((2, 3)))
     with pytest.raises(ValueError, match="float32 or float64"):

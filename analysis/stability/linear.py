@@ -146,10 +146,10 @@ def per_frequency_stability(
     :math:`\max_\lambda \|M(\lambda)^n\|_2`, ``n = 1 .. n_max``. The latter is the exact
     growth for a symmetric :math:`\hat A` and a lower bound (Schur diagonal blocks)
     otherwise. A filter with one nonzero term needs one eigen-solve of :math:`G W_k S`
-    (and, without residual, one norm per ``n``; ``channel``: its real Schur form when the
-    caller has it, whose eigenvalues are used). Otherwise one ``C x C`` eigen-solve per
-    frequency: when ``frequencies * C**3`` exceeds ``max_work`` the values are NaN (too
-    costly; the exact norms do not need them).
+    (and, without residual, one norm per ``n``; ``channel``: the real Schur form of that
+    :math:`G W_k S` when the caller has it, whose eigenvalues are used). Otherwise one
+    ``C x C`` eigen-solve per frequency: when ``frequencies * C**3`` exceeds ``max_work`` the
+    values are NaN (too costly; the exact norms do not need them).
 
     Examples
     --------
@@ -172,17 +172,18 @@ def per_frequency_stability(
         unit[k] = np.ones((1, 1))
         b = frequency_response(unit, lam, basis=capture.basis,
                                params=capture.basis_params)[:, 0, 0]
-        K = effective_channel_map(capture, k, include_output_scale)
-        if K.shape[0] != K.shape[1]:
-            nu = np.zeros(1)
-        elif channel is not None and channel.n == K.shape[0]:
+        K = None if channel is not None else effective_channel_map(capture, k,
+                                                                    include_output_scale)
+        if K is None:
             nu = channel.eigenvalues
         else:
-            nu = np.linalg.eigvals(K)
+            nu = np.linalg.eigvals(K) if K.shape[0] == K.shape[1] else np.zeros(1)
         ev = np.abs((1.0 if capture.residual else 0.0) + b[:, None] * nu[None, :]).max(1)
         i = int(ev.argmax())
         radius, arg = float(ev[i]), complex(lam[i])
         if not capture.residual:
+            if K is None:
+                K = effective_channel_map(capture, k, include_output_scale)
             if K.shape[0] != K.shape[1]:
                 bound[:] = np.nan
                 return radius, arg, bound
@@ -192,7 +193,7 @@ def per_frequency_stability(
                     P = P @ K
                 bound[n] = bmax ** (n + 1) * float(np.linalg.norm(P, 2))
             return radius, arg, bound
-        if len(lam) * K.shape[0] ** 3 > max_work:
+        if len(lam) * (channel.n if K is None else K.shape[0]) ** 3 > max_work:
             bound[:] = np.nan
             return radius, arg, bound
     elif ws and len(lam) * ws[0].shape[1] ** 3 > max_work:
@@ -294,9 +295,10 @@ def linearized_stability(
         dense_limit=dense_limit, progress=False)
     mus = distinct_values(np.concatenate([np.asarray(e) for e in spec.eigenvalues]))
     lam = 1 - mus
-    # one term with the residual: the Schur form of G W_k S gives the radius's eigenvalues
-    # and the frozen norms' coordinates (one decomposition for both)
-    k = single_term(capture) if capture.residual else None
+    # one term with the residual, on the CPU: the Schur form of G W_k S gives the radius's
+    # eigenvalues and the frozen norms' coordinates (one decomposition for both)
+    cpu = capture.device is None or torch.device(capture.device).type == "cpu"
+    k = single_term(capture) if capture.residual and cpu else None
     K = None if k is None else effective_channel_map(capture, k, include_output_scale)
     channel = QuasiTriangular(K, torch.float64) if K is not None and (
         K.shape[0] == K.shape[1]) else None

@@ -11,59 +11,55 @@ from the same decomposition.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 import torch
-from scipy.linalg import blas
+from scipy.linalg import blas, lapack
 from torch import Tensor
 
-__all__ = ["DenseFactor", "QuasiTriangular", "schur_eigenvalues", "schur_pays"]
+__all__ = ["DenseFactor", "QuasiTriangular", "real_schur", "schur_pays"]
 
 
-def schur_eigenvalues(T: np.ndarray) -> np.ndarray:
-    r"""Eigenvalues of a real quasi-upper-triangular ``T`` (a real Schur form), read from its
-    diagonal blocks: :math:`t_{ii}` for a 1x1 block and
-    :math:`\tfrac{a+d}{2} \pm \sqrt{(\tfrac{a-d}{2})^2 + bc}` for a 2x2 block
-    :math:`\begin{pmatrix}a & b\\ c & d\end{pmatrix}`.
+def real_schur(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""``(T, Q, eigenvalues)``: the real Schur form :math:`A = Q T Q^T` of a real square
+    ``A`` (float64) and its eigenvalues, all from one LAPACK ``dgees`` call (the eigenvalues
+    are those LAPACK reads from the diagonal blocks; no second solve).
 
     Shapes
     ------
-    ``T``: ``(n, n)`` → ``(n,)`` complex.
+    ``A``: ``(n, n)`` → ``(n, n)``, ``(n, n)``, ``(n,)`` complex.
 
     Examples
     --------
     >>> import numpy as np
-    >>> T = np.array([[1.0, 2.0, 5.0], [-2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
-    >>> schur_eigenvalues(T)
-    array([1.+2.j, 1.-2.j, 3.+0.j])
+    >>> T, Q, ev = real_schur(np.array([[1.0, 2.0], [-2.0, 1.0]]))
+    >>> np.sort_complex(ev)
+    array([1.-2.j, 1.+2.j])
     """
-    T = np.asarray(T, dtype=np.float64)
-    n = T.shape[0]
-    ev = np.diag(T).astype(complex)
-    i = 0
-    while i < n - 1:
-        if T[i + 1, i] != 0:
-            a, b, c, d = T[i, i], T[i, i + 1], T[i + 1, i], T[i + 1, i + 1]
-            m, r = (a + d) / 2, np.sqrt(complex(((a - d) / 2) ** 2 + b * c))
-            ev[i], ev[i + 1] = m + r, m - r
-            i += 2
-        else:
-            i += 1
-    return ev
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be a square matrix, got shape {A.shape}")
+
+    def unsorted(re: float, im: float) -> None:
+        return None
+
+    work = lapack.dgees(unsorted, A, lwork=-1)[5]                # workspace query
+    T, _, wr, wi, Q, _, info = lapack.dgees(unsorted, A, lwork=max(int(work[0].real), 1))
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the real Schur decomposition did not converge "
+                                    f"(LAPACK dgees info = {info})")
+    return T, Q, wr + 1j * wi
 
 
 class QuasiTriangular:
-    r"""A real matrix :math:`A = Q T Q^T` in real Schur form, for products in the Schur
-    coordinates: ``T @ x``, ``T.T @ x``, ``x @ T`` and ``x @ T.T`` with BLAS ``trmm`` on the
-    upper triangle plus the subdiagonal of the 2x2 blocks (on the CPU; elsewhere a dense
-    product with ``T``).
+    r"""A real matrix :math:`A = Q T Q^T` in real Schur form (:func:`real_schur`), for
+    products in the Schur coordinates on the CPU: ``T @ x``, ``T.T @ x``, ``x @ T`` and
+    ``x @ T.T`` by BLAS ``trmm`` on the upper triangle plus the subdiagonal of the 2x2 blocks.
 
     Parameters
     ----------
     A : numpy array ``(n, n)``
-        Real, square; decomposed in float64 (``scipy.linalg.schur``).
+        Real, square; decomposed in float64.
     dtype : torch.dtype
         Precision of the products (float32 or float64).
-    device : torch.device, optional
 
     Attributes
     ----------
@@ -72,7 +68,7 @@ class QuasiTriangular:
 
     Shapes
     ------
-    ``x``: ``(n, m)`` for the left products, ``(m, n)`` for the right ones.
+    ``x``: ``(n, m)`` for the left products, ``(m, n)`` for the right ones (CPU tensors).
 
     Examples
     --------
@@ -86,38 +82,28 @@ class QuasiTriangular:
     True
     """
 
-    def __init__(self, A: np.ndarray, dtype: torch.dtype = torch.float32,
-                 device: torch.device | None = None) -> None:
-        A = np.asarray(A, dtype=np.float64)
-        if A.ndim != 2 or A.shape[0] != A.shape[1]:
-            raise ValueError(f"A must be a square matrix, got shape {A.shape}")
-        T, Q = scipy.linalg.schur(A, output="real")
-        self._set(T, Q, dtype, device)
+    def __init__(self, A: np.ndarray, dtype: torch.dtype = torch.float32) -> None:
+        self._set(*real_schur(A), dtype)
 
-    def _set(self, T: np.ndarray, Q: np.ndarray, dtype: torch.dtype,
-             device: torch.device | None) -> None:
+    def _set(self, T: np.ndarray, Q: np.ndarray, eigenvalues: np.ndarray,
+             dtype: torch.dtype) -> None:
         np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
         if np_dtype is None:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.T, self.Q = T, Q
-        self.eigenvalues = schur_eigenvalues(T)
-        self.dtype = dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
-        self._blas = self.device.type == "cpu"
+        self.T, self.Q, self.eigenvalues, self.dtype = T, Q, eigenvalues, dtype
         self._trmm = blas.strmm if np_dtype == np.float32 else blas.dtrmm
         self._upper = np.asfortranarray(np.triu(T).astype(np_dtype))
         sub = np.diag(T, -1).copy()                # nonzero at the 2x2 blocks only
         self._blocks = bool(np.any(sub != 0))
-        self._sd = torch.as_tensor(sub, dtype=dtype, device=self.device)
-        self._Tt = torch.as_tensor(T, dtype=dtype, device=self.device)
-        self._Qt = torch.as_tensor(Q, dtype=dtype, device=self.device)
+        self._sd = torch.as_tensor(sub, dtype=dtype)
+        self._Qt = torch.as_tensor(Q, dtype=dtype)
 
-    def to(self, dtype: torch.dtype, device: torch.device | None = None) -> QuasiTriangular:
-        """The same decomposition with products in ``dtype`` on ``device`` (no new solve)."""
-        if dtype == self.dtype and (device is None or torch.device(device) == self.device):
+    def to(self, dtype: torch.dtype) -> QuasiTriangular:
+        """The same decomposition with products in ``dtype`` (no new solve)."""
+        if dtype == self.dtype:
             return self
         out = object.__new__(QuasiTriangular)
-        out._set(self.T, self.Q, dtype, self.device if device is None else device)
+        out._set(self.T, self.Q, self.eigenvalues, dtype)
         return out
 
     @property
@@ -150,8 +136,6 @@ class QuasiTriangular:
 
     def right(self, x: Tensor) -> Tensor:
         """``x T``."""
-        if not self._blas:
-            return x @ self._Tt
         y = self._tri(x, 0, 1)                     # (x U)^T = U^T x^T
         if self._blocks:                           # y[:, i] += x[:, i + 1] t[i + 1, i]
             y[:, :-1].addcmul_(x[:, 1:], self._sd)
@@ -159,8 +143,6 @@ class QuasiTriangular:
 
     def right_t(self, x: Tensor) -> Tensor:
         """``x T^T``."""
-        if not self._blas:
-            return x @ self._Tt.T
         y = self._tri(x, 0, 0)                     # (x U^T)^T = U x^T
         if self._blocks:                           # y[:, i + 1] += x[:, i] t[i + 1, i]
             y[:, 1:].addcmul_(x[:, :-1], self._sd)
@@ -168,8 +150,6 @@ class QuasiTriangular:
 
     def left(self, x: Tensor) -> Tensor:
         """``T x``."""
-        if not self._blas:
-            return self._Tt @ x
         y = self._tri(x, 1, 1)                     # (U x)^T = x^T U^T
         if self._blocks:                           # y[i + 1] += t[i + 1, i] x[i]
             y[1:].addcmul_(x[:-1], self._sd[:, None])
@@ -177,8 +157,6 @@ class QuasiTriangular:
 
     def left_t(self, x: Tensor) -> Tensor:
         """``T^T x``."""
-        if not self._blas:
-            return self._Tt.T @ x
         y = self._tri(x, 1, 0)                     # (U^T x)^T = x^T U
         if self._blocks:                           # y[i] += t[i + 1, i] x[i + 1]
             y[:-1].addcmul_(x[1:], self._sd[:, None])
