@@ -10,6 +10,8 @@ one test each, and hypothesis properties for shapes, dtypes and sizes.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 import warnings
 
@@ -19,20 +21,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import analysis  # noqa: F401  (every analysis module registers its declarations)
-import analysis.config  # noqa: F401
-import analysis.spectra  # noqa: F401
-import graphfilters.blocks  # noqa: F401  (the attention blocks declare their arguments)
-import graphfilters.chebyshev  # noqa: F401
-import graphfilters.data  # noqa: F401
-import graphfilters.graph  # noqa: F401
-import graphfilters.kernels  # noqa: F401
-import graphfilters.models  # noqa: F401
-import graphfilters.spectral  # noqa: F401
+import analysis
+import graphfilters
 from graphfilters import _validate as V
 from graphfilters.chebyshev import chebyshev_filter
 from graphfilters.graph import DenseAffinity, LowRankAffinity, lambda_max
 from graphfilters.spectral import ConvergenceWarning
+
+
+def _import_every_module() -> None:
+    """Every module of both packages, so that every declaration is registered."""
+    for pkg in (graphfilters, analysis):
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
+
+
+_import_every_module()
 
 
 def _cases():
