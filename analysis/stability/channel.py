@@ -29,6 +29,10 @@ __all__ = [
 ]
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "rtol": [V.POS_REAL]},
+    valid=lambda: {"capture": example_capture()},
+)
 def value_projection(capture: Capture, rtol: float = 1e-4) -> tuple[np.ndarray, str]:
     r"""The value projection :math:`G` (``C x C_s``) of a capture, and how it was obtained.
 
@@ -85,6 +89,11 @@ def output_scale_vector(capture: Capture, include: bool, c_out: int) -> np.ndarr
     return np.ones(c_out)
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "term": [V.NONNEG_INT],
+     "include_output_scale": ["boolean"]},
+    valid=lambda: {"capture": example_capture()},
+)
 def effective_channel_map(
     capture: Capture, term: int = 1, include_output_scale: bool = True
 ) -> np.ndarray:

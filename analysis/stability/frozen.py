@@ -155,6 +155,12 @@ class FrozenMap:
     [1.0, 1.0]
     """
 
+    @V.validate_params(
+        {"capture": [V.InstanceOf(Capture)], "index": [V.NONNEG_INT],
+         "include_output_scale": ["boolean"], "dtype": [V.InstanceOf(torch.dtype)],
+         "dense_limit": [V.NONNEG_INT]},
+        valid=lambda: {"capture": example_capture()},
+    )
     def __init__(self, capture: Capture, index: int = 0, include_output_scale: bool = True,
                  dtype: torch.dtype = torch.float64, dense_limit: int = 2048) -> None:
         if capture.affinity is None or capture.weights is None:

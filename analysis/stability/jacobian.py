@@ -79,6 +79,19 @@ def _attention_call(capture: Capture, index: int, device: torch.device
     return call
 
 
+def _small_block_capture() -> Capture:
+    """A captured SNL block on one small input (the valid call of the declarations)."""
+    from graphfilters.blocks import make_block
+
+    from ..capture import capture
+
+    g = torch.Generator().manual_seed(0)
+    return capture(make_block("snl", 2), torch.randn(1, 2, 2, 2, generator=g),
+                   progress=False)["(root)"]
+
+
+@V.validate_params({"capture": [V.InstanceOf(Capture)], "index": [V.NONNEG_INT]},
+                   valid=lambda: {"capture": _small_block_capture()})
 def block_function(capture: Capture, index: int = 0) -> tuple[nn.Module, Tensor]:
     r"""``(f, x)``: the captured map as a function of its input (an ``nn.Module``, so
     :func:`jacobian_spectral_norm` runs it in eval mode), and sample ``index``'s input
@@ -632,6 +645,16 @@ def frozen_map_starts(capture: Capture, x: Tensor, tol: float = 1e-3, max_iter: 
     return laid_out(rest), laid_out(top)
 
 
+def _small_stage() -> dict[str, Any]:
+    from graphfilters.blocks import NonlocalStage
+
+    g = torch.Generator().manual_seed(0)
+    return {"stage": NonlocalStage(2, n_units=2).double(),
+            "x": torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64), "k": 1}
+
+
+@V.validate_params({"stage": [V.InstanceOf(nn.Module)], "x": [V.InstanceOf(Tensor)],
+                    "k": [V.POS_INT]}, valid=_small_stage)
 def stage_jacobians(stage: nn.Module, x: Tensor, k: int = 3, **options: Any) -> JacobianReport:
     r"""Full and frozen Jacobians of a whole stage: ``k`` units sharing the affinity
     computed from the stage input (:class:`~graphfilters.blocks.NonlocalStage`), at the

@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "include_output_scale": ["boolean"]},
+    valid=lambda: {"capture": example_capture(), "lam": [0.0, 1.5]},
+)
 def linear_maps(
     capture: Capture, lam: Any, include_output_scale: bool = True
 ) -> np.ndarray:

@@ -15,9 +15,12 @@ import torch
 from scipy.linalg import blas, lapack
 from torch import Tensor
 
+from graphfilters import _validate as V
+
 __all__ = ["DenseFactor", "QuasiTriangular", "real_schur", "schur_pays"]
 
 
+@V.validate_params({"A": [V.ArrayLike(ndim=2)]}, valid=lambda: {"A": np.eye(2)})
 def real_schur(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""``(T, Q, eigenvalues)``: the real Schur form :math:`A = Q T Q^T` of a real square
     ``A`` (float64) and its eigenvalues, all from one LAPACK ``dgees`` call (the eigenvalues
@@ -35,7 +38,7 @@ def real_schur(A: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     array([1.-2.j, 1.+2.j])
     """
     A = np.asarray(A, dtype=np.float64)
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+    if A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be a square matrix, got shape {A.shape}")
 
     def unsorted(re: float, im: float) -> None:
