@@ -38,8 +38,11 @@ Examples
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +73,11 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
+@V.validate_params(
+    {"x": [V.InstanceOf(Tensor, "a torch.Tensor")], "padding": [V.NONNEG_INT],
+     "flip": ["boolean"], "generator": [V.InstanceOf(torch.Generator), None]},
+    valid=lambda: {"x": torch.zeros(1, 1, 4, 4), "padding": 1},
+)
 def augment_batch(x: Tensor, padding: int = 4, flip: bool = True,
                   generator: torch.Generator | None = None) -> Tensor:
     """Random crop with zero padding and random horizontal flip, per image, vectorized.
@@ -260,6 +268,8 @@ class ImageData:
             "classes": list(self.classes),
         }
 
+    @V.validate_params({"split": [V.StrOptions(("train", "test"))]},
+                       valid=lambda: {"self": _tiny_image_data(), "split": "train"})
     def tensors(self, split: str = "test", device: torch.device | str | None = None
                 ) -> tuple[Tensor, Tensor]:
         """Normalized images and labels of ``split`` (``"train"`` or ``"test"``) on ``device``.
@@ -274,12 +284,17 @@ class ImageData:
         >>> x.shape, y.shape
         (torch.Size([4, 1, 16, 16]), torch.Size([4]))
         """
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
         x = _normalize(_to_float(x.to(device)), self.mean, self.std)
         return x, y.to(device)
 
+    @V.validate_params(
+        {"batch_size": [V.POS_INT], "augment": ["boolean"], "padding": [V.NONNEG_INT],
+         "flip": ["boolean", None], "seed": [V.NONNEG_INT], "num_workers": [V.NONNEG_INT],
+         "distributed": ["boolean"], "drop_last": ["boolean"],
+         "test_batch_size": [V.POS_INT, None]},
+        valid=lambda: {"self": _tiny_image_data(), "batch_size": 2},
+    )
     def loaders(
         self,
         batch_size: int = 128,
@@ -326,8 +341,6 @@ class ImageData:
         ------
         - batches: ``((B, C, H, W) float32, (B,) int64)``
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         flip = self.flip_ok if flip is None else flip
         train_set = _IndexBatchDataset(self.x_train, self.y_train)
         test_set = _IndexBatchDataset(self.x_test, self.y_test)
@@ -363,6 +376,11 @@ class ImageData:
 # --------------------------------------------------------------------------------------------
 
 
+@V.validate_params(
+    {"size": [V.Interval(V.Integral, 4, None, closed="left")],
+     "test_size": [V.Interval(V.Real, 0, 1, closed="neither")], "seed": [V.NONNEG_INT, None]},
+    valid=lambda: {"size": 8},
+)
 def load_digits(size: int = 16, test_size: float = 0.25, seed: int = 0,
                 device: torch.device | str = "cpu") -> ImageData:
     """scikit-learn's handwritten digits, upscaled to ``size × size``, split with a seed.
@@ -399,10 +417,7 @@ def load_digits(size: int = 16, test_size: float = 0.25, seed: int = 0,
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
 
-    if not isinstance(size, int) or size < 4:
-        raise ValueError(f"size must be an int >= 4, got {size!r}")
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
+    size, test_size = int(size), float(test_size)
     bunch = _sk_load_digits()
     images = torch.tensor(bunch.images / 16.0, dtype=torch.float32, device=device)[:, None]
     if size != 8:
@@ -676,6 +691,13 @@ def _cifar_arrays(batch: dict, path: Path, label_key: str) -> tuple[np.ndarray, 
     return data.reshape(-1, 3, 32, 32), labels
 
 
+@V.validate_params(
+    {"root": [V.InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")],
+     "name": [V.InstanceOf(str, "a data set name (str)")],
+     "label_mode": [V.StrOptions(("fine", "coarse"))],
+     "n_train": [V.NONNEG_INT, None], "n_test": [V.NONNEG_INT, None]},
+    valid=lambda: {"root": _tiny_cifar_root(), "name": "cifar100", "n_train": 1},
+)
 def load_cifar(
     root: str | os.PathLike,
     name: str = "cifar10",
@@ -734,8 +756,6 @@ def load_cifar(
     key = name.lower().replace("-", "")
     if key not in _CIFAR_LAYOUT:
         raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
-    if label_mode not in ("fine", "coarse"):
-        raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
     sub, train_files, test_files, meta_file = _CIFAR_LAYOUT[key]
     title = "CIFAR-10" if key == "cifar10" else "CIFAR-100"
     root = Path(root).expanduser()
@@ -818,6 +838,11 @@ DATASETS = {
 }
 
 
+@V.validate_params(
+    {"spec": [V.InstanceOf((str, Mapping, ImageData),
+                           "a data set name (str), a mapping or an ImageData")]},
+    valid=lambda: {"spec": {"name": "long_range", "n_train": 4, "n_test": 2, "size": 8}},
+)
 def get_dataset(spec: str | Mapping[str, Any] | ImageData, **options: Any) -> ImageData:
     """Load a data set by name, from a ``{"name": ..., **options}`` dict, or pass one through.
 
@@ -855,3 +880,34 @@ def get_dataset(spec: str | Mapping[str, Any] | ImageData, **options: Any) -> Im
     if not isinstance(name, str) or name.lower() not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {sorted(DATASETS)}")
     return DATASETS[name.lower()](**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny inputs of the declared functions' valid calls (the generated invalid-input tests)
+# --------------------------------------------------------------------------------------------
+
+_TINY_FILES: dict[str, Path] = {}
+
+
+def _tiny_image_data() -> ImageData:
+    """A 2 + 2 image data set of 1 × 4 × 4 images."""
+    x = torch.arange(32, dtype=torch.float32).reshape(2, 1, 4, 4) / 32
+    y = torch.tensor([0, 1])
+    return ImageData(name="tiny", x_train=x, y_train=y, x_test=x.clone(), y_test=y.clone(),
+                     num_classes=2, mean=(0.5,), std=(0.3,))
+
+
+def _tiny_cifar_root() -> Path:
+    """A fresh temporary directory with a CIFAR-100 layout of 2 + 1 images (written once per
+    process, again if it was removed)."""
+    root = _TINY_FILES.get("cifar100")
+    if root is None or not all((root / f).is_file() for f in ("train", "test")):
+        root = Path(tempfile.mkdtemp(prefix="graphfilters-cifar-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        for split, n in (("train", 2), ("test", 1)):
+            batch = {b"data": [[7 * i] * 3072 for i in range(n)], b"fine_labels": list(range(n)),
+                     b"coarse_labels": list(range(n))}
+            with open(root / split, "wb") as f:
+                pickle.dump(batch, f)
+        _TINY_FILES["cifar100"] = root
+    return root

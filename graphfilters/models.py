@@ -86,6 +86,9 @@ __all__ = [
 #: Stacking layouts of :func:`stacking_config`.
 PLACEMENTS = ("stage", "spread")
 
+#: ``depth`` of a :class:`PreResNet` is an integer >= 8 (and ``6n + 2``, checked inline).
+_DEPTH = V.Interval(V.Integral, 8, None, closed="left")
+
 #: ``factory(name, in_channels, dim=2, **options) -> nn.Module``; with ``n_units=k`` it returns a
 #: stage of ``k`` units sharing one affinity. The default is
 #: :func:`graphfilters.blocks.make_block`.
@@ -284,6 +287,14 @@ class PreResNet(nn.Module):
 
     arch = "preresnet"
 
+    @V.validate_params(
+        {"depth": [_DEPTH], "num_classes": [V.POS_INT], "in_channels": [V.POS_INT],
+         "width": [V.POS_INT], "block": [V.InstanceOf(str, "a block name (str)"), None],
+         "blocks_per_position": [V.POS_INT], "share_affinity": ["boolean", None],
+         "block_options": [V.InstanceOf(Mapping, "a mapping"), None],
+         "block_zero_init": ["boolean"], "block_factory": ["callable", None]},
+        valid=lambda: {"depth": 8, "num_classes": 2, "in_channels": 1, "width": 1},
+    )
     def __init__(
         self,
         depth: int = 20,
@@ -301,14 +312,12 @@ class PreResNet(nn.Module):
         block_factory: BlockFactory | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
+        if (depth - 2) % 6 != 0:
             raise ValueError(
                 f"depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}"
             )
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                            ("width", width), ("blocks_per_position", blocks_per_position)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        depth, num_classes, in_channels, width, blocks_per_position = (
+            int(depth), int(num_classes), int(in_channels), int(width), int(blocks_per_position))
         n = (depth - 2) // 6
         options = dict(block_options or {})
         try:
@@ -342,8 +351,6 @@ class PreResNet(nn.Module):
                     counts[(pair[0], pair[1])] = pair[2]
                 pairs.append((pair[0], pair[1]))
         if block is not None:
-            if not isinstance(block, str):
-                raise TypeError(f"block must be a block name (str) or None, got {block!r}")
             block = block.lower()
             for s, p in pairs:
                 if s not in (1, 2, 3):
@@ -542,6 +549,7 @@ def stacking_config(
             "blocks_per_position": 1, "share_affinity": False}
 
 
+@V.validate_params({"depth": [_DEPTH]}, valid=lambda: {"depth": 8})
 def receptive_field(depth: int) -> int:
     """Side (pixels) of the theoretical receptive field of a :class:`PreResNet` output unit.
 
@@ -556,7 +564,7 @@ def receptive_field(depth: int) -> int:
     >>> receptive_field(8), receptive_field(20)
     (25, 81)
     """
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
+    if (depth - 2) % 6 != 0:
         raise ValueError(f"depth must be 6n + 2 with n >= 1, got {depth!r}")
     n = (depth - 2) // 6
     size, jump = 3, 1  # the stem
@@ -573,6 +581,10 @@ def receptive_field(depth: int) -> int:
 ARCHITECTURES = _ARCHITECTURES
 
 
+@V.validate_params(
+    {"config": [V.InstanceOf(Mapping, "a mapping")], "block_factory": ["callable", None]},
+    valid=lambda: {"config": {"arch": "preresnet", "depth": 8, "width": 1, "num_classes": 2}},
+)
 def build_model(config: Mapping[str, Any], block_factory: BlockFactory | None = None) -> nn.Module:
     """Rebuild a model from its :attr:`config` dict (e.g. read from a checkpoint).
 
@@ -600,8 +612,6 @@ def build_model(config: Mapping[str, Any], block_factory: BlockFactory | None = 
     >>> model.config["num_classes"], model.config["block"]
     (3, None)
     """
-    if not isinstance(config, Mapping):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
     kwargs = dict(config)
     arch = kwargs.pop("arch", None)
     cls = get_architecture(arch)

@@ -636,6 +636,17 @@ def _infer(sd: Mapping[str, Tensor], arch: str, nl_type: str, path: str) -> dict
     return info
 
 
+@V.validate_params(
+    {"path_or_state_dict": [V.InstanceOf((str, Path, Mapping),
+                                         "a path (str or pathlib.Path) or a state dict")],
+     "arch": V.declared(OfficialNet.__init__, "official_arch"),
+     "nl_type": V.declared(OfficialNet.__init__, "nl_type"),
+     "stage_num": [V.POS_INT, None], "num_classes": [V.POS_INT, None],
+     "is_sys": ["boolean"], "is_norm": ["boolean"], "pool_size": [V.POS_INT, None],
+     "dtype": [V.InstanceOf(torch.dtype), None], "warn": ["boolean"]},
+    valid=lambda: {"path_or_state_dict": official_state_dict(
+        OfficialNet("20", "snl", stage_num=1, num_classes=2)), "arch": "20", "nl_type": "snl"},
+)
 def load_official(
     path_or_state_dict: str | Path | Mapping[str, Any],
     arch: str,
@@ -715,10 +726,6 @@ def load_official(
     >>> model.config["stage_num"], model.nonlocal_paths
     (3, ['layer1.2'])
     """
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
-    if nl_type not in NL_TYPES:
-        raise ValueError(f"nl_type must be one of {list(NL_TYPES)}, got {nl_type!r}")
     where = (repr(str(path_or_state_dict)) if isinstance(path_or_state_dict, (str, Path))
              else "the state dict")
     sd = _read(path_or_state_dict)

@@ -57,6 +57,7 @@ Examples
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 import gc
@@ -66,6 +67,8 @@ import math
 import os
 import pickle
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +82,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from graphfilters import _validate as V
 from graphfilters.data import ImageData, get_dataset
 from graphfilters.models import BlockFactory, build_model
 
@@ -718,6 +722,20 @@ def _format_record(r: Mapping[str, Any]) -> str:
     return text + f"  ({r['time_s']:.1f} s)"
 
 
+_PATH = V.InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")
+_MAPPING = V.InstanceOf(Mapping, "a mapping")
+
+
+@V.validate_params(
+    {"model_config": [_MAPPING, V.InstanceOf(nn.Module, "a torch.nn.Module")],
+     "train_config": [V.InstanceOf(TrainConfig), _MAPPING, None],
+     "data": V.declared(get_dataset, "spec"), "out": [_PATH, None],
+     "block_factory": V.declared(build_model, "block_factory")},
+    valid=lambda: {"model_config": {"depth": 8, "width": 1},
+                   "train_config": {"epochs": 1, "max_steps": 1, "progress": False,
+                                    "device": "cpu", "log_steps": False},
+                   "data": {"name": "long_range", "n_train": 2, "n_test": 2, "size": 8}},
+)
 def train(
     model_config: Mapping[str, Any] | nn.Module,
     train_config: TrainConfig | Mapping[str, Any] | None = None,
@@ -825,6 +843,12 @@ def _plain(obj: Any, where: str) -> Any:
     )
 
 
+@V.validate_params(
+    {"path": [_PATH], "model": [V.InstanceOf(nn.Module, "a torch.nn.Module")],
+     "config": [_MAPPING, None], "train_config": V.declared(train, "train_config"),
+     "data": [_MAPPING, None], "extra": [_MAPPING, None], "write_json": ["boolean"]},
+    valid=lambda: {"path": _scratch_dir() / "saved.pt", "model": _tiny_model()},
+)
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -901,6 +925,7 @@ def save_checkpoint(
     return path
 
 
+@V.validate_params({"path": [_PATH]}, valid=lambda: {"path": _tiny_checkpoint()})
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Read and validate a checkpoint with ``torch.load(weights_only=True)``.
@@ -1012,6 +1037,12 @@ def _state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str,
     return "; ".join(parts)
 
 
+@V.validate_params(
+    {"path": V.declared(load_checkpoint, "path"),
+     "block_factory": V.declared(build_model, "block_factory"),
+     "return_checkpoint": ["boolean"]},
+    valid=lambda: {"path": _tiny_checkpoint()},
+)
 def load_model(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -1069,3 +1100,33 @@ def load_model(
     model.to(map_location)
     model.eval()
     return (model, ckpt) if return_checkpoint else model
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny inputs of the declared functions' valid calls (the generated invalid-input tests)
+# --------------------------------------------------------------------------------------------
+
+_SCRATCH: dict[str, Path] = {}
+
+
+def _scratch_dir() -> Path:
+    """A fresh temporary directory (made once per process, again if it was removed)."""
+    folder = _SCRATCH.get("dir")
+    if folder is None or not folder.is_dir():
+        folder = _SCRATCH["dir"] = Path(tempfile.mkdtemp(prefix="graphfilters-ckpt-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _tiny_model() -> nn.Module:
+    """The smallest :class:`~graphfilters.models.PreResNet` (depth 8, width 1)."""
+    return build_model({"arch": "preresnet", "depth": 8, "width": 1, "num_classes": 2,
+                        "in_channels": 1})
+
+
+def _tiny_checkpoint() -> Path:
+    """A checkpoint of :func:`_tiny_model` written by :func:`save_checkpoint` (once)."""
+    path = _scratch_dir() / "tiny.pt"
+    if not path.is_file():
+        save_checkpoint(path, _tiny_model(), write_json=False)
+    return path
