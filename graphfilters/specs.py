@@ -44,7 +44,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from .filters import FILTER_NAMES, get_filter
+from . import _validate as V
+from .filters import FILTER_NAMES, FILTERS, get_filter
 from .kernels import BLOCK_KERNELS
 
 __all__ = [
@@ -168,12 +169,12 @@ class BlockSpec:
     def n_terms(self) -> int:
         """Number of filter terms (weights): ``order + 1`` for polynomial bases, ``2 order + 1``
         for the Cayley basis (see :meth:`graphfilters.filters.FilterFamily.n_terms`)."""
-        return get_filter(self.basis).n_terms(self.order)
+        return FILTERS[self.basis].n_terms(self.order)   # basis checked by validate_spec
 
     @property
     def rational(self) -> bool:
         """Whether the basis is a rational filter (Cayley, ARMA)."""
-        return get_filter(self.basis).kind == "rational"
+        return FILTERS[self.basis].kind == "rational"
 
     @property
     def free_orders(self) -> tuple[int, ...]:
@@ -443,6 +444,11 @@ BLOCKS: Mapping[str, BlockSpec] = MappingProxyType({row.name: row for row in _RO
 BLOCK_NAMES: tuple[str, ...] = tuple(BLOCKS)
 
 
+@V.validate_params(
+    {"name": [V.InstanceOf(str, "a block name (str)"), V.InstanceOf(BlockSpec)],
+     "mode": [V.InstanceOf(str, "a mode name (str)"), None]},
+    valid=lambda: {"name": "nl", "mode": "gaussian"},
+)
 def get_spec(name: str | BlockSpec, mode: str | None = None, **overrides: object) -> BlockSpec:
     """Return the table row ``name``, optionally a named ``mode`` and field overrides.
 
@@ -471,8 +477,6 @@ def get_spec(name: str | BlockSpec, mode: str | None = None, **overrides: object
     if isinstance(name, BlockSpec):
         spec = name
     else:
-        if not isinstance(name, str):
-            raise TypeError(f"block name must be a str, got {type(name).__name__}")
         key = name.lower()
         if key not in BLOCKS:
             raise ValueError(f"unknown block {name!r}; known blocks: {', '.join(BLOCK_NAMES)}")
@@ -635,6 +639,8 @@ ATTENTION_BLOCK_NAMES: tuple[str, ...] = tuple(ATTENTION_BLOCKS)
 __all__ += ["AttentionSpec", "ATTENTION_BLOCKS", "ATTENTION_BLOCK_NAMES", "get_attention_spec"]
 
 
+@V.validate_params({"name": [V.InstanceOf(str, "an attention block name (str)")]},
+                   valid=lambda: {"name": "gfsa"})
 def get_attention_spec(name: str) -> AttentionSpec:
     """Return the row ``name`` of the attention table (:data:`ATTENTION_BLOCK_NAMES`).
 
@@ -648,8 +654,6 @@ def get_attention_spec(name: str) -> AttentionSpec:
     >>> get_attention_spec("gfsa").basis
     'monomial'
     """
-    if not isinstance(name, str):
-        raise TypeError(f"block name must be a str, got {type(name).__name__}")
     key = name.lower()
     if key not in ATTENTION_BLOCKS:
         raise ValueError(

@@ -61,7 +61,7 @@ def test_inconsistent_specs_are_clear_errors(call, match):
 
 
 def test_type_error_for_non_string_name():
-    with pytest.raises(TypeError, match="block name must be a str"):
+    with pytest.raises(TypeError, match="get_spec: name must be a block name"):
         get_spec(3)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from .. import _validate as V
 from .arma import ARMA
 from .base import FilterFamily, check_order, filter_sum
 from .cayley import Cayley
@@ -62,6 +63,10 @@ FILTERS: Mapping[str, FilterFamily] = MappingProxyType({
 FILTER_NAMES: tuple[str, ...] = tuple(FILTERS)
 
 
+@V.validate_params(
+    {"name": [V.InstanceOf(str, "a basis name (str)"), V.InstanceOf(FilterFamily)]},
+    valid=lambda: {"name": "chebyshev"},
+)
 def get_filter(name: str | FilterFamily) -> FilterFamily:
     """The family called ``name`` (a family is returned as is).
 
@@ -72,6 +77,6 @@ def get_filter(name: str | FilterFamily) -> FilterFamily:
     """
     if isinstance(name, FilterFamily):
         return name
-    if not isinstance(name, str) or name not in FILTERS:
+    if name not in FILTERS:
         raise ValueError(f"unknown basis {name!r}; choose one of {list(FILTER_NAMES)}")
     return FILTERS[name]

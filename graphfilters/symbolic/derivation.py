@@ -358,6 +358,9 @@ def _affinity_operator(spec: BlockSpec) -> sp.Basic:
     return expand_matrix(MatMul(-1, apply_spec_rules(Lt, spec)))
 
 
+_CLOSED_FORM = "a LaTeX/plain string, a sympy matrix expression or a list of them"
+
+
 def _parse_closed_forms(closed_form: object) -> tuple[tuple[sp.Basic, ...], str]:
     if isinstance(closed_form, str):
         return tuple(parse_equation(closed_form)), closed_form
@@ -366,12 +369,14 @@ def _parse_closed_forms(closed_form: object) -> tuple[tuple[sp.Basic, ...], str]
     if isinstance(closed_form, Sequence):
         forms = tuple(_parse_closed_forms(c)[0][0] for c in closed_form)
         return forms, "F = " + " = ".join(latex(c) for c in forms)
-    raise TypeError(
-        f"closed_form must be a LaTeX/plain string, a sympy matrix expression or a list of "
-        f"them, got {type(closed_form).__name__}"
-    )
+    raise TypeError(f"closed_form must be {_CLOSED_FORM}, got {type(closed_form).__name__}")
 
 
+@V.validate_params(
+    {"name": V.declared(get_spec, "name"), "mode": V.declared(get_spec, "mode"),
+     "closed_form": [V.InstanceOf((str, sp.Basic, Sequence), _CLOSED_FORM), None]},
+    valid=lambda: {"name": "nl"},
+)
 def derive(name: str | BlockSpec, mode: str | None = None, *,
            closed_form: object = None, **overrides: object
            ) -> Derivation | RationalDerivation:

@@ -29,6 +29,8 @@ import numpy as np
 import sympy as sp
 from sympy import MatAdd, MatMul
 
+from graphfilters import _validate as V
+
 from . import symbols as S
 from .algebra import difference, expand_matrix, is_zero
 from .generic import chebyshev_polynomial, collect_powers, laplacian
@@ -111,6 +113,11 @@ def _quadratic_forms(n: int):
     return a, u, d
 
 
+@V.validate_params(
+    {"n": [V.Interval(V.Integral, 2, None, closed="left")], "numeric_trials": [V.NONNEG_INT],
+     "seed": [V.NONNEG_INT, None]},
+    valid=lambda: {"n": 2, "numeric_trials": 1},
+)
 def normalized_laplacian_spectrum(n: int = 3, numeric_trials: int = 20, seed: int = 0
                                   ) -> Fact:
     r"""The spectrum of :math:`L_{sym}` of a symmetric non-negative affinity lies in [0, 2].
@@ -134,8 +141,7 @@ def normalized_laplacian_spectrum(n: int = 3, numeric_trials: int = 20, seed: in
     >>> normalized_laplacian_spectrum(n=2, numeric_trials=3).verified
     True
     """
-    if n < 2:
-        raise ValueError(f"n must be >= 2 nodes, got {n}")
+    n, numeric_trials = int(n), int(numeric_trials)
     a, u, d = _quadratic_forms(n)
     pairs = [(i, j) for i in range(n) for j in range(n)]
     # x^T L_sym x with x = D^{1/2} u, computed with explicit matrices
@@ -238,6 +244,7 @@ def softmax_row_stochastic(n: int = 3, numeric_trials: int = 10, seed: int = 0) 
     )
 
 
+@V.validate_params({"order": [V.NONNEG_INT]}, valid=lambda: {"order": 1})
 def chebyshev_parity(order: int = 6) -> Fact:
     r"""Sign absorption: :math:`T_k(-x) = (-1)^k T_k(x)` for :math:`k \le` ``order``.
 
@@ -251,8 +258,7 @@ def chebyshev_parity(order: int = 6) -> Fact:
     >>> chebyshev_parity(4).verified
     True
     """
-    if not isinstance(order, int) or order < 0:
-        raise ValueError(f"order must be an integer >= 0, got {order!r}")
+    order = int(order)
     x = sp.Symbol("x")
     scalar_ok = all(
         sp.expand(sp.chebyshevt(k, -x) - (-1) ** k * sp.chebyshevt(k, x)) == 0
@@ -279,6 +285,10 @@ def chebyshev_parity(order: int = 6) -> Fact:
     )
 
 
+@V.validate_params(
+    {"order": [V.Interval(V.Integral, 1, None, closed="left")], "seed": [V.NONNEG_INT, None]},
+    valid=lambda: {"order": 1},
+)
 def stable_hypothesis_collapse(order: int = 2, seed: int = 0) -> Fact:
     r"""Under :math:`\hat A^2 = \hat A` a Chebyshev filter of any order is order 1.
 
@@ -304,8 +314,7 @@ def stable_hypothesis_collapse(order: int = 2, seed: int = 0) -> Fact:
     """
     from .rules import apply_stable_hypothesis
 
-    if not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    order = int(order)
     full = MatAdd(*[MatMul(chebyshev_polynomial(k, S.Ahat), S.Z, S.weight(k))
                     for k in range(order + 1)])
     stable = apply_stable_hypothesis(full, S.Ahat)

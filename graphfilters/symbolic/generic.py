@@ -33,6 +33,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy import MatAdd, MatMul, MatrixSymbol, Rational, ZeroMatrix
 
+from graphfilters import _validate as V
 from graphfilters.specs import LAPLACIANS
 
 from . import symbols as S
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 _HALF = Rational(1, 2)
+#: ``lambda_max`` of the generic filter: ``"auto"``, a number > 0 or a sympy expression (a
+#: sympy number must be positive: checked where it is simplified, :func:`_lambda`).
+_LAMBDA_MAX = [V.StrOptions(("auto",)), V.POS_REAL, V.InstanceOf(sp.Expr, "a sympy expression")]
 
 
 def _degree(word: tuple) -> sp.Expr:
@@ -61,6 +65,7 @@ def _degree_desc(word: tuple) -> tuple:
     return (-_degree(word), str(word))
 
 
+@V.validate_params({"k": [V.NONNEG_INT]}, valid=lambda: {"k": 2, "X": S.Ahat})
 def chebyshev_polynomial(k: int, X: sp.Basic) -> sp.Basic:
     r"""The matrix Chebyshev polynomial :math:`T_k(X)`, expanded.
 
@@ -77,8 +82,7 @@ def chebyshev_polynomial(k: int, X: sp.Basic) -> sp.Basic:
     >>> pretty(chebyshev_polynomial(3, Ahat))
     '4*Ahat**3 - 3*Ahat'
     """
-    if not isinstance(k, int) or k < 0:
-        raise ValueError(f"Chebyshev degree must be an integer >= 0, got {k!r}")
+    k = int(k)
     rows = X.shape[0]
     prev: Terms = {(): sp.Integer(1)}
     if k == 0:
@@ -95,6 +99,7 @@ def chebyshev_polynomial(k: int, X: sp.Basic) -> sp.Basic:
     return from_terms(cur, (rows, rows), key=_degree_desc)
 
 
+@V.validate_params({"kind": [V.StrOptions(LAPLACIANS)]}, valid=lambda: {"kind": "rw"})
 def laplacian(kind: str = "sym") -> sp.Basic:
     r"""The Laplacian ``kind`` in terms of the affinity ``A`` and the degree matrix ``D``.
 
@@ -110,11 +115,10 @@ def laplacian(kind: str = "sym") -> sp.Basic:
         return MatAdd(S.D, MatMul(-1, S.A))
     if kind == "sym":
         return MatAdd(S.I, MatMul(-1, S.D**-_HALF, S.A, S.D**-_HALF))
-    if kind == "rw":
-        return MatAdd(S.I, MatMul(-1, S.D**-1, S.A))
-    raise ValueError(f"unknown Laplacian {kind!r}; choose one of {list(LAPLACIANS)}")
+    return MatAdd(S.I, MatMul(-1, S.D**-1, S.A))                  # "rw"
 
 
+@V.validate_params({"kind": V.declared(laplacian, "kind")}, valid=lambda: {"kind": "sym"})
 def default_lambda_max(kind: str) -> sp.Expr:
     """2 for the normalized Laplacians, the symbol :math:`\\lambda_{\\max}` otherwise.
 
@@ -123,22 +127,22 @@ def default_lambda_max(kind: str) -> sp.Expr:
     >>> default_lambda_max("rw"), default_lambda_max("combinatorial")
     (2, lambda_max)
     """
-    laplacian(kind)  # validates
     return S.lambda_max if kind == "combinatorial" else sp.Integer(2)
 
 
 def _lambda(kind: str, lambda_max: float | sp.Expr | str) -> sp.Expr:
-    if isinstance(lambda_max, str):
-        if lambda_max != "auto":
-            raise ValueError(f"lambda_max must be 'auto', a number or a sympy symbol, got "
-                             f"{lambda_max!r}")
+    if isinstance(lambda_max, str):                 # "auto" (declared by the callers)
         return default_lambda_max(kind)
-    value = sp.nsimplify(lambda_max)
+    # numpy scalars and 0-d arrays/tensors as Python floats (sympy reads those)
+    value = sp.nsimplify(lambda_max if isinstance(lambda_max, (sp.Basic, int))
+                         else float(lambda_max))
     if value.is_number and not value.is_positive:
         raise ValueError(f"lambda_max must be positive, got {lambda_max!r}")
     return value
 
 
+@V.validate_params({"kind": V.declared(laplacian, "kind"), "lambda_max": _LAMBDA_MAX},
+                   valid=lambda: {"kind": "sym", "lambda_max": 2})
 def scaled_laplacian(kind: str = "sym", lambda_max: float | sp.Expr | str = "auto") -> sp.Basic:
     r"""The scaled Laplacian :math:`\tilde L = 2L/\lambda_{\max} - I` in terms of ``A``, ``D``.
 
@@ -214,6 +218,11 @@ def as_filter(expr: sp.Basic) -> sp.Basic:
     return parts[0] if len(parts) == 1 else MatAdd(*parts)
 
 
+@V.validate_params(
+    {"order": [V.NONNEG_INT], "laplacian": V.declared(laplacian, "kind"),
+     "lambda_max": _LAMBDA_MAX, "stage": [V.StrOptions(("ltilde", "laplacian", "affinity"))]},
+    valid=lambda: {"order": 1},
+)
 def generic_filter(order: int, laplacian: str = "sym",
                    lambda_max: float | sp.Expr | str = "auto", stage: str = "affinity"
                    ) -> sp.Basic:
@@ -241,10 +250,6 @@ def generic_filter(order: int, laplacian: str = "sym",
     >>> pretty(generic_filter(1, laplacian="combinatorial", stage="laplacian"))
     'Z*W^L_0 + ((2/lambda_max)*L - I)*Z*W^L_1'
     """
-    if not isinstance(order, int) or isinstance(order, bool) or order < 0:
-        raise ValueError(f"order must be an integer >= 0 (the polynomial degree), got {order!r}")
-    if stage not in ("ltilde", "laplacian", "affinity"):
-        raise ValueError(f"stage must be 'ltilde', 'laplacian' or 'affinity', got {stage!r}")
     lam = _lambda(laplacian, lambda_max)
     if stage == "ltilde":
         X = S.Ltilde
@@ -253,7 +258,7 @@ def generic_filter(order: int, laplacian: str = "sym",
     else:
         X = scaled_laplacian(laplacian, lam)
     parts = [MatMul(chebyshev_polynomial(k, X), S.Z, S.laplacian_weight(k))
-             for k in range(order + 1)]
+             for k in range(int(order) + 1)]
     return as_filter(parts[0] if len(parts) == 1 else MatAdd(*parts))
 
 

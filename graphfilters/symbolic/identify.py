@@ -32,6 +32,7 @@ from types import MappingProxyType
 import sympy as sp
 from sympy import Inverse, MatAdd, MatMul, ZeroMatrix
 
+from graphfilters import _validate as V
 from graphfilters.specs import ATTENTION_BLOCKS, BLOCK_NAMES, get_spec
 
 from . import symbols as S
@@ -232,6 +233,10 @@ def _coefficients(combo: sp.Basic, weights: list) -> list[sp.Expr]:
     return [sp.simplify(coeffs[w]) for w in weights]
 
 
+@V.validate_params(
+    {"expression": [V.InstanceOf((str, sp.Basic), "a string or a sympy matrix expression")]},
+    valid=lambda: {"expression": "A*Z*W"},
+)
 def identify(expression: sp.Basic | str
              ) -> Identification | RationalIdentification | MultiOperatorIdentification:
     """Identify ``expression`` as a Chebyshev filter: order, coefficients, constraint, rows.
@@ -280,7 +285,7 @@ def identify(expression: sp.Basic | str
             raise
         except ValueError as err:
             raise _fail(str(err)) from err
-    if not isinstance(expression, sp.Basic) or not getattr(expression, "is_Matrix", False):
+    if not getattr(expression, "is_Matrix", False):
         raise _fail(f"{expression!r} is not a matrix expression (a function of a matrix, or a "
                     "scalar)")
     if expression.has(sp.zoo, sp.nan, sp.oo, -sp.oo):

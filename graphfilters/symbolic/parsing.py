@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy import MatAdd, MatMul, MatPow
 
+from graphfilters import _validate as V
+
 from . import symbols as S
 from .limits import MAX_DEPTH, MAX_POWER, MAX_TEXT, check_limit
 
@@ -351,6 +353,8 @@ def check_shapes(expr: sp.Basic) -> None:
                 )
 
 
+@V.validate_params({"text": [V.InstanceOf(str, "a string (LaTeX or plain text)")]},
+                   valid=lambda: {"text": "F = A Z W"})
 def parse_equation(text: str) -> list[sp.Basic]:
     """Parse ``F = X = Y ...`` into the right-hand sides ``[X, Y, ...]``.
 
@@ -363,8 +367,6 @@ def parse_equation(text: str) -> list[sp.Basic]:
     >>> [pretty(e) for e in parse_equation(r"F = \\gamma\\, A Z W")]
     ['gamma*A*Z*W']
     """
-    if not isinstance(text, str):
-        raise TypeError(f"expected a string, got {type(text).__name__}")
     check_limit(len(text), MAX_TEXT, "expression length", "MAX_TEXT")
     sides = [s.strip() for s in _expand_sums(text).split("=")]
     if len(sides) > 1 and re.fullmatch(r"F(\s*\(.*\))?", sides[0]):
@@ -377,6 +379,8 @@ def parse_equation(text: str) -> list[sp.Basic]:
     return out
 
 
+@V.validate_params({"text": V.declared(parse_equation, "text")},
+                   valid=lambda: {"text": "A Z W"})
 def parse_filter(text: str) -> sp.Basic:
     """Parse one filter expression (LaTeX or plain text), optionally prefixed by ``F =``.
 

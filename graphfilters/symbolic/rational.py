@@ -45,8 +45,9 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
+from graphfilters import _validate as V
 from graphfilters.filters import get_filter
-from graphfilters.specs import BlockSpec
+from graphfilters.specs import BlockSpec, get_spec
 
 from . import symbols as S
 from .base import DerivationBase, check_annotations
@@ -172,6 +173,7 @@ def _numeric_check(spec: BlockSpec, basis: list[sp.Expr], params: dict) -> tuple
     return "symbolic basis = graphfilters.filters values at 7 eigenvalues", ok
 
 
+@V.validate_params({"name": V.declared(get_spec, "name")}, valid=lambda: {"name": "arma"})
 def derive_rational(name: str | BlockSpec, **overrides: object) -> RationalDerivation:
     """Derive the rational block ``name`` (``cayley``, ``arma`` or a spec with such a basis).
 
@@ -180,8 +182,6 @@ def derive_rational(name: str | BlockSpec, **overrides: object) -> RationalDeriv
     ValueError
         If the spec's basis is not rational.
     """
-    from graphfilters.specs import get_spec
-
     spec = get_spec(name, **overrides)
     family = get_filter(spec.basis)
     if family.kind != "rational":

@@ -33,6 +33,8 @@ from functools import lru_cache
 import numpy as np
 import sympy as sp
 
+from graphfilters import _validate as V
+
 from . import symbols as S
 from .algebra import terms
 from .derivation import Derivation, derive
@@ -79,6 +81,11 @@ def operator_eigenvalue(derivation: Derivation) -> sp.Expr:
     return sp.expand((S.lam - alpha) / poly[word])
 
 
+@V.validate_params(
+    {"name": V.declared(derive, "name"), "mode": V.declared(derive, "mode"),
+     "unit_weight": ["boolean"]},
+    valid=lambda: {"name": "nl"},
+)
 def response(name: str, mode: str | None = None, *, unit_weight: bool = True) -> sp.Expr:
     r"""The scalar frequency response :math:`h(\lambda)` of block ``name``.
 
@@ -141,6 +148,8 @@ def response(name: str, mode: str | None = None, *, unit_weight: bool = True) ->
     return h
 
 
+@V.validate_params({"name": V.declared(derive, "name"), "mode": V.declared(derive, "mode")},
+                   valid=lambda: {"name": "nl"})
 def response_function(name: str, mode: str | None = None, **params: float
                       ) -> Callable[[np.ndarray], np.ndarray]:
     """A numpy function :math:`\\lambda \\mapsto h(\\lambda)` (via ``sympy.lambdify``).
