@@ -44,12 +44,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from graphfilters import _validate as V
 from graphfilters.display import card_html, fmt, pandas, table_html, table_text
 
-from .capture import SELF_CHECK_TOL, Capture, Captures, capture
+from .capture import SELF_CHECK_TOL, Capture, Captures, _Batches, capture
 from .config import AnalysisConfig
 from .measures import APPROX_STABILITY, registered, run_measures
 from .stability import (
@@ -589,6 +591,12 @@ def _first_input(data: Any) -> Tensor | None:
     return x[:1] if isinstance(x, Tensor) else None
 
 
+@V.validate_params(
+    {"model": V.declared(capture, "model"), "data": [_Batches()],
+     "config": [V.InstanceOf(AnalysisConfig, "an AnalysisConfig"), None],
+     "progress": ["boolean"]},
+    valid=lambda: {"model": nn.Linear(3, 3), "data": torch.ones(2, 3), "progress": False},
+)
 def analyze(
     model: nn.Module,
     data: Tensor | Iterable[Any],
@@ -648,14 +656,8 @@ def analyze(
     ...         progress=False)[0].spectrum_method
     'eigh'
     """
-    if data is None or isinstance(data, (str, bytes)):   # issue 24: not a deep tqdm error
-        raise TypeError(f"analyze: data must be a tensor or an iterable of batches, got "
-                        f"{type(data).__name__}")
     if config is None:
         config = AnalysisConfig()
-    elif not isinstance(config, AnalysisConfig):
-        raise TypeError(f"analyze: config must be an AnalysisConfig, got "
-                        f"{type(config).__name__}")
     if options:
         config = config.replaced(options, "analyze")
     if measures is not None:

@@ -24,12 +24,14 @@ convolution mix channels after the scalar filter and are not part of :math:`h_h`
 from __future__ import annotations
 
 from functools import cache
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 import sympy as sp
 from torch import nn
 
+from graphfilters import _validate as V
 from graphfilters.symbolic import symbols as S
 
 from .response import BlockResponse, classify_response
@@ -69,6 +71,17 @@ def _scalars(module: nn.Module, names: tuple[str, ...]) -> list[np.ndarray]:
     return out
 
 
+def _example_block() -> nn.Module:
+    from graphfilters.blocks import make_block
+
+    return make_block("gfsa", 4, heads=1, dim=1)
+
+
+@V.validate_params(
+    {"n_grid": [V.Interval(Integral, 3, None, closed="left")],
+     "ratio": V.declared(classify_response, "ratio")},
+    valid=lambda: {"module": _example_block(), "n_grid": 5},
+)
 def attention_response(
     module: nn.Module,
     *,
@@ -128,8 +141,6 @@ def attention_response(
     except ValueError as exc:
         raise ValueError(f"module: {exc}") from None
     n_grid = int(n_grid)
-    if n_grid < 3:
-        raise ValueError(f"n_grid must be >= 3, got {n_grid}")
     lam = np.linspace(0.0, 2.0, n_grid)
     scalars = _scalars(module, names)
     H = int(module.heads)

@@ -47,6 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from graphfilters import _validate as V
+
+from .capture_record import Capture
 from .response import BlockResponse, FrequencyEnergy, block_response, pencil_gains
 from .spectra import effective_rank
 
@@ -225,6 +228,27 @@ def _band_energy(basis: Tensor, sigma: np.ndarray, signal: Tensor) -> tuple[np.n
     return np.append(1.0 - sigma, 1.0), np.append(e, rest)
 
 
+#: The sides of a bipartite graph a signal can live on (:func:`bipartite_energy`).
+SIDES = ("keys", "queries")
+
+
+def _example_affinity() -> Tensor:
+    return torch.softmax(torch.randn(1, 4, 2, generator=torch.Generator().manual_seed(0)), -1)
+
+
+def _example_capture() -> Capture:
+    from graphfilters.graph import DenseAffinity
+
+    return Capture("b", "block", "toy", DenseAffinity(_example_affinity()), "none",
+                   z=torch.ones(1, 2, 2), weights=[torch.zeros(2, 2), torch.eye(2)])
+
+
+@V.validate_params(
+    {"spectrum": [V.InstanceOf(BipartiteSpectrum)], "signal": ["array-like"],
+     "side": [V.StrOptions(SIDES)]},
+    valid=lambda: {"spectrum": bipartite_spectrum(_example_affinity(), vectors=True),
+                   "signal": torch.ones(1, 2, 1)},
+)
 def bipartite_energy(
     spectrum: BipartiteSpectrum, signal: Any, side: str = "keys"
 ) -> FrequencyEnergy:
@@ -259,8 +283,6 @@ def bipartite_energy(
     >>> [round(float(x), 12) for x in e.band_fractions()]
     [1.0, 0.0, 0.0]
     """
-    if side not in ("keys", "queries"):
-        raise ValueError(f"side must be 'keys' or 'queries', got {side!r}")
     if spectrum.left is None or spectrum.right is None:
         raise ValueError("spectrum has no singular vectors: use "
                          "bipartite_spectrum(..., vectors=True)")
@@ -282,6 +304,10 @@ def bipartite_energy(
                            f"bipartite SVD basis on the {side} ({spectrum.operator})")
 
 
+@V.validate_params(
+    {"capture": [V.InstanceOf(Capture)], "spectrum": [V.InstanceOf(BipartiteSpectrum), None]},
+    valid=lambda: {"capture": _example_capture()},
+)
 def bipartite_response(capture: Any, spectrum: BipartiteSpectrum | None = None
                        ) -> BlockResponse:
     r"""Frequency response of a block whose affinity is N×M (sub-sampled keys).

@@ -57,6 +57,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from numbers import Real  # noqa: F401
 from typing import Any
@@ -140,10 +141,11 @@ def _kind(module: nn.Module) -> str | None:
 
 
 class _ModulePaths(V.Constraint):
-    """A sequence (not a string) of module paths (str) or module types."""
+    """A sequence or set (not a string) of module paths (str) or module types."""
 
     def kind_ok(self, value: Any) -> bool:
-        return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+        return isinstance(value, (Sequence, AbstractSet)) and not isinstance(value,
+                                                                             (str, bytes))
 
     def is_satisfied_by(self, value: Any) -> bool:
         return self.kind_ok(value) and all(isinstance(v, (str, type)) for v in value)
@@ -155,12 +157,31 @@ class _ModulePaths(V.Constraint):
         return ["layer1", (3,)]
 
 
+class _Batches(V.Constraint):
+    """The data of a run: a tensor, a mapping of keyword inputs or an iterable of batches
+    (a ``DataLoader``, a list of ``(input, target)`` pairs), not ``None`` or a string."""
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return isinstance(value, (Tensor, Mapping, Iterable)) and not isinstance(
+            value, (str, bytes))
+
+    def __str__(self) -> str:
+        return "a tensor, a dict of keyword inputs or an iterable of batches"
+
+    def invalid_values(self) -> list[Any]:
+        return [None, "batches", 3.0]
+
+
 def _example_model() -> nn.Module:
     from graphfilters.blocks import make_block
 
     return nn.Sequential(make_block("snl", 4))
 
 
+@V.validate_params(
+    {"model": [V.InstanceOf(nn.Module, "a torch.nn.Module")], "blocks": [_ModulePaths(), None]},
+    valid=lambda: {"model": _example_model()},
+)
 def find_nonlocal_modules(
     model: nn.Module, blocks: Sequence[str | type] | None = None
 ) -> list[tuple[str, nn.Module, str]]:
@@ -177,8 +198,6 @@ def find_nonlocal_modules(
     >>> [(p, k) for p, _, k in find_nonlocal_modules(net)]
     [('1', 'attention')]
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     found: list[tuple[str, nn.Module, str]] = []
     for path, module in model.named_modules():
         if any(p == ROOT or path.startswith(p + ".") for p, _, _ in found):
@@ -190,9 +209,6 @@ def find_nonlocal_modules(
         return found
     wanted_paths = {b for b in blocks if isinstance(b, str)}
     wanted_types = tuple(b for b in blocks if isinstance(b, type))
-    bad = [b for b in blocks if not isinstance(b, (str, type))]
-    if bad:
-        raise TypeError(f"blocks must hold module paths (str) or module types, got {bad!r}")
     known = {p for p, _, _ in found}
     missing = sorted(wanted_paths - known)
     if missing:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from graphfilters import _validate as V
 from graphfilters._backend import to_numpy
 from graphfilters.filters import get_filter
 from graphfilters.graph import (
@@ -275,6 +276,12 @@ class Capture:
             call_kwargs={k: mv(v) for k, v in self.call_kwargs.items()},
         )
 
+    @V.validate_params(
+        {"query": [V.NONNEG_INT, V.InstanceOf(
+            (tuple, list, np.ndarray, Tensor), "a position (a sequence of coordinates)")],
+         "index": [V.NONNEG_INT]},
+        valid=lambda: {"self": example_capture(), "query": 0},
+    )
     def affinity_row(self, query: int | Sequence[int], index: int = 0) -> np.ndarray:
         r"""Row ``query`` of :math:`\hat A` for sample ``index``, on the spatial grid.
 
@@ -305,7 +312,7 @@ class Capture:
             flat = int(np.ravel_multi_index(q, self.spatial_shape))
         if not 0 <= flat < n:
             raise ValueError(f"query node {flat} is out of range [0, {n})")
-        if not 0 <= index < self.n_samples:
+        if index >= self.n_samples:
             raise ValueError(f"sample index {index} is out of range [0, {self.n_samples})")
         row = affinity_rows(op, [flat], index)[0]
         row = row.reshape(-1, row.shape[-1]).mean(0) if row.ndim > 1 else row

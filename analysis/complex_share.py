@@ -3,17 +3,19 @@ r"""The complex-share rule: which eigenvalues count as complex, used by every ta
 An eigenvalue :math:`\mu` of a real operator with spectral radius :math:`\rho` is *counted*
 when :math:`|\mu| > \text{floor}\,\rho` (the numerical zeros of a low-rank operator are left
 out), and *complex* when :math:`|\operatorname{Im}\mu| > \max(\text{rtol}\,|\mu|,
-\text{atol}\,\rho)`; the share is complex / counted. A leaf module (numpy only), so that the
-figures and the spectra read the one rule without importing each other.
+\text{atol}\,\rho)`; the share is complex / counted. A leaf module (numpy and the shared
+argument checks only), so that the figures and the spectra read the one rule without
+importing each other.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from graphfilters import _validate as V
 
 __all__ = ["COMPLEX_ATOL", "COMPLEX_FLOOR", "COMPLEX_RTOL", "ComplexShare", "complex_share",
            "share_center"]
@@ -68,6 +70,11 @@ def share_center(operator: str, kind: str = "") -> float:
     return 1.0 if operator == "laplacian" and kind in ("sym", "rw", "") else 0.0
 
 
+@V.validate_params(
+    {"rtol": [V.NONNEG_REAL], "floor": [V.NONNEG_REAL], "atol": [V.NONNEG_REAL],
+     "center": [V.REAL]},
+    valid=lambda: {"eigs": np.array([1.0, 0.5 + 0.5j, 0.5 - 0.5j])},
+)
 def complex_share(
     eigs: Any, rtol: float = COMPLEX_RTOL, floor: float = COMPLEX_FLOOR,
     atol: float = COMPLEX_ATOL, center: float = 0.0,
@@ -115,12 +122,6 @@ def complex_share(
     >>> complex_share(1 - mu, center=1.0).share       # L = I - Â: the same eigenvalues
     0.5
     """
-    for name, v in (("rtol", rtol), ("floor", floor), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
-            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-    if not (isinstance(center, (int, float)) and not isinstance(center, bool)
-            and math.isfinite(center)):
-        raise ValueError(f"center must be a finite number, got {center!r}")
     mu = np.asarray(eigs).reshape(-1)
     mu = mu[np.isfinite(mu)]
     if center:

@@ -83,9 +83,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from graphfilters import _validate as V
 from graphfilters.display import pandas, table_text
 
-from .capture import Capture, capture, run_batch
+from .capture import Capture, _Batches, capture, run_batch
 from .observe import AffinityWatcher, reading
 from .spectra import ROW_STOCHASTIC_TOL, spectrum
 
@@ -112,6 +113,15 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, _NAN))
 
 
+#: The norms of :func:`token_residual`.
+RESIDUAL_NORMS = ("fro", "l1inf")
+
+
+@V.validate_params(
+    {"X": [V.InstanceOf(Tensor, "a torch.Tensor (..., N, C)")],
+     "norm": [V.StrOptions(RESIDUAL_NORMS)]},
+    valid=lambda: {"X": torch.eye(3)},
+)
 def token_residual(X: Tensor, norm: str = "fro") -> Tensor:
     r"""Relative rank-collapse residual :math:`\|X - \mathbf 1 \bar x^T\| / \|X\|` of token
     signals, at the token mean :math:`\bar x`.
@@ -140,8 +150,6 @@ def token_residual(X: Tensor, norm: str = "fro") -> Tensor:
     0.7071
     """
     X = _as_float(_tokens_arg(X, "X"))
-    if norm not in ("fro", "l1inf"):
-        raise ValueError(f"norm must be 'fro' or 'l1inf', got {norm!r}")
     R = X - X.mean(-2, keepdim=True)
     if norm == "fro":
         return _ratio(torch.linalg.vector_norm(R, dim=(-2, -1)),
@@ -389,6 +397,20 @@ class DepthProfile(list):
 # ------------------------------------------------------------------------------------------
 
 
+def _example_encoder() -> nn.Module:
+    with torch.random.fork_rng(devices=[]):          # the caller's random state is kept
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(4, 1, 8, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+
+@V.validate_params(
+    {"model": V.declared(capture, "model"), "data": [_Batches()],
+     "max_samples": V.declared(capture, "max_samples"),
+     "forward": V.declared(capture, "forward"),
+     "model_kwargs": V.declared(capture, "model_kwargs"), "progress": ["boolean"]},
+    valid=lambda: {"model": _example_encoder(), "data": torch.ones(1, 3, 4)},
+)
 def depth_profile(
     model: nn.Module,
     data: Tensor | Mapping[str, Any] | Iterable[Any],
@@ -454,14 +476,6 @@ def depth_profile(
     >>> bool(0 < p[0].absolute_gap <= 1)
     True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if data is None:
-        raise TypeError("data must be a tensor, a dict of keyword inputs or an iterable of "
-                        "batches, got None")
-    if isinstance(data, (str, bytes)):
-        raise TypeError(f"data must be a tensor, a dict or an iterable of batches, got "
-                        f"{type(data).__name__}")
     caps = capture(model, data, max_samples=max_samples, heads="keep", device=None,
                    forward=forward, model_kwargs=model_kwargs, progress=progress)
     if not caps:

@@ -23,6 +23,7 @@ from graphfilters.graph import (
     LAPLACIAN_KINDS,
     NORMALIZATION_KINDS,
     Affinity,
+    DenseAffinity,
     NormalizedOperator,
     as_affinity,
 )
@@ -148,6 +149,10 @@ class OperatorApply:
         return out
 
 
+@V.validate_params(
+    {"aff": [V.InstanceOf(Affinity)], "operator": [V.StrOptions(OPERATORS)]},
+    valid=lambda: {"aff": DenseAffinity(np.ones((3, 3)))},
+)
 def linear_operator(aff: Affinity, operator: str = "normalized", kind: str = "sym"
                     ) -> spla.LinearOperator:
     r"""A scipy ``LinearOperator`` (float64) of one sample's operator.

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from graphfilters.graph import DENSE_LIMIT, LowRankAffinity, as_affinity
+from graphfilters import _validate as V
+from graphfilters.graph import DENSE_LIMIT, NORMALIZATION_KINDS, LowRankAffinity, as_affinity
 
 from .spectra import as_torch64, sample_indices
 
@@ -92,6 +93,22 @@ def _signal(z: Any, n: int, n_samples: int) -> Tensor:
     return z
 
 
+#: The graph Fourier bases of a non-symmetric affinity (``nonsymmetric``).
+NONSYMMETRIC_BASES = ("symmetrize", "schur")
+
+
+def _example() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    return {"affinity": LowRankAffinity(rng.random((1, 6, 2)), rng.random((1, 6, 2)),
+                                        symmetric=True),
+            "signal": rng.standard_normal((1, 6, 2))}
+
+
+@V.validate_params(
+    {"signal": ["array-like"], "normalization": [V.StrOptions(NORMALIZATION_KINDS), None],
+     "nonsymmetric": [V.StrOptions(NONSYMMETRIC_BASES)], "dense_limit": [V.NONNEG_INT]},
+    valid=_example,
+)
 def graph_frequency_energy(
     affinity: Any,
     signal: Any,
@@ -128,8 +145,6 @@ def graph_frequency_energy(
     >>> e.basis, bool(np.isclose(e.energy[0].sum(), (z ** 2).sum()))     # Parseval
     ('structured', True)
     """
-    if nonsymmetric not in ("symmetrize", "schur"):
-        raise ValueError(f"nonsymmetric must be 'symmetrize' or 'schur', got {nonsymmetric!r}")
     aff = as_affinity(affinity)
     aff.require_square()
     kind = normalization or ("sym" if aff.symmetric else "rw")

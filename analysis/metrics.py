@@ -15,9 +15,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from graphfilters import _validate as V
 from graphfilters.graph import (
+    NORMALIZATION_KINDS,
     Affinity,
     NormalizedOperator,
+    SoftmaxAffinity,
 )
 from graphfilters.spectral import DENSE_LIMIT
 
@@ -104,6 +107,16 @@ def _lowrank_gram_stats(lr: Affinity, factor: float) -> tuple[Tensor, Tensor, Te
     return fro2 * factor**2, inner * factor**2, colsum * factor
 
 
+def _example_affinity() -> SoftmaxAffinity:
+    q, k = np.random.default_rng(0).standard_normal((2, 6, 2))
+    return SoftmaxAffinity(q, k)
+
+
+@V.validate_params(
+    {"op": [V.InstanceOf(NormalizedOperator)], "tile": [V.POS_INT],
+     "dense_limit": [V.NONNEG_INT]},
+    valid=lambda: {"op": _example_affinity().normalized("rw"), "tile": 4},
+)
 def frobenius_stats(
     op: NormalizedOperator, tile: int = 2048, dense_limit: int = DENSE_LIMIT
 ) -> dict[str, Any]:
@@ -249,6 +262,15 @@ class AffinityMetrics:
         return out
 
 
+@V.validate_params(
+    {"normalization": [V.StrOptions(NORMALIZATION_KINDS), None],
+     "spectrum_result": [V.InstanceOf(Spectrum), None],
+     "method": V.declared(spectrum, "method"), "imag_tol": V.declared(complex_share, "rtol"),
+     "tile": V.declared(frobenius_stats, "tile"),
+     "dense_limit": V.declared(spectrum, "dense_limit"),
+     "estimate_effective_rank": ["boolean"], "progress": ["boolean"]},
+    valid=lambda: {"affinity": _example_affinity(), "progress": False},
+)
 def affinity_metrics(
     affinity: Any,
     normalization: str | None = None,

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -68,11 +69,13 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from graphfilters import _validate as V
 from graphfilters._backend import to_numpy
 from graphfilters.chebyshev import polynomial_filter, polynomial_terms
 from graphfilters.filters import GraphOperator, filter_sum, get_filter
 from graphfilters.graph import NormalizedOperator
 
+from .capture_record import Capture, example_capture
 from .energy import FrequencyEnergy, graph_frequency_energy
 from .spectra import AUTO_DENSE_LIMIT, Spectrum, spectrum
 
@@ -148,6 +151,16 @@ def basis_values(
     return get_filter(basis).values(mu.astype(dtype), order, params)
 
 
+#: The two forms of :func:`frequency_response`.
+RESPONSE_FORMS = ("affinity", "laplacian")
+
+
+@V.validate_params(
+    {"form": [V.StrOptions(RESPONSE_FORMS)], "basis": V.declared(get_filter, "name"),
+     "lambda_max": [V.POS_REAL]},
+    valid=lambda: {"weights": [np.array([[0.3]]), np.array([[0.7]])],
+                   "lam": np.array([0.0, 1.0, 2.0])},
+)
 def frequency_response(
     weights: Sequence[Any],
     lam: Any,
@@ -195,17 +208,13 @@ def frequency_response(
     order = get_filter(basis).order_of(len(ws))
     if form == "affinity":
         vals = basis_values(order, 1 - lam, basis, params)
-    elif form == "laplacian":
+    else:                                                   # "laplacian"
         if basis != "chebyshev":
             raise ValueError(
                 "the Laplacian form is defined for the Chebyshev basis only; use "
                 "form='affinity' with basis='stable'"
             )
-        if not lambda_max > 0:
-            raise ValueError(f"lambda_max must be > 0, got {lambda_max!r}")
         vals = basis_values(order, 2 * lam / lambda_max - 1, "chebyshev")
-    else:
-        raise ValueError(f"unknown form {form!r}; choose 'affinity' or 'laplacian'")
     W = np.stack(ws)                                       # (K+1, C_s, C_out)
     return np.einsum("nk,kio->nio", vals, W)
 
@@ -222,6 +231,11 @@ def response_gains(H: np.ndarray) -> np.ndarray:
     return np.linalg.svd(np.asarray(H), compute_uv=False)
 
 
+@V.validate_params(
+    {"lambda_max": [V.NONNEG_REAL, None],
+     "ratio": [V.Interval(Real, 1, None, closed="neither")]},
+    valid=lambda: {"lam": np.linspace(0, 2, 7), "gain": np.linspace(1, 0, 7)},
+)
 def classify_response(
     lam: Any, gain: Any, lambda_max: float | None = None, ratio: float = 1.5
 ) -> tuple[str, dict[str, float]]:
@@ -253,8 +267,6 @@ def classify_response(
     g = np.asarray(gain, dtype=float).ravel()
     if lam.shape != g.shape or lam.size < 3:
         raise ValueError("lam and gain must be 1-D arrays of the same length >= 3")
-    if not ratio > 1:
-        raise ValueError(f"ratio must be > 1, got {ratio!r}")
     top = float(lam.max()) if lambda_max is None else float(lambda_max)
     lo = lam <= top / 3
     hi = lam >= 2 * top / 3
@@ -329,6 +341,20 @@ def pencil_gains(weights: Sequence[Any], lam: Any, *, basis: str = "chebyshev",
     return torch.linalg.svdvals(t).numpy()[:, :r]
 
 
+def _example_attention(residual: bool = False) -> Capture:
+    """A two-head attention capture (``W_0 = 0``, ``W_1 = I``) for the declared checks."""
+    return Capture("a", "attention", "toy", None, weights=[torch.zeros(4, 4), torch.eye(4)],
+                   value_weight=0.5 * torch.eye(4), residual=residual,
+                   info={"num_heads": 2, "head_dim": 2})
+
+
+_CAPTURE = [V.InstanceOf(Capture)]
+
+
+@V.validate_params(
+    {"capture": _CAPTURE, "include_output_scale": ["boolean"]},
+    valid=lambda: {"capture": _example_attention()},
+)
 def head_factors(capture: Any, include_output_scale: bool = True
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
     r"""Per-head factors of an attention capture's channel map: :math:`K_h = U_h V_h^T` with
@@ -360,6 +386,10 @@ def head_factors(capture: Any, include_output_scale: bool = True
     return [(G[:, h * d:(h + 1) * d], W[h * d:(h + 1) * d].T) for h in range(H)]
 
 
+@V.validate_params(
+    {"capture": _CAPTURE, "include_output_scale": ["boolean"]},
+    valid=lambda: {"capture": _example_attention(residual=True), "lam": [0.0, 1.0, 2.0]},
+)
 def layer_gains(capture: Any, lam: Any, include_output_scale: bool = True) -> np.ndarray:
     r"""Largest singular value of each head's layer map
     :math:`M_h(\lambda) = [I] + (1 - \lambda) K_h` (:func:`head_factors`; the identity when
@@ -529,6 +559,7 @@ def apply_filter(
     return filter_sum(basis_terms(op, Z, len(ws), basis, params, module=module), ws)
 
 
+@V.validate_params({"capture": _CAPTURE}, valid=lambda: {"capture": example_capture()})
 def filter_output(capture: Any) -> Tensor:
     r"""The filter output :math:`F = \sum_k B_k(\hat A) Z W_k` of a capture, ``(S, N, C_out)``,
     computed with structured products (:func:`apply_filter`; rational bases with the
@@ -665,6 +696,15 @@ class BlockResponse:
         return plot_response(self, ax=ax, **kwargs)
 
 
+@V.validate_params(
+    {"capture": _CAPTURE, "spectrum_result": [V.InstanceOf(Spectrum), None],
+     "n_grid": [V.Interval(Integral, 3, None, closed="left")],
+     "include_output_scale": ["boolean"], "energies": ["boolean"],
+     "nonsymmetric": V.declared(graph_frequency_energy, "nonsymmetric"),
+     "method": V.declared(spectrum, "method"), "dense_limit": V.declared(spectrum, "dense_limit"),
+     "ratio": V.declared(classify_response, "ratio"), "n_grid_layer": [V.POS_INT]},
+    valid=lambda: {"capture": example_capture(), "n_grid": 7},
+)
 def block_response(
     capture: Any,
     *,

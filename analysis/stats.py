@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from numbers import Real
+from typing import Any
 
 import numpy as np
 from scipy import stats as _st
@@ -175,6 +177,30 @@ def median_spread(values: Iterable[float]) -> dict[str, float]:
             "min": float(x.min()), "max": float(x.max()), "n": int(x.size)}
 
 
+class _Bounds(V.Constraint):
+    """An interval ``(low, high)``: a pair of real numbers (NaN and infinite bounds allowed)
+    with ``low <= high`` unless a bound is NaN."""
+
+    def kind_ok(self, value: Any) -> bool:
+        return isinstance(value, (tuple, list, np.ndarray)) and not isinstance(value, str)
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        if not self.kind_ok(value) or len(value) != 2:
+            return False
+        if not all(isinstance(v, Real) and not isinstance(v, bool) for v in value):
+            return False
+        lo, hi = (float(v) for v in value)
+        return math.isnan(lo) or math.isnan(hi) or lo <= hi
+
+    def __str__(self) -> str:
+        return "a (low, high) pair of numbers with low <= high"
+
+    def invalid_values(self) -> list[Any]:
+        return [0.5, (0.5,), (0.1, 0.2, 0.3), ("a", 1.0), (0.5, 0.1), "ab"]
+
+
+@V.validate_params({"a": [_Bounds()], "b": [_Bounds()]},
+                   valid=lambda: {"a": (0.0, 0.2), "b": (0.3, 0.9)})
 def verdict(a: Sequence[float], b: Sequence[float]) -> str:
     """The verdict on the claim "a < b" from the two intervals ``(low, high)``.
 
@@ -189,15 +215,10 @@ def verdict(a: Sequence[float], b: Sequence[float]) -> str:
     >>> verdict((0.0, 0.4), (0.4, 0.9)), verdict((0.0, float("nan")), (0.5, 1.0))
     ('not separated', 'not separated')
     """
-    try:
-        a_lo, a_hi = (float(v) for v in a)
-        b_lo, b_hi = (float(v) for v in b)
-    except (TypeError, ValueError):
-        raise ValueError(f"a and b must be (low, high) pairs, got {a!r} and {b!r}") from None
+    a_lo, a_hi = (float(v) for v in a)
+    b_lo, b_hi = (float(v) for v in b)
     if not all(math.isfinite(v) or math.isinf(v) for v in (a_lo, a_hi, b_lo, b_hi)):
         return "not separated"
-    if a_lo > a_hi or b_lo > b_hi:
-        raise ValueError(f"intervals must have low <= high, got {a!r} and {b!r}")
     if a_hi < b_lo:
         return "held"
     if b_hi < a_lo:

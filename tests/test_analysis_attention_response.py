@@ -65,7 +65,7 @@ def test_efficient_is_forced_and_diffattn_and_other_modules_are_refused():
         attention_response(make_block("diffattn", 8, heads=2, dim=1))
     with pytest.raises(ValueError, match="module must be an attention filter block"):
         attention_response(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="n_grid must be >= 3"):
+    with pytest.raises(ValueError, match="attention_response: n_grid must be an integer >= 3"):
         attention_response(make_block("gfsa", 8, heads=2, dim=1), n_grid=2)
 
 

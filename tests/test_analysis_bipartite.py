@@ -110,7 +110,7 @@ def test_response_gains_and_output_energy():
     resp = bipartite_response(cap)
     sv = bipartite_spectrum(A).singular_values[0]
     s1 = float(torch.linalg.svdvals(W1)[0])
-    np.testing.assert_allclose(resp.eigenvalues[0], 1 - sv)
+    np.testing.assert_allclose(resp.eigenvalues[0], 1 - sv, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(resp.gains_at_eigenvalues[0], sv * s1, rtol=1e-10)
     out = (A @ z) @ W1
     assert resp.energy_out.energy[0].sum() == pytest.approx(float((out * out).sum()))

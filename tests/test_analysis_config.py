@@ -78,7 +78,7 @@ def test_unknown_option_names_the_argument_and_the_known_ones():
     with pytest.raises(TypeError, match=r"analyze: unknown option 'tolerance'; known options:"
                                         r" .*\btol\b"):
         analyze(make_block("snl", 4), x, tolerance=1e-4, progress=False)
-    with pytest.raises(TypeError, match="analyze: config must be an AnalysisConfig, got dict"):
+    with pytest.raises(TypeError, match="analyze: config must be an AnalysisConfig or None, got"):
         analyze(make_block("snl", 4), x, {"tol": 1e-4}, progress=False)
 
 

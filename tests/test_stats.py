@@ -107,7 +107,7 @@ def test_bad_inputs_name_the_argument():
         mean_ci([1.0, 2.0], confidence=95)
     with pytest.raises(ValueError, match="low <= high"):
         verdict((0.5, 0.1), (0.6, 0.7))
-    with pytest.raises(ValueError, match="pairs"):
+    with pytest.raises(TypeError, match="verdict: a must be a \\(low, high\\) pair"):
         verdict(0.5, (0.6, 0.7))
     with pytest.raises(ValueError, match="values must be numbers"):
         mean_ci(["a", 1.0])
