@@ -70,6 +70,12 @@ class SpectralDensity:
     weights: list[np.ndarray] | None = None
     reason: str = ""
 
+    @V.validate_params(
+        {"f": ["callable"], "n": [V.POS_INT]},
+        valid=lambda: {"self": SpectralDensity(np.zeros(2), np.zeros((1, 2)), "slq", (0.0, 1.0),
+                                               [np.array([0.5])], [np.array([1.0])]),
+                       "f": np.exp, "n": 3},
+    )
     def trace(self, f: Callable[[np.ndarray], np.ndarray], n: int) -> np.ndarray:
         r"""SLQ estimate of :math:`\operatorname{tr} f(S) = N \sum_i w_i f(\theta_i)` per
         sample (``slq`` only)."""

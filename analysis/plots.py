@@ -24,12 +24,16 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+
+from graphfilters import _validate as V
 
 from .complex_share import complex_share, share_center
 
@@ -120,6 +124,15 @@ def _register_ipython_formatter() -> bool:
 _register_ipython_formatter()
 
 
+#: ``ax=`` of a single-panel plot function: the Axes to draw into, or None (a new figure).
+_AX = [V.InstanceOf(Axes, "a matplotlib Axes"), None]
+#: A title or a legend label (None: the default).
+_TEXT = [V.InstanceOf(str, "a str"), None]
+#: ``bins=`` of a histogram: a count, one of numpy's rules, or the bin edges.
+_BINS = [V.POS_INT, V.StrOptions({"auto", "fd", "doane", "scott", "stone", "rice", "sturges",
+                                  "sqrt"}), V.ArrayLike(ndim=1)]
+
+
 def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.6)) -> tuple[Figure, Axes]:
     if ax is None:
         fig = Figure(figsize=figsize, layout="constrained")
@@ -129,6 +142,10 @@ def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.6)) -> tuple
     return ax.figure, ax
 
 
+@V.validate_params(
+    {"ax": [V.InstanceOf(Axes, "a matplotlib Axes")], "axis": [V.StrOptions(("x", "y"))]},
+    valid=lambda: {"ax": Figure().add_subplot(), "axis": "x"},
+)
 def plain_log_ticks(ax: Axes, axis: str = "y") -> Axes:
     """Label a log axis with plain numbers (``1.4``, ``20``, ``0.05``), not ``1.4×10⁰``.
 
@@ -148,8 +165,6 @@ def plain_log_ticks(ax: Axes, axis: str = "y") -> Axes:
         def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
             return f"{x:g}"
 
-    if axis not in ("x", "y"):
-        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_formatter(PlainLogFormatter())
     target.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
@@ -180,6 +195,11 @@ def _values(spec: Any) -> tuple[np.ndarray, str, str]:
     return np.asarray(ev), operator, kind
 
 
+@V.validate_params(
+    {"ax": _AX, "bins": _BINS, "imag_tol": [V.NONNEG_REAL], "title": _TEXT,
+     "operator": [V.StrOptions(("normalized", "laplacian")), None], "log": ["boolean"]},
+    valid=lambda: {"spectrum": np.array([0.1, 0.5, 1.0]), "bins": 3},
+)
 def plot_spectrum(
     spectrum: Any,
     ax: Axes | None = None,
@@ -229,8 +249,6 @@ def plot_spectrum(
     ('Re', 'Im')
     """
     ev, spec_operator, kind = _values(spectrum)
-    if operator not in (None, "normalized", "laplacian"):
-        raise ValueError(f"operator must be 'normalized' or 'laplacian', got {operator!r}")
     operator = spec_operator or operator or ""
     ev = _finite(ev, "spectrum")
     fig, ax = _fig_ax(ax)
@@ -278,6 +296,10 @@ def plot_spectrum(
     return FigureAxes(fig, ax)
 
 
+@V.validate_params(
+    {"ax": _AX, "all_singular_values": ["boolean"], "title": _TEXT},
+    valid=lambda: {"response": (np.linspace(0.0, 2.0, 3), np.ones(3))},
+)
 def plot_response(
     response: Any,
     ax: Axes | None = None,
@@ -356,6 +378,20 @@ def _image_hw(image: Any) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
+def _example_capture() -> Any:
+    """A stand-in for a :class:`~analysis.capture.Capture` of 4 nodes on a 2x2 grid (what
+    :func:`plot_affinity_rows` reads of one), for its declaration's valid call."""
+    return SimpleNamespace(spatial_shape=(2, 2), path="toy",
+                           affinity_row=lambda query, index=0: np.full((2, 2), 0.25))
+
+
+@V.validate_params(
+    {"index": [V.NONNEG_INT], "alpha": [V.Interval(V.Real, 0, 1, closed="both")],
+     "cmap": [V.InstanceOf(str, "a colormap name"),
+              V.InstanceOf(Colormap, "a matplotlib Colormap")],
+     "colorbar": ["boolean"], "title": _TEXT},
+    valid=lambda: {"capture": _example_capture(), "queries": [0], "colorbar": False},
+)
 def plot_affinity_rows(
     capture: Any,
     queries: Sequence[Any],
@@ -532,6 +568,8 @@ def plot_growth(
     return FigureAxes(fig, ax)
 
 
+@V.validate_params({"ax": _AX, "label": _TEXT},
+                   valid=lambda: {"accuracy": {0.0: 0.9, 0.1: 0.8}})
 def plot_accuracy(
     accuracy: Mapping[float, float] | Any,
     ax: Axes | None = None,
@@ -601,6 +639,8 @@ def plot_energy(
     return FigureAxes(fig, ax)
 
 
+@V.validate_params({"ax": _AX, "title": _TEXT},
+                   valid=lambda: {"history": [{"epoch": 1, "train_loss": 1.0}]})
 def plot_history(
     history: Sequence[Mapping[str, Any]],
     ax: Axes | None = None,
@@ -664,6 +704,8 @@ BLOCK_RESPONSE_EXAMPLES: dict[str, list[dict[str, float]]] = {
 }
 
 
+@V.validate_params({"n": [V.POS_INT], "ncols": [V.POS_INT]},
+                   valid=lambda: {"names": ["snl"], "n": 5, "ncols": 1})
 def plot_block_responses(
     names: Sequence[str] | None = None,
     examples: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
@@ -744,6 +786,8 @@ FILTER_FAMILY_CURVES: tuple[tuple[str, str, int, tuple[float, ...], Mapping[str,
 )
 
 
+@V.validate_params({"lambda_max": [V.POS_REAL], "n": [V.POS_INT], "ax": _AX},
+                   valid=lambda: {"n": 5})
 def plot_filter_families(
     curves: Sequence[tuple[str, str, int, Sequence[float], Mapping[str, Any]]] | None = None,
     *,
@@ -776,8 +820,6 @@ def plot_filter_families(
     """
     from graphfilters.filters import get_filter
 
-    if not lambda_max > 0:
-        raise ValueError(f"lambda_max must be > 0, got {lambda_max!r}")
     fig, ax = _fig_ax(ax, (7.6, 3.6))
     lam = np.linspace(0.0, lambda_max, int(n))
     for label, basis, order, weights, params in (curves or FILTER_FAMILY_CURVES):
@@ -815,6 +857,30 @@ DEPTH_QUANTITIES: dict[str, str] = {
 }
 
 
+class _Quantities(V.Constraint):
+    """A non-empty collection (not a string) of keys of :data:`DEPTH_QUANTITIES`."""
+
+    def kind_ok(self, value: Any) -> bool:
+        return isinstance(value, Collection) and not isinstance(value, (str, bytes)) and all(
+            isinstance(q, str) for q in value)
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return self.kind_ok(value) and bool(value) and all(q in DEPTH_QUANTITIES
+                                                            for q in value)
+
+    def __str__(self) -> str:
+        return "a non-empty sequence of keys of DEPTH_QUANTITIES"
+
+    def invalid_values(self) -> list[Any]:
+        return [(), ("gap",), (3,)]
+
+
+@V.validate_params(
+    {"ax": _AX, "quantities": [V.StrOptions(tuple(DEPTH_QUANTITIES)), _Quantities()],
+     "label": _TEXT, "log": ["boolean"], "title": _TEXT},
+    valid=lambda: {"profile": [SimpleNamespace(depth=0, residual_in=0.5)],
+                   "quantities": "residual_in"},
+)
 def plot_depth_profile(
     profile: Any,
     ax: Axes | None = None,
@@ -857,10 +923,6 @@ def plot_depth_profile(
         raise ValueError(f"profile is empty: nothing to plot "
                          f"({getattr(profile, 'reason', '') or 'no rows'})")
     keys = [quantities] if isinstance(quantities, str) else list(quantities)
-    bad = [q for q in keys if q not in DEPTH_QUANTITIES]
-    if bad or not keys:
-        raise ValueError(f"quantities must be keys of DEPTH_QUANTITIES "
-                         f"{sorted(DEPTH_QUANTITIES)}, got {bad or keys!r}")
     depth = np.array([r.depth for r in rows], dtype=float)
     values = {q: np.array([float(getattr(r, q)) for r in rows]) for q in keys}
     _finite(np.concatenate(list(values.values())), "profile (the chosen quantities)")

@@ -7,8 +7,10 @@ such models and writes ``report.md`` with its figures under ``figures/``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from graphfilters import _validate as V
 from graphfilters.data import ImageData, get_dataset
 from graphfilters.training import load_model, resolve_device
 
@@ -71,6 +74,36 @@ class LoadedModel:
     table: AnalysisTable | None = None
 
 
+_PATH = V.InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")
+
+
+@functools.cache
+def _example_checkpoint() -> Path:
+    """A tiny checkpoint (a PreResNet of width 2 on 2 + 2 synthetic 8x8 images) in a
+    temporary directory removed at exit, written once: the valid call of
+    :func:`load_for_analysis`'s declaration."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from graphfilters.models import PreResNet
+    from graphfilters.training import save_checkpoint
+
+    folder = tempfile.mkdtemp(prefix="gf-load-for-analysis-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    data = get_dataset({"name": "long_range", "n_train": 2, "n_test": 2, "size": 8})
+    model = PreResNet(depth=8, width=2, in_channels=data.in_channels,
+                      num_classes=data.num_classes)
+    return save_checkpoint(Path(folder) / "tiny.pt", model, history=[], data=data.describe(),
+                           write_json=False)
+
+
+@V.validate_params(
+    {"path": [_PATH], "device": [V.InstanceOf((str, torch.device), "a device name or "
+                                              "torch.device")],
+     "data_dir": [_PATH, None], "samples": [V.POS_INT]},
+    valid=lambda: {"path": _example_checkpoint(), "device": "cpu", "samples": 1},
+)
 def load_for_analysis(
     path: str | Path,
     device: str | torch.device = "auto",
@@ -95,8 +128,6 @@ def load_for_analysis(
     FileNotFoundError, ValueError, TypeError
         For missing files, foreign checkpoints or checkpoints without a data description.
     """
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
     dev = resolve_device(device)
     model, ckpt = load_model(path, map_location=dev, return_checkpoint=True)
     desc = ckpt.get("data")

@@ -71,7 +71,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,51 @@ class RunSpec:
                 "augment": self.augment, "progress": False}
 
 
+class _Each(V.Constraint):
+    """A non-empty collection (not a string) whose every item satisfies ``item`` (a
+    constraint, or a function returning one: options looked up only when checked)."""
+
+    def __init__(self, item: Any) -> None:
+        self._item = item
+
+    @property
+    def item(self) -> V.Constraint:
+        return self._item if isinstance(self._item, V.Constraint) else self._item()
+
+    def kind_ok(self, value: Any) -> bool:
+        return isinstance(value, Collection) and not isinstance(value, (str, bytes)) and all(
+            self.item.kind_ok(v) for v in value)
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return self.kind_ok(value) and len(value) > 0 and all(
+            self.item.is_satisfied_by(v) for v in value)
+
+    def __str__(self) -> str:
+        return f"a non-empty sequence whose items are each {self.item}"
+
+    def invalid_values(self) -> list[Any]:
+        return ["x", (), *[(v,) for v in self.item.invalid_values()[:4]]]
+
+
+def _block_names() -> V.Constraint:
+    from graphfilters.specs import BLOCK_NAMES
+
+    return V.StrOptions(tuple(BLOCK_NAMES))
+
+
+def _placements() -> V.Constraint:
+    from graphfilters.models import PLACEMENTS
+
+    return V.StrOptions(tuple(PLACEMENTS))
+
+
+@V.validate_params(
+    {"blocks": [_Each(_block_names)], "ks": [_Each(V.POS_INT)],
+     "placements": [_Each(_placements)], "lrs": [_Each(V.POS_REAL)],
+     "seeds": [_Each(V.Interval(V.Integral, None, None))], "baseline": ["boolean"]},
+    valid=lambda: {"blocks": ("snl",), "ks": (1,), "placements": ("stage",), "lrs": (0.1,),
+                   "seeds": (0,)},
+)
 def make_grid(
     blocks: Sequence[str] = ("nl", "snl"),
     ks: Sequence[int] = (1, 3, 5, 10),
@@ -266,22 +311,6 @@ def make_grid(
     >>> len(make_grid(("nl", "snl"), (1, 3), ("stage", "spread"), (0.1, 1.0)))
     12
     """
-    from graphfilters.models import PLACEMENTS
-    from graphfilters.specs import BLOCK_NAMES
-
-    for b in blocks:
-        if b not in BLOCK_NAMES:
-            raise ValueError(f"blocks: unknown block {b!r}; known: {', '.join(BLOCK_NAMES)}")
-    for p in placements:
-        if p not in PLACEMENTS:
-            raise ValueError(f"placements: {p!r} is not one of {PLACEMENTS}")
-    for k in ks:                                     # stacked units per run
-        V.integer(k, "ks", minimum=1)
-    for lr in lrs:
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lrs: learning rates must be positive, got {lr!r}")
-    if not (blocks and ks and placements and lrs and seeds):
-        raise ValueError("blocks, ks, placements, lrs and seeds must all be non-empty")
     runs: list[RunSpec] = []
     for lr in lrs:
         for seed in seeds:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from graphfilters import _validate as V
+
 from .stats import CONFIDENCE, log_mean_ci, mean_ci, median_spread, proportion_ci, verdict
 
 __all__ = [
@@ -441,6 +443,39 @@ def _band(cell: Mapping[str, Any], metric: str) -> tuple[float, float]:
     return max(float(lo), 0.0), min(float(hi), 1.0)      # (drawn within [0, 1]; NaN stays)
 
 
+class _AxesArray(V.Constraint):
+    """An array (or a nested sequence) of matplotlib Axes."""
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        from matplotlib.axes import Axes
+
+        if not isinstance(value, (np.ndarray, list, tuple)):
+            return False
+        try:
+            arr = np.asarray(value, dtype=object)
+        except (ValueError, TypeError):     # ragged nesting
+            return False
+        return arr.size > 0 and all(isinstance(a, Axes) for a in arr.flat)
+
+    def __str__(self) -> str:
+        return "an array of matplotlib Axes"
+
+    def invalid_values(self) -> list[Any]:
+        return ["x", 1.5, [], [1.5]]
+
+
+def _example_sweep() -> dict[str, Any]:
+    """The valid call of :func:`plot_sweep`'s declaration: one cell, drawn into the Axes of a
+    new :class:`~matplotlib.figure.Figure` (no pyplot figure is opened)."""
+    from matplotlib.figure import Figure
+
+    rows = [{"block": "snl", "placement": "stage", "k": 1, "lr": 0.1, "diverged": False,
+             "final_accuracy": 0.9, "max_grad_norm": 1.0, "jacobian_full": 2.0,
+             "jacobian_frozen": 1.0}]
+    return {"rows": rows, "ax": Figure().subplots(len(_METRICS), 1, squeeze=False)}
+
+
+@V.validate_params({"ax": [_AxesArray(), None]}, valid=_example_sweep)
 def plot_sweep(rows: Sequence[Mapping[str, Any]], ax: Any = None) -> tuple[Any, Any]:
     """Accuracy, divergence rate and Jacobian norm against ``k``: one column per learning rate.
 
