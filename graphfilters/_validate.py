@@ -200,11 +200,18 @@ class Interval(Constraint):
         return isinstance(value, self.type) and not isinstance(value, bool)
 
     def is_satisfied_by(self, value: Any) -> bool:
-        if not self.kind_ok(value):
-            return False
-        value = _unwrap0d(value)
-        if self.type is Real and not math.isfinite(float(value)):
-            return False
+        kind = type(value)
+        if kind is int or (kind is float and self.type is Real):
+            # a plain Python number (the common case, e.g. a kernel's scale on every forward):
+            # no kind test, no 0-d unwrapping
+            if kind is float and not math.isfinite(value):
+                return False
+        else:
+            if not self.kind_ok(value):
+                return False
+            value = _unwrap0d(value)
+            if self.type is Real and not math.isfinite(float(value)):
+                return False
         lo_closed = self.closed in ("left", "both")
         hi_closed = self.closed in ("right", "both")
         if self.left is not None and (value < self.left if lo_closed else value <= self.left):

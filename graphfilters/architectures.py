@@ -3,7 +3,8 @@ class, a registry of its own.
 
 Entries are classes or ``"module:Class"`` paths resolved when first used, so the registry
 imports neither :mod:`graphfilters.models` nor :mod:`graphfilters.official` (no import cycle:
-those modules register here, this module depends on nothing of the package).
+those modules register here, this module depends on nothing of the package but
+its argument checks, :mod:`graphfilters._validate`).
 
 Examples
 --------
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from typing import Any
+
+from . import _validate as V
 
 __all__ = ["ARCHITECTURES", "register_architecture", "get_architecture"]
 
@@ -27,16 +31,59 @@ _ENTRIES: dict[str, type | str] = {
 }
 
 
+class _NonEmptyStr(V.Constraint):
+    def kind_ok(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value)
+
+    def __str__(self) -> str:
+        return "a non-empty str"
+
+    def invalid_values(self) -> list[Any]:
+        return ["", 3, None]
+
+
+class _Entry(V.Constraint):
+    def kind_ok(self, value: Any) -> bool:
+        return isinstance(value, (type, str))
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        return isinstance(value, type) or (isinstance(value, str) and ":" in value)
+
+    def __str__(self) -> str:
+        return "a class or a 'module:Class' path"
+
+    def invalid_values(self) -> list[Any]:
+        return ["PreResNet", 3, None]
+
+
+class _Registered(V.Options):
+    """A registered name, read when checked (later registrations count). A missing name
+    (``None``, e.g. a config without ``"arch"``) is an unknown name (``ValueError``, as
+    :func:`graphfilters.models.build_model` documents), another non-str a ``TypeError``."""
+
+    def __init__(self) -> None:
+        self.type = str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(sorted(_ENTRIES))
+
+    def kind_ok(self, value: Any) -> bool:
+        return value is None or super().kind_ok(value)
+
+
+@V.validate_params({"name": [_NonEmptyStr()], "cls": [_Entry()]},
+                   valid=lambda: {"name": "preresnet", "cls": _ENTRIES["preresnet"]})
 def register_architecture(name: str, cls: type | str) -> None:
     """Make ``build_model({"arch": name, ...})`` build ``cls`` (a class or a
     ``"module:Class"`` path)."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
-    if not (isinstance(cls, type) or (isinstance(cls, str) and ":" in cls)):
-        raise TypeError(f"cls must be a class or a 'module:Class' path, got {cls!r}")
     _ENTRIES[name] = cls
 
 
+@V.validate_params({"name": [_Registered()]}, valid=lambda: {"name": "preresnet"})
 def get_architecture(name: str) -> type:
     """The class registered as ``name``.
 
@@ -45,8 +92,6 @@ def get_architecture(name: str) -> type:
     ValueError
         For an unknown name (the message lists the known ones).
     """
-    if name not in _ENTRIES:
-        raise ValueError(f"config['arch'] must be one of {sorted(_ENTRIES)}, got {name!r}")
     entry = _ENTRIES[name]
     if isinstance(entry, str):
         module, attr = entry.split(":")

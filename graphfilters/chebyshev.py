@@ -360,6 +360,8 @@ def chebyshev_filter(
     return polynomial_filter(lambda X: scale * matmul(X) - X, Z, weights)
 
 
+@V.validate_params({"h": ["callable"]},
+                   valid=lambda: {"L": np.eye(2), "Z": np.ones((2, 1)), "h": lambda lam: lam})
 def spectral_filter(L: Array, Z: Array, h: Callable[[Array], Array]) -> Array:
     r"""Exact filtering :math:`U\, h(\Lambda)\, U^T Z` through the eigendecomposition.
 
@@ -386,8 +388,6 @@ def spectral_filter(L: Array, Z: Array, h: Callable[[Array], Array]) -> Array:
         raise ValueError(
             f"Z must have shape (..., N, C) with N = {L.shape[-1]}, got {tuple(Z.shape)}"
         )
-    if not callable(h):
-        raise TypeError(f"h must be a callable h(lambda), got {type(h).__name__}")
     if not B.is_symmetric(L):
         raise ValueError(
             "spectral_filter needs a symmetric L (eigh); symmetrize the affinity or use "

@@ -44,6 +44,8 @@ from .graph import Affinity, check_signal
 __all__ = ["CrissCrossAffinity", "criss_cross"]
 
 
+
+
 def _nonpositive(spatial_shape: tuple[int, ...]) -> int:
     raise ValueError(f"spatial_shape must be positive sizes, got {tuple(spatial_shape)!r}")
 
@@ -81,6 +83,10 @@ class CrissCrossAffinity(Affinity):
     _fields = ("query", "key")
     row_stochastic = True
 
+    @V.validate_params(
+        {"scale": [V.REAL]},
+        valid=lambda: {"query": [[0.1], [0.2]], "key": [[0.3], [0.1]], "spatial_shape": (2,)},
+    )
     def __init__(
         self, query: Array, key: Array, spatial_shape: tuple[int, ...], scale: float = 1.0
     ) -> None:
@@ -104,7 +110,7 @@ class CrissCrossAffinity(Affinity):
         B.check_finite(key, "key")
         self.query, self.key = query, key
         self.spatial_shape = spatial
-        self.scale = V.real(scale, "scale")
+        self.scale = float(scale)
 
     @property
     def symmetric(self) -> bool:

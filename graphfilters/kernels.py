@@ -73,6 +73,12 @@ def _pair(theta: Array, phi: Array, names: tuple[str, str] = ("theta", "phi")
     return theta, phi
 
 
+def _pair_valid() -> dict[str, Array]:
+    """A tiny valid ``theta, phi`` pair (the generated validation tests)."""
+    return {"theta": [[0.1], [0.2]], "phi": [[0.3], [0.1]]}
+
+
+@V.validate_params({"scale": [None, V.StrOptions({"sqrt"}), V.REAL]}, valid=_pair_valid)
 def embedded_gaussian(theta: Array, phi: Array, scale: float | str | None = None) -> Affinity:
     r"""Embedded Gaussian (NL): :math:`A = \operatorname{softmax}_{row}(s\,\Theta\Phi^T)`.
 
@@ -89,13 +95,10 @@ def embedded_gaussian(theta: Array, phi: Array, scale: float | str | None = None
     theta, phi = _pair(theta, phi)
     if scale is None:
         s = 1.0
-    elif scale == "sqrt":
+    elif isinstance(scale, str):                        # "sqrt" (declared)
         s = 1.0 / math.sqrt(theta.shape[-1])
-    elif isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(
-            scale):
-        s = float(scale)
     else:
-        raise ValueError(f"scale must be None, 'sqrt' or a finite float, got {scale!r}")
+        s = float(scale)
     return SoftmaxAffinity(theta, phi, scale=s)
 
 
@@ -251,6 +254,8 @@ def double_attention(gather_logits: Array, distribute_logits: Array) -> LowRankA
     return aff
 
 
+@V.validate_params({"scale": [V.REAL]},
+                   valid=lambda: {**_pair_valid(), "unary_logits": [0.0, 0.0]})
 def disentangled(
     theta: Array, phi: Array, unary_logits: Array, scale: float = 1.0
 ) -> SumAffinity:
@@ -300,7 +305,7 @@ def disentangled(
     else:
         tc = theta - theta.mean(axis=-2, keepdims=True)
         pc = phi - phi.mean(axis=-2, keepdims=True)
-    pairwise = SoftmaxAffinity(tc, pc, scale=V.real(scale, "scale"))
+    pairwise = SoftmaxAffinity(tc, pc, scale=float(scale))
     s = B.softmax(u, -1)[..., None]
     unary = LowRankAffinity(B.ones(tuple(s.shape), s), s)
     unary.row_stochastic = True
@@ -321,6 +326,19 @@ KERNELS: dict[str, Callable[..., Affinity]] = {
 }
 
 
+class _KernelName(V.Options):
+    """The name of a kernel of :data:`KERNELS`, read when checked (a kernel added to the
+    registry is accepted)."""
+
+    def __init__(self) -> None:
+        self.type = str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return tuple(KERNELS)
+
+
+@V.validate_params({"name": [_KernelName()]}, valid=lambda: {"name": "relu_dot"})
 def get_kernel(name: str) -> Callable[..., Affinity]:
     """The kernel function called ``name``; unknown names list the known ones.
 
@@ -329,8 +347,6 @@ def get_kernel(name: str) -> Callable[..., Affinity]:
     >>> get_kernel("relu_dot").__name__
     'relu_dot'
     """
-    if name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}")
     return KERNELS[name]
 
 

@@ -296,7 +296,7 @@ def test_construction_errors():
         make_block("transformer", C)
     with pytest.raises(ValueError, match="only 'nl' has modes"):
         make_block("snl", C, mode="gaussian")
-    with pytest.raises(ValueError, match="unknown mode"):
+    with pytest.raises(ValueError, match="NonLocal: mode must be one of"):
         make_block("nl", C, mode="cosine")
     with pytest.raises(ValueError, match="kernel option"):
         GraphFilterNonlocal(C, kernel_options={"temperature": 2})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _validate as V
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import DoubleAttentionRef
 from .unified import GraphFilterNonlocal
@@ -44,6 +45,13 @@ class DoubleAttention(GraphFilterNonlocal):
     torch.Size([2, 8, 5, 5])
     """
 
+    @V.validate_params(
+        {"in_channels": V.declared(GraphFilterNonlocal.__init__, "in_channels"),
+         "c_m": V.declared(GraphFilterNonlocal.__init__, "inter_channels"),
+         "c_n": V.declared(GraphFilterNonlocal.__init__, "affinity_channels"),
+         "dim": V.declared(GraphFilterNonlocal.__init__, "dim")},
+        valid=lambda: {"in_channels": 4, "dim": 1},
+    )
     def __init__(
         self,
         in_channels: int,

@@ -34,7 +34,7 @@ __all__ = ["AttentionFilterBlock", "softmax_affinity", "softmax_apply", "ATTENTI
 ATTENTION_PARAMS: dict[str, list[Any]] = {
     "in_channels": [V.POS_INT], "heads": [V.POS_INT],
     "inter_channels": [V.POS_INT, None], "key_channels": [V.POS_INT, None],
-    "dim": [V.Options(int, (1, 2, 3))], "bias": ["boolean"], "materialize": ["boolean"],
+    "dim": [V.Options(V.Integral, (1, 2, 3))], "bias": ["boolean"], "materialize": ["boolean"],
 }
 
 
@@ -88,6 +88,8 @@ class AttentionFilterBlock(nn.Module):
     table_name = ""
     n_affinities = 1
 
+    # the base is abstract (no table row): its subclasses' registrations test these
+    @V.validate_params(ATTENTION_PARAMS, valid=None)
     def __init__(
         self,
         in_channels: int,
@@ -100,15 +102,12 @@ class AttentionFilterBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.spec: AttentionSpec = get_attention_spec(self.table_name)
-        self.dim = U.check_dim(dim)
-        self.in_channels = C = V.positive_int(in_channels, "in_channels")
-        self.heads = H = V.positive_int(heads, "heads")
-        self.inter_channels = Cs = V.positive_int(
-            max(C // 2, H) if inter_channels is None else inter_channels, "inter_channels"
-        )
-        self.key_channels = Ck = V.positive_int(
-            Cs if key_channels is None else key_channels, "key_channels"
-        )
+        self.dim = dim = int(dim)
+        self.in_channels = C = int(in_channels)
+        self.heads = H = int(heads)
+        self.inter_channels = Cs = max(C // 2, H) if inter_channels is None else int(
+            inter_channels)
+        self.key_channels = Ck = Cs if key_channels is None else int(key_channels)
         if Cs % H or Ck % H:
             raise ValueError(
                 f"heads={heads} must divide inter_channels={Cs} and key_channels={Ck}"

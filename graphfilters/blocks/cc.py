@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _validate as V
 from ._convert import WeightMap, conv_map, copy_weights, match_module
 from .reference import CrissCrossRef
 from .unified import GraphFilterNonlocal
@@ -47,6 +48,12 @@ class CrissCross(GraphFilterNonlocal):
     True
     """
 
+    @V.validate_params(
+        {"in_channels": V.declared(GraphFilterNonlocal.__init__, "in_channels"),
+         "qk_channels": V.declared(GraphFilterNonlocal.__init__, "affinity_channels"),
+         "dim": V.declared(GraphFilterNonlocal.__init__, "dim")},
+        valid=lambda: {"in_channels": 4, "dim": 1},
+    )
     def __init__(
         self, in_channels: int, qk_channels: int | None = None, dim: int = 2, **options: Any
     ) -> None:

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import _validate as V
+from ..kernels import taylor_rbf
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .record import OutputAffine
 from .reference import CGNLRef
@@ -68,6 +70,14 @@ class CGNL(GraphFilterNonlocal):
     GroupNorm(1, 8, eps=1e-05, affine=True...)
     """
 
+    @V.validate_params(
+        {**{n: V.declared(GraphFilterNonlocal.__init__, n)
+            for n in ("in_channels", "inter_channels", "groups", "dim")},
+         "taylor_order": V.declared(taylor_rbf, "order"), "gamma": V.declared(taylor_rbf, "gamma"),
+         "beta": [V.StrOptions({"code"}), *V.declared(taylor_rbf, "beta")],
+         "norm": [V.StrOptions(("batch", "group"))]},
+        valid=lambda: {"in_channels": 4, "dim": 1},
+    )
     def __init__(
         self,
         in_channels: int,
@@ -82,8 +92,6 @@ class CGNL(GraphFilterNonlocal):
     ) -> None:
         if "spec" in options:
             raise TypeError("CGNL fixes its spec; use GraphFilterNonlocal(spec=...) instead")
-        if norm not in ("batch", "group"):
-            raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
         if norm == "group" and options.get("out_norm") not in (None, "none"):
             raise ValueError("norm='group' sets the output normalization; do not pass out_norm")
         options.setdefault("bias", False)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import _validate as V
 from ..graph import Affinity, DenseAffinity, LowRankAffinity, SumAffinity
 from ..specs import BlockSpec, get_spec
 from . import _utils as U
@@ -79,6 +80,13 @@ class DisentangledNonLocal(GraphFilterNonlocal):
     ('sym', 'none', ['1'])
     """
 
+    @V.validate_params(
+        {**{n: V.declared(GraphFilterNonlocal.__init__, n)
+            for n in ("in_channels", "inter_channels", "dim")},
+         "temperature": [V.POS_REAL], "use_scale": ["boolean"],
+         "pairwise": [V.InstanceOf((str, BlockSpec), "a block name or a BlockSpec"), None]},
+        valid=lambda: {"in_channels": 4, "dim": 1},
+    )
     def __init__(
         self,
         in_channels: int,
@@ -97,8 +105,6 @@ class DisentangledNonLocal(GraphFilterNonlocal):
             self._init_pairwise(in_channels, inter_channels, dim, pairwise, options)
             self.temperature, self.use_scale = None, None
             return
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
         cs = inter_channels if inter_channels is not None else max(in_channels // 2, 1)
         scale = 1.0 / temperature / (math.sqrt(cs) if use_scale else 1.0)
         options.setdefault("bias", True)
@@ -108,10 +114,6 @@ class DisentangledNonLocal(GraphFilterNonlocal):
 
     def _init_pairwise(self, in_channels: int, inter_channels: int | None, dim: int,
                        pairwise: str | BlockSpec, options: dict[str, Any]) -> None:
-        if not isinstance(pairwise, (str, BlockSpec)):
-            raise TypeError(
-                f"pairwise must be a block name or a BlockSpec, got {type(pairwise).__name__}"
-            )
         over = {k: options.pop(k) for k in ("kernel", "normalization", "symmetrize")
                 if options.get(k) is not None}
         for k in ("kernel", "normalization", "symmetrize"):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..specs import get_spec
+from .. import _validate as V
+from ..specs import NL_MODES, get_spec
 from ._convert import WeightMap, bn_map, conv_map, copy_weights, match_module
 from .reference import NonLocalRef
 from .unified import GraphFilterNonlocal
@@ -51,6 +52,12 @@ class NonLocal(GraphFilterNonlocal):
     (torch.Size([2, 8, 4, 4]), torch.Size([2, 16, 4]))
     """
 
+    @V.validate_params(
+        {**{n: V.declared(GraphFilterNonlocal.__init__, n)
+            for n in ("in_channels", "inter_channels", "dim", "sub_sample")},
+         "mode": [V.StrOptions(tuple(NL_MODES))]},
+        valid=lambda: {"in_channels": 4, "dim": 1},
+    )
     def __init__(
         self,
         in_channels: int,

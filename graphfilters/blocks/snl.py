@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .. import _validate as V
 from ._convert import BN_KEYS, WeightMap, bn_map, copy_weights, match_module
 from .reference import GSNLRef, OfficialSNL
 from .unified import GraphFilterNonlocal
@@ -59,6 +60,11 @@ class SNL(GraphFilterNonlocal):
     torch.Size([2, 16, 32, 32])
     """
 
+    @V.validate_params(
+        {n: V.declared(GraphFilterNonlocal.__init__, n)
+         for n in ("in_channels", "inter_channels", "dim", "relu_after_norm", "sign")},
+        valid=lambda: {"in_channels": 4, "dim": 1},
+    )
     def __init__(
         self,
         in_channels: int,
@@ -192,6 +198,11 @@ class gSNL(GraphFilterNonlocal):  # noqa: N801 - the block's published name
     'gsnl_stable'
     """
 
+    @V.validate_params(
+        {**{n: V.declared(GraphFilterNonlocal.__init__, n)
+            for n in ("in_channels", "inter_channels", "dim")}, "stable": ["boolean"]},
+        valid=lambda: {"in_channels": 4, "dim": 1},
+    )
     def __init__(
         self,
         in_channels: int,

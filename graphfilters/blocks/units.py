@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import _validate as V
 from ..specs import BLOCK_NAMES
 from .a2 import DoubleAttention
 from .attnscale import AttnScale
@@ -66,16 +67,21 @@ ATTENTION_CLASSES: dict[str, Callable[..., nn.Module]] = {
 KNOWN_BLOCKS: tuple[str, ...] = (*BLOCK_NAMES, *ATTENTION_CLASSES)
 
 
+# The declared constraint of a block name (the unknown-name check, case-insensitive, is
+# :func:`block_key`'s own: its message lists the known blocks).
+_BLOCK_NAME = [V.InstanceOf(str, "a block name (str)")]
+
+
+@V.validate_params({"name": _BLOCK_NAME}, valid=lambda: {"name": "snl"})
 def block_key(name: str) -> str:
     """The table key of ``name`` (case-insensitive); raises for an unknown name."""
-    if not isinstance(name, str):
-        raise TypeError(f"block name must be a str, got {type(name).__name__}")
     key = name.lower()
     if key not in BLOCK_CLASSES and key not in ATTENTION_CLASSES:
         raise ValueError(f"unknown block {name!r}; known blocks: {', '.join(KNOWN_BLOCKS)}")
     return key
 
 
+@V.validate_params({"name": _BLOCK_NAME}, valid=lambda: {"name": "snl"})
 def unit_factory(name: str) -> Callable[..., GraphFilterNonlocal]:
     """The constructor of one unit of block ``name`` (``ns``: a unit of the stage)."""
     key = block_key(name)
