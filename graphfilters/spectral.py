@@ -129,7 +129,12 @@ def check_dense_size(n: int, what: str, alternative: str, limit: int | None = No
 def dense_eigvals(M: Array, symmetric: bool) -> Array:
     """Eigenvalues of a dense (batched) matrix: ``eigvalsh`` (ascending) or ``eigvals``.
 
-    Half-precision tensors are solved in float32 (LAPACK has no half kernels).
+    Half-precision tensors are solved in float32 (LAPACK has no half kernels). When torch's
+    LAPACK reports that the non-symmetric QR algorithm did not converge (seen with the MKL
+    of torch's x86 wheels on a defective matrix: an oversmoothed affinity whose rows are all
+    equal, rank 1 with 15 zero eigenvalues at N = 16), the same matrix is solved by numpy's
+    LAPACK instead (``geev`` as well; a different implementation, which converges there) and
+    the result returned as a tensor on ``M``'s device.
 
     Examples
     --------
@@ -139,7 +144,14 @@ def dense_eigvals(M: Array, symmetric: bool) -> Array:
     if isinstance(M, torch.Tensor):
         if M.dtype in (torch.float16, torch.bfloat16):
             M = M.float()
-        return torch.linalg.eigvalsh(M) if symmetric else torch.linalg.eigvals(M)
+        if symmetric:
+            return torch.linalg.eigvalsh(M)
+        try:
+            return torch.linalg.eigvals(M)
+        except torch.linalg.LinAlgError:
+            ev = np.linalg.eigvals(M.detach().cpu().numpy())       # real when all are
+            ev = ev.astype(np.result_type(ev.dtype, np.complex64))   # complex, as torch's
+            return torch.from_numpy(ev).to(M.device)
     return np.linalg.eigvalsh(M) if symmetric else np.linalg.eigvals(M)
 
 

@@ -9,7 +9,7 @@ import torch
 from analysis.spectra import spectrum
 from graphfilters.criss_cross import criss_cross
 from graphfilters.graph import DenseAffinity, LowRankAffinity, SoftmaxAffinity
-from graphfilters.spectral import cached_extremes, cached_matrix, krylov_extremes
+from graphfilters.spectral import cached_extremes, cached_matrix, dense_eigvals, krylov_extremes
 
 
 def _top(ev, k):
@@ -123,3 +123,30 @@ def test_uncertified_status_reaches_the_figure():
     good = spectrum(DenseAffinity(A), "normalized", "rw", method="arnoldi", k=4,
                     progress=False)
     assert "NOT certified" not in plot_spectrum(good)[1].get_title()
+
+
+def test_dense_eigvals_of_an_oversmoothed_affinity():
+    # the row-normalized affinity of notebook 06's deepest layer: every row equal (rank 1,
+    # 15 zero eigenvalues), entries 1/16 to 1e-13. The MKL of torch's x86 wheels reports that
+    # geev did not converge on it; the eigenvalues are 1 and fifteen zeros
+    values = [float.fromhex(h) for h in ("0x1.fffffffffa636p-5", "0x1.ffffffffff4d4p-5",
+                                         "0x1.0000000000b37p-4")]
+    row = torch.tensor([values[i] for i in (1, 1, 2, 2, 1, 2, 2, 0, 0, 2, 2, 2, 2, 1, 2, 2)],
+                       dtype=torch.float64)
+    M = row.expand(16, 16).contiguous()
+    ev = dense_eigvals(M, False)
+    assert isinstance(ev, torch.Tensor) and ev.dtype == torch.complex128
+    mag = ev.abs().sort().values
+    assert abs(complex(ev[ev.abs().argmax()]) - 1) < 1e-12 and float(mag[:-1].max()) < 1e-12
+
+
+def test_dense_eigvals_falls_back_when_torch_does_not_converge(monkeypatch):
+    A = torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
+
+    def fail(M):
+        raise torch.linalg.LinAlgError("The algorithm failed to converge (error code: 15)")
+
+    monkeypatch.setattr(torch.linalg, "eigvals", fail)
+    ev = dense_eigvals(A, False)
+    assert isinstance(ev, torch.Tensor) and ev.dtype == torch.complex128
+    assert sorted(ev.real.tolist()) == [2.0, 3.0]
