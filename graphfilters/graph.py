@@ -935,7 +935,7 @@ class LowRankAffinity(Affinity):
             # Q^T P (r x r) shares the nonzero eigenvalues of P Q^T; with r > N it has r - N
             # extra zeros, so the N x N product is the smaller core
             core = B.transpose(Q) @ P if P.shape[-1] <= self.n else P @ B.transpose(Q)
-            ev = torch.linalg.eigvals(core) if self.is_torch else np.linalg.eigvals(core)
+            ev = S.dense_eigvals(core, False)            # torch or numpy, as core is
         if nonzero:
             return ev
         pad = self.n - ev.shape[-1]
