@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from graphfilters import _validate as V
+from graphfilters._warnings import external_stacklevel
 from graphfilters.display import card_html, fmt, pandas, table_html, table_text
 
 from .capture import SELF_CHECK_TOL, Capture, Captures, _Batches, capture
@@ -219,7 +220,7 @@ class BlockReport:
     def jacobian_norm(self) -> float:
         """Deprecated: the same value as ``jacobian_full`` (read that)."""
         warnings.warn("BlockReport.jacobian_norm is jacobian_full; read jacobian_full",
-                      DeprecationWarning, stacklevel=2)
+                      DeprecationWarning, stacklevel=external_stacklevel())
         return self.jacobian_full
 
     def _headline_items(self) -> dict[str, str]:

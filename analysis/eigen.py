@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from graphfilters import _validate as V
 from graphfilters import spectral as S
 from graphfilters._backend import to_numpy
+from graphfilters._warnings import external_stacklevel
 from graphfilters.graph import (
     LAPLACIAN_KINDS,
     NORMALIZATION_KINDS,
@@ -479,7 +480,7 @@ def spectrum(
                        f"residual up to {out.max_residual():.1e} > tol = {tol:g})")
         warnings.warn(f"spectrum ({method}): {out.n_uncertified} eigenvalue(s) not certified "
                       f"(relative residual up to {out.max_residual():.1e} > tol = {tol:g})",
-                      S.ConvergenceWarning, stacklevel=2)
+                      S.ConvergenceWarning, stacklevel=external_stacklevel())
     elif results:
         out.reason += f"; certified: relative residuals <= {out.max_residual():.1e}"
     return out

@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from graphfilters import _validate as V
+from graphfilters._warnings import external_stacklevel
 from graphfilters.graph import (
     NORMALIZATION_KINDS,
     Affinity,
@@ -421,5 +422,6 @@ def affinity_metrics(
     notes["row_sum_deviation"] = "one matrix-free product"
     arrays = {k: np.asarray(v, dtype=float) for k, v in vals.items()}
     if not np.isfinite(arrays["lambda_max"]).all():
-        warnings.warn("some spectra were empty: lambda_max is NaN there", stacklevel=2)
+        warnings.warn("some spectra were empty: lambda_max is NaN there",
+                      stacklevel=external_stacklevel())
     return AffinityMetrics(**arrays, normalization=kind, spectrum=spec, notes=notes)

@@ -47,6 +47,7 @@ import numpy as np
 from . import _backend as B
 from . import _validate as V
 from ._backend import Array
+from ._warnings import external_stacklevel
 from .filters import filter_sum, get_filter
 from .graph import DENSE_LIMIT
 
@@ -242,7 +243,7 @@ def chebyshev_terms(apply: Callable[[Array], Array], Z: Array, order: int,
     import warnings
 
     warnings.warn("chebyshev_terms is now polynomial_terms (the basis need not be "
-                  "Chebyshev's)", DeprecationWarning, stacklevel=2)
+                  "Chebyshev's)", DeprecationWarning, stacklevel=external_stacklevel())
     return polynomial_terms(apply, Z, order, basis)
 
 

@@ -43,6 +43,7 @@ from . import _backend as B
 from . import _validate as V
 from . import spectral as S
 from ._backend import Array
+from ._warnings import external_stacklevel
 from .spectral import DENSE_LIMIT
 
 __all__ = [
@@ -315,7 +316,8 @@ def _lanczos_lambda_max(op: Affinity, kind: str, tol: float, seed: int) -> Array
             import warnings
 
             warnings.warn(f"lambda_max (lanczos): relative residual {res.residuals.max():.1e} "
-                          f"above tol = {tol:g}", S.ConvergenceWarning, stacklevel=3)
+                          f"above tol = {tol:g}", S.ConvergenceWarning,
+                          stacklevel=external_stacklevel())
         values.append(float(np.abs(res.values).max()))
     out = np.asarray(values, dtype=np.float64).reshape(op.batch_shape)
     if op.is_torch:

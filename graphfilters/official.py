@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate as V
+from ._warnings import external_stacklevel
 from .blocks import CGNL, CrissCross, NonlocalStage
 from .blocks._convert import BN_KEYS, copy_weights
 
@@ -767,7 +768,7 @@ def load_official(
         warnings.warn(
             f"{what}: " + "; ".join(model.official_differences)
             + " (listed in model.official_differences)",
-            OfficialDifferenceWarning, stacklevel=2,
+            OfficialDifferenceWarning, stacklevel=external_stacklevel(),
         )
     return model
 

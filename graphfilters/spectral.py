@@ -58,6 +58,7 @@ from torch import Tensor
 
 from . import _validate as V
 from ._backend import Array
+from ._warnings import external_stacklevel
 
 __all__ = [
     "DENSE_LIMIT",
@@ -407,7 +408,8 @@ def krylov_extremes(
         warnings.warn(
             f"block Krylov: {int((~conv).sum())} of {len(conv)} eigenvalues not certified "
             f"after {max_restarts} restarts (relative residual up to {res.max():.1e} > tol "
-            f"= {tol:g}); raise max_restarts or n_blocks", ConvergenceWarning, stacklevel=2)
+            f"= {tol:g}); raise max_restarts or n_blocks", ConvergenceWarning,
+            stacklevel=external_stacklevel())
     return Eigs(vals, res, conv, tol, n_products)
 
 
@@ -575,7 +577,8 @@ def power_extreme(
         warnings.warn(
             f"power iteration did not reach tol = {tol:g} in n_iter = {n_iter} steps "
             f"(relative residual {worst:.1e}); the estimate may be low: raise n_iter, use "
-            "method='lanczos' or a safety margin", ConvergenceWarning, stacklevel=3)
+            "method='lanczos' or a safety margin", ConvergenceWarning,
+            stacklevel=external_stacklevel())
     return est, res, False
 
 

@@ -145,8 +145,20 @@ def test_analysis_spectral_density_arguments(kw, name):
 def test_iterations_power_lambda_max_warns_with_the_residual_reached():
     rng = np.random.default_rng(9)
     A = torch.as_tensor(rng.random((3, 30, 30)))
-    with pytest.warns(ConvergenceWarning, match=r"relative residual \d"):
+    with pytest.warns(ConvergenceWarning, match=r"relative residual \d") as seen:
         lambda_max(A, "sym", "power", n_iter=300)
+    # the warning names this line, not the declaration's wrapper or a helper in between
+    assert {w.filename for w in seen} == {__file__}
+
+
+def test_warnings_of_declared_functions_point_at_the_caller():
+    from analysis.spectra import spectrum
+
+    A = DenseAffinity(torch.rand(1, 300, 300, generator=torch.Generator().manual_seed(0)))
+    with pytest.warns(ConvergenceWarning) as seen:               # a tiny Krylov space
+        spectrum(A, "normalized", "sym", method="block_krylov", k=4, tol=1e-14, block_size=1,
+                 n_blocks=2, progress=False)
+    assert {w.filename for w in seen} == {__file__}
 
 
 # -- hypothesis: shapes, dtypes and sizes ---------------------------------------------------

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .. import _validate as V
 from .. import kernels
+from .._warnings import external_stacklevel
 from ..filters import GraphOperator, filter_sum, get_filter
 from ..graph import Affinity, DenseAffinity, LowRankAffinity, NormalizedOperator
 from ..specs import BlockSpec, get_spec
@@ -693,6 +694,7 @@ def __getattr__(name: str) -> object:
         import warnings
 
         warnings.warn("ChebyshevNonlocal is now GraphFilterNonlocal (it runs every filter "
-                      "family, not only Chebyshev polynomials)", DeprecationWarning, stacklevel=2)
+                      "family, not only Chebyshev polynomials)", DeprecationWarning,
+                      stacklevel=external_stacklevel())
         return GraphFilterNonlocal
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
