@@ -54,21 +54,8 @@ __all__ = [
 ]
 
 
-class _Checked:
-    """A frozen dataclass whose fields are checked against ``constraints`` (a class-level
-    mapping field name -> constraint list) when it is built; a field passed on unchanged to
-    a function reuses that function's declaration (:func:`graphfilters._validate.declared`)."""
-
-    constraints: ClassVar[dict[str, list[Any]]] = {}
-
-    def __post_init__(self) -> None:
-        for name, cs in self.constraints.items():
-            V.check(getattr(self, name), name, [V.make_constraint(c) for c in cs],
-                    type(self).__name__)
-
-
 @dataclass(frozen=True)
-class CaptureConfig(_Checked):
+class CaptureConfig(V.DeclaredFields):
     """How the affinities are captured (:func:`analysis.capture.capture`).
 
     Parameters
@@ -97,7 +84,7 @@ class CaptureConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class SpectrumConfig(_Checked):
+class SpectrumConfig(V.DeclaredFields):
     """How each captured affinity's spectrum is computed (:func:`analysis.eigen.spectrum`).
 
     Parameters
@@ -116,7 +103,7 @@ class SpectrumConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class StabilityConfig(_Checked):
+class StabilityConfig(V.DeclaredFields):
     """The linearized stability of a block (:func:`analysis.stability.linear.linearized_stability`).
 
     Parameters
@@ -142,7 +129,7 @@ class StabilityConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class JacobianConfig(_Checked):
+class JacobianConfig(V.DeclaredFields):
     """Jacobians of the module itself (autograd products, matrix-free).
 
     Parameters
@@ -177,7 +164,7 @@ class JacobianConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class NoiseConfig(_Checked):
+class NoiseConfig(V.DeclaredFields):
     """Empirical perturbation sizes (:func:`analysis.stability.empirical.noise_sensitivity`,
     :func:`analysis.stability.empirical.affinity_sensitivity`).
 
@@ -198,7 +185,7 @@ class NoiseConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class AccuracyConfig(_Checked):
+class AccuracyConfig(V.DeclaredFields):
     """The accuracy-under-noise curve (:func:`analysis.stability.empirical.accuracy_under_noise`).
 
     Parameters
@@ -242,7 +229,7 @@ FLAT_NAMES: dict[str, tuple[str | None, str]] = {
 
 
 @dataclass(frozen=True)
-class AnalysisConfig(_Checked):
+class AnalysisConfig(V.DeclaredFields):
     """Everything :func:`analysis.analyze` can be told, in one frozen value.
 
     Parameters

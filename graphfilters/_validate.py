@@ -26,7 +26,7 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -575,6 +575,51 @@ def validate_params(
         return wrapper
 
     return decorate
+
+
+class DeclaredFields:
+    """A dataclass whose fields are declared: ``constraints`` (a class-level mapping of field
+    name to constraint list, as :func:`validate_params` takes) is checked when an instance is
+    built (``__post_init__``, the shared messages naming the class), and the class is recorded
+    in :data:`REGISTRY` with its defaults as the valid call, so that the generated
+    invalid-input tests cover its fields. A subclass with its own ``__post_init__`` calls
+    ``super().__post_init__()`` first. A field passed on unchanged to a function reuses that
+    function's declaration (:func:`declared`).
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Options(DeclaredFields):
+    ...     constraints = {"order": [Interval(Integral, 0, None, closed="left")]}
+    ...     order: int = 2
+    >>> Options(order=-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: Options: order must be an integer >= 0, got -1 (int)
+    """
+
+    constraints: ClassVar[dict[str, list[Any]]] = {}
+    _declared: ClassVar[dict[str, list[Constraint]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = {n for klass in cls.__mro__ for n in getattr(klass, "__annotations__", {})}
+        unknown = sorted(set(cls.constraints) - fields)
+        if unknown:
+            raise ValueError(f"{cls.__qualname__}: constraints name {unknown}, not fields")
+        cls._declared = {name: [make_constraint(c) for c in cs]
+                         for name, cs in cls.constraints.items()}
+        if cls._declared and "<locals>" not in cls.__qualname__:
+            qualname = f"{cls.__qualname__}.__init__"
+            REGISTRY[f"{cls.__module__}.{qualname}"] = Registration(
+                func=cls, qualname=qualname, module=cls.__module__,
+                constraints=cls._declared, valid=dict)
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        for name, cs in self._declared.items():
+            check(getattr(self, name), name, cs, where)
 
 
 def declared(func: Callable[..., Any], name: str) -> list[Constraint]:

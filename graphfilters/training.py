@@ -73,7 +73,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -118,7 +118,7 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(V.DeclaredFields):
     """Hyper-parameters of :func:`fit`.
 
     Attributes
@@ -200,22 +200,23 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
 
+    constraints: ClassVar[dict[str, list[Any]]] = {
+        "epochs": [V.POS_INT], "batch_size": [V.POS_INT], "lr": [V.NONNEG_REAL],
+        "momentum": [V.NONNEG_REAL], "weight_decay": [V.NONNEG_REAL], "nesterov": ["boolean"],
+        "warmup_epochs": [V.NONNEG_REAL], "warmup_start_factor": [V.NONNEG_REAL],
+        "gamma": [V.NONNEG_REAL], "seed": [V.Interval(V.Integral, None, None)],
+        "amp": ["boolean"], "augment": ["boolean"], "eval_every": [V.POS_INT],
+        "max_steps": [V.POS_INT, None], "grad_clip": [V.POS_REAL, None],
+        "max_loss": [V.REAL, None],
+        "max_loss_factor": [V.Interval(V.Real, 1, None, closed="neither"), None],
+        "log_steps": ["boolean"], "num_workers": [V.NONNEG_INT], "progress": ["boolean"],
+    }
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.milestones = tuple(self.milestones)
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {self.milestones}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
-        if self.max_loss_factor is not None and not self.max_loss_factor > 1:
-            raise ValueError(f"max_loss_factor must be > 1 or None, got {self.max_loss_factor}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable dict (tuples become lists)."""
