@@ -19,25 +19,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DerivationBase", "ANNOTATIONS", "check_annotations", "align"]
+from graphfilters import _validate as V
+
+__all__ = ["DerivationBase", "ANNOTATIONS", "ANNOTATIONS_ARG", "align"]
 
 #: The ``annotations`` of :meth:`DerivationBase.to_latex`: no notes, what each step does, or
 #: that and its substitution.
 ANNOTATIONS = ("none", "short", "full")
 
 
-def check_annotations(annotations: str) -> None:
-    """Raise ``ValueError`` unless ``annotations`` is one of :data:`ANNOTATIONS`."""
-    if annotations not in ANNOTATIONS:
-        raise ValueError(
-            f"annotations must be one of {list(ANNOTATIONS)}, got {annotations!r}"
-        )
+#: The declaration of an ``annotations`` argument (:func:`graphfilters._validate.validate_params`).
+ANNOTATIONS_ARG = [V.StrOptions(ANNOTATIONS)]
 
 
+@V.validate_params({"numbered": ["boolean"]},
+                   valid=lambda: {"lines": [r"F &= a", r"&= b"], "numbered": True})
 def align(lines: list[str], numbered: bool) -> str:
     """An ``align*`` (or ``align`` numbering only the last line) of ``lines``."""
-    if not isinstance(numbered, bool):
-        raise TypeError(f"numbered must be a bool, got {type(numbered).__name__}")
     if numbered:
         lines = [line + r" \nonumber" for line in lines[:-1]] + lines[-1:]
     env = "align" if numbered else "align*"
@@ -67,6 +65,8 @@ class DerivationBase:
     def latex_lines(self, annotations: str = "short") -> list[str]:  # pragma: no cover
         raise NotImplementedError
 
+    @V.validate_params({"numbered": ["boolean"], "annotations": ANNOTATIONS_ARG},
+                       valid=lambda: {"self": _OneLine()})
     def to_latex(self, numbered: bool = False, annotations: str = "short") -> str:
         """LaTeX for papers: one ``align`` line per step (``numbered``: ``align`` with one
         equation number, on the final line; ``annotations``: see :data:`ANNOTATIONS`)."""
@@ -74,3 +74,11 @@ class DerivationBase:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.title}: verified={self.verified}>"
+
+
+class _OneLine(DerivationBase):
+    """A one-line derivation (the valid call of :meth:`DerivationBase.to_latex`'s
+    declaration)."""
+
+    def latex_lines(self, annotations: str = "short") -> list[str]:
+        return [r"F &= A Z W"]

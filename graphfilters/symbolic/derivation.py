@@ -56,7 +56,7 @@ from graphfilters.specs import (
 
 from . import symbols as S
 from .algebra import difference, expand_matrix
-from .base import DerivationBase, align, check_annotations
+from .base import ANNOTATIONS_ARG, DerivationBase, align
 from .generic import (
     as_filter,
     chebyshev_polynomial,
@@ -195,6 +195,7 @@ class Derivation(DerivationBase):
         :attr:`laplacian_weights` (still in :math:`\\tilde L`)."""
         return as_filter(self.generic.xreplace(dict(self.laplacian_weights)))
 
+    @V.validate_params({"annotations": ANNOTATIONS_ARG}, valid=lambda: {"self": derive("nl")})
     def latex_lines(self, annotations: str = "short") -> list[str]:
         """The lines of the ``align`` environment (without the trailing ``\\\\``).
 
@@ -202,7 +203,6 @@ class Derivation(DerivationBase):
         the substitution), set as ``\\intertext`` between the lines (never wider than the
         text).
         """
-        check_annotations(annotations)
         K = self.spec.order
         lines = [rf"F &= \sum_{{k=0}}^{{{K}}} T_{{k}}(\tilde{{L}})\, Z\, W^{{L}}_{{k}}"]
         notes = []

@@ -50,7 +50,7 @@ from graphfilters.filters import get_filter
 from graphfilters.specs import BlockSpec, get_spec
 
 from . import symbols as S
-from .base import DerivationBase, check_annotations
+from .base import ANNOTATIONS_ARG, DerivationBase
 
 __all__ = ["RationalStep", "RationalDerivation", "derive_rational"]
 
@@ -113,10 +113,11 @@ class RationalDerivation(DerivationBase):
     def source(self) -> str:
         return "table"
 
+    @V.validate_params({"annotations": ANNOTATIONS_ARG},
+                       valid=lambda: {"self": derive_rational("arma")})
     def latex_lines(self, annotations: str = "short") -> list[str]:
         """The lines of the ``align`` environment (see :meth:`Derivation.latex_lines
         <graphfilters.symbolic.derivation.Derivation.latex_lines>`)."""
-        check_annotations(annotations)
         lines = []
         for i, step in enumerate(self.steps):
             rel = "h(\\lambda) &=" if i == 0 else "&="
