@@ -492,7 +492,7 @@ def _affinity_batch(aff: Affinity | None, default: int) -> int:
 @V.validate_params(
     {"model": [V.InstanceOf(nn.Module, "a torch.nn.Module")], "blocks": [_ModulePaths(), None],
      "max_samples": [V.POS_INT], "heads": [V.StrOptions(("mean", "keep"))],
-     "forward": ["callable", None], "model_kwargs": [V.InstanceOf(Mapping, "a mapping"), None],
+     "forward": ["callable", None], "model_kwargs": [V.MAPPING, None],
      "progress": ["boolean"]},
     valid=lambda: {"model": _example_model(), "inputs_or_loader": torch.randn(1, 4, 3, 3),
                    "progress": False},

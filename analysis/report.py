@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,6 @@ class LoadedModel:
     table: AnalysisTable | None = None
 
 
-_PATH = V.InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")
 
 
 @functools.cache
@@ -99,9 +97,9 @@ def _example_checkpoint() -> Path:
 
 
 @V.validate_params(
-    {"path": [_PATH], "device": [V.InstanceOf((str, torch.device), "a device name or "
+    {"path": [V.PATH], "device": [V.InstanceOf((str, torch.device), "a device name or "
                                               "torch.device")],
-     "data_dir": [_PATH, None], "samples": [V.POS_INT]},
+     "data_dir": [V.PATH, None], "samples": [V.POS_INT]},
     valid=lambda: {"path": _example_checkpoint(), "device": "cpu", "samples": 1},
 )
 def load_for_analysis(

@@ -23,7 +23,8 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -667,3 +668,7 @@ NONNEG_REAL = Interval(Real, 0, None, closed="left")
 REAL = Interval(Real, None, None)
 #: a relative tolerance: a finite real in (0, 1)
 UNIT_TOL = Interval(Real, 0, 1, closed="neither")
+#: A file-system path.
+PATH = InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")
+#: A mapping (a dict of options).
+MAPPING = InstanceOf(Mapping, "a mapping")

@@ -692,7 +692,7 @@ def _cifar_arrays(batch: dict, path: Path, label_key: str) -> tuple[np.ndarray, 
 
 
 @V.validate_params(
-    {"root": [V.InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")],
+    {"root": [V.PATH],
      "name": [V.InstanceOf(str, "a data set name (str)")],
      "label_mode": [V.StrOptions(("fine", "coarse"))],
      "n_train": [V.NONNEG_INT, None], "n_test": [V.NONNEG_INT, None]},

@@ -291,7 +291,7 @@ class PreResNet(nn.Module):
         {"depth": [_DEPTH], "num_classes": [V.POS_INT], "in_channels": [V.POS_INT],
          "width": [V.POS_INT], "block": [V.InstanceOf(str, "a block name (str)"), None],
          "blocks_per_position": [V.POS_INT], "share_affinity": ["boolean", None],
-         "block_options": [V.InstanceOf(Mapping, "a mapping"), None],
+         "block_options": [V.MAPPING, None],
          "block_zero_init": ["boolean"], "block_factory": ["callable", None]},
         valid=lambda: {"depth": 8, "num_classes": 2, "in_channels": 1, "width": 1},
     )
@@ -582,7 +582,7 @@ ARCHITECTURES = _ARCHITECTURES
 
 
 @V.validate_params(
-    {"config": [V.InstanceOf(Mapping, "a mapping")], "block_factory": ["callable", None]},
+    {"config": [V.MAPPING], "block_factory": ["callable", None]},
     valid=lambda: {"config": {"arch": "preresnet", "depth": 8, "width": 1, "num_classes": 2}},
 )
 def build_model(config: Mapping[str, Any], block_factory: BlockFactory | None = None) -> nn.Module:

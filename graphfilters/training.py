@@ -723,14 +723,12 @@ def _format_record(r: Mapping[str, Any]) -> str:
     return text + f"  ({r['time_s']:.1f} s)"
 
 
-_PATH = V.InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")
-_MAPPING = V.InstanceOf(Mapping, "a mapping")
 
 
 @V.validate_params(
-    {"model_config": [_MAPPING, V.InstanceOf(nn.Module, "a torch.nn.Module")],
-     "train_config": [V.InstanceOf(TrainConfig), _MAPPING, None],
-     "data": V.declared(get_dataset, "spec"), "out": [_PATH, None],
+    {"model_config": [V.MAPPING, V.InstanceOf(nn.Module, "a torch.nn.Module")],
+     "train_config": [V.InstanceOf(TrainConfig), V.MAPPING, None],
+     "data": V.declared(get_dataset, "spec"), "out": [V.PATH, None],
      "block_factory": V.declared(build_model, "block_factory")},
     valid=lambda: {"model_config": {"depth": 8, "width": 1},
                    "train_config": {"epochs": 1, "max_steps": 1, "progress": False,
@@ -845,9 +843,9 @@ def _plain(obj: Any, where: str) -> Any:
 
 
 @V.validate_params(
-    {"path": [_PATH], "model": [V.InstanceOf(nn.Module, "a torch.nn.Module")],
-     "config": [_MAPPING, None], "train_config": V.declared(train, "train_config"),
-     "data": [_MAPPING, None], "extra": [_MAPPING, None], "write_json": ["boolean"]},
+    {"path": [V.PATH], "model": [V.InstanceOf(nn.Module, "a torch.nn.Module")],
+     "config": [V.MAPPING, None], "train_config": V.declared(train, "train_config"),
+     "data": [V.MAPPING, None], "extra": [V.MAPPING, None], "write_json": ["boolean"]},
     valid=lambda: {"path": _scratch_dir() / "saved.pt", "model": _tiny_model()},
 )
 def save_checkpoint(
@@ -926,7 +924,7 @@ def save_checkpoint(
     return path
 
 
-@V.validate_params({"path": [_PATH]}, valid=lambda: {"path": _tiny_checkpoint()})
+@V.validate_params({"path": [V.PATH]}, valid=lambda: {"path": _tiny_checkpoint()})
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Read and validate a checkpoint with ``torch.load(weights_only=True)``.

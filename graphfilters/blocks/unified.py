@@ -160,7 +160,7 @@ class GraphFilterNonlocal(nn.Module):
          "relu_after_norm": ["boolean"], "sign": [V.Options(int, (1, -1))],
          "affinity_channels": [V.POS_INT, None], "groups": [V.POS_INT], "bias": ["boolean"],
          "out_bias": ["boolean", None], "out_projection": ["boolean"],
-         "kernel_options": [V.InstanceOf(Mapping, "a mapping"), None],
+         "kernel_options": [V.MAPPING, None],
          "materialize": ["boolean"], "solver_tol": [V.POS_REAL, None],
          "solver_max_iter": [V.POS_INT]},
         valid=lambda: {"in_channels": 4},
