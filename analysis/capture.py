@@ -179,7 +179,7 @@ def _example_model() -> nn.Module:
 
 
 @V.validate_params(
-    {"model": [V.InstanceOf(nn.Module, "a torch.nn.Module")], "blocks": [_ModulePaths(), None]},
+    {"model": [V.MODULE], "blocks": [_ModulePaths(), None]},
     valid=lambda: {"model": _example_model()},
 )
 def find_nonlocal_modules(
@@ -490,7 +490,7 @@ def _affinity_batch(aff: Affinity | None, default: int) -> int:
 
 
 @V.validate_params(
-    {"model": [V.InstanceOf(nn.Module, "a torch.nn.Module")], "blocks": [_ModulePaths(), None],
+    {"model": [V.MODULE], "blocks": [_ModulePaths(), None],
      "max_samples": [V.POS_INT], "heads": [V.StrOptions(("mean", "keep"))],
      "forward": ["callable", None], "model_kwargs": [V.MAPPING, None],
      "progress": ["boolean"]},

@@ -672,3 +672,5 @@ UNIT_TOL = Interval(Real, 0, 1, closed="neither")
 PATH = InstanceOf((str, os.PathLike), "a path (str or os.PathLike)")
 #: A mapping (a dict of options).
 MAPPING = InstanceOf(Mapping, "a mapping")
+#: A PyTorch module.
+MODULE = InstanceOf(torch.nn.Module, "a torch.nn.Module")

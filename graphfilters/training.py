@@ -726,7 +726,7 @@ def _format_record(r: Mapping[str, Any]) -> str:
 
 
 @V.validate_params(
-    {"model_config": [V.MAPPING, V.InstanceOf(nn.Module, "a torch.nn.Module")],
+    {"model_config": [V.MAPPING, V.MODULE],
      "train_config": [V.InstanceOf(TrainConfig), V.MAPPING, None],
      "data": V.declared(get_dataset, "spec"), "out": [V.PATH, None],
      "block_factory": V.declared(build_model, "block_factory")},
@@ -843,7 +843,7 @@ def _plain(obj: Any, where: str) -> Any:
 
 
 @V.validate_params(
-    {"path": [V.PATH], "model": [V.InstanceOf(nn.Module, "a torch.nn.Module")],
+    {"path": [V.PATH], "model": [V.MODULE],
      "config": [V.MAPPING, None], "train_config": V.declared(train, "train_config"),
      "data": [V.MAPPING, None], "extra": [V.MAPPING, None], "write_json": ["boolean"]},
     valid=lambda: {"path": _scratch_dir() / "saved.pt", "model": _tiny_model()},

@@ -150,7 +150,7 @@ def affinity_sensitivity(
 
 
 @V.validate_params(
-    {"model": [V.InstanceOf(nn.Module, "a torch.nn.Module")], "levels": [V.NoiseLevels()],
+    {"model": [V.MODULE], "levels": [V.NoiseLevels()],
      "relative": ["boolean"], "max_batches": [V.POS_INT, None], "seed": [V.NONNEG_INT],
      "progress": ["boolean"]},
     valid=lambda: {"model": nn.Sequential(nn.Flatten(), nn.Linear(4, 2)),

@@ -653,7 +653,7 @@ def _small_stage() -> dict[str, Any]:
             "x": torch.randn(1, 2, 2, 2, generator=g, dtype=torch.float64), "k": 1}
 
 
-@V.validate_params({"stage": [V.InstanceOf(nn.Module)], "x": [V.InstanceOf(Tensor)],
+@V.validate_params({"stage": [V.MODULE], "x": [V.InstanceOf(Tensor)],
                     "k": [V.POS_INT]}, valid=_small_stage)
 def stage_jacobians(stage: nn.Module, x: Tensor, k: int = 3, **options: Any) -> JacobianReport:
     r"""Full and frozen Jacobians of a whole stage: ``k`` units sharing the affinity
