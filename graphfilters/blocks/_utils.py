@@ -14,14 +14,6 @@ _POOLS = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
 
 
-def check_dim(dim: int) -> int:
-    if isinstance(dim, bool) or dim not in DIMS:
-        raise ValueError(
-            f"dim must be 1 (sequences), 2 (images) or 3 (videos), got {dim!r}"
-        )
-    return int(dim)
-
-
 def conv1x1(dim: int, c_in: int, c_out: int, bias: bool = True, groups: int = 1) -> nn.Module:
     """A 1×1 (×1) convolution for inputs of ``dim`` spatial dimensions."""
     return _CONVS[dim](c_in, c_out, kernel_size=1, bias=bias, groups=groups)
