@@ -57,7 +57,6 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from numbers import Real  # noqa: F401
 from typing import Any
@@ -140,21 +139,9 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
-class _ModulePaths(V.Constraint):
-    """A sequence or set (not a string) of module paths (str) or module types."""
-
-    def kind_ok(self, value: Any) -> bool:
-        return isinstance(value, (Sequence, AbstractSet)) and not isinstance(value,
-                                                                             (str, bytes))
-
-    def is_satisfied_by(self, value: Any) -> bool:
-        return self.kind_ok(value) and all(isinstance(v, (str, type)) for v in value)
-
-    def __str__(self) -> str:
-        return "a sequence of module paths (str) or module types"
-
-    def invalid_values(self) -> list[Any]:
-        return ["layer1", (3,)]
+#: Module paths (str) or module types, as ``capture``'s ``blocks`` lists them.
+_MODULE_PATHS = V.Each(V.InstanceOf((str, type)), nonempty=False,
+                       name="a sequence of module paths (str) or module types")
 
 
 class _Batches(V.Constraint):
@@ -179,7 +166,7 @@ def _example_model() -> nn.Module:
 
 
 @V.validate_params(
-    {"model": [V.MODULE], "blocks": [_ModulePaths(), None]},
+    {"model": [V.MODULE], "blocks": [_MODULE_PATHS, None]},
     valid=lambda: {"model": _example_model()},
 )
 def find_nonlocal_modules(
@@ -490,7 +477,7 @@ def _affinity_batch(aff: Affinity | None, default: int) -> int:
 
 
 @V.validate_params(
-    {"model": [V.MODULE], "blocks": [_ModulePaths(), None],
+    {"model": [V.MODULE], "blocks": [_MODULE_PATHS, None],
      "max_samples": [V.POS_INT], "heads": [V.StrOptions(("mean", "keep"))],
      "forward": ["callable", None], "model_kwargs": [V.MAPPING, None],
      "progress": ["boolean"]},

@@ -71,7 +71,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,32 +236,6 @@ class RunSpec:
                 "augment": self.augment, "progress": False}
 
 
-class _Each(V.Constraint):
-    """A non-empty collection (not a string) whose every item satisfies ``item`` (a
-    constraint, or a function returning one: options looked up only when checked)."""
-
-    def __init__(self, item: Any) -> None:
-        self._item = item
-
-    @property
-    def item(self) -> V.Constraint:
-        return self._item if isinstance(self._item, V.Constraint) else self._item()
-
-    def kind_ok(self, value: Any) -> bool:
-        return isinstance(value, Collection) and not isinstance(value, (str, bytes)) and all(
-            self.item.kind_ok(v) for v in value)
-
-    def is_satisfied_by(self, value: Any) -> bool:
-        return self.kind_ok(value) and len(value) > 0 and all(
-            self.item.is_satisfied_by(v) for v in value)
-
-    def __str__(self) -> str:
-        return f"a non-empty sequence whose items are each {self.item}"
-
-    def invalid_values(self) -> list[Any]:
-        return ["x", (), *[(v,) for v in self.item.invalid_values()[:4]]]
-
-
 def _block_names() -> V.Constraint:
     from graphfilters.specs import BLOCK_NAMES
 
@@ -275,9 +249,9 @@ def _placements() -> V.Constraint:
 
 
 @V.validate_params(
-    {"blocks": [_Each(_block_names)], "ks": [_Each(V.POS_INT)],
-     "placements": [_Each(_placements)], "lrs": [_Each(V.POS_REAL)],
-     "seeds": [_Each(V.Interval(V.Integral, None, None))], "baseline": ["boolean"]},
+    {"blocks": [V.Each(_block_names)], "ks": [V.Each(V.POS_INT)],
+     "placements": [V.Each(_placements)], "lrs": [V.Each(V.POS_REAL)],
+     "seeds": [V.Each(V.Interval(V.Integral, None, None))], "baseline": ["boolean"]},
     valid=lambda: {"blocks": ("snl",), "ks": (1,), "placements": ("stage",), "lrs": (0.1,),
                    "seeds": (0,)},
 )

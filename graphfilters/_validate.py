@@ -24,7 +24,7 @@ import inspect
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -402,6 +402,47 @@ class InstanceOf(Constraint):
 
     def invalid_values(self) -> list[Any]:
         return ["x", 1.5]
+
+
+class Each(Constraint):
+    """A collection (not a string) whose every item satisfies ``item`` (a constraint, or a
+    function returning one, for options read only when a value is checked), non-empty unless
+    ``nonempty=False``. A wrong kind of collection or of an item is a ``TypeError``.
+
+    Examples
+    --------
+    >>> str(Each(Interval(Integral, 1, None, closed="left")))
+    'a non-empty sequence whose items are each an integer >= 1'
+    >>> Each(StrOptions(("a", "b"))).is_satisfied_by(("a", "c"))
+    False
+    """
+
+    def __init__(self, item: Any, *, nonempty: bool = True, name: str | None = None) -> None:
+        self._item, self.nonempty, self.name = item, nonempty, name
+
+    @property
+    def item(self) -> Constraint:
+        return make_constraint(self._item if isinstance(self._item, Constraint)
+                               or not callable(self._item) else self._item())
+
+    def kind_ok(self, value: Any) -> bool:
+        item = self.item
+        return isinstance(value, Collection) and not isinstance(value, (str, bytes)) and all(
+            item.kind_ok(v) for v in value)
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        item = self.item
+        return self.kind_ok(value) and (len(value) > 0 or not self.nonempty) and all(
+            item.is_satisfied_by(v) for v in value)
+
+    def __str__(self) -> str:
+        if self.name:
+            return self.name
+        return f"a {'non-empty ' if self.nonempty else ''}sequence whose items are each {self.item}"
+
+    def invalid_values(self) -> list[Any]:
+        bad = [(v,) for v in self.item.invalid_values()[:4]]
+        return ["x", *([()] if self.nonempty else []), *bad]
 
 
 class NoiseLevels(Constraint):
