@@ -724,9 +724,7 @@ def _analyze(model: nn.Module, data: Any, config: AnalysisConfig, labels: Tensor
                 except (ValueError, TypeError, RuntimeError, NotImplementedError):
                     ref = []
         table = AnalysisTable(rows, captures=kept, backbone=ref)
-        table.measure_headline = tuple(
-            h for m in (registered() if measures is None else registered(measures))
-            for h in m.headline)
+        table.measure_headline = headline_columns(measures)[len(IDENTITY_COLUMNS):]
     if isinstance(data, Tensor) and labels is not None:
         if labels.shape[0] != data.shape[0]:
             raise ValueError(

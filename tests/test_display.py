@@ -90,3 +90,15 @@ def test_headline_against_the_backbone():
     assert table.columns("summary")[-1] == "jacobian_vs_backbone"
     assert np.isclose(table.to_frame("summary")["jacobian_vs_backbone"][0], 2.0 / 2.5)
     assert table.headline()["backbone median jacobian_full"] == 2.5
+
+
+def test_a_table_made_by_analyze_shows_each_headline_column_once():
+    # response_class is the headline of two measures (response, attention_response): the
+    # table analyze() makes, its markdown and the report's header name it once
+    torch.manual_seed(0)
+    table = analyze(_Net(), torch.randn(2, 16, 4), progress=False, jacobian=False)
+    keys = [k for k, _, _ in table.measure_headline]
+    assert len(keys) == len(set(keys)) and "response_class" in keys
+    header = table.to_markdown().splitlines()[0]
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert len(cells) == len(set(cells)), header
