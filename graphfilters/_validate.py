@@ -247,11 +247,26 @@ class Interval(Constraint):
 
 
 class Options(Constraint):
-    """One of a fixed set of values of a type: ``Options(str, {"sym", "rw"})``."""
+    """One of a set of values of a type: ``Options(str, {"sym", "rw"})``. ``options`` may
+    be a function returning them, read when a value is checked (a registry that grows:
+    names registered later are accepted).
+
+    Examples
+    --------
+    >>> names = ["a"]
+    >>> live = Options(str, lambda: names)
+    >>> names.append("b")
+    >>> live.is_satisfied_by("b"), str(live)
+    (True, "one of ['a', 'b']")
+    """
 
     def __init__(self, type: type, options: Any) -> None:
         self.type = type
-        self.options = tuple(options)
+        self._options = options if callable(options) else tuple(options)
+
+    @property
+    def options(self) -> tuple[Any, ...]:
+        return tuple(self._options()) if callable(self._options) else self._options
 
     def kind_ok(self, value: Any) -> bool:
         return isinstance(value, self.type) and not (isinstance(value, bool)
@@ -279,7 +294,7 @@ class StrOptions(Options):
 
     def __init__(self, options: Any) -> None:
         super().__init__(str, sorted(options) if isinstance(options, (set, frozenset))
-                         else options)
+                         else options)                     # a tuple, a list or a function
 
 
 class _Boolean(Constraint):

@@ -59,17 +59,13 @@ class _Entry(V.Constraint):
         return ["PreResNet", 3, None]
 
 
-class _Registered(V.Options):
+class _Registered(V.StrOptions):
     """A registered name, read when checked (later registrations count). A missing name
     (``None``, e.g. a config without ``"arch"``) is an unknown name (``ValueError``, as
     :func:`graphfilters.models.build_model` documents), another non-str a ``TypeError``."""
 
     def __init__(self) -> None:
-        self.type = str
-
-    @property
-    def options(self) -> tuple[str, ...]:
-        return tuple(sorted(_ENTRIES))
+        super().__init__(lambda: sorted(_ENTRIES))
 
     def kind_ok(self, value: Any) -> bool:
         return value is None or super().kind_ok(value)

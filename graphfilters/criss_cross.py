@@ -44,8 +44,6 @@ from .graph import Affinity, check_signal
 __all__ = ["CrissCrossAffinity", "criss_cross"]
 
 
-
-
 def _nonpositive(spatial_shape: tuple[int, ...]) -> int:
     raise ValueError(f"spatial_shape must be positive sizes, got {tuple(spatial_shape)!r}")
 

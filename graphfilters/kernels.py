@@ -326,19 +326,7 @@ KERNELS: dict[str, Callable[..., Affinity]] = {
 }
 
 
-class _KernelName(V.Options):
-    """The name of a kernel of :data:`KERNELS`, read when checked (a kernel added to the
-    registry is accepted)."""
-
-    def __init__(self) -> None:
-        self.type = str
-
-    @property
-    def options(self) -> tuple[str, ...]:
-        return tuple(KERNELS)
-
-
-@V.validate_params({"name": [_KernelName()]}, valid=lambda: {"name": "relu_dot"})
+@V.validate_params({"name": [V.StrOptions(lambda: KERNELS)]}, valid=lambda: {"name": "relu_dot"})
 def get_kernel(name: str) -> Callable[..., Affinity]:
     """The kernel function called ``name``; unknown names list the known ones.
 
