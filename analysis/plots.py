@@ -24,7 +24,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -134,11 +134,11 @@ _BINS = [V.POS_INT, V.StrOptions({"auto", "fd", "doane", "scott", "stone", "rice
 
 
 def _fig_ax(ax: Axes | None, figsize: tuple[float, float] = (5.0, 3.6)) -> tuple[Figure, Axes]:
+    """A new figure and its Axes, or ``ax`` and its figure (every caller declares ``ax`` as
+    :data:`_AX`)."""
     if ax is None:
         fig = Figure(figsize=figsize, layout="constrained")
         return fig, fig.add_subplot()
-    if not isinstance(ax, Axes):
-        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
     return ax.figure, ax
 
 
@@ -507,6 +507,10 @@ def plot_affinity_rows(
     return FigureAxes(fig, axes)
 
 
+@V.validate_params(
+    {"ax": _AX, "label": _TEXT, "show_radius": ["boolean"], "show_lower_bound": ["boolean"]},
+    valid=lambda: {"stability": [1.1, 1.21, 1.331]},
+)
 def plot_growth(
     stability: Any,
     ax: Axes | None = None,
@@ -606,6 +610,15 @@ def plot_accuracy(
     return FigureAxes(fig, ax)
 
 
+def _example_energy() -> Any:
+    """A stand-in for a :class:`~analysis.response.FrequencyEnergy` (what
+    :func:`plot_energy` reads of one), for its declaration's valid call."""
+    return SimpleNamespace(basis="eigh",
+                           band_fractions=lambda edges: np.full(len(edges) - 1, 0.05))
+
+
+@V.validate_params({"ax": _AX, "bins": [V.POS_INT], "label": _TEXT},
+                   valid=lambda: {"energy": _example_energy()})
 def plot_energy(
     energy: Any,
     ax: Axes | None = None,
@@ -857,26 +870,12 @@ DEPTH_QUANTITIES: dict[str, str] = {
 }
 
 
-class _Quantities(V.Constraint):
-    """A non-empty collection (not a string) of keys of :data:`DEPTH_QUANTITIES`."""
-
-    def kind_ok(self, value: Any) -> bool:
-        return isinstance(value, Collection) and not isinstance(value, (str, bytes)) and all(
-            isinstance(q, str) for q in value)
-
-    def is_satisfied_by(self, value: Any) -> bool:
-        return self.kind_ok(value) and bool(value) and all(q in DEPTH_QUANTITIES
-                                                            for q in value)
-
-    def __str__(self) -> str:
-        return "a non-empty sequence of keys of DEPTH_QUANTITIES"
-
-    def invalid_values(self) -> list[Any]:
-        return [(), ("gap",), (3,)]
+#: One key of :data:`DEPTH_QUANTITIES`.
+_QUANTITY = V.StrOptions(tuple(DEPTH_QUANTITIES))
 
 
 @V.validate_params(
-    {"ax": _AX, "quantities": [V.StrOptions(tuple(DEPTH_QUANTITIES)), _Quantities()],
+    {"ax": _AX, "quantities": [_QUANTITY, V.Each(_QUANTITY)],
      "label": _TEXT, "log": ["boolean"], "title": _TEXT},
     valid=lambda: {"profile": [SimpleNamespace(depth=0, residual_in=0.5)],
                    "quantities": "residual_in"},
