@@ -7,7 +7,6 @@ such models and writes ``report.md`` with its figures under ``figures/``.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 
 from graphfilters import _validate as V
 from graphfilters.data import ImageData, get_dataset
-from graphfilters.training import load_model, resolve_device
+from graphfilters.training import example_checkpoint, load_model, resolve_device
 
 from .analyze import AnalysisTable, analyze
 from .capture_figures import plot_capture_spectra
@@ -75,32 +74,11 @@ class LoadedModel:
 
 
 
-@functools.cache
-def _example_checkpoint() -> Path:
-    """A tiny checkpoint (a PreResNet of width 2 on 2 + 2 synthetic 8x8 images) in a
-    temporary directory removed at exit, written once: the valid call of
-    :func:`load_for_analysis`'s declaration."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from graphfilters.models import PreResNet
-    from graphfilters.training import save_checkpoint
-
-    folder = tempfile.mkdtemp(prefix="gf-load-for-analysis-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    data = get_dataset({"name": "long_range", "n_train": 2, "n_test": 2, "size": 8})
-    model = PreResNet(depth=8, width=2, in_channels=data.in_channels,
-                      num_classes=data.num_classes)
-    return save_checkpoint(Path(folder) / "tiny.pt", model, history=[], data=data.describe(),
-                           write_json=False)
-
-
 @V.validate_params(
     {"path": [V.PATH], "device": [V.InstanceOf((str, torch.device), "a device name or "
                                               "torch.device")],
      "data_dir": [V.PATH, None], "samples": [V.POS_INT]},
-    valid=lambda: {"path": _example_checkpoint(), "device": "cpu", "samples": 1},
+    valid=lambda: {"path": example_checkpoint(), "device": "cpu", "samples": 1},
 )
 def load_for_analysis(
     path: str | Path,

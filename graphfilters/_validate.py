@@ -679,6 +679,24 @@ class DeclaredFields:
             check(getattr(self, name), name, cs, where)
 
 
+_SCRATCH: dict[str, str] = {}
+
+
+def scratch_dir() -> str:
+    """A temporary folder for the valid calls of declarations that read or write files (a
+    tiny checkpoint, a tiny data set): made once per process (again if it was removed) and
+    removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = _SCRATCH.get("dir")
+    if folder is None or not os.path.isdir(folder):
+        folder = _SCRATCH["dir"] = tempfile.mkdtemp(prefix="graphfilters-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def declared(func: Callable[..., Any], name: str) -> list[Constraint]:
     """The constraints ``func`` declares for its argument ``name`` (with
     :func:`validate_params`), for a declaration that passes the argument on unchanged (a

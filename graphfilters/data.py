@@ -38,11 +38,8 @@ Examples
 
 from __future__ import annotations
 
-import atexit
 import os
 import pickle
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -886,9 +883,6 @@ def get_dataset(spec: str | Mapping[str, Any] | ImageData, **options: Any) -> Im
 # Tiny inputs of the declared functions' valid calls (the generated invalid-input tests)
 # --------------------------------------------------------------------------------------------
 
-_TINY_FILES: dict[str, Path] = {}
-
-
 def _tiny_image_data() -> ImageData:
     """A 2 + 2 image data set of 1 × 4 × 4 images."""
     x = torch.arange(32, dtype=torch.float32).reshape(2, 1, 4, 4) / 32
@@ -898,16 +892,14 @@ def _tiny_image_data() -> ImageData:
 
 
 def _tiny_cifar_root() -> Path:
-    """A fresh temporary directory with a CIFAR-100 layout of 2 + 1 images (written once per
-    process, again if it was removed)."""
-    root = _TINY_FILES.get("cifar100")
-    if root is None or not all((root / f).is_file() for f in ("train", "test")):
-        root = Path(tempfile.mkdtemp(prefix="graphfilters-cifar-"))
-        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    """A CIFAR-100 layout of 2 + 1 images in :func:`graphfilters._validate.scratch_dir`
+    (written once per process)."""
+    root = Path(V.scratch_dir()) / "cifar"
+    if not all((root / f).is_file() for f in ("train", "test")):
+        root.mkdir(exist_ok=True)
         for split, n in (("train", 2), ("test", 1)):
             batch = {b"data": [[7 * i] * 3072 for i in range(n)], b"fine_labels": list(range(n)),
                      b"coarse_labels": list(range(n))}
             with open(root / split, "wb") as f:
                 pickle.dump(batch, f)
-        _TINY_FILES["cifar100"] = root
     return root

@@ -57,7 +57,6 @@ Examples
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import datetime
 import gc
@@ -67,8 +66,6 @@ import math
 import os
 import pickle
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +87,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "DistributedContext",
+    "example_checkpoint",
     "TrainConfig",
     "TrainResult",
     "evaluate",
@@ -846,7 +844,7 @@ def _plain(obj: Any, where: str) -> Any:
     {"path": [V.PATH], "model": [V.MODULE],
      "config": [V.MAPPING, None], "train_config": V.declared(train, "train_config"),
      "data": [V.MAPPING, None], "extra": [V.MAPPING, None], "write_json": ["boolean"]},
-    valid=lambda: {"path": _scratch_dir() / "saved.pt", "model": _tiny_model()},
+    valid=lambda: {"path": Path(V.scratch_dir()) / "saved.pt", "model": _tiny_model()},
 )
 def save_checkpoint(
     path: str | os.PathLike,
@@ -924,7 +922,7 @@ def save_checkpoint(
     return path
 
 
-@V.validate_params({"path": [V.PATH]}, valid=lambda: {"path": _tiny_checkpoint()})
+@V.validate_params({"path": [V.PATH]}, valid=lambda: {"path": example_checkpoint()})
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Read and validate a checkpoint with ``torch.load(weights_only=True)``.
@@ -1040,7 +1038,7 @@ def _state_dict_mismatch(expected: Mapping[str, torch.Tensor], got: Mapping[str,
     {"path": V.declared(load_checkpoint, "path"),
      "block_factory": V.declared(build_model, "block_factory"),
      "return_checkpoint": ["boolean"]},
-    valid=lambda: {"path": _tiny_checkpoint()},
+    valid=lambda: {"path": example_checkpoint()},
 )
 def load_model(
     path: str | os.PathLike,
@@ -1105,27 +1103,27 @@ def load_model(
 # Tiny inputs of the declared functions' valid calls (the generated invalid-input tests)
 # --------------------------------------------------------------------------------------------
 
-_SCRATCH: dict[str, Path] = {}
-
-
-def _scratch_dir() -> Path:
-    """A fresh temporary directory (made once per process, again if it was removed)."""
-    folder = _SCRATCH.get("dir")
-    if folder is None or not folder.is_dir():
-        folder = _SCRATCH["dir"] = Path(tempfile.mkdtemp(prefix="graphfilters-ckpt-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
-
-
 def _tiny_model() -> nn.Module:
-    """The smallest :class:`~graphfilters.models.PreResNet` (depth 8, width 1)."""
+    """The smallest :class:`~graphfilters.models.PreResNet` (depth 8, width 1) for the
+    ``long_range`` images of :func:`example_checkpoint`."""
     return build_model({"arch": "preresnet", "depth": 8, "width": 1, "num_classes": 2,
                         "in_channels": 1})
 
 
-def _tiny_checkpoint() -> Path:
-    """A checkpoint of :func:`_tiny_model` written by :func:`save_checkpoint` (once)."""
-    path = _scratch_dir() / "tiny.pt"
+def example_checkpoint() -> Path:
+    """A tiny checkpoint written by :func:`save_checkpoint` (once per process, in
+    :func:`graphfilters._validate.scratch_dir`): a PreResNet-8 of width 1 with the
+    description of 2 + 2 ``long_range`` images of 8 x 8. The valid call of the declarations
+    that read checkpoints, and of short examples.
+
+    Examples
+    --------
+    >>> load_checkpoint(example_checkpoint())["model_config"]["depth"]
+    8
+    """
+    path = Path(V.scratch_dir()) / "example.pt"
     if not path.is_file():
-        save_checkpoint(path, _tiny_model(), write_json=False)
+        data = get_dataset({"name": "long_range", "n_train": 2, "n_test": 2, "size": 8})
+        save_checkpoint(path, _tiny_model(), history=[], data=data.describe(),
+                        write_json=False)
     return path
